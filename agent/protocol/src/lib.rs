@@ -1,1 +1,57 @@
-//! placeholder
+//! The wire protocol between the host (engine, `berth-vmm run`) and the guest agent, and its
+//! version. Both sides depend on this crate and on nothing of each other.
+//!
+//! It owns the framing (a `u32` big-endian length, then a JSON body, capped at
+//! [`MAX_FRAME_LEN`] before anything is allocated), the message types, and the validation
+//! rules every received message must pass: the agent validates what the host sends, and the
+//! host validates what the agent answers, because the guest is hostile. It does not own any
+//! transport: callers hand it `std::io::Read`/`Write` values (vsock sockets in the guest, the
+//! VM's hybrid-vsock Unix socket on the host, plain Unix sockets in tests).
+//!
+//! # Connections
+//! Every connection to [`AGENT_PORT`] opens with one [`ConnectionHeader`] frame:
+//! - [`ConnectionHeader::Hello`] makes it a control connection. The agent answers
+//!   [`Response::Hello`] (or an error for an incompatible major version); after that the
+//!   host sends [`Request`]s, one at a time, each answered by exactly one [`Response`].
+//! - [`ConnectionHeader::Attach`] makes it a stream connection for one stdio stream of one
+//!   process. The agent answers [`Response::Ok`] or [`Response::Error`]; then raw bytes flow
+//!   one way until the connection is closed.
+//!
+//! The agent also connects once to the host on [`READY_PORT`] after it listens, sends one
+//! [`Notification::Ready`] frame and closes.
+//!
+//! # Compatibility
+//! A minor version may add request types, optional fields (with serde defaults) and error
+//! codes; it never changes the meaning of an existing field. Unknown fields are ignored,
+//! unknown requests get an [`ErrorCode::Unsupported`] reply, unknown error codes decode as
+//! [`ErrorCode::Unknown`]. A different major version is refused at `Hello`.
+
+mod frame;
+mod messages;
+mod parse;
+mod validate;
+
+pub use frame::{decode, encode, read_frame, read_frame_body, write_frame, FrameError};
+pub use messages::{
+    ConnectionHeader, ErrorCode, ExitStatus, Notification, ProcessSpec, ProtocolVersion, Request,
+    Response, Rlimit, RlimitResource, StdioStream, TtySize,
+};
+pub use parse::{parse_header, parse_request, ParseError};
+pub use validate::{
+    validate_process_id, ValidationError, MAX_ADDITIONAL_GIDS, MAX_ARGS, MAX_ARG_LEN, MAX_ENV,
+    MAX_MESSAGE_LEN, MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_SHUTDOWN_GRACE_MS,
+    MAX_VERSION_STRING_LEN,
+};
+
+/// The vsock port the agent listens on (guest side).
+pub const AGENT_PORT: u32 = 1024;
+
+/// The host vsock port the agent connects to once, to say it is ready. With hybrid vsock the
+/// connection arrives on the host at `<vm socket path>_1025`.
+pub const READY_PORT: u32 = 1025;
+
+/// The largest frame body either side accepts or sends, in bytes.
+pub const MAX_FRAME_LEN: usize = 1 << 20;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 0 };

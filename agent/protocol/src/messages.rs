@@ -1,0 +1,486 @@
+//! The message types. Every enum is internally tagged by a `"type"` field in snake case, so a
+//! frame reads like `{"type":"start_process","id":"c1"}`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A protocol version. Peers with the same major version can talk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolVersion {
+    pub major: u16,
+    pub minor: u16,
+}
+
+impl ProtocolVersion {
+    /// Whether a peer speaking `other` can talk to one speaking `self`.
+    pub fn is_compatible_with(self, other: ProtocolVersion) -> bool {
+        self.major == other.major
+    }
+}
+
+impl fmt::Display for ProtocolVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// The first frame of every connection to the agent: it says what the connection is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConnectionHeader {
+    /// A control connection: request/response pairs follow.
+    Hello { protocol_version: ProtocolVersion },
+    /// A stream connection carrying one stdio stream of a created, not yet started process.
+    Attach {
+        process_id: String,
+        stream: StdioStream,
+    },
+}
+
+impl ConnectionHeader {
+    /// The `"type"` tags of every header this version knows.
+    pub const TYPES: &'static [&'static str] = &["hello", "attach"];
+}
+
+/// One of a process's standard streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioStream {
+    /// Host → process. The host closing the connection is end-of-input.
+    Stdin,
+    /// Process → host. The agent closes the connection at end of output.
+    Stdout,
+    /// Process → host; not available for a process with a tty (its output is all stdout).
+    Stderr,
+}
+
+impl fmt::Display for StdioStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StdioStream::Stdin => "stdin",
+            StdioStream::Stdout => "stdout",
+            StdioStream::Stderr => "stderr",
+        })
+    }
+}
+
+/// A terminal size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// A resource limit kind, as `setrlimit(2)` names them (without the `RLIMIT_` prefix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RlimitResource {
+    As,
+    Core,
+    Cpu,
+    Data,
+    Fsize,
+    Locks,
+    Memlock,
+    Msgqueue,
+    Nice,
+    Nofile,
+    Nproc,
+    Rss,
+    Rtprio,
+    Rttime,
+    Sigpending,
+    Stack,
+}
+
+/// One resource limit. `u64::MAX` means unlimited (`RLIM_INFINITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: RlimitResource,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Everything needed to start one process. Fields added by later minor versions will have
+/// defaults, so older hosts keep working.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    /// The program and its arguments. A program name without `/` is looked up in `PATH`
+    /// (taken from `env`, or a default).
+    pub argv: Vec<String>,
+    /// The whole environment, as `KEY=value` strings; nothing is inherited from the agent.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Absolute working directory.
+    #[serde(default = "default_cwd")]
+    pub cwd: String,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// Supplementary groups; an empty list clears them.
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// Give the process a new pseudo-terminal as its controlling tty and stdio.
+    #[serde(default)]
+    pub tty: bool,
+    /// The terminal's size at start (only with `tty`).
+    #[serde(default)]
+    pub tty_size: Option<TtySize>,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
+    /// The host will attach stdin. Without it, stdin is `/dev/null` and attaching it is refused.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+fn default_cwd() -> String {
+    "/".to_owned()
+}
+
+impl ProcessSpec {
+    /// A spec running `argv` as root in `/`, with an empty environment and no tty or stdin.
+    pub fn new<I, S>(argv: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ProcessSpec {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: default_cwd(),
+            uid: 0,
+            gid: 0,
+            additional_gids: Vec::new(),
+            tty: false,
+            tty_size: None,
+            rlimits: Vec::new(),
+            stdin: false,
+        }
+    }
+}
+
+/// A request on a control connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Register a process under a host-chosen id; nothing runs yet. Answer: `Ok`.
+    CreateProcess { id: String, spec: ProcessSpec },
+    /// Run a created process. Answer: `Started`, or an error (`NotFound` for a missing
+    /// program, `PermissionDenied` for one that cannot be executed).
+    StartProcess { id: String },
+    /// Block until the process has exited and its stdout/stderr connections have been
+    /// drained and closed. Answer: `Exited`.
+    WaitProcess { id: String },
+    /// Send a signal to a running process. Answer: `Ok`.
+    Signal { id: String, signal: i32 },
+    /// Set the size of the process's terminal. Answer: `Ok`.
+    ResizeTty { id: String, rows: u16, cols: u16 },
+    /// Forget a process that has exited or never started. Answer: `Ok`.
+    DeleteProcess { id: String },
+    /// Answer `Ok`, then stop every process (SIGTERM, `grace_ms` to exit, SIGKILL), sync
+    /// and reboot the VM.
+    Shutdown {
+        #[serde(default)]
+        grace_ms: Option<u32>,
+    },
+}
+
+impl Request {
+    /// The `"type"` tags of every request this version knows.
+    pub const TYPES: &'static [&'static str] = &[
+        "create_process",
+        "start_process",
+        "wait_process",
+        "signal",
+        "resize_tty",
+        "delete_process",
+        "shutdown",
+    ];
+
+    /// This request's `"type"` tag.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Request::CreateProcess { .. } => "create_process",
+            Request::StartProcess { .. } => "start_process",
+            Request::WaitProcess { .. } => "wait_process",
+            Request::Signal { .. } => "signal",
+            Request::ResizeTty { .. } => "resize_tty",
+            Request::DeleteProcess { .. } => "delete_process",
+            Request::Shutdown { .. } => "shutdown",
+        }
+    }
+}
+
+/// How a process ended, as Docker reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// The exit code, or 128 + the signal number if a signal killed it (SIGKILL → 137).
+    pub code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+}
+
+/// The agent's answer to a [`ConnectionHeader`] or a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// The answer to `Hello`.
+    Hello {
+        protocol_version: ProtocolVersion,
+        agent_version: String,
+    },
+    Ok,
+    Started {
+        pid: u32,
+    },
+    Exited {
+        code: i32,
+        signal: Option<i32>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Response {
+    /// This response's `"type"` tag.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Response::Hello { .. } => "hello",
+            Response::Ok => "ok",
+            Response::Started { .. } => "started",
+            Response::Exited { .. } => "exited",
+            Response::Error { .. } => "error",
+        }
+    }
+
+    /// An error response.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// What went wrong, for the host to act on (the message is for humans).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The program (or something else the request names) does not exist. Docker: exit 127.
+    NotFound,
+    /// The program exists but cannot be executed. Docker: exit 126.
+    PermissionDenied,
+    /// The request failed validation.
+    InvalidArgument,
+    /// No process has that id.
+    UnknownProcess,
+    /// A process with that id exists, or the stream is already attached.
+    AlreadyExists,
+    /// The request does not fit the process's state (e.g. starting it twice).
+    InvalidState,
+    /// The request type is not known to this agent.
+    Unsupported,
+    /// The host's major protocol version differs from the agent's.
+    IncompatibleVersion,
+    /// The frame was not a valid message.
+    MalformedFrame,
+    /// A limit was reached (too many processes).
+    ResourceExhausted,
+    /// Setting up the process failed for another reason.
+    SpawnFailed,
+    /// The agent failed.
+    Internal,
+    /// A code from a newer agent.
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            ErrorCode::NotFound => "not found",
+            ErrorCode::PermissionDenied => "permission denied",
+            ErrorCode::InvalidArgument => "invalid argument",
+            ErrorCode::UnknownProcess => "unknown process",
+            ErrorCode::AlreadyExists => "already exists",
+            ErrorCode::InvalidState => "invalid state",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::IncompatibleVersion => "incompatible version",
+            ErrorCode::MalformedFrame => "malformed frame",
+            ErrorCode::ResourceExhausted => "resource exhausted",
+            ErrorCode::SpawnFailed => "spawn failed",
+            ErrorCode::Internal => "internal error",
+            ErrorCode::Unknown => "unknown error",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A message the agent sends on its own, on a connection it opens to the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Notification {
+    /// Sent once on [`crate::READY_PORT`], after the agent listens on [`crate::AGENT_PORT`].
+    Ready {
+        protocol_version: ProtocolVersion,
+        agent_version: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{decode, encode, PROTOCOL_VERSION};
+
+    fn round_trip<T>(msg: &T) -> T
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let frame = encode(msg).unwrap();
+        decode(&frame[4..]).unwrap()
+    }
+
+    fn full_spec() -> ProcessSpec {
+        ProcessSpec {
+            argv: vec!["/bin/sh".into(), "-c".into(), "echo hi".into()],
+            env: vec!["PATH=/bin".into(), "X=a=b".into()],
+            cwd: "/tmp".into(),
+            uid: 1000,
+            gid: 1000,
+            additional_gids: vec![4, 27],
+            tty: true,
+            tty_size: Some(TtySize { rows: 24, cols: 80 }),
+            rlimits: vec![Rlimit {
+                resource: RlimitResource::Nofile,
+                soft: 1024,
+                hard: u64::MAX,
+            }],
+            stdin: true,
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let all = vec![
+            Request::CreateProcess {
+                id: "c1".into(),
+                spec: full_spec(),
+            },
+            Request::StartProcess { id: "c1".into() },
+            Request::WaitProcess { id: "c1".into() },
+            Request::Signal {
+                id: "c1".into(),
+                signal: 9,
+            },
+            Request::ResizeTty {
+                id: "c1".into(),
+                rows: 50,
+                cols: 132,
+            },
+            Request::DeleteProcess { id: "c1".into() },
+            Request::Shutdown { grace_ms: Some(10) },
+            Request::Shutdown { grace_ms: None },
+        ];
+        for r in &all {
+            assert_eq!(&round_trip(r), r);
+            assert!(Request::TYPES.contains(&r.type_name()));
+        }
+    }
+
+    #[test]
+    fn responses_headers_and_notifications_round_trip() {
+        for r in [
+            Response::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "0.1.0".into(),
+            },
+            Response::Ok,
+            Response::Started { pid: 42 },
+            Response::Exited {
+                code: 137,
+                signal: Some(9),
+            },
+            Response::error(ErrorCode::NotFound, "no such file"),
+        ] {
+            assert_eq!(round_trip(&r), r);
+        }
+        for h in [
+            ConnectionHeader::Hello {
+                protocol_version: PROTOCOL_VERSION,
+            },
+            ConnectionHeader::Attach {
+                process_id: "c1".into(),
+                stream: StdioStream::Stderr,
+            },
+        ] {
+            assert_eq!(round_trip(&h), h);
+        }
+        let n = Notification::Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+        };
+        assert_eq!(round_trip(&n), n);
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let json = serde_json::to_string(&Request::StartProcess { id: "c1".into() }).unwrap();
+        assert_eq!(json, r#"{"type":"start_process","id":"c1"}"#);
+        let json = serde_json::to_string(&ConnectionHeader::Attach {
+            process_id: "c1".into(),
+            stream: StdioStream::Stdin,
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"attach","process_id":"c1","stream":"stdin"}"#
+        );
+        let json = serde_json::to_string(&Response::error(ErrorCode::NotFound, "x")).unwrap();
+        assert_eq!(json, r#"{"type":"error","code":"not_found","message":"x"}"#);
+    }
+
+    #[test]
+    fn optional_fields_default_and_unknown_fields_are_ignored() {
+        let r: Request = serde_json::from_str(
+            r#"{"type":"create_process","id":"a","spec":{"argv":["true"],"future":1},"x":2}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::CreateProcess {
+                id: "a".into(),
+                spec: ProcessSpec::new(["true"]),
+            }
+        );
+        let r: Request = serde_json::from_str(r#"{"type":"shutdown"}"#).unwrap();
+        assert_eq!(r, Request::Shutdown { grace_ms: None });
+    }
+
+    #[test]
+    fn unknown_error_codes_decode_as_unknown() {
+        let r: Response =
+            serde_json::from_str(r#"{"type":"error","code":"quota_exceeded","message":"m"}"#)
+                .unwrap();
+        assert_eq!(r, Response::error(ErrorCode::Unknown, "m"));
+    }
+
+    #[test]
+    fn unknown_variants_fail_to_decode() {
+        assert!(serde_json::from_str::<Request>(r#"{"type":"set_hostname","name":"x"}"#).is_err());
+        assert!(serde_json::from_str::<Response>(r#"{"type":"maybe"}"#).is_err());
+        assert!(serde_json::from_str::<ConnectionHeader>(r#"{"type":"exec"}"#).is_err());
+        assert!(serde_json::from_str::<StdioStream>(r#""stdfoo""#).is_err());
+    }
+
+    #[test]
+    fn version_compatibility_is_by_major() {
+        let v = |major, minor| ProtocolVersion { major, minor };
+        assert!(v(1, 0).is_compatible_with(v(1, 7)));
+        assert!(!v(1, 0).is_compatible_with(v(2, 0)));
+        assert_eq!(v(1, 2).to_string(), "1.2");
+    }
+}

@@ -1,0 +1,506 @@
+//! Validation of received messages. A message that decodes is not yet trusted: the agent
+//! validates every header and request before acting on it, and the host validates every
+//! response, so bounds (lengths, counts, ranges) are enforced in one shared place.
+
+use std::collections::HashSet;
+
+use crate::messages::{ConnectionHeader, Notification, ProcessSpec, Request, Response};
+
+/// Longest process id, in bytes.
+pub const MAX_PROCESS_ID_LEN: usize = 128;
+/// Most arguments in `argv`.
+pub const MAX_ARGS: usize = 32_768;
+/// Most entries in `env`.
+pub const MAX_ENV: usize = 32_768;
+/// Longest single argument or environment entry (Linux's `MAX_ARG_STRLEN`).
+pub const MAX_ARG_LEN: usize = 128 * 1024;
+/// Longest path (`cwd`).
+pub const MAX_PATH_LEN: usize = 4096;
+/// Most supplementary groups (Linux's `NGROUPS_MAX`).
+pub const MAX_ADDITIONAL_GIDS: usize = 65_536;
+/// Longest error message the agent sends.
+pub const MAX_MESSAGE_LEN: usize = 4096;
+/// Longest agent version string.
+pub const MAX_VERSION_STRING_LEN: usize = 64;
+/// Longest grace period a `Shutdown` may ask for.
+pub const MAX_SHUTDOWN_GRACE_MS: u32 = 60_000;
+/// Highest signal number (Linux's `SIGRTMAX`).
+const MAX_SIGNAL: i32 = 64;
+/// Linux's highest pid (`PID_MAX_LIMIT`).
+const MAX_PID: u32 = 4 * 1024 * 1024;
+
+/// Why a message was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("{field} is empty")]
+    Empty { field: &'static str },
+    #[error("{field} is {len} bytes long, more than {max}")]
+    TooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("{field} has {count} entries, more than {max}")]
+    TooMany {
+        field: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{field} contains a NUL byte")]
+    ContainsNul { field: &'static str },
+    #[error("{field} is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ValidationError {
+    ValidationError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_len(field: &'static str, s: &str, max: usize) -> Result<(), ValidationError> {
+    if s.len() > max {
+        return Err(ValidationError::TooLong {
+            field,
+            len: s.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+fn check_count(field: &'static str, count: usize, max: usize) -> Result<(), ValidationError> {
+    if count > max {
+        return Err(ValidationError::TooMany { field, count, max });
+    }
+    Ok(())
+}
+
+/// A string that will become a C string: bounded and without NUL.
+fn check_c_string(field: &'static str, s: &str, max: usize) -> Result<(), ValidationError> {
+    check_len(field, s, max)?;
+    if s.as_bytes().contains(&0) {
+        return Err(ValidationError::ContainsNul { field });
+    }
+    Ok(())
+}
+
+/// Checks a host-chosen process id: 1 to [`MAX_PROCESS_ID_LEN`] bytes of `[A-Za-z0-9_.-]`,
+/// not starting with `.` or `-`.
+pub fn validate_process_id(id: &str) -> Result<(), ValidationError> {
+    const FIELD: &str = "process id";
+    if id.is_empty() {
+        return Err(ValidationError::Empty { field: FIELD });
+    }
+    check_len(FIELD, id, MAX_PROCESS_ID_LEN)?;
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(invalid(
+            FIELD,
+            "only ASCII letters, digits, '_', '.' and '-' are allowed",
+        ));
+    }
+    if id.starts_with(['.', '-']) {
+        return Err(invalid(FIELD, "must not start with '.' or '-'"));
+    }
+    Ok(())
+}
+
+fn validate_signal(signal: i32) -> Result<(), ValidationError> {
+    if !(1..=MAX_SIGNAL).contains(&signal) {
+        return Err(invalid(
+            "signal",
+            format!("{signal} is not in 1..={MAX_SIGNAL}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `u32::MAX` is `(uid_t)-1`, which `setresuid`/`setresgid` read as "leave unchanged": a
+/// process asked to run as it would silently stay root.
+fn validate_id(field: &'static str, id: u32) -> Result<(), ValidationError> {
+    if id == u32::MAX {
+        return Err(invalid(field, "4294967295 (-1) is not a valid id"));
+    }
+    Ok(())
+}
+
+fn validate_version_string(s: &str) -> Result<(), ValidationError> {
+    check_len("agent version", s, MAX_VERSION_STRING_LEN)?;
+    if s.chars().any(char::is_control) {
+        return Err(invalid("agent version", "contains control characters"));
+    }
+    Ok(())
+}
+
+impl ProcessSpec {
+    /// Checks every field against the limits above.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.argv.is_empty() {
+            return Err(ValidationError::Empty { field: "argv" });
+        }
+        if self.argv[0].is_empty() {
+            return Err(ValidationError::Empty { field: "argv[0]" });
+        }
+        check_count("argv", self.argv.len(), MAX_ARGS)?;
+        for a in &self.argv {
+            check_c_string("argv entry", a, MAX_ARG_LEN)?;
+        }
+        check_count("env", self.env.len(), MAX_ENV)?;
+        for e in &self.env {
+            check_c_string("env entry", e, MAX_ARG_LEN)?;
+            match e.split_once('=') {
+                Some((key, _)) if !key.is_empty() => {}
+                _ => return Err(invalid("env entry", "must look like KEY=value")),
+            }
+        }
+        check_c_string("cwd", &self.cwd, MAX_PATH_LEN)?;
+        if !self.cwd.starts_with('/') {
+            return Err(invalid("cwd", "must be an absolute path"));
+        }
+        validate_id("uid", self.uid)?;
+        validate_id("gid", self.gid)?;
+        check_count(
+            "additional_gids",
+            self.additional_gids.len(),
+            MAX_ADDITIONAL_GIDS,
+        )?;
+        for &g in &self.additional_gids {
+            validate_id("additional_gids entry", g)?;
+        }
+        if self.tty_size.is_some() && !self.tty {
+            return Err(invalid("tty_size", "given without tty"));
+        }
+        let mut seen = HashSet::new();
+        for r in &self.rlimits {
+            if !seen.insert(r.resource) {
+                return Err(invalid("rlimits", format!("{:?} is set twice", r.resource)));
+            }
+            if r.soft > r.hard {
+                return Err(invalid(
+                    "rlimits",
+                    format!("{:?}: soft limit above hard limit", r.resource),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ConnectionHeader {
+    /// Checks the header's fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            ConnectionHeader::Hello { .. } => Ok(()),
+            ConnectionHeader::Attach { process_id, .. } => validate_process_id(process_id),
+        }
+    }
+}
+
+impl Request {
+    /// Checks the request's fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Request::CreateProcess { id, spec } => {
+                validate_process_id(id)?;
+                spec.validate()
+            }
+            Request::StartProcess { id }
+            | Request::WaitProcess { id }
+            | Request::ResizeTty { id, .. }
+            | Request::DeleteProcess { id } => validate_process_id(id),
+            Request::Signal { id, signal } => {
+                validate_process_id(id)?;
+                validate_signal(*signal)
+            }
+            Request::Shutdown { grace_ms } => match grace_ms {
+                Some(ms) if *ms > MAX_SHUTDOWN_GRACE_MS => Err(invalid(
+                    "grace_ms",
+                    format!("{ms} is more than {MAX_SHUTDOWN_GRACE_MS}"),
+                )),
+                _ => Ok(()),
+            },
+        }
+    }
+}
+
+impl Response {
+    /// Checks the response's fields; the host calls this on everything the agent sends.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Response::Hello {
+                protocol_version: _,
+                agent_version,
+            } => validate_version_string(agent_version),
+            Response::Ok => Ok(()),
+            Response::Started { pid } => {
+                if *pid == 0 || *pid > MAX_PID {
+                    return Err(invalid("pid", format!("{pid} is not a valid pid")));
+                }
+                Ok(())
+            }
+            Response::Exited { code, signal } => {
+                if !(0..=255).contains(code) {
+                    return Err(invalid("exit code", format!("{code} is not in 0..=255")));
+                }
+                if let Some(s) = signal {
+                    validate_signal(*s)?;
+                    if *code != 128 + *s {
+                        return Err(invalid(
+                            "exit code",
+                            format!("{code} does not match signal {s}"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Response::Error { code: _, message } => {
+                check_len("error message", message, MAX_MESSAGE_LEN)
+            }
+        }
+    }
+
+    /// An error response, its message cut to [`MAX_MESSAGE_LEN`] so it always validates.
+    pub fn error_truncated(code: crate::ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE_LEN {
+            let mut end = MAX_MESSAGE_LEN;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Response::Error { code, message }
+    }
+}
+
+impl Notification {
+    /// Checks the notification's fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Notification::Ready {
+                protocol_version: _,
+                agent_version,
+            } => validate_version_string(agent_version),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ErrorCode, Rlimit, RlimitResource, StdioStream, TtySize, PROTOCOL_VERSION};
+
+    fn spec() -> ProcessSpec {
+        ProcessSpec::new(["/bin/true"])
+    }
+
+    fn create(spec: ProcessSpec) -> Request {
+        Request::CreateProcess {
+            id: "c1".into(),
+            spec,
+        }
+    }
+
+    #[test]
+    fn good_requests_pass() {
+        let mut s = spec();
+        s.env = vec!["A=".into(), "B=c=d".into()];
+        s.tty = true;
+        s.tty_size = Some(TtySize { rows: 1, cols: 1 });
+        s.rlimits = vec![Rlimit {
+            resource: RlimitResource::Nofile,
+            soft: 1,
+            hard: u64::MAX,
+        }];
+        s.additional_gids = vec![0, 1, 65534];
+        assert_eq!(create(s).validate(), Ok(()));
+        assert_eq!(
+            Request::Signal {
+                id: "a-b_c.9".into(),
+                signal: 64
+            }
+            .validate(),
+            Ok(())
+        );
+        assert_eq!(Request::Shutdown { grace_ms: Some(0) }.validate(), Ok(()));
+    }
+
+    #[test]
+    fn process_ids() {
+        assert!(validate_process_id("0123abcdef").is_ok());
+        assert!(validate_process_id(&"a".repeat(MAX_PROCESS_ID_LEN)).is_ok());
+        for bad in [
+            "", ".hidden", "-x", "a/b", "a b", "é", "a\0b", "..", "../etc",
+        ] {
+            assert!(validate_process_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            validate_process_id(&"a".repeat(MAX_PROCESS_ID_LEN + 1)),
+            Err(ValidationError::TooLong { .. })
+        ));
+        let hdr = ConnectionHeader::Attach {
+            process_id: "../x".into(),
+            stream: StdioStream::Stdout,
+        };
+        assert!(hdr.validate().is_err());
+    }
+
+    #[test]
+    fn bad_specs_fail() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut ProcessSpec)>)> = vec![
+            ("empty argv", Box::new(|s| s.argv.clear())),
+            ("empty argv0", Box::new(|s| s.argv[0].clear())),
+            ("nul in argv", Box::new(|s| s.argv.push("a\0b".into()))),
+            (
+                "long arg",
+                Box::new(|s| s.argv.push("x".repeat(MAX_ARG_LEN + 1))),
+            ),
+            (
+                "too many args",
+                Box::new(|s| s.argv.resize(MAX_ARGS + 1, "x".into())),
+            ),
+            ("env without =", Box::new(|s| s.env.push("PATH".into()))),
+            ("env empty key", Box::new(|s| s.env.push("=x".into()))),
+            ("nul in env", Box::new(|s| s.env.push("A=\0".into()))),
+            ("relative cwd", Box::new(|s| s.cwd = "tmp".into())),
+            ("nul in cwd", Box::new(|s| s.cwd = "/t\0".into())),
+            ("uid -1", Box::new(|s| s.uid = u32::MAX)),
+            ("gid -1", Box::new(|s| s.gid = u32::MAX)),
+            ("group -1", Box::new(|s| s.additional_gids.push(u32::MAX))),
+            (
+                "tty size without tty",
+                Box::new(|s| s.tty_size = Some(TtySize { rows: 2, cols: 2 })),
+            ),
+            (
+                "soft above hard",
+                Box::new(|s| {
+                    s.rlimits.push(Rlimit {
+                        resource: RlimitResource::Core,
+                        soft: 2,
+                        hard: 1,
+                    })
+                }),
+            ),
+            (
+                "duplicate rlimit",
+                Box::new(|s| {
+                    let r = Rlimit {
+                        resource: RlimitResource::Core,
+                        soft: 1,
+                        hard: 1,
+                    };
+                    s.rlimits.extend([r, r]);
+                }),
+            ),
+        ];
+        for (name, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert!(create(s).validate().is_err(), "{name} passed validation");
+        }
+    }
+
+    #[test]
+    fn bad_requests_fail() {
+        for sig in [0, -1, 65, i32::MAX] {
+            let r = Request::Signal {
+                id: "c".into(),
+                signal: sig,
+            };
+            assert!(r.validate().is_err(), "signal {sig}");
+        }
+        assert!(Request::Shutdown {
+            grace_ms: Some(MAX_SHUTDOWN_GRACE_MS + 1)
+        }
+        .validate()
+        .is_err());
+        assert!(Request::WaitProcess { id: String::new() }
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let ok = [
+            Response::Ok,
+            Response::Started { pid: 1 },
+            Response::Exited {
+                code: 0,
+                signal: None,
+            },
+            Response::Exited {
+                code: 137,
+                signal: Some(9),
+            },
+            Response::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "0.1.0".into(),
+            },
+            Response::error(ErrorCode::Internal, "x".repeat(MAX_MESSAGE_LEN)),
+        ];
+        for r in ok {
+            assert_eq!(r.validate(), Ok(()), "{r:?}");
+        }
+        let bad = [
+            Response::Started { pid: 0 },
+            Response::Started { pid: u32::MAX },
+            Response::Exited {
+                code: 256,
+                signal: None,
+            },
+            Response::Exited {
+                code: -1,
+                signal: None,
+            },
+            Response::Exited {
+                code: 1,
+                signal: Some(9),
+            },
+            Response::Exited {
+                code: 128,
+                signal: Some(0),
+            },
+            Response::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "x".repeat(MAX_VERSION_STRING_LEN + 1),
+            },
+            Response::Hello {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "1\n2".into(),
+            },
+            Response::error(ErrorCode::Internal, "x".repeat(MAX_MESSAGE_LEN + 1)),
+        ];
+        for r in bad {
+            assert!(r.validate().is_err(), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn error_messages_are_truncated_on_char_boundaries() {
+        let long = "é".repeat(MAX_MESSAGE_LEN);
+        let r = Response::error_truncated(ErrorCode::Internal, long);
+        assert_eq!(r.validate(), Ok(()));
+        match r {
+            Response::Error { message, .. } => assert_eq!(message.len(), MAX_MESSAGE_LEN),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn notifications() {
+        let n = Notification::Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+        };
+        assert_eq!(n.validate(), Ok(()));
+        let n = Notification::Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "\u{7}".into(),
+        };
+        assert!(n.validate().is_err());
+    }
+}
