@@ -1,0 +1,175 @@
+//! virtio devices and their MMIO transport.
+//!
+//! A device implements [`VirtioDevice`]: its identity, features, config space and queues
+//! (register side, driven by the transport from vCPU threads), plus event glue
+//! (`MutEventSubscriber`, driven by the event loop thread). The transport
+//! ([`mmio::MmioTransport`]) owns the register file of the virtio-mmio v2 layout.
+
+pub mod mmio;
+pub mod rng;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use event_manager::MutEventSubscriber;
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::GuestMemoryMmap;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// Feature bits every berth device offers.
+pub mod features {
+    /// VIRTIO_F_VERSION_1: modern devices only.
+    pub const VERSION_1: u64 = 1 << 32;
+    /// VIRTIO_RING_F_EVENT_IDX: notification suppression by index.
+    pub const RING_EVENT_IDX: u64 = 1 << 29;
+}
+
+/// Interrupt status bits of the MMIO transport.
+pub const INT_VRING: u32 = 1;
+/// The device's configuration changed (or it needs a reset).
+pub const INT_CONFIG: u32 = 2;
+
+/// A device's interrupt line: the status register the guest reads and acknowledges, and the
+/// eventfd that the VMM registers as an irqfd.
+#[derive(Debug)]
+pub struct IrqTrigger {
+    status: AtomicU32,
+    evt: EventFd,
+}
+
+impl IrqTrigger {
+    /// An interrupt line signalled through `evt`.
+    pub fn new(evt: EventFd) -> Self {
+        IrqTrigger {
+            status: AtomicU32::new(0),
+            evt,
+        }
+    }
+
+    /// Sets `bits` in the interrupt status and raises the interrupt.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        if let Err(e) = self.evt.write(1) {
+            crate::warn_limited!("virtio: cannot raise an interrupt: {e}");
+        }
+    }
+
+    /// The interrupt status register.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The guest acknowledged `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Restores the status register (snapshot restore).
+    pub fn set_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
+    /// The eventfd behind the interrupt, for irqfd registration.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+/// Why a device could not be activated.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// A queue the device needs is not ready or points outside guest memory.
+    #[error("queue {index} is not ready or not valid in guest memory")]
+    InvalidQueue { index: usize },
+    /// The device's backend could not be set up.
+    #[error("backend setup failed: {0}")]
+    Backend(String),
+}
+
+/// A virtio device behind the MMIO transport.
+pub trait VirtioDevice: MutEventSubscriber + Send {
+    /// The virtio device ID (virtio 1.2, 5).
+    fn device_type(&self) -> u32;
+    /// The device's queues, configured by the driver through the transport.
+    fn queues(&self) -> &[Queue];
+    /// Mutable access to the queues for the transport.
+    fn queues_mut(&mut self) -> &mut [Queue];
+    /// One eventfd per queue, signalled when the driver notifies that queue.
+    fn queue_events(&self) -> &[EventFd];
+    /// Features the device offers.
+    fn avail_features(&self) -> u64;
+    /// The features the driver accepted (a subset of `avail_features`).
+    fn set_acked_features(&mut self, acked: u64);
+    /// Reads the device-specific config space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific config space.
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The driver set DRIVER_OK: start processing queues.
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        irq: std::sync::Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError>;
+    /// The driver reset the device: stop processing and forget queue state.
+    fn reset(&mut self);
+    /// Whether `activate` succeeded and no reset happened since.
+    fn is_activated(&self) -> bool;
+}
+
+/// A queue's configuration and position, for snapshots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueSnapshot {
+    pub max_size: u16,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+}
+
+impl QueueSnapshot {
+    /// Captures `q`.
+    pub fn of(q: &Queue) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size(),
+            size: q.size(),
+            ready: q.ready(),
+            desc_table: q.desc_table(),
+            avail_ring: q.avail_ring(),
+            used_ring: q.used_ring(),
+            next_avail: q.next_avail(),
+            next_used: q.next_used(),
+            event_idx: q.event_idx_enabled(),
+        }
+    }
+}
+
+/// Creates `sizes.len()` queues with the given maximum sizes.
+pub fn new_queues(sizes: &[u16]) -> Vec<Queue> {
+    sizes
+        .iter()
+        .map(|&size| Queue::new(size).expect("device queue sizes are powers of two"))
+        .collect()
+}
+
+/// Creates one non-blocking eventfd per queue.
+pub fn new_queue_events(count: usize) -> std::io::Result<Vec<EventFd>> {
+    (0..count)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK))
+        .collect()
+}

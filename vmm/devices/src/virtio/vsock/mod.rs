@@ -1,0 +1,322 @@
+//! virtio-vsock with its host side in userspace (this host has no vhost-vsock, and device
+//! state that lives in the VMM is what snapshots need).
+//!
+//! The device moves packets between the guest's queues and the [`muxer::Muxer`], which maps
+//! connections onto Unix sockets (hybrid vsock). Queue processing validates every header
+//! from the guest ([`packet::validate`]): a bad packet is dropped and logged, rate-limited;
+//! the device carries on.
+
+pub mod muxer;
+pub mod packet;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use serde::{Deserialize, Serialize};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::ByteValued;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
+
+use super::{
+    features, new_queue_events, new_queues, ActivateError, IrqTrigger, QueueSnapshot, VirtioDevice,
+    INT_VRING,
+};
+use crate::GuestMemoryMmap;
+use muxer::{Muxer, MuxerError, Watcher};
+use packet::{Header, RawHeader, HEADER_LEN, MAX_PAYLOAD};
+
+/// virtio device ID of a socket device.
+pub const TYPE_VSOCK: u32 = 19;
+const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+const EVQ: usize = 2;
+const TIMER_TOKEN: u32 = 4;
+
+/// Errors of the vsock device.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    /// The host side cannot be set up.
+    #[error(transparent)]
+    Muxer(#[from] MuxerError),
+    /// Eventfds or timers cannot be created.
+    #[error("cannot create the device's event sources: {0}")]
+    Events(#[source] std::io::Error),
+    /// The guest CID is reserved.
+    #[error("guest CID {0} is reserved (CIDs 0, 1, 2 and u32::MAX are not guest CIDs)")]
+    ReservedCid(u64),
+}
+
+/// The device's guest-visible state, for snapshots. Connections are not part of it: after a
+/// restore the guest is told its transport was reset.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VsockState {
+    pub guest_cid: u64,
+    pub acked_features: u64,
+    pub activated: bool,
+    pub queues: Vec<QueueSnapshot>,
+}
+
+/// The virtio-vsock device.
+pub struct Vsock {
+    guest_cid: u64,
+    queues: Vec<Queue>,
+    queue_events: Vec<EventFd>,
+    acked_features: u64,
+    active: Option<(GuestMemoryMmap, Arc<IrqTrigger>)>,
+    muxer: Muxer,
+    timer: TimerFd,
+    timer_armed: bool,
+    payload: Vec<u8>,
+    /// A queue that failed (corrupt ring) is left alone until the driver resets the device.
+    broken: bool,
+    /// The driver reset the device; the muxer drops its connections at the next event.
+    pending_reset: bool,
+}
+
+impl Vsock {
+    /// A vsock device for guest `guest_cid` whose host side listens on `uds_path`.
+    pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, VsockError> {
+        if guest_cid <= 2 || guest_cid >= u64::from(u32::MAX) {
+            return Err(VsockError::ReservedCid(guest_cid));
+        }
+        Ok(Vsock {
+            guest_cid,
+            queues: new_queues(&[QUEUE_SIZE; 3]),
+            queue_events: new_queue_events(3).map_err(VsockError::Events)?,
+            acked_features: 0,
+            active: None,
+            muxer: Muxer::new(guest_cid, uds_path)?,
+            timer: TimerFd::new()
+                .map_err(|e| VsockError::Events(std::io::Error::from_raw_os_error(e.errno())))?,
+            timer_armed: false,
+            payload: Vec::with_capacity(MAX_PAYLOAD),
+            broken: false,
+            pending_reset: false,
+        })
+    }
+
+    /// The device's guest-visible state.
+    pub fn state(&self) -> VsockState {
+        VsockState {
+            guest_cid: self.guest_cid,
+            acked_features: self.acked_features,
+            activated: self.active.is_some(),
+            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
+        }
+    }
+
+    /// Moves guest packets from the TX queue to the muxer. Returns whether the guest must
+    /// be notified.
+    fn process_tx(&mut self, w: &mut dyn Watcher) -> Result<bool, virtio_queue::Error> {
+        let Some((mem, _)) = &self.active else {
+            return Ok(false);
+        };
+        let mem = mem.clone();
+        let mut used_any = false;
+        while let Some(chain) = self.queues[TX].iter(&mem)?.next() {
+            let head = chain.head_index();
+            match read_packet(&mem, chain, self.guest_cid, &mut self.payload) {
+                Ok(header) => self.muxer.handle_guest_packet(&header, &self.payload, w),
+                Err(e) => crate::warn_limited!("vsock: guest packet dropped: {e}"),
+            }
+            self.queues[TX].add_used(&mem, head, 0)?;
+            used_any = true;
+        }
+        Ok(used_any && self.queues[TX].needs_notification(&mem)?)
+    }
+
+    /// Fills the guest's RX buffers with whatever the muxer has for it.
+    fn process_rx(&mut self, w: &mut dyn Watcher) -> Result<bool, virtio_queue::Error> {
+        let Some((mem, _)) = &self.active else {
+            return Ok(false);
+        };
+        let mem = mem.clone();
+        let mut used_any = false;
+        while self.muxer.has_rx_work() {
+            let Some(chain) = self.queues[RX].iter(&mem)?.next() else {
+                break;
+            };
+            let head = chain.head_index();
+            let mut writer = match chain.writer(&mem) {
+                Ok(writer) if writer.available_bytes() >= HEADER_LEN => writer,
+                Ok(_) | Err(_) => {
+                    crate::warn_limited!("vsock: unusable RX buffer from the guest; skipped");
+                    self.queues[RX].add_used(&mem, head, 0)?;
+                    used_any = true;
+                    continue;
+                }
+            };
+            let room = writer.available_bytes() - HEADER_LEN;
+            let Some(header) = self.muxer.next_rx_packet(room, &mut self.payload, w) else {
+                // Nothing after all (the host had no data yet): give the buffer back.
+                self.queues[RX].go_to_previous_position();
+                break;
+            };
+            let raw = RawHeader::from(header);
+            let written = writer
+                .write_all(raw.as_slice())
+                .and_then(|()| writer.write_all(&self.payload));
+            let len = match written {
+                Ok(()) => (HEADER_LEN + self.payload.len()) as u32,
+                Err(e) => {
+                    crate::warn_limited!("vsock: cannot write an RX buffer: {e}");
+                    0
+                }
+            };
+            self.queues[RX].add_used(&mem, head, len)?;
+            used_any = true;
+        }
+        Ok(used_any && self.queues[RX].needs_notification(&mem)?)
+    }
+
+    fn run_queues(&mut self, w: &mut dyn Watcher) {
+        if self.broken {
+            return;
+        }
+        let result = self.process_tx(w).and_then(|tx_notify| {
+            let rx_notify = self.process_rx(w)?;
+            Ok(tx_notify || rx_notify)
+        });
+        match result {
+            Ok(true) => {
+                if let Some((_, irq)) = &self.active {
+                    irq.trigger(INT_VRING);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                crate::warn_limited!("vsock: queue unusable ({e}); device stopped until reset");
+                self.broken = true;
+            }
+        }
+    }
+
+    fn arm_timer_if_needed(&mut self, w: &mut dyn Watcher) {
+        let waiting = self.muxer.sweep(Instant::now(), w);
+        if waiting && !self.timer_armed {
+            let period = Duration::from_millis(500);
+            match self.timer.reset(period, Some(period)) {
+                Ok(()) => self.timer_armed = true,
+                Err(e) => log::error!("vsock: cannot arm the connection timer: {e}"),
+            }
+        } else if !waiting && self.timer_armed {
+            if let Err(e) = self.timer.clear() {
+                log::error!("vsock: cannot disarm the connection timer: {e}");
+            }
+            self.timer_armed = false;
+        }
+    }
+}
+
+/// Reads one guest packet: the header, validated, and its payload into `payload`.
+fn read_packet(
+    mem: &GuestMemoryMmap,
+    chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>,
+    guest_cid: u64,
+    payload: &mut Vec<u8>,
+) -> Result<Header, String> {
+    let mut reader = chain
+        .reader(mem)
+        .map_err(|e| format!("malformed descriptor chain: {e}"))?;
+    if reader.available_bytes() < HEADER_LEN {
+        return Err(packet::PacketError::Short(reader.available_bytes()).to_string());
+    }
+    let raw: RawHeader = reader
+        .read_obj()
+        .map_err(|e| format!("cannot read the header: {e}"))?;
+    let header = Header::from(raw);
+    packet::validate(&header, guest_cid, reader.available_bytes()).map_err(|e| e.to_string())?;
+    payload.clear();
+    payload.resize(header.len as usize, 0);
+    reader
+        .read_exact(payload)
+        .map_err(|e| format!("cannot read the payload: {e}"))?;
+    Ok(header)
+}
+
+impl MutEventSubscriber for Vsock {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if self.pending_reset {
+            self.muxer.reset(ops);
+            self.pending_reset = false;
+        }
+        let token = events.data();
+        match token {
+            t if t == RX as u32 || t == TX as u32 || t == EVQ as u32 => {
+                // Draining can only fail with EAGAIN: nothing to drain.
+                let _ = self.queue_events[t as usize].read();
+            }
+            TIMER_TOKEN => {
+                let _ = self.timer.wait();
+            }
+            _ => self.muxer.handle_event(token, events.event_set(), ops),
+        }
+        self.run_queues(ops);
+        self.arm_timer_if_needed(ops);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, evt) in self.queue_events.iter().enumerate() {
+            if let Err(e) = ops.add(Events::with_data(evt, i as u32, EventSet::IN)) {
+                log::error!("vsock: cannot watch queue {i}: {e}");
+            }
+        }
+        if let Err(e) = ops.add(Events::with_data(&self.timer, TIMER_TOKEN, EventSet::IN)) {
+            log::error!("vsock: cannot watch the connection timer: {e}");
+        }
+        self.muxer.init(ops);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queues(&self) -> &[Queue] {
+        &self.queues
+    }
+    fn queues_mut(&mut self) -> &mut [Queue] {
+        &mut self.queues
+    }
+    fn queue_events(&self) -> &[EventFd] {
+        &self.queue_events
+    }
+    fn avail_features(&self) -> u64 {
+        features::VERSION_1 | features::RING_EVENT_IDX
+    }
+    fn set_acked_features(&mut self, acked: u64) {
+        self.acked_features = acked;
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // The config space is the guest's CID, a 64-bit little-endian integer.
+        super::mmio::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+    fn write_config(&mut self, offset: u64, _data: &[u8]) {
+        crate::warn_limited!("vsock: config write at {offset:#x}; the config is read-only");
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        irq: Arc<IrqTrigger>,
+    ) -> Result<(), ActivateError> {
+        self.active = Some((mem, irq));
+        self.broken = false;
+        Ok(())
+    }
+    fn reset(&mut self) {
+        // Connections die with the driver; the event loop still watches their fds, so they
+        // are closed on the next muxer event instead of here (no EventOps at hand).
+        self.active = None;
+        self.broken = false;
+        self.acked_features = 0;
+        self.pending_reset = true;
+    }
+    fn is_activated(&self) -> bool {
+        self.active.is_some()
+    }
+}
