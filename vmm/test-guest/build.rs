@@ -32,7 +32,13 @@ fn main() {
             .arg("-o")
             .arg(&object));
         run(Command::new("ld")
-            .args(["-m", "elf_x86_64", "-nostdlib", "--build-id=none", "-static"])
+            .args([
+                "-m",
+                "elf_x86_64",
+                "-nostdlib",
+                "--build-id=none",
+                "-static",
+            ])
             .arg("-T")
             .arg(&script)
             .arg(&object)

@@ -16,6 +16,8 @@
     .globl pvh_entry
 pvh_entry:
     cli
+    /* PVH provides no stack; use the page below the kernel's load address. */
+    mov $0x100000, %esp
 #if defined(VARIANT_FLOOD)
 flood:
     mov $message, %esi

@@ -1,0 +1,132 @@
+//! `berth-vmm boot`: the VMM proper.
+//!
+//! Exit codes: 0 the guest shut down; 1 the VM could not be built or the VMM failed;
+//! 2 usage; 3 the guest kernel panicked; 4 KVM could not run the guest (fatal exit);
+//! 128+N stopped by signal N.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use vmm::{ConsoleOutput, ExitReason, VmConfig, Vmm, VsockConfig};
+
+use crate::args::{Args, Spec};
+
+pub const EXIT_VMM_ERROR: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_GUEST_PANIC: u8 = 3;
+pub const EXIT_KVM_FATAL: u8 = 4;
+
+const SPEC: Spec = Spec {
+    valued: &[
+        "--kernel",
+        "--initrd",
+        "--cpus",
+        "--mem",
+        "--cmdline",
+        "--console",
+        "--vsock-uds",
+        "--vsock-cid",
+    ],
+    flags: &["--no-rng"],
+};
+
+/// Default guest CID (the first one that is not reserved).
+pub const DEFAULT_CID: u64 = 3;
+
+fn config(args: &Args) -> Result<VmConfig, String> {
+    let kernel = args
+        .value("--kernel")
+        .map(PathBuf::from)
+        .ok_or("--kernel is required")?;
+    let console = match args.value("--console") {
+        None | Some("-") => ConsoleOutput::Stdout,
+        Some(path) => ConsoleOutput::File(PathBuf::from(path)),
+    };
+    let vsock = args.value("--vsock-uds").map(|path| VsockConfig {
+        guest_cid: 0,
+        uds_path: PathBuf::from(path),
+    });
+    let vsock = match vsock {
+        Some(mut v) => {
+            v.guest_cid = args.number("--vsock-cid", DEFAULT_CID)?;
+            Some(v)
+        }
+        None => None,
+    };
+    Ok(VmConfig {
+        vcpus: args.number("--cpus", 1)?,
+        mem_mib: args.number("--mem", 128)?,
+        kernel,
+        initrd: args.value("--initrd").map(PathBuf::from),
+        extra_cmdline: args.value("--cmdline").unwrap_or("").to_string(),
+        console,
+        vsock,
+        rng: !args.flag("--no-rng"),
+    })
+}
+
+/// Where the console went, for messages that point at it.
+fn console_place(args: &Args) -> String {
+    match args.value("--console") {
+        None | Some("-") => "the console output above".to_string(),
+        Some(path) => format!("the console log {path}"),
+    }
+}
+
+pub fn main(argv: &[String]) -> ExitCode {
+    let args = match Args::parse(argv, &SPEC) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-vmm boot: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-vmm boot: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
+    let outcome = Vmm::new(config).and_then(Vmm::run);
+    if let Some(path) = vsock_path {
+        // The vsock device removes its socket when dropped; make sure of it on every path.
+        let _ = std::fs::remove_file(path);
+    }
+    let reason = match outcome {
+        Ok(reason) => reason,
+        Err(e) => {
+            eprintln!("berth-vmm: {e}");
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    };
+    report(&reason, &args)
+}
+
+fn report(reason: &ExitReason, args: &Args) -> ExitCode {
+    match reason {
+        ExitReason::GuestShutdown { .. } => ExitCode::SUCCESS,
+        ExitReason::GuestPanic => {
+            eprintln!(
+                "berth-vmm: the guest kernel panicked; see {}",
+                console_place(args)
+            );
+            ExitCode::from(EXIT_GUEST_PANIC)
+        }
+        ExitReason::InternalError { .. }
+        | ExitReason::FailEntry { .. }
+        | ExitReason::VcpuFault { .. } => {
+            eprintln!("berth-vmm: {reason}");
+            if vmm::hostcheck::KvmKind::detect() == vmm::hostcheck::KvmKind::Pvm {
+                eprintln!("berth-vmm: {}", vmm::hostcheck::PVM_ADVICE);
+            }
+            eprintln!(
+                "berth-vmm: the guest's console is in {}",
+                console_place(args)
+            );
+            ExitCode::from(EXIT_KVM_FATAL)
+        }
+        ExitReason::HostSignal(sig) => ExitCode::from(128u8.saturating_add(*sig as u8)),
+    }
+}

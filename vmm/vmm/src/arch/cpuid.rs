@@ -1,0 +1,113 @@
+//! The CPUID a vCPU sees: KVM's supported set, with the topology made true for this VM
+//! (APIC IDs, CPU count) and the hypervisor bit set.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+const LEAF_FEATURES: u32 = 0x1;
+const LEAF_TOPOLOGY: u32 = 0xb;
+const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_AMD_SIZE: u32 = 0x8000_0008;
+const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
+
+const ECX_HYPERVISOR: u32 = 1 << 31;
+const EDX_HTT: u32 = 1 << 28;
+
+/// Bits needed to number `count` items.
+fn bits_for(count: u32) -> u32 {
+    if count <= 1 {
+        0
+    } else {
+        32 - (count - 1).leading_zeros()
+    }
+}
+
+/// Adapts KVM's supported CPUID for vCPU `index` of `count` (one thread per core, one
+/// socket, APIC ID = index).
+pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> CpuId {
+    let mut cpuid = supported.clone();
+    let apic_id = u32::from(index);
+    let count = u32::from(count);
+    for entry in cpuid.as_mut_slice().iter_mut() {
+        patch(entry, apic_id, count);
+    }
+    cpuid
+}
+
+fn patch(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32) {
+    match entry.function {
+        LEAF_FEATURES => {
+            // EBX: initial APIC ID, logical processors per package, CLFLUSH line (8 qwords).
+            entry.ebx = (apic_id << 24) | ((count & 0xff) << 16) | (8 << 8);
+            entry.ecx |= ECX_HYPERVISOR;
+            if count > 1 {
+                entry.edx |= EDX_HTT;
+            } else {
+                entry.edx &= !EDX_HTT;
+            }
+        }
+        LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
+            entry.edx = apic_id;
+            match entry.index {
+                // SMT level: one thread per core.
+                0 => {
+                    entry.eax = 0;
+                    entry.ebx = 1;
+                    entry.ecx = 1 << 8;
+                }
+                // Core level: all CPUs in one package.
+                1 => {
+                    entry.eax = bits_for(count);
+                    entry.ebx = count;
+                    entry.ecx = (2 << 8) | 1;
+                }
+                n => {
+                    entry.eax = 0;
+                    entry.ebx = 0;
+                    entry.ecx = n;
+                }
+            }
+        }
+        LEAF_AMD_SIZE => {
+            // ECX: APIC ID size for cores, and the number of cores minus one.
+            entry.ecx = (bits_for(count) << 12) | (count.saturating_sub(1) & 0xff);
+        }
+        LEAF_AMD_TOPOLOGY => {
+            entry.eax = apic_id;
+            entry.ebx = apic_id & 0xff;
+            entry.ecx = 0;
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn topology_names_each_vcpu() {
+        let supported =
+            CpuId::from_entries(&[entry(1, 0), entry(0xb, 0), entry(0xb, 1), entry(0xb, 2)])
+                .unwrap();
+        let c = for_vcpu(&supported, 3, 4);
+        let e = c.as_slice();
+        assert_eq!(e[0].ebx >> 24, 3);
+        assert_eq!((e[0].ebx >> 16) & 0xff, 4);
+        assert_ne!(e[0].ecx & ECX_HYPERVISOR, 0);
+        assert_eq!(e[2].ebx, 4);
+        assert_eq!(e[2].eax, 2);
+        assert_eq!(e[1].edx, 3);
+        assert_eq!(e[3].ecx, 2);
+        assert_eq!(bits_for(1), 0);
+        assert_eq!(bits_for(2), 1);
+        assert_eq!(bits_for(5), 3);
+    }
+}

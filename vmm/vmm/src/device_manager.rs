@@ -1,0 +1,139 @@
+//! Puts devices on the buses and wires them to KVM: irqfds for interrupts, ioeventfds for
+//! virtio queue notifications, and `virtio_mmio.device=` arguments so the guest finds them.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::layout::{FIRST_VIRTIO_IRQ, IOAPIC_PINS, VIRTIO_MMIO_BASE};
+use devices::bus::{Bus, BusError};
+use devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
+use devices::legacy::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
+use devices::legacy::EventFdTrigger;
+use devices::virtio::mmio::{MmioTransport, MMIO_LEN};
+use devices::virtio::{IrqTrigger, VirtioDevice};
+use devices::GuestMemoryMmap;
+
+/// Offset of QueueNotify in a virtio-mmio window.
+const QUEUE_NOTIFY_OFFSET: u64 = 0x50;
+
+/// Errors attaching devices.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot create an eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+    #[error("KVM refused {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("no IRQ left for another virtio device")]
+    OutOfIrqs,
+}
+
+/// A subscriber of the VMM's event loop.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// The VM's devices, their buses and the kernel arguments that announce them.
+pub struct DeviceManager {
+    pub pio: Bus,
+    pub mmio: Bus,
+    pub subscribers: Vec<Subscriber>,
+    pub cmdline: Vec<String>,
+    next_virtio: u32,
+}
+
+impl DeviceManager {
+    /// No devices yet.
+    pub fn new() -> Self {
+        DeviceManager {
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            subscribers: Vec::new(),
+            cmdline: Vec::new(),
+            next_virtio: 0,
+        }
+    }
+
+    /// COM1, its interrupt an irqfd on IRQ 4.
+    pub fn add_serial(
+        &mut self,
+        vm: &VmFd,
+        sink: devices::legacy::serial::ConsoleSink,
+    ) -> Result<Arc<Mutex<SerialDevice>>, DeviceError> {
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&irq, COM1_IRQ)
+            .map_err(|source| DeviceError::Kvm {
+                what: "the serial irqfd",
+                source,
+            })?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            EventFdTrigger::new(irq),
+            sink,
+        )));
+        self.pio.insert(serial.clone(), COM1_BASE, COM1_LEN)?;
+        Ok(serial)
+    }
+
+    /// The i8042, its reset line signalling `reset`.
+    pub fn add_i8042(&mut self, reset: EventFd) -> Result<(), DeviceError> {
+        let dev = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset))));
+        self.pio.insert(dev, I8042_BASE, I8042_LEN)?;
+        Ok(())
+    }
+
+    /// A virtio device in the next MMIO window with the next IRQ.
+    pub fn add_virtio<D: VirtioDevice + 'static>(
+        &mut self,
+        vm: &VmFd,
+        mem: &GuestMemoryMmap,
+        device: D,
+    ) -> Result<Arc<Mutex<MmioTransport<D>>>, DeviceError> {
+        let irq = FIRST_VIRTIO_IRQ + self.next_virtio;
+        if irq >= IOAPIC_PINS {
+            return Err(DeviceError::OutOfIrqs);
+        }
+        let base = VIRTIO_MMIO_BASE + u64::from(self.next_virtio) * MMIO_LEN;
+        self.next_virtio += 1;
+
+        let irq_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(DeviceError::EventFd)?;
+        vm.register_irqfd(&irq_evt, irq)
+            .map_err(|source| DeviceError::Kvm {
+                what: "a virtio irqfd",
+                source,
+            })?;
+        for (index, evt) in device.queue_events().iter().enumerate() {
+            // The guest's notify write never leaves the kernel: KVM signals the eventfd.
+            vm.register_ioevent(
+                evt,
+                &IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET),
+                index as u32,
+            )
+            .map_err(|source| DeviceError::Kvm {
+                what: "a virtio queue ioeventfd",
+                source,
+            })?;
+        }
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            mem.clone(),
+            Arc::new(IrqTrigger::new(irq_evt)),
+        )));
+        self.mmio.insert(transport.clone(), base, MMIO_LEN)?;
+        self.subscribers.push(transport.clone());
+        self.cmdline
+            .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
+        Ok(transport)
+    }
+}
+
+impl Default for DeviceManager {
+    fn default() -> Self {
+        Self::new()
+    }
+}

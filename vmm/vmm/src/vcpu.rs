@@ -1,0 +1,183 @@
+//! vCPU threads: each runs KVM_RUN in a loop and serves port I/O and MMIO exits from the
+//! buses. A fatal exit raises the VM's exit signal with a reason that names the exit.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{VcpuExit, VcpuFd};
+
+use crate::exit::{ExitReason, ExitSignal};
+use devices::bus::Bus;
+
+/// KVM system event types (linux/kvm.h).
+const SYSTEM_EVENT_SHUTDOWN: u32 = 1;
+const SYSTEM_EVENT_RESET: u32 = 2;
+const SYSTEM_EVENT_CRASH: u32 = 3;
+
+/// The signal that kicks a vCPU out of KVM_RUN.
+fn kick_signal() -> i32 {
+    vmm_sys_util::signal::SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// Installs the (empty) handler of the kick signal; its only effect is EINTR in KVM_RUN.
+pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
+    vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+}
+
+/// A vCPU ready to run.
+pub struct Vcpu {
+    pub index: u8,
+    pub fd: VcpuFd,
+    pub pio: Arc<Bus>,
+    pub mmio: Arc<Bus>,
+    pub exit: Arc<ExitSignal>,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// What one exit means for the loop.
+enum Step {
+    Continue,
+    Interrupted,
+    Stop(ExitReason),
+    InternalError,
+}
+
+impl Vcpu {
+    /// Starts the vCPU on its own thread, named `vcpu<N>`.
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", self.index))
+            // vCPU threads need little stack: exits are handled in shallow code.
+            .stack_size(256 << 10)
+            .spawn(move || self.run())
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            let step = self.step();
+            match step {
+                Step::Continue => {}
+                Step::Interrupted => {
+                    self.fd.set_kvm_immediate_exit(0);
+                }
+                Step::Stop(reason) => {
+                    self.exit.raise(reason);
+                    return;
+                }
+                Step::InternalError => {
+                    let reason = self.internal_error();
+                    self.exit.raise(reason);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn step(&mut self) -> Step {
+        let index = self.index;
+        match self.fd.run() {
+            Ok(exit) => match exit {
+                VcpuExit::IoIn(port, data) => {
+                    if !self.pio.read(u64::from(port), data) {
+                        data.fill(0xff);
+                    }
+                    Step::Continue
+                }
+                VcpuExit::IoOut(port, data) => {
+                    self.pio.write(u64::from(port), data);
+                    Step::Continue
+                }
+                VcpuExit::MmioRead(addr, data) => {
+                    if !self.mmio.read(addr, data) {
+                        devices::warn_limited!("vCPU {index}: MMIO read of unmapped {addr:#x}");
+                        data.fill(0);
+                    }
+                    Step::Continue
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    if !self.mmio.write(addr, data) {
+                        devices::warn_limited!("vCPU {index}: MMIO write to unmapped {addr:#x}");
+                    }
+                    Step::Continue
+                }
+                VcpuExit::Hlt => Step::Stop(ExitReason::GuestShutdown {
+                    how: "halted with no interrupt controller to wake it",
+                }),
+                VcpuExit::Shutdown => Step::Stop(ExitReason::GuestShutdown {
+                    how: "triple fault",
+                }),
+                VcpuExit::SystemEvent(kind, _) => match kind {
+                    SYSTEM_EVENT_SHUTDOWN => {
+                        Step::Stop(ExitReason::GuestShutdown { how: "power off" })
+                    }
+                    SYSTEM_EVENT_RESET => Step::Stop(ExitReason::GuestShutdown { how: "reset" }),
+                    SYSTEM_EVENT_CRASH => Step::Stop(ExitReason::GuestPanic),
+                    other => Step::Stop(ExitReason::VcpuFault {
+                        vcpu: index,
+                        what: format!("unknown KVM system event {other}"),
+                    }),
+                },
+                VcpuExit::InternalError => Step::InternalError,
+                VcpuExit::FailEntry(reason, _) => Step::Stop(ExitReason::FailEntry {
+                    vcpu: index,
+                    reason,
+                }),
+                VcpuExit::Intr => Step::Interrupted,
+                other => Step::Stop(ExitReason::VcpuFault {
+                    vcpu: index,
+                    what: format!("unhandled KVM exit {other:?}"),
+                }),
+            },
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Step::Interrupted,
+            Err(e) => Step::Stop(ExitReason::VcpuFault {
+                vcpu: index,
+                what: format!("KVM_RUN failed: {e}"),
+            }),
+        }
+    }
+
+    fn internal_error(&mut self) -> ExitReason {
+        let rip = self.fd.get_regs().ok().map(|r| r.rip);
+        let run = self.fd.get_kvm_run();
+        // SAFETY: KVM filled the `internal` member of the exit union: this is only called
+        // right after KVM_RUN returned with exit_reason KVM_EXIT_INTERNAL_ERROR.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        ExitReason::InternalError {
+            vcpu: self.index,
+            suberror: internal.suberror,
+            data: internal.data[..ndata].to_vec(),
+            rip,
+        }
+    }
+}
+
+/// Stops vCPU threads: sets their stop flag and kicks each until it has left KVM_RUN.
+/// A kick can land just before a thread re-enters KVM_RUN and be lost, hence the retries.
+pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+    use std::os::unix::thread::JoinHandleExt;
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for handle in threads {
+        while !handle.is_finished() && Instant::now() < deadline {
+            // SAFETY: the pthread_t belongs to a thread that has not been joined yet (we
+            // hold its JoinHandle), so it is valid; the kick signal has a handler installed.
+            unsafe { libc::pthread_kill(handle.as_pthread_t(), kick_signal()) };
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if handle.is_finished() {
+            if handle.join().is_err() {
+                log::error!("a vCPU thread panicked");
+            }
+        } else {
+            log::error!("a vCPU thread did not stop within 2 s; leaving it to process exit");
+        }
+    }
+}

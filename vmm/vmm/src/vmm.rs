@@ -1,0 +1,378 @@
+//! Building a VM from its configuration and running it to its end.
+//!
+//! The boot steps, in order: open KVM and create the VM; map guest memory and hand it to
+//! KVM; create the in-kernel interrupt controllers and PIT; attach devices (serial, i8042,
+//! virtio-rng, virtio-vsock); load the kernel and write the boot data; create the vCPUs with
+//! their CPUID, MSRs, FPU and LAPIC state, the first at the PVH entry. Then [`Vmm::run`]
+//! starts one thread per vCPU and runs the event loop on the calling thread until the guest
+//! shuts down, a vCPU hits a fatal exit, or the host sends a termination signal.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use vm_memory::{GuestMemory, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::{cpuid, layout, regs, MAX_VCPUS};
+use crate::boot::{self, BootError};
+use crate::config::{ConsoleOutput, VmConfig, BASE_CMDLINE};
+use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
+use crate::exit::{ExitReason, ExitSignal};
+use crate::memory::{self, MemoryError};
+use crate::vcpu::{self, Vcpu};
+use devices::legacy::serial::{ConsoleLimit, ConsoleSink, SerialDevice};
+use devices::virtio::rng::Rng;
+use devices::virtio::vsock::{Vsock, VsockError};
+use devices::GuestMemoryMmap;
+
+/// Errors building or running a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("{0} vCPUs requested; berth supports 1 to {MAX_VCPUS}")]
+    VcpuCount(u8),
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM refused {what}: {source}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error("cannot open the console log {path}: {source}")]
+    Console {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event loop: {0}")]
+    EventLoop(String),
+    #[error("cannot set up {what}: {source}")]
+    Os {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmmError {
+    move |source| VmmError::Kvm { what, source }
+}
+
+/// A built VM, not yet running.
+pub struct Vmm {
+    // Field order is drop order: vCPU fds go before the VM fd, devices before memory.
+    vcpus: Vec<VcpuFd>,
+    devices: DeviceManager,
+    serial: Arc<Mutex<SerialDevice>>,
+    panicked: Arc<AtomicBool>,
+    reset_evt: EventFd,
+    exit: Arc<ExitSignal>,
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+    _kvm: Kvm,
+}
+
+impl Vmm {
+    /// Builds the VM described by `config` (see the module documentation for the steps).
+    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+        if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
+            return Err(VmmError::VcpuCount(config.vcpus));
+        }
+        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        let vm = kvm.create_vm().map_err(kvm_err("creating a VM"))?;
+        let mem = memory::create(config.mem_mib)?;
+        register_memory(&vm, &mem)?;
+
+        vm.set_tss_address(layout::KVM_TSS_ADDR)
+            .map_err(kvm_err("the TSS address"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("an in-kernel interrupt controller"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm.create_pit2(pit).map_err(kvm_err("an in-kernel PIT"))?;
+
+        let mut devices = DeviceManager::new();
+        let sink = ConsoleSink::new(console_writer(&config.console)?, ConsoleLimit::default());
+        let panicked = sink.panic_flag();
+        let serial = devices.add_serial(&vm, sink)?;
+        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Os {
+            what: "the reset event",
+            source,
+        })?;
+        devices.add_i8042(reset_evt.try_clone().map_err(|source| VmmError::Os {
+            what: "the reset event",
+            source,
+        })?)?;
+        if config.rng {
+            let rng = Rng::new().map_err(|source| VmmError::Os {
+                what: "virtio-rng",
+                source,
+            })?;
+            devices.add_virtio(&vm, &mem, rng)?;
+        }
+        if let Some(vsock) = &config.vsock {
+            devices.add_virtio(&vm, &mem, Vsock::new(vsock.guest_cid, &vsock.uds_path)?)?;
+        }
+
+        let mut cmdline = BASE_CMDLINE.to_string();
+        for arg in &devices.cmdline {
+            cmdline.push(' ');
+            cmdline.push_str(arg);
+        }
+        if !config.extra_cmdline.trim().is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(config.extra_cmdline.trim());
+        }
+        let entry = boot::load(
+            &mem,
+            &config.kernel,
+            config.initrd.as_deref(),
+            &cmdline,
+            config.vcpus,
+        )?;
+
+        let supported = kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("listing supported CPUID"))?;
+        let msr_list = kvm.get_msr_index_list().map_err(kvm_err("listing MSRs"))?;
+        let mut vcpus = Vec::with_capacity(config.vcpus as usize);
+        for index in 0..config.vcpus {
+            let fd = vm
+                .create_vcpu(u64::from(index))
+                .map_err(kvm_err("creating a vCPU"))?;
+            fd.set_cpuid2(&cpuid::for_vcpu(&supported, index, config.vcpus))
+                .map_err(kvm_err("the vCPU's CPUID"))?;
+            regs::setup_common(&fd, msr_list.as_slice())?;
+            if index == 0 {
+                regs::setup_boot_vcpu(&fd, entry.pvh_entry)?;
+            }
+            vcpus.push(fd);
+        }
+
+        Ok(Vmm {
+            vcpus,
+            devices,
+            serial,
+            panicked,
+            reset_evt,
+            exit: Arc::new(ExitSignal::new().map_err(|source| VmmError::Os {
+                what: "the exit event",
+                source,
+            })?),
+            _vm: vm,
+            _mem: mem,
+            _kvm: kvm,
+        })
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn exit_signal(&self) -> Arc<ExitSignal> {
+        self.exit.clone()
+    }
+
+    /// Runs the VM until it stops, and says why.
+    pub fn run(mut self) -> Result<ExitReason, VmmError> {
+        // Termination signals become events of the loop; blocking them here, before any
+        // thread starts, keeps every thread from taking them the default way.
+        let signal_fd = termination_signalfd()?;
+        vcpu::install_kick_handler().map_err(|e| VmmError::Os {
+            what: "the vCPU kick signal",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })?;
+
+        let mut event_manager: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| VmmError::EventLoop(e.to_string()))?;
+        for subscriber in self.devices.subscribers.drain(..) {
+            event_manager.add_subscriber(subscriber);
+        }
+        let control = Arc::new(Mutex::new(Control {
+            exit: self.exit.clone(),
+            reset_evt: self.reset_evt.try_clone().map_err(|source| VmmError::Os {
+                what: "the reset event",
+                source,
+            })?,
+            signal_fd,
+        }));
+        event_manager.add_subscriber(control);
+
+        let pio = Arc::new(std::mem::take(&mut self.devices.pio));
+        let mmio = Arc::new(std::mem::take(&mut self.devices.mmio));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::with_capacity(self.vcpus.len());
+        for (index, fd) in self.vcpus.drain(..).enumerate() {
+            let vcpu = Vcpu {
+                index: index as u8,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit: self.exit.clone(),
+                stop: stop.clone(),
+            };
+            match vcpu.spawn() {
+                Ok(handle) => threads.push(handle),
+                Err(source) => {
+                    vcpu::stop_all(&stop, threads);
+                    return Err(VmmError::Os {
+                        what: "a vCPU thread",
+                        source,
+                    });
+                }
+            }
+        }
+
+        let outcome = loop {
+            if let Some(reason) = self.exit.reason() {
+                break Ok(reason);
+            }
+            if let Err(e) = event_manager.run() {
+                break Err(VmmError::EventLoop(e.to_string()));
+            }
+        };
+        vcpu::stop_all(&stop, threads);
+        devices::bus::lock(&self.serial).flush();
+        let reason = outcome?;
+        Ok(match reason {
+            ExitReason::GuestShutdown { .. } if self.panicked.load(Ordering::SeqCst) => {
+                ExitReason::GuestPanic
+            }
+            other => other,
+        })
+    }
+}
+
+fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
+    for (slot, region) in mem.iter().enumerate() {
+        let host_addr = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| VmmError::Os {
+                what: "guest memory",
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        let region = kvm_userspace_memory_region {
+            slot: slot as u32,
+            flags: 0,
+            guest_phys_addr: region.start_addr().0,
+            memory_size: region.len(),
+            userspace_addr: host_addr as u64,
+        };
+        // SAFETY: the region describes a live mapping owned by `mem`, which the Vmm keeps
+        // alive (and drops after the VM fd) for as long as KVM may access it; slots do not
+        // overlap because the regions of a GuestMemoryMmap do not.
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("guest memory"))?;
+    }
+    Ok(())
+}
+
+fn console_writer(console: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmError> {
+    Ok(match console {
+        ConsoleOutput::Stdout => Box::new(std::io::stdout()),
+        ConsoleOutput::Discard => Box::new(std::io::sink()),
+        ConsoleOutput::File(path) => {
+            Box::new(File::create(path).map_err(|source| VmmError::Console {
+                path: path.clone(),
+                source,
+            })?)
+        }
+    })
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it will start) and
+/// returns a signalfd that reports them.
+fn termination_signalfd() -> Result<OwnedFd, VmmError> {
+    let os = |what| move |source| VmmError::Os { what, source };
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t owned by this frame; the signal numbers are valid.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+    }
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(os("the signal mask")(std::io::Error::from_raw_os_error(rc)));
+    }
+    // SAFETY: -1 asks for a new signalfd; `set` is initialised; the result is checked.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(os("a signalfd")(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The loop's own events: the exit signal, the i8042 reset, termination signals.
+struct Control {
+    exit: Arc<ExitSignal>,
+    reset_evt: EventFd,
+    signal_fd: OwnedFd,
+}
+
+const EXIT_TOKEN: u32 = 0;
+const RESET_TOKEN: u32 = 1;
+const SIGNAL_TOKEN: u32 = 2;
+
+impl MutEventSubscriber for Control {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match events.data() {
+            EXIT_TOKEN => {
+                let _ = self.exit.eventfd().read();
+            }
+            RESET_TOKEN => {
+                let _ = self.reset_evt.read();
+                self.exit
+                    .raise(ExitReason::GuestShutdown { how: "i8042 reset" });
+            }
+            SIGNAL_TOKEN => {
+                let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+                // SAFETY: reading into a buffer of exactly one signalfd_siginfo from a
+                // signalfd we own.
+                let n = unsafe {
+                    libc::read(
+                        self.signal_fd.as_raw_fd(),
+                        info.as_mut_ptr().cast(),
+                        info.len(),
+                    )
+                };
+                if n == info.len() as isize {
+                    let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
+                    self.exit.raise(ExitReason::HostSignal(signo as i32));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        let sources = [
+            Events::with_data(self.exit.eventfd(), EXIT_TOKEN, EventSet::IN),
+            Events::with_data(&self.reset_evt, RESET_TOKEN, EventSet::IN),
+            Events::with_data(&self.signal_fd, SIGNAL_TOKEN, EventSet::IN),
+        ];
+        for source in sources {
+            if let Err(e) = ops.add(source) {
+                log::error!("cannot watch a control event: {e}");
+            }
+        }
+    }
+}
