@@ -1,0 +1,199 @@
+//! The VMM on this host's own KVM, with berth's test guests (which even kvm_pvm runs):
+//! boot, console, i8042 exit, vCPU creation, signals, and bad input.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use berth_tests::*;
+
+fn vmm() -> Command {
+    Command::new(bin("berth-vmm"))
+}
+
+fn guest(scratch: &Scratch, name: &str, image: &[u8]) -> std::path::PathBuf {
+    test_guest::write_to(&scratch.0, name, image).expect("can write a test guest")
+}
+
+#[test]
+fn boots_to_the_serial_line_and_exits_through_the_i8042() {
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("hello");
+    let kernel = guest(&s, "hello.elf", test_guest::HELLO);
+    let mut cmd = vmm();
+    cmd.args(["boot", "--mem", "16", "--kernel"]).arg(&kernel);
+    let out = run(cmd, b"", Duration::from_secs(20));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(out.stdout.contains(test_guest::GREETING), "{out:?}");
+    assert!(out.elapsed < Duration::from_secs(10));
+}
+
+#[test]
+fn console_goes_to_the_log_file() {
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("consolelog");
+    let kernel = guest(&s, "hello.elf", test_guest::HELLO);
+    let log = s.path("console.log");
+    let mut cmd = vmm();
+    cmd.args(["boot", "--mem", "16", "--kernel"])
+        .arg(&kernel)
+        .arg("--console")
+        .arg(&log);
+    let out = run(cmd, b"", Duration::from_secs(20));
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert!(!out.stdout.contains(test_guest::GREETING));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains(test_guest::GREETING), "log: {text:?}");
+}
+
+#[test]
+fn creates_every_vcpu_and_stops_cleanly_on_sigterm() {
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("idle");
+    let kernel = guest(&s, "idle.elf", test_guest::IDLE);
+    let uds = s.path("vsock.sock");
+    let mut child = vmm()
+        .args(["boot", "--mem", "16", "--cpus", "2", "--kernel"])
+        .arg(&kernel)
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--console")
+        .arg(s.path("console.log"))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut names = vec![];
+    while Instant::now() < deadline {
+        names = thread_names(child.id());
+        if names.iter().any(|n| n == "vcpu1") && uds.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(names.iter().any(|n| n == "vcpu0"), "threads: {names:?}");
+    assert!(names.iter().any(|n| n == "vcpu1"), "threads: {names:?}");
+    assert!(!names.iter().any(|n| n == "vcpu2"), "threads: {names:?}");
+    assert!(uds.exists(), "the vsock socket exists while the VM runs");
+    // SAFETY: sending SIGTERM to our own child, whose pid we hold.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(10)).expect("the VMM stops on SIGTERM");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    assert!(!uds.exists(), "the vsock socket is removed at exit");
+}
+
+#[test]
+fn a_guest_panic_is_reported_with_the_console_log() {
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("panic");
+    let kernel = guest(&s, "panic.elf", test_guest::PANIC);
+    let log = s.path("console.log");
+    let mut cmd = vmm();
+    cmd.args(["boot", "--mem", "16", "--kernel"])
+        .arg(&kernel)
+        .arg("--console")
+        .arg(&log);
+    let out = run(cmd, b"", Duration::from_secs(20));
+    assert_eq!(out.code(), 3, "{out:?}");
+    assert!(out.stderr.contains("panicked"), "{out:?}");
+    assert!(out.stderr.contains(&log.display().to_string()), "{out:?}");
+}
+
+#[test]
+fn bad_kernels_are_clear_errors_not_hangs() {
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("badkernel");
+    let garbage = s.path("garbage");
+    std::fs::write(&garbage, vec![0x42u8; 4096]).unwrap();
+    let truncated = s.path("truncated");
+    std::fs::write(&truncated, &test_guest::HELLO[..100]).unwrap();
+    let cases: [(&std::path::Path, &str); 4] = [
+        (
+            std::path::Path::new("/nonexistent/vmlinux"),
+            "cannot open the kernel",
+        ),
+        (&garbage, "is not a bootable ELF kernel"),
+        (&truncated, "is not a bootable ELF kernel"),
+        // An ELF without a PVH note (the test binary's own loader would never do).
+        (std::path::Path::new("/bin/true"), "/bin/true"),
+    ];
+    for (kernel, expected) in cases {
+        let mut cmd = vmm();
+        cmd.args(["boot", "--mem", "16", "--kernel"]).arg(kernel);
+        let out = run(cmd, b"", Duration::from_secs(20));
+        assert_eq!(out.code(), 1, "{kernel:?}: {out:?}");
+        assert!(out.stderr.contains(expected), "{kernel:?}: {out:?}");
+    }
+    let mut cmd = vmm();
+    cmd.args([
+        "boot",
+        "--mem",
+        "16",
+        "--cpus",
+        "0",
+        "--kernel",
+        "/bin/true",
+    ]);
+    let out = run(cmd, b"", Duration::from_secs(20));
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("vCPUs"), "{out:?}");
+    let mut cmd = vmm();
+    cmd.args(["boot", "--frobnicate"]);
+    assert_eq!(run(cmd, b"", Duration::from_secs(20)).code(), 2);
+}
+
+/// On a kvm_pvm host the stock guest kernel must end with a message that names the exit and
+/// says what to do; on a hardware-virtualised host the same kernel boots (and, with no
+/// initramfs, panics for lack of a root filesystem, which must be reported as a panic).
+#[test]
+fn the_guest_kernel_on_this_hosts_kvm_ends_with_a_clear_verdict() {
+    if !require(kvm_available(), "/dev/kvm") || !require(guest_kernel(), "the guest kernel") {
+        return;
+    }
+    let s = Scratch::new("stock");
+    let log = s.path("console.log");
+    let mut cmd = vmm();
+    cmd.args(["boot", "--mem", "256", "--kernel"])
+        .arg(guest_dir().join("vmlinux"))
+        .arg("--console")
+        .arg(&log);
+    let out = run(cmd, b"", Duration::from_secs(180));
+    if linux_guests_supported().is_ok() {
+        assert_eq!(out.code(), 3, "no root filesystem: a panic; {out:?}");
+    } else {
+        assert_eq!(out.code(), 4, "{out:?}");
+        assert!(out.stderr.contains("KVM_EXIT_INTERNAL_ERROR"), "{out:?}");
+        assert!(out.stderr.contains("kvm_pvm"), "{out:?}");
+        assert!(out.stderr.contains("tests/vmhost/run"), "{out:?}");
+    }
+}
+
+#[test]
+fn check_agrees_with_the_host() {
+    let out = run(
+        {
+            let mut c = vmm();
+            c.arg("check");
+            c
+        },
+        b"",
+        Duration::from_secs(10),
+    );
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if pvm {
+        assert_eq!(out.code(), 1, "{out:?}");
+        assert!(out.stdout.contains("kvm_pvm"), "{out:?}");
+        assert_eq!(out.stdout.trim().lines().count(), 1, "one line: {out:?}");
+    } else if kvm_available().is_err() {
+        assert_eq!(out.code(), 1, "{out:?}");
+    }
+}
