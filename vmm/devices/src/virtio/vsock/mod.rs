@@ -320,3 +320,161 @@ impl VirtioDevice for Vsock {
         self.active.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use packet::{op, HOST_CID, TYPE_STREAM};
+    use std::os::fd::RawFd;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+
+    struct NullWatcher;
+    impl Watcher for NullWatcher {
+        fn add(&mut self, _: RawFd, _: u32, _: EventSet) {}
+        fn modify(&mut self, _: RawFd, _: u32, _: EventSet) {}
+        fn remove(&mut self, _: RawFd, _: u32) {}
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16, next: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
+    }
+
+    fn header(op: u16, src_cid: u64, len: u32) -> RawHeader {
+        RawHeader::from(Header {
+            src_cid,
+            dst_cid: HOST_CID,
+            src_port: 5000,
+            dst_port: 1025,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 4096,
+            ..Default::default()
+        })
+    }
+
+    struct Rig {
+        dir: std::path::PathBuf,
+        mem: GuestMemoryMmap,
+        dev: Vsock,
+    }
+
+    impl Rig {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("berth-vsockdev-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap();
+            let dev = Vsock::new(3, &dir.join("v.sock")).unwrap();
+            Rig { dir, mem, dev }
+        }
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn hostile_tx_packets_are_dropped_and_the_device_carries_on() {
+        let mut rig = Rig::new("hostile");
+        let tx = MockSplitQueue::create(&rig.mem, GuestAddress(0x10_0000), 16);
+        let rx = MockSplitQueue::create(&rig.mem, GuestAddress(0x20_0000), 16);
+        // 0: a chain shorter than a header; 1: a header claiming more payload than present;
+        // 2: a buffer outside guest memory; 3: a spoofed source CID; 4: a header whose
+        // payload descriptor is missing (len says 100, chain has 0); 5: a valid REQUEST.
+        let base = 0x30_0000u64;
+        rig.mem.write_slice(&[1u8; 10], GuestAddress(base)).unwrap();
+        rig.mem
+            .write_obj(header(op::RW, 3, 1000), GuestAddress(base + 0x100))
+            .unwrap();
+        rig.mem
+            .write_obj(header(op::RW, 7, 0), GuestAddress(base + 0x300))
+            .unwrap();
+        rig.mem
+            .write_obj(header(op::RW, 3, 100), GuestAddress(base + 0x400))
+            .unwrap();
+        rig.mem
+            .write_obj(header(op::REQUEST, 3, 0), GuestAddress(base + 0x500))
+            .unwrap();
+        tx.add_desc_chains(
+            &[
+                desc(base, 10, 0, 0),
+                desc(base + 0x100, HEADER_LEN as u32, NEXT, 2),
+                desc(base + 0x200, 8, 0, 0),
+                desc(0xfff_0000, 64, 0, 0),
+                desc(base + 0x300, HEADER_LEN as u32, 0, 0),
+                desc(base + 0x400, HEADER_LEN as u32, 0, 0),
+                desc(base + 0x500, HEADER_LEN as u32, 0, 0),
+            ],
+            0,
+        )
+        .unwrap();
+        rx.add_desc_chains(&[desc(base + 0x1000, 4096, WRITE, 0)], 0)
+            .unwrap();
+        let _listener = std::os::unix::net::UnixListener::bind(format!(
+            "{}_1025",
+            rig.dev.muxer.uds_path().display()
+        ))
+        .unwrap();
+        rig.dev.queues[RX] = rx.create_queue().unwrap();
+        rig.dev.queues[TX] = tx.create_queue().unwrap();
+        let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        rig.dev.activate(rig.mem.clone(), irq.clone()).unwrap();
+        rig.dev.run_queues(&mut NullWatcher);
+
+        assert!(!rig.dev.broken);
+        assert_eq!(
+            rig.dev.queues[TX].next_used(),
+            6,
+            "every chain was returned"
+        );
+        assert_eq!(rig.dev.queues[RX].next_used(), 1);
+        let reply: RawHeader = rig.mem.read_obj(GuestAddress(base + 0x1000)).unwrap();
+        let reply = Header::from(reply);
+        assert_eq!(
+            reply.op,
+            op::RESPONSE,
+            "the valid request still got through"
+        );
+        assert_eq!(reply.dst_cid, 3);
+        assert_ne!(irq.status() & INT_VRING, 0);
+    }
+
+    #[test]
+    fn a_corrupt_ring_stops_the_device_until_reset() {
+        let mut rig = Rig::new("corrupt");
+        let tx = MockSplitQueue::create(&rig.mem, GuestAddress(0x10_0000), 16);
+        rig.dev.queues[TX] = tx.create_queue().unwrap();
+        tx.avail().idx().store(1000);
+        let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        rig.dev.activate(rig.mem.clone(), irq).unwrap();
+        rig.dev.run_queues(&mut NullWatcher);
+        assert!(rig.dev.broken);
+        rig.dev.reset();
+        assert!(!rig.dev.broken);
+        assert!(!rig.dev.is_activated());
+    }
+
+    #[test]
+    fn config_space_is_the_guest_cid() {
+        let rig = Rig::new("config");
+        let mut cid = [0u8; 8];
+        rig.dev.read_config(0, &mut cid);
+        assert_eq!(u64::from_le_bytes(cid), 3);
+        let mut high = [0xffu8; 4];
+        rig.dev.read_config(4, &mut high);
+        assert_eq!(high, [0; 4]);
+        assert!(matches!(
+            Vsock::new(2, &rig.dir.join("x.sock")),
+            Err(VsockError::ReservedCid(2))
+        ));
+    }
+}
