@@ -1,0 +1,82 @@
+# berth: the two commands are `make run` (start berth: boot a microVM and run a command in
+# it) and `make test` (every test). `make build` builds without testing; `make bench-*` run
+# the benchmarks. Each target installs what it is missing; nothing is assumed installed
+# beyond the Rust toolchain, gcc and apt.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+RELEASE := target/release
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT := target/$(AGENT_TARGET)/release/berth-agent
+GUEST := target/guest
+VMHOST := tests/vmhost/run
+# What `make run` runs in the microVM.
+CMD ?= echo "hello from a berth microVM: $$(uname -sr), $$(nproc) vCPUs, $$(awk '/MemTotal/ {print $$2 " kB"}' /proc/meminfo)"
+VM_CPUS ?= 2
+VM_MEM ?= 256
+
+.PHONY: all build host agent guest run test test-unit test-kvm test-microvm lint bench-boot clean
+
+all: build
+
+build: host agent guest
+
+# The host binaries (berth-vmm, test guests).
+host:
+	$(CARGO) build --release --workspace --exclude berth-agent
+
+# The agent is PID 1 in the guest: a static binary. Passing --target keeps the static flag
+# off build scripts and proc macros.
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
+		--target $(AGENT_TARGET) -p berth-agent
+
+# The guest kernel (built once, cached by a hash of its inputs) and the initramfs.
+guest: agent
+	guest-kernel/build --agent $(AGENT) --out $(GUEST)
+
+# Boots a microVM and runs $(CMD) in it: directly where this host's KVM runs Linux guests,
+# inside the emulated virtualization host otherwise.
+run: build
+	@if $(RELEASE)/berth-vmm check >/dev/null; then \
+		echo "make run: this host's KVM runs Linux guests: booting the microVM directly"; \
+		$(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c '$(CMD)'; \
+	else \
+		echo "make run: $$($(RELEASE)/berth-vmm check)"; \
+		echo "make run: booting the microVM inside the emulated virtualization host ($(VMHOST))"; \
+		$(VMHOST) -- $(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c '$(CMD)'; \
+	fi
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: build test-unit test-kvm test-microvm
+
+# Unit tests beside the code (no VM needed).
+test-unit:
+	$(CARGO) test --release --workspace --exclude berth-tests
+
+# The VMM on this host's own KVM with berth's test guests.
+test-kvm:
+	$(CARGO) test --release -p berth-tests --test kvm_direct
+
+# Real Linux microVMs: directly where `berth-vmm check` passes, else inside the emulated
+# virtualization host (the test binary is built here, run there).
+test-microvm:
+	@bin=$$($(CARGO) test --release -p berth-tests --test microvm --no-run --message-format=json \
+		| python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="microvm"]' | tail -1); \
+	test -n "$$bin" || { echo "test-microvm: no test binary" >&2; exit 1; }; \
+	if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$$bin --test-threads=2; \
+	else \
+		echo "test-microvm: $$($(RELEASE)/berth-vmm check)"; \
+		echo "test-microvm: running the microVM tests inside the emulated virtualization host"; \
+		$(VMHOST) -- $$bin --test-threads=2; \
+	fi
+
+bench-boot: build
+	$(RELEASE)/bench-boot
+
+clean:
+	$(CARGO) clean
