@@ -1,0 +1,215 @@
+//! What the agent does only as PID 1 of the VM: mount the kernel filesystems, point its
+//! stdio at the console, and end the VM on purpose (an exiting PID 1 panics the kernel).
+
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+use std::time::Duration;
+
+use nix::mount::{mount, MsFlags};
+
+use crate::sys;
+
+/// One mount of the boot sequence.
+struct Mount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: &'static str,
+}
+
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
+/// In order: later targets live inside earlier ones.
+const MOUNTS: &[Mount] = &[
+    Mount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: MsFlags::MS_NOSUID,
+        data: "mode=0755",
+    },
+    Mount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    Mount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+    Mount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    },
+    Mount {
+        source: "shm",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
+    },
+    Mount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=0755",
+    },
+    Mount {
+        source: "tmpfs",
+        target: "/tmp",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV,
+        data: "mode=1777",
+    },
+    Mount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: "",
+    },
+];
+
+/// Symlinks programs expect in /dev: (link, target).
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+    ("/dev/core", "/proc/kcore"),
+];
+
+/// Why a boot step failed. None of them stops the agent: it logs and serves what it can.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("cannot create mount point {path}")]
+    MountPoint {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot mount {fstype} on {target}")]
+    Mount {
+        fstype: &'static str,
+        target: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("cannot create {link}")]
+    Link {
+        link: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open /dev/console")]
+    Console(#[source] io::Error),
+}
+
+/// True if `path` is already a mount point (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    let (Ok(own), Some(Ok(parent))) = (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) else {
+        return false;
+    };
+    own.dev() != parent.dev()
+}
+
+fn mount_one(m: &Mount) -> Result<(), InitError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(m.target)
+        .map_err(|source| InitError::MountPoint {
+            path: m.target,
+            source,
+        })?;
+    if is_mount_point(Path::new(m.target)) {
+        return Ok(());
+    }
+    let data = (!m.data.is_empty()).then_some(m.data);
+    mount(Some(m.source), m.target, Some(m.fstype), m.flags, data).map_err(|source| {
+        InitError::Mount {
+            fstype: m.fstype,
+            target: m.target,
+            source,
+        }
+    })
+}
+
+fn link(link: &'static str, target: &str) -> Result<(), InitError> {
+    match std::os::unix::fs::symlink(target, link) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            Err(InitError::Link { link, source: e })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Points stdio at /dev/console. Until this runs there may be no stdio at all (the kernel
+/// opens the console for init only if the initramfs has /dev/console).
+fn attach_console() -> Result<(), InitError> {
+    let console = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+        .map_err(InitError::Console)?;
+    sys::redirect_stdio(console.as_fd()).map_err(InitError::Console)
+}
+
+/// Runs the PID-1 boot steps. Returns the failures, each already non-fatal.
+pub fn boot() -> Vec<InitError> {
+    let mut errors = Vec::new();
+    for m in MOUNTS {
+        if let Err(e) = mount_one(m) {
+            errors.push(e);
+        }
+        if m.target == "/dev" {
+            if let Err(e) = attach_console() {
+                errors.push(e);
+            }
+        }
+    }
+    // Programs open /dev/ptmx: make it the multiplexer of our devpts instance.
+    let _ = std::fs::remove_file("/dev/ptmx");
+    if let Err(e) = link("/dev/ptmx", "pts/ptmx") {
+        errors.push(e);
+    }
+    for (l, t) in DEV_LINKS {
+        if let Err(e) = link(l, t) {
+            errors.push(e);
+        }
+    }
+    if let Err(e) = sys::ensure_stdio_open() {
+        log::warn!("cannot open stdio: {e}");
+    }
+    errors
+}
+
+/// Ends the VM: flush filesystems and reset (the kernel runs with `reboot=k`, so the VMM
+/// sees the keyboard controller reset and exits). A power-off would merely halt a VM
+/// without ACPI. Never returns.
+pub fn end_vm() -> ! {
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    log::error!("reboot failed: {e}");
+    // Returning would make PID 1 exit and panic the kernel; wait for the reset instead.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

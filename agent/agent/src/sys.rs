@@ -1,0 +1,296 @@
+//! The agent's syscall layer: thin wrappers over the calls std does not offer (pty, eventfd,
+//! poll, signals, vsock, reboot). The only other module with `unsafe` is `spawn`, whose
+//! forked child must not allocate.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow};
+
+fn nix_err(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// `read(2)`, retried on EINTR.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::read(fd, buf) {
+            Err(Errno::EINTR) => {}
+            r => return r.map_err(nix_err),
+        }
+    }
+}
+
+/// `write(2)`, retried on EINTR.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        match nix::unistd::write(fd, buf) {
+            Err(Errno::EINTR) => {}
+            r => return r.map_err(nix_err),
+        }
+    }
+}
+
+/// Writes all of `buf` to a blocking fd.
+pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match write(fd, buf)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => buf = &buf[n..],
+        }
+    }
+    Ok(())
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(nix_err)
+}
+
+/// Opens `/dev/null` close-on-exec, for reading or for writing.
+pub fn dev_null(write: bool) -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .open("/dev/null")?;
+    Ok(OwnedFd::from(f))
+}
+
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(nix_err)?;
+    let mut flags = OFlag::from_bits_retain(flags);
+    flags.set(OFlag::O_NONBLOCK, on);
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(nix_err)?;
+    Ok(())
+}
+
+/// A latch other threads can wait on with [`poll_two`]: once [`Latch::set`], it stays set
+/// (nobody ever reads the counter back).
+#[derive(Debug)]
+pub struct Latch(OwnedFd);
+
+impl Latch {
+    pub fn new() -> io::Result<Self> {
+        use nix::sys::eventfd::{EfdFlags, EventFd};
+        let fd =
+            EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(nix_err)?;
+        Ok(Latch(fd.into()))
+    }
+
+    pub fn set(&self) {
+        // Cannot fail short of a counter overflow, which 1 per call cannot reach.
+        let _ = write(self.0.as_fd(), &1u64.to_ne_bytes());
+    }
+
+    pub fn is_set(&self) -> bool {
+        matches!(
+            poll_two(self.0.as_fd(), PollFlags::POLLIN, None, 0),
+            Ok((true, _))
+        )
+    }
+}
+
+impl AsFd for Latch {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+/// Polls `a` for `a_events` and, if given, a [`Latch`] for being set; `timeout_ms` < 0
+/// waits forever. Returns (a is ready, latch is set). Errors and hang-ups count as ready,
+/// so the caller's next read or write reports them.
+pub fn poll_two(
+    a: BorrowedFd<'_>,
+    a_events: PollFlags,
+    latch: Option<&Latch>,
+    timeout_ms: i32,
+) -> io::Result<(bool, bool)> {
+    let timeout = if timeout_ms < 0 {
+        PollTimeout::NONE
+    } else {
+        PollTimeout::try_from(timeout_ms).unwrap_or(PollTimeout::MAX)
+    };
+    let mut fds = vec![PollFd::new(a, a_events)];
+    if let Some(l) = latch {
+        fds.push(PollFd::new(l.0.as_fd(), PollFlags::POLLIN));
+    }
+    loop {
+        match nix::poll::poll(&mut fds, timeout) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(nix_err(e)),
+            Ok(_) => break,
+        }
+    }
+    let ready = |p: &PollFd<'_>| !p.revents().unwrap_or(PollFlags::empty()).is_empty();
+    let a_ready = ready(&fds[0]);
+    let latch_set = fds.get(1).is_some_and(ready);
+    Ok((a_ready, latch_set))
+}
+
+/// Opens a new pseudo-terminal: (master, slave), both close-on-exec, with the given size.
+/// The slave comes from the master itself (`TIOCGPTPEER`), so no path under /dev/pts is
+/// looked up and it cannot be swapped.
+pub fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(nix_err)?;
+    nix::pty::grantpt(&master).map_err(nix_err)?;
+    nix::pty::unlockpt(&master).map_err(nix_err)?;
+    // SAFETY: PtyMaster owns a valid fd; into_raw_fd hands that ownership to this OwnedFd.
+    let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
+    // SAFETY: TIOCGPTPEER takes open(2) flags by value and returns a new fd or -1; master
+    // is a valid pty master fd.
+    let slave = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if slave < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a new fd that nothing else owns.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+    set_window_size(master.as_fd(), rows, cols)?;
+    Ok((master, slave))
+}
+
+/// `TIOCSWINSZ` on a pty master (it applies to the terminal and signals SIGWINCH).
+pub fn set_window_size(master: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one struct winsize from the pointer, which is valid for the
+    // duration of the call.
+    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The terminal's end-of-file character and whether it is in canonical mode (where that
+/// character means anything). On a pty master, `TCGETS` reports the slave's settings.
+pub fn terminal_eof(master: BorrowedFd<'_>) -> io::Result<(u8, bool)> {
+    let t = nix::sys::termios::tcgetattr(master).map_err(nix_err)?;
+    let veof = t.control_chars[nix::sys::termios::SpecialCharacterIndices::VEOF as usize];
+    let canonical = t
+        .local_flags
+        .contains(nix::sys::termios::LocalFlags::ICANON);
+    Ok((veof, canonical))
+}
+
+/// Blocks every signal in the calling thread; threads created afterwards inherit the mask.
+pub fn block_all_signals() -> io::Result<()> {
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None)
+        .map_err(nix_err)
+}
+
+/// Makes sure fds 0, 1 and 2 are open (on /dev/null if need be), so that every fd the
+/// agent opens later is above 2 and `dup2` into a child's stdio never aliases its source.
+pub fn ensure_stdio_open() -> io::Result<()> {
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only inspects the descriptor table.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
+            continue;
+        }
+        let null = dev_null(fd != 0)?;
+        if null.as_raw_fd() != fd {
+            // SAFETY: dup2 onto a descriptor number that is not open; `null` stays owned.
+            if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        } else {
+            // It landed exactly on the free slot: keep it open for good.
+            std::mem::forget(null);
+        }
+    }
+    Ok(())
+}
+
+/// Points fds 0, 1 and 2 at `fd`.
+pub fn redirect_stdio(fd: BorrowedFd<'_>) -> io::Result<()> {
+    for target in 0..3 {
+        if fd.as_raw_fd() == target {
+            continue;
+        }
+        // SAFETY: dup2 onto 0..=2, which belong to the process's stdio by convention; no
+        // OwnedFd in this program owns those numbers.
+        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The peer CID the kernel reports for an accepted vsock connection.
+pub fn vsock_peer_cid(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let addr: nix::sys::socket::VsockAddr =
+        nix::sys::socket::getpeername(fd.as_raw_fd()).map_err(nix_err)?;
+    Ok(addr.cid())
+}
+
+/// A vsock stream socket listening on `port` for any CID, close-on-exec.
+pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(nix_err)?;
+    let addr = nix::sys::socket::VsockAddr::new(libc::VMADDR_CID_ANY, port);
+    bind(fd.as_raw_fd(), &addr).map_err(nix_err)?;
+    listen(&fd, Backlog::new(64).unwrap_or(Backlog::MAXCONN)).map_err(nix_err)?;
+    Ok(fd)
+}
+
+/// Connects a vsock stream socket to (`cid`, `port`), close-on-exec.
+pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(nix_err)?;
+    let addr = nix::sys::socket::VsockAddr::new(cid, port);
+    loop {
+        match connect(fd.as_raw_fd(), &addr) {
+            Err(Errno::EINTR) => {}
+            r => return r.map(|()| fd).map_err(nix_err),
+        }
+    }
+}
+
+/// `accept4` with close-on-exec, retried on EINTR.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    loop {
+        match nix::sys::socket::accept4(
+            listener.as_raw_fd(),
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        ) {
+            Err(Errno::EINTR) => {}
+            // SAFETY: accept4 returned a new descriptor that nothing else owns.
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(e) => return Err(nix_err(e)),
+        }
+    }
+}
+
+/// A borrowed fd for a raw number the caller keeps open for the borrow's lifetime.
+///
+/// # Safety
+/// `fd` must stay open while the returned value is used.
+pub unsafe fn borrow_raw<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: guaranteed by the caller.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
