@@ -3,7 +3,7 @@
 //! forked child must not allocate.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -284,13 +284,4 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
             Err(e) => return Err(nix_err(e)),
         }
     }
-}
-
-/// A borrowed fd for a raw number the caller keeps open for the borrow's lifetime.
-///
-/// # Safety
-/// `fd` must stay open while the returned value is used.
-pub unsafe fn borrow_raw<'a>(fd: RawFd) -> BorrowedFd<'a> {
-    // SAFETY: guaranteed by the caller.
-    unsafe { BorrowedFd::borrow_raw(fd) }
 }

@@ -351,7 +351,8 @@ mod tests {
 
     #[test]
     fn bad_specs_fail() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ProcessSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ProcessSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("empty argv", Box::new(|s| s.argv.clear())),
             ("empty argv0", Box::new(|s| s.argv[0].clear())),
             ("nul in argv", Box::new(|s| s.argv.push("a\0b".into()))),
