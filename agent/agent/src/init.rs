@@ -2,8 +2,7 @@
 //! stdio at the console, and end the VM on purpose (an exiting PID 1 panics the kernel).
 
 use std::io;
-use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -89,7 +88,6 @@ const DEV_LINKS: &[(&str, &str)] = &[
     ("/dev/stdin", "/proc/self/fd/0"),
     ("/dev/stdout", "/proc/self/fd/1"),
     ("/dev/stderr", "/proc/self/fd/2"),
-    ("/dev/core", "/proc/kcore"),
 ];
 
 /// Why a boot step failed. None of them stops the agent: it logs and serves what it can.
@@ -114,8 +112,19 @@ pub enum InitError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot open /dev/console")]
-    Console(#[source] io::Error),
+    #[error("cannot bind {source_path} onto {target}")]
+    Bind {
+        source_path: &'static str,
+        target: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("cannot open {path} as stdio")]
+    Stdio {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// True if `path` is already a mount point (its device differs from its parent's).
@@ -160,16 +169,28 @@ fn link(link: &'static str, target: &str) -> Result<(), InitError> {
     }
 }
 
-/// Points stdio at /dev/console. Until this runs there may be no stdio at all (the kernel
-/// opens the console for init only if the initramfs has /dev/console).
-fn attach_console() -> Result<(), InitError> {
-    let console = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_NOCTTY)
-        .open("/dev/console")
-        .map_err(InitError::Console)?;
-    sys::redirect_stdio(console.as_fd()).map_err(InitError::Console)
+/// Makes /dev/ptmx the multiplexer of our devpts instance. A bind mount rather than
+/// replacing the node: a devtmpfs's contents are the kernel's, shared by every mount of it.
+fn ptmx() -> Result<(), InitError> {
+    const PTMX: &str = "/dev/ptmx";
+    if std::fs::symlink_metadata(PTMX).is_err() {
+        return link(PTMX, "pts/ptmx");
+    }
+    if is_mount_point(Path::new(PTMX)) {
+        return Ok(());
+    }
+    mount(
+        Some("/dev/pts/ptmx"),
+        PTMX,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|source| InitError::Bind {
+        source_path: "/dev/pts/ptmx",
+        target: PTMX,
+        source,
+    })
 }
 
 /// Runs the PID-1 boot steps. Returns the failures, each already non-fatal.
@@ -180,23 +201,30 @@ pub fn boot() -> Vec<InitError> {
             errors.push(e);
         }
         if m.target == "/dev" {
-            if let Err(e) = attach_console() {
-                errors.push(e);
+            // The kernel opens /dev/console as init's stdio only if the initramfs has that
+            // node; otherwise 0-2 are closed until now. Open ones are left alone (they are
+            // the console already).
+            if let Err(source) = sys::ensure_stdio_open("/dev/console") {
+                errors.push(InitError::Stdio {
+                    path: "/dev/console",
+                    source,
+                });
+                if let Err(source) = sys::ensure_stdio_open("/dev/null") {
+                    errors.push(InitError::Stdio {
+                        path: "/dev/null",
+                        source,
+                    });
+                }
             }
         }
     }
-    // Programs open /dev/ptmx: make it the multiplexer of our devpts instance.
-    let _ = std::fs::remove_file("/dev/ptmx");
-    if let Err(e) = link("/dev/ptmx", "pts/ptmx") {
+    if let Err(e) = ptmx() {
         errors.push(e);
     }
     for (l, t) in DEV_LINKS {
         if let Err(e) = link(l, t) {
             errors.push(e);
         }
-    }
-    if let Err(e) = sys::ensure_stdio_open() {
-        log::warn!("cannot open stdio: {e}");
     }
     errors
 }

@@ -86,7 +86,7 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
         }
     } else {
         logger::init();
-        if let Err(e) = sys::ensure_stdio_open() {
+        if let Err(e) = sys::ensure_stdio_open("/dev/null") {
             log::warn!("cannot open stdio: {e}");
         }
     }

@@ -3,7 +3,8 @@
 //! forked child must not allocate.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
@@ -139,7 +140,7 @@ pub fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
     nix::pty::grantpt(&master).map_err(nix_err)?;
     nix::pty::unlockpt(&master).map_err(nix_err)?;
     // SAFETY: PtyMaster owns a valid fd; into_raw_fd hands that ownership to this OwnedFd.
-    let master = unsafe { OwnedFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(master)) };
+    let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
     // SAFETY: TIOCGPTPEER takes open(2) flags by value and returns a new fd or -1; master
     // is a valid pty master fd.
     let slave = unsafe {
@@ -192,38 +193,30 @@ pub fn block_all_signals() -> io::Result<()> {
         .map_err(nix_err)
 }
 
-/// Makes sure fds 0, 1 and 2 are open (on /dev/null if need be), so that every fd the
-/// agent opens later is above 2 and `dup2` into a child's stdio never aliases its source.
-pub fn ensure_stdio_open() -> io::Result<()> {
+/// Makes sure fds 0, 1 and 2 are open, opening `path` (read-write, not as a controlling
+/// tty) for each closed one. Afterwards every fd the agent opens is above 2, so `dup2` into
+/// a child's stdio never aliases its source.
+pub fn ensure_stdio_open(path: &str) -> io::Result<()> {
     for fd in 0..3 {
         // SAFETY: F_GETFD only inspects the descriptor table.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
             continue;
         }
-        let null = dev_null(fd != 0)?;
-        if null.as_raw_fd() != fd {
-            // SAFETY: dup2 onto a descriptor number that is not open; `null` stays owned.
-            if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open(path)?;
+        let f = OwnedFd::from(f);
+        if f.as_raw_fd() == fd {
+            // open(2) returns the lowest free number, which is this one: keep it for good.
+            let _kept = f.into_raw_fd();
+        } else {
+            // SAFETY: dup2 onto a descriptor number that is not open; `f` stays owned and
+            // is closed on drop.
+            if unsafe { libc::dup2(f.as_raw_fd(), fd) } < 0 {
                 return Err(io::Error::last_os_error());
             }
-        } else {
-            // It landed exactly on the free slot: keep it open for good.
-            std::mem::forget(null);
-        }
-    }
-    Ok(())
-}
-
-/// Points fds 0, 1 and 2 at `fd`.
-pub fn redirect_stdio(fd: BorrowedFd<'_>) -> io::Result<()> {
-    for target in 0..3 {
-        if fd.as_raw_fd() == target {
-            continue;
-        }
-        // SAFETY: dup2 onto 0..=2, which belong to the process's stdio by convention; no
-        // OwnedFd in this program owns those numbers.
-        if unsafe { libc::dup2(fd.as_raw_fd(), target) } < 0 {
-            return Err(io::Error::last_os_error());
         }
     }
     Ok(())

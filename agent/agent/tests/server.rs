@@ -1,6 +1,8 @@
 //! The agent's server run on the host as a normal process over a Unix socket (no vsock, no
 //! mounts), driven through the real client. Uses /bin/sh and coreutils.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -40,7 +42,7 @@ impl TestAgent {
         let dir = temp_dir(name);
         let sock = dir.join("agent.sock");
         let ready = ReadyListener::bind(&dir.join("vm.sock")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_berth-agent"))
+        let child = Command::new(common::agent_bin())
             .arg("--listen-unix")
             .arg(&sock)
             .arg("--ready-unix")
