@@ -77,6 +77,7 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
     // Before any thread exists, so that every thread inherits the mask and only the signal
     // loop ever takes a signal.
     sys::block_all_signals().map_err(AgentError::Signals)?;
+    let inherited = sys::cloexec_inherited_fds();
     let pid1 = is_pid1();
     if pid1 {
         let errors = init::boot();
@@ -89,6 +90,9 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
         if let Err(e) = sys::ensure_stdio_open("/dev/null") {
             log::warn!("cannot open stdio: {e}");
         }
+    }
+    if let Err(e) = inherited {
+        log::warn!("cannot mark inherited descriptors close-on-exec: {e}");
     }
     // Orphans of our processes come to us (PID 1 gets them anyway), so they get reaped.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {

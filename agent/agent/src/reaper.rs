@@ -21,7 +21,8 @@ pub fn run(table: Arc<ProcessTable>, pid1: bool) -> ! {
             Ok(Signal::SIGCHLD) => table.reap(),
             Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => {
                 if pid1 {
-                    log::info!("ignoring {s} sent to PID 1; use the Shutdown request");
+                    // Any process in the VM may send this: debug only, no console flood.
+                    log::debug!("ignoring {s} sent to PID 1; use the Shutdown request");
                 } else {
                     log::info!("{s} received; exiting");
                     std::process::exit(0);

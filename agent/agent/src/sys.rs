@@ -193,6 +193,25 @@ pub fn block_all_signals() -> io::Result<()> {
         .map_err(nix_err)
 }
 
+/// Marks every descriptor above 2 close-on-exec, so nothing the agent inherited (in tests,
+/// whatever its parent left open) reaches the processes it starts. Everything the agent
+/// opens itself is close-on-exec already.
+pub fn cloexec_inherited_fds() -> io::Result<()> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only changes descriptor flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes sure fds 0, 1 and 2 are open, opening `path` (read-write, not as a controlling
 /// tty) for each closed one. Afterwards every fd the agent opens is above 2, so `dup2` into
 /// a child's stdio never aliases its source.

@@ -587,3 +587,52 @@ fn client_error_for_unknown_stream_process() {
         }
     ));
 }
+
+#[test]
+fn no_agent_descriptor_leaks_into_processes() {
+    let a = TestAgent::start("fds");
+    let mut c = a.client();
+    // Keep a few agent-side descriptors busy meanwhile: other connections, a process with
+    // a tty and one with pipes, each holding pumps and pipes open.
+    let mut other = c.open_control().unwrap();
+    let mut tty = ProcessSpec::new(["/bin/sleep", "5"]);
+    tty.tty = true;
+    other.create_process("busy-tty", &tty).unwrap();
+    let _tty_out = other.attach("busy-tty", StdioStream::Stdout).unwrap();
+    other.start_process("busy-tty").unwrap();
+    let mut piped = ProcessSpec::new(["/bin/sleep", "5"]);
+    piped.stdin = true;
+    other.create_process("busy-pipe", &piped).unwrap();
+    let _in = other.attach("busy-pipe", StdioStream::Stdin).unwrap();
+    let _out = other.attach("busy-pipe", StdioStream::Stdout).unwrap();
+    other.start_process("busy-pipe").unwrap();
+    // `ls` lists its own open descriptors: stdio plus the directory it is reading.
+    let o = run(&mut c, "fds", sh("exec ls /proc/self/fd"), None);
+    assert_eq!(o.stdout, "0\n1\n2\n3\n", "{}", o.stderr);
+    for id in ["busy-tty", "busy-pipe"] {
+        other.signal(id, libc::SIGKILL).unwrap();
+    }
+}
+
+#[test]
+fn many_processes_from_many_connections() {
+    let a = TestAgent::start("many");
+    let c = a.client();
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let mut c = c.open_control().unwrap();
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    let id = format!("p{t}-{i}");
+                    let o = run(&mut c, &id, sh(&format!("echo {id}; exit {i}")), None);
+                    assert_eq!(o.stdout, format!("{id}\n"));
+                    assert_eq!(o.status, exited(i));
+                    c.delete_process(&id).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
