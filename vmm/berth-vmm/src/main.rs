@@ -11,6 +11,7 @@
 
 mod args;
 mod boot;
+mod logger;
 mod run;
 
 use std::process::ExitCode;
@@ -24,6 +25,7 @@ const USAGE: &str = "usage:
                 [--boot-timeout SECS] -- CMD [ARGS...]";
 
 fn main() -> ExitCode {
+    logger::init();
     let mut argv = std::env::args().skip(1);
     let Some(command) = argv.next() else {
         eprintln!("{USAGE}");

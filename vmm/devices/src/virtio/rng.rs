@@ -75,28 +75,36 @@ pub fn fill_requests(
 ) -> Result<bool, RngError> {
     let mut used_any = false;
     let mut buf = Vec::new();
-    while let Some(chain) = queue.iter(mem).map_err(RngError::Queue)?.next() {
-        let head = chain.head_index();
-        let written = match chain.writer(mem) {
-            Ok(mut writer) => {
-                let len = writer.available_bytes().min(MAX_REQUEST);
-                buf.resize(len, 0);
-                entropy(&mut buf).map_err(RngError::Entropy)?;
-                match std::io::Write::write_all(&mut writer, &buf) {
-                    Ok(()) => len as u32,
-                    Err(e) => {
-                        crate::warn_limited!("virtio-rng: cannot write a request: {e}");
-                        0
+    // With EVENT_IDX the driver only notifies when told where to (avail_event): re-arm
+    // after draining, and drain again if requests slipped in meanwhile.
+    loop {
+        queue.disable_notification(mem).map_err(RngError::Queue)?;
+        while let Some(chain) = queue.iter(mem).map_err(RngError::Queue)?.next() {
+            let head = chain.head_index();
+            let written = match chain.writer(mem) {
+                Ok(mut writer) => {
+                    let len = writer.available_bytes().min(MAX_REQUEST);
+                    buf.resize(len, 0);
+                    entropy(&mut buf).map_err(RngError::Entropy)?;
+                    match std::io::Write::write_all(&mut writer, &buf) {
+                        Ok(()) => len as u32,
+                        Err(e) => {
+                            crate::warn_limited!("virtio-rng: cannot write a request: {e}");
+                            0
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                crate::warn_limited!("virtio-rng: malformed descriptor chain: {e}");
-                0
-            }
-        };
-        queue.add_used(mem, head, written).map_err(RngError::Used)?;
-        used_any = true;
+                Err(e) => {
+                    crate::warn_limited!("virtio-rng: malformed descriptor chain: {e}");
+                    0
+                }
+            };
+            queue.add_used(mem, head, written).map_err(RngError::Used)?;
+            used_any = true;
+        }
+        if !queue.enable_notification(mem).map_err(RngError::Queue)? {
+            break;
+        }
     }
     if !used_any {
         return Ok(false);

@@ -118,14 +118,22 @@ impl Vsock {
         };
         let mem = mem.clone();
         let mut used_any = false;
-        while let Some(chain) = self.queues[TX].iter(&mem)?.next() {
-            let head = chain.head_index();
-            match read_packet(&mem, chain, self.guest_cid, &mut self.payload) {
-                Ok(header) => self.muxer.handle_guest_packet(&header, &self.payload, w),
-                Err(e) => crate::warn_limited!("vsock: guest packet dropped: {e}"),
+        // With EVENT_IDX the driver notifies only where avail_event says: re-arm after
+        // draining, and drain again if packets slipped in meanwhile.
+        loop {
+            self.queues[TX].disable_notification(&mem)?;
+            while let Some(chain) = self.queues[TX].iter(&mem)?.next() {
+                let head = chain.head_index();
+                match read_packet(&mem, chain, self.guest_cid, &mut self.payload) {
+                    Ok(header) => self.muxer.handle_guest_packet(&header, &self.payload, w),
+                    Err(e) => crate::warn_limited!("vsock: guest packet dropped: {e}"),
+                }
+                self.queues[TX].add_used(&mem, head, 0)?;
+                used_any = true;
             }
-            self.queues[TX].add_used(&mem, head, 0)?;
-            used_any = true;
+            if !self.queues[TX].enable_notification(&mem)? {
+                break;
+            }
         }
         Ok(used_any && self.queues[TX].needs_notification(&mem)?)
     }
@@ -137,39 +145,50 @@ impl Vsock {
         };
         let mem = mem.clone();
         let mut used_any = false;
-        while self.muxer.has_rx_work() {
-            let Some(chain) = self.queues[RX].iter(&mem)?.next() else {
+        loop {
+            self.queues[RX].disable_notification(&mem)?;
+            let mut out_of_buffers = false;
+            while self.muxer.has_rx_work() {
+                let Some(chain) = self.queues[RX].iter(&mem)?.next() else {
+                    out_of_buffers = true;
+                    break;
+                };
+                let head = chain.head_index();
+                let mut writer = match chain.writer(&mem) {
+                    Ok(writer) if writer.available_bytes() >= HEADER_LEN => writer,
+                    Ok(_) | Err(_) => {
+                        crate::warn_limited!("vsock: unusable RX buffer from the guest; skipped");
+                        self.queues[RX].add_used(&mem, head, 0)?;
+                        used_any = true;
+                        continue;
+                    }
+                };
+                let room = writer.available_bytes() - HEADER_LEN;
+                let Some(header) = self.muxer.next_rx_packet(room, &mut self.payload, w) else {
+                    // Nothing after all (the host had no data yet): give the buffer back.
+                    self.queues[RX].go_to_previous_position();
+                    break;
+                };
+                let raw = RawHeader::from(header);
+                let written = writer
+                    .write_all(raw.as_slice())
+                    .and_then(|()| writer.write_all(&self.payload));
+                let len = match written {
+                    Ok(()) => (HEADER_LEN + self.payload.len()) as u32,
+                    Err(e) => {
+                        crate::warn_limited!("vsock: cannot write an RX buffer: {e}");
+                        0
+                    }
+                };
+                self.queues[RX].add_used(&mem, head, len)?;
+                used_any = true;
+            }
+            // Ask to hear about new RX buffers; if some arrived meanwhile and there is
+            // still work, use them now.
+            let more = self.queues[RX].enable_notification(&mem)?;
+            if !(more && out_of_buffers && self.muxer.has_rx_work()) {
                 break;
-            };
-            let head = chain.head_index();
-            let mut writer = match chain.writer(&mem) {
-                Ok(writer) if writer.available_bytes() >= HEADER_LEN => writer,
-                Ok(_) | Err(_) => {
-                    crate::warn_limited!("vsock: unusable RX buffer from the guest; skipped");
-                    self.queues[RX].add_used(&mem, head, 0)?;
-                    used_any = true;
-                    continue;
-                }
-            };
-            let room = writer.available_bytes() - HEADER_LEN;
-            let Some(header) = self.muxer.next_rx_packet(room, &mut self.payload, w) else {
-                // Nothing after all (the host had no data yet): give the buffer back.
-                self.queues[RX].go_to_previous_position();
-                break;
-            };
-            let raw = RawHeader::from(header);
-            let written = writer
-                .write_all(raw.as_slice())
-                .and_then(|()| writer.write_all(&self.payload));
-            let len = match written {
-                Ok(()) => (HEADER_LEN + self.payload.len()) as u32,
-                Err(e) => {
-                    crate::warn_limited!("vsock: cannot write an RX buffer: {e}");
-                    0
-                }
-            };
-            self.queues[RX].add_used(&mem, head, len)?;
-            used_any = true;
+            }
         }
         Ok(used_any && self.queues[RX].needs_notification(&mem)?)
     }
@@ -246,6 +265,7 @@ impl MutEventSubscriber for Vsock {
             self.pending_reset = false;
         }
         let token = events.data();
+        log::trace!("vsock: event token {token} {:?}", events.event_set());
         match token {
             t if t == RX as u32 || t == TX as u32 || t == EVQ as u32 => {
                 // Draining can only fail with EAGAIN: nothing to drain.
@@ -304,6 +324,7 @@ impl VirtioDevice for Vsock {
         mem: GuestMemoryMmap,
         irq: Arc<IrqTrigger>,
     ) -> Result<(), ActivateError> {
+        log::debug!("vsock: activated (guest CID {})", self.guest_cid);
         self.active = Some((mem, irq));
         self.broken = false;
         Ok(())
@@ -328,7 +349,7 @@ mod tests {
     use std::os::fd::RawFd;
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Address, Bytes, GuestAddress};
 
     const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
     const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
@@ -426,6 +447,7 @@ mod tests {
         .unwrap();
         rig.dev.queues[RX] = rx.create_queue().unwrap();
         rig.dev.queues[TX] = tx.create_queue().unwrap();
+        rig.dev.queues[TX].set_event_idx(true);
         let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
         rig.dev.activate(rig.mem.clone(), irq.clone()).unwrap();
         rig.dev.run_queues(&mut NullWatcher);
@@ -446,6 +468,13 @@ mod tests {
         );
         assert_eq!(reply.dst_cid, 3);
         assert_ne!(irq.status() & INT_VRING, 0);
+        // With EVENT_IDX the device re-arms the driver's notifications after draining TX:
+        // avail_event (after the used ring's entries) names the next index to notify at.
+        let avail_event: u16 = rig
+            .mem
+            .read_obj(tx.used_addr().unchecked_add(4 + 8 * 16))
+            .unwrap();
+        assert_eq!(avail_event, 6, "the driver must be asked to notify again");
     }
 
     #[test]

@@ -510,12 +510,21 @@ impl Muxer {
             match conn.stream.write(front) {
                 Ok(0) => return Err(()),
                 Ok(n) => {
+                    log::trace!("vsock: {n} bytes to the host on port {}", key.0);
                     conn.to_host.drain(..n);
                     conn.fwd_cnt += Wrapping(n as u32);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Err(()),
+                Err(e) => {
+                    log::debug!(
+                        "vsock: host side of port {} failed: errno {:?} kind {:?}",
+                        key.0,
+                        e.raw_os_error(),
+                        e.kind()
+                    );
+                    return Err(());
+                }
             }
         }
         if conn.to_host.is_empty() && conn.guest_done_sending {
@@ -534,6 +543,10 @@ impl Muxer {
 
     /// Handles one packet from the guest's TX queue (already validated by the device).
     pub fn handle_guest_packet(&mut self, pkt: &Header, payload: &[u8], w: &mut dyn Watcher) {
+        log::trace!(
+            "vsock: guest packet {pkt:?} payload {:02x?}",
+            &payload[..payload.len().min(96)]
+        );
         if pkt.type_ != TYPE_STREAM || pkt.dst_cid != HOST_CID {
             crate::warn_limited!(
                 "vsock: guest packet of type {} to CID {}; refused",
@@ -663,6 +676,7 @@ impl Muxer {
     ) -> Option<Header> {
         payload.clear();
         if let Some(h) = self.control.pop_front() {
+            log::trace!("vsock: control packet to the guest {h:?}");
             if h.op == op::REQUEST {
                 if let Some(conn) = self.conns.get_mut(&(h.src_port, h.dst_port)) {
                     conn.deadline = Some(Instant::now() + GUEST_RESPONSE_TIMEOUT);
@@ -1141,5 +1155,42 @@ mod tests {
         assert!(parse_connect_line(b"CONNECT 99999999999").is_err());
         assert!(parse_connect_line(b"connect 1").is_err());
         assert!(parse_connect_line(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn data_then_shutdown_reaches_a_host_that_accepted_first() {
+        let dir = std::env::temp_dir().join(format!("berth-vsock-rl-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut mux = Muxer::new(3, &dir.join("v.sock")).unwrap();
+        struct W;
+        impl Watcher for W {
+            fn add(&mut self, _: RawFd, _: u32, _: EventSet) {}
+            fn modify(&mut self, _: RawFd, _: u32, _: EventSet) {}
+            fn remove(&mut self, _: RawFd, _: u32) {}
+        }
+        let listener = UnixListener::bind(dir.join("v.sock_1025")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let h = |op, len, flags| Header {
+            src_cid: 3,
+            dst_cid: 2,
+            src_port: 77,
+            dst_port: 1025,
+            len,
+            type_: 1,
+            op,
+            flags,
+            buf_alloc: 262144,
+            fwd_cnt: 0,
+        };
+        mux.handle_guest_packet(&h(op::REQUEST, 0, 0), &[], &mut W);
+        let (mut s, _) = listener.accept().unwrap();
+        mux.handle_guest_packet(&h(op::RW, 5, 0), b"hello", &mut W);
+        mux.handle_guest_packet(&h(op::SHUTDOWN, 0, 3), &[], &mut W);
+        mux.handle_guest_packet(&h(op::RST, 0, 0), &[], &mut W);
+        s.set_nonblocking(false).unwrap();
+        let mut got = vec![];
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"hello");
     }
 }
