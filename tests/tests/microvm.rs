@@ -1,0 +1,229 @@
+//! Real Linux microVMs: berth's kernel, VMM and agent running commands through
+//! `berth-vmm run`. They need a KVM that runs Linux guests: on hosts without one, `make
+//! test` runs this binary inside the emulated virtualization host (tests/vmhost/run).
+
+use std::process::Command;
+use std::time::Duration;
+
+use berth_tests::*;
+
+const TIMEOUT: Duration = Duration::from_secs(300);
+
+fn ready() -> bool {
+    require(linux_guests_supported(), "a KVM that runs Linux guests")
+        && require(guest_artifacts(), "the guest kernel and initramfs")
+}
+
+/// `berth-vmm run` with its temporary files in `tmp`.
+fn run_cmd(tmp: &Scratch, opts: &[&str], command: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("berth-vmm"));
+    cmd.arg("run")
+        .args(opts)
+        .arg("--")
+        .args(command)
+        .env("TMPDIR", &tmp.0);
+    cmd
+}
+
+fn vm(opts: &[&str], command: &[&str], input: &[u8]) -> Finished {
+    let tmp = Scratch::new("microvm");
+    let out = run(run_cmd(&tmp, opts, command), input, TIMEOUT);
+    assert_no_leftovers(&tmp);
+    out
+}
+
+/// Nothing of a run outlives it: no process mentions its directory, no file is left.
+fn assert_no_leftovers(tmp: &Scratch) {
+    let needle = tmp.0.display().to_string();
+    let mut left = vec![];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            left.push(entry.file_name());
+        }
+    }
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    let files: Vec<_> = std::fs::read_dir(&tmp.0)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(files.is_empty(), "files left behind: {files:?}");
+}
+
+#[test]
+fn echo_reaches_stdout() {
+    if !ready() {
+        return;
+    }
+    let out = vm(&[], &["echo", "hello", "from", "a", "microVM"], b"");
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "hello from a microVM\n");
+}
+
+#[test]
+fn exit_codes_pass_through() {
+    if !ready() {
+        return;
+    }
+    for (script, code) in [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137)] {
+        let out = vm(&[], &["sh", "-c", script], b"");
+        assert_eq!(out.code(), code, "{script}: {out:?}");
+    }
+}
+
+#[test]
+fn stdout_and_stderr_stay_apart() {
+    if !ready() {
+        return;
+    }
+    let out = vm(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "echo out; echo err >&2; echo out2; echo err2 >&2",
+        ],
+        b"",
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "out\nout2\n");
+    assert_eq!(out.stderr, "err\nerr2\n");
+}
+
+#[test]
+fn stdin_is_piped_through_and_its_end_is_seen() {
+    if !ready() {
+        return;
+    }
+    let out = vm(&[], &["cat"], b"piped into the guest\n");
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "piped into the guest\n");
+    // Megabytes each way: credit-based flow control across the vsock device.
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let out = vm(
+        &[],
+        &["sh", "-c", "wc -c; head -c 2500000 /dev/zero | tr '\\0' x"],
+        &input,
+    );
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    assert!(
+        out.stdout.starts_with("3000000\n"),
+        "{:?}",
+        &out.stdout[..20.min(out.stdout.len())]
+    );
+    assert_eq!(out.stdout.len(), "3000000\n".len() + 2_500_000);
+}
+
+#[test]
+fn nproc_and_meminfo_show_the_vm_size() {
+    if !ready() {
+        return;
+    }
+    let out = vm(
+        &["--cpus", "2", "--mem", "256"],
+        &["sh", "-c", "nproc; grep MemTotal /proc/meminfo"],
+        b"",
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("2"));
+    let kib: u64 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal: {out:?}"));
+    // The kernel keeps some for itself; the rest of the 256 MiB is the guest's.
+    assert!(
+        (200 * 1024..=256 * 1024).contains(&kib),
+        "MemTotal {kib} kB"
+    );
+}
+
+#[test]
+fn a_tty_is_a_tty() {
+    if !ready() {
+        return;
+    }
+    let script = "if test -t 0 && test -t 1; then echo tty; else echo notty; fi";
+    let out = vm(&["-t"], &["sh", "-c", script], b"");
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout.trim_end(), "tty");
+    let out = vm(&[], &["sh", "-c", script], b"");
+    assert_eq!(out.stdout, "notty\n");
+}
+
+#[test]
+fn zombies_left_by_the_workload_are_reaped() {
+    if !ready() {
+        return;
+    }
+    // The inner shell exits at once, orphaning its background child to PID 1 (the agent),
+    // which must reap it when it exits.
+    let script = "sh -c 'sleep 0.2 & exit 0'; sleep 2; \
+                  grep -l '^State:.*Z' /proc/[0-9]*/status | wc -l";
+    let out = vm(&[], &["sh", "-c", script], b"");
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "0", "zombies remain: {out:?}");
+}
+
+#[test]
+fn missing_and_unexecutable_commands_get_docker_codes() {
+    if !ready() {
+        return;
+    }
+    let out = vm(&[], &["/no/such/program"], b"");
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    let out = vm(&[], &["/dev/null"], b"");
+    assert_eq!(out.code(), 126, "{out:?}");
+}
+
+#[test]
+fn a_guest_kernel_panic_fails_and_points_at_the_console_log() {
+    if !ready() {
+        return;
+    }
+    let tmp = Scratch::new("panic");
+    // An initramfs with no init: the kernel panics ("No working init found").
+    let empty = tmp.path("empty.cpio");
+    std::fs::write(&empty, b"").unwrap();
+    let runs = Scratch::new("panicrun");
+    let mut cmd = run_cmd(&runs, &["--initrd", empty.to_str().unwrap()], &["true"]);
+    cmd.env("TMPDIR", &runs.0);
+    let out = run(cmd, b"", TIMEOUT);
+    assert_ne!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("panicked"), "{out:?}");
+    let log = out
+        .stderr
+        .lines()
+        .find_map(|l| l.split("console log is ").nth(1))
+        .unwrap_or_else(|| panic!("no console log named: {out:?}"));
+    let text = std::fs::read_to_string(log.trim()).unwrap();
+    assert!(text.contains("Kernel panic"), "console log: {text}");
+}
+
+#[test]
+fn a_missing_or_corrupt_kernel_is_a_clear_error() {
+    if !ready() {
+        return;
+    }
+    let tmp = Scratch::new("badkernel");
+    let out = run(
+        run_cmd(&tmp, &["--kernel", "/no/such/vmlinux"], &["true"]),
+        b"",
+        TIMEOUT,
+    );
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("does not exist"), "{out:?}");
+    let corrupt = tmp.path("vmlinux");
+    std::fs::write(&corrupt, vec![0x7fu8; 100_000]).unwrap();
+    let out = run(
+        run_cmd(&tmp, &["--kernel", corrupt.to_str().unwrap()], &["true"]),
+        b"",
+        TIMEOUT,
+    );
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("not a bootable ELF kernel"), "{out:?}");
+    assert!(out.elapsed < Duration::from_secs(60), "{out:?}");
+}
