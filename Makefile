@@ -10,8 +10,9 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(AGENT_TARGET)/release/berth-agent
 GUEST := target/guest
 VMHOST := tests/vmhost/run
-# What `make run` runs in the microVM.
-CMD ?= echo "hello from a berth microVM: $$(uname -sr), $$(nproc) vCPUs, $$(awk '/MemTotal/ {print $$2 " kB"}' /proc/meminfo)"
+# What `make run` runs in the microVM (a shell command line): `make run CMD='...'`.
+CMD ?= echo "hello from a berth microVM: $$(uname -sr), $$(nproc) vCPUs"; grep MemTotal /proc/meminfo
+export CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
@@ -40,11 +41,11 @@ guest: agent
 run: build
 	@if $(RELEASE)/berth-vmm check >/dev/null; then \
 		echo "make run: this host's KVM runs Linux guests: booting the microVM directly"; \
-		$(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c '$(CMD)'; \
+		$(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c "$$CMD"; \
 	else \
 		echo "make run: $$($(RELEASE)/berth-vmm check)"; \
 		echo "make run: booting the microVM inside the emulated virtualization host ($(VMHOST))"; \
-		$(VMHOST) -- $(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c '$(CMD)'; \
+		$(VMHOST) -- $(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c "$$CMD"; \
 	fi
 
 lint:

@@ -6,10 +6,17 @@ use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
+const LEAF_PERFMON: u32 = 0xa;
+const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
 const LEAF_AMD_SIZE: u32 = 0x8000_0008;
+const LEAF_AMD_PERFMON_V2: u32 = 0x8000_0022;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Perfmon and debug capability (IA32_PERF_CAPABILITIES).
+const ECX_PDCM: u32 = 1 << 15;
+/// AMD core, northbridge and last-level-cache performance counter extensions.
+const AMD_ECX_PERFCTR: u32 = (1 << 23) | (1 << 24) | (1 << 28);
 const EDX_HTT: u32 = 1 << 28;
 
 /// Bits needed to number `count` items.
@@ -22,7 +29,7 @@ fn bits_for(count: u32) -> u32 {
 }
 
 /// Adapts KVM's supported CPUID for vCPU `index` of `count` (one thread per core, one
-/// socket, APIC ID = index).
+/// socket, APIC ID = index), without performance monitoring.
 pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> CpuId {
     let mut cpuid = supported.clone();
     let apic_id = u32::from(index);
@@ -39,6 +46,7 @@ fn patch(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32) {
             // EBX: initial APIC ID, logical processors per package, CLFLUSH line (8 qwords).
             entry.ebx = (apic_id << 24) | ((count & 0xff) << 16) | (8 << 8);
             entry.ecx |= ECX_HYPERVISOR;
+            entry.ecx &= !ECX_PDCM;
             if count > 1 {
                 entry.edx |= EDX_HTT;
             } else {
@@ -67,6 +75,15 @@ fn patch(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32) {
                 }
             }
         }
+        // No performance counters: a microVM has no use for them, they are a side channel
+        // between tenants, and nested hypervisors handle their MSRs poorly.
+        LEAF_PERFMON | LEAF_AMD_PERFMON_V2 => {
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = 0;
+            entry.edx = 0;
+        }
+        LEAF_AMD_FEATURES => entry.ecx &= !AMD_ECX_PERFCTR,
         LEAF_AMD_SIZE => {
             // ECX: APIC ID size for cores, and the number of cores minus one.
             entry.ecx = (bits_for(count) << 12) | (count.saturating_sub(1) & 0xff);
@@ -106,6 +123,26 @@ mod tests {
         assert_eq!(e[2].eax, 2);
         assert_eq!(e[1].edx, 3);
         assert_eq!(e[3].ecx, 2);
+        let pmu = CpuId::from_entries(&[
+            kvm_cpuid_entry2 {
+                function: 0xa,
+                eax: 0x0703_0402,
+                ..Default::default()
+            },
+            kvm_cpuid_entry2 {
+                function: 0x8000_0001,
+                ecx: AMD_ECX_PERFCTR | 1,
+                ..Default::default()
+            },
+        ])
+        .unwrap();
+        let c = for_vcpu(&pmu, 0, 1);
+        assert_eq!(c.as_slice()[0].eax, 0, "no architectural perfmon");
+        assert_eq!(
+            c.as_slice()[1].ecx,
+            1,
+            "no AMD perf counters, other bits kept"
+        );
         assert_eq!(bits_for(1), 0);
         assert_eq!(bits_for(2), 1);
         assert_eq!(bits_for(5), 3);
