@@ -76,8 +76,17 @@ test-microvm:
 		$(VMHOST) -- $$bin --test-threads=2; \
 	fi
 
+# (a) the VMM on this host's KVM with the test guest; (b) berth-vmm vs QEMU microvm booting
+# berth's kernel: directly where Linux guests run, else inside the emulated host.
+BENCH_RUNS ?= 20
 bench-boot: build
-	$(RELEASE)/bench-boot
+	$(RELEASE)/bench-boot direct --runs $(BENCH_RUNS)
+	@if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$(RELEASE)/bench-boot emulated --runs $(BENCH_RUNS); \
+	else \
+		echo "bench-boot: (b) runs inside the emulated virtualization host"; \
+		$(VMHOST) -- $(RELEASE)/bench-boot emulated --runs $(BENCH_RUNS); \
+	fi
 
 clean:
 	$(CARGO) clean

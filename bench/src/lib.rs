@@ -1,0 +1,109 @@
+//! Shared pieces of berth's benchmarks: repeated measurements with min/median/max, process
+//! memory from smaps_rollup, and where the built artifacts are.
+//!
+//! Benchmarks are not tests: they print figures, and the ratio against an anchor measured
+//! in the same run on the same host, because these machines are noisy.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A series of measurements.
+#[derive(Clone, Debug, Default)]
+pub struct Series {
+    pub values: Vec<f64>,
+}
+
+impl Series {
+    /// Adds one measurement.
+    pub fn push(&mut self, v: f64) {
+        self.values.push(v);
+    }
+
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.values.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+
+    /// Smallest value.
+    pub fn min(&self) -> f64 {
+        self.sorted().first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// Largest value.
+    pub fn max(&self) -> f64 {
+        self.sorted().last().copied().unwrap_or(f64::NAN)
+    }
+
+    /// The median.
+    pub fn median(&self) -> f64 {
+        let v = self.sorted();
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    }
+
+    /// "min / median / max unit (n=N)".
+    pub fn summary(&self, unit: &str) -> String {
+        format!(
+            "{:>9.2} / {:>9.2} / {:>9.2} {unit} (n={})",
+            self.min(),
+            self.median(),
+            self.max(),
+            self.values.len()
+        )
+    }
+}
+
+/// Milliseconds in a duration.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Private (unshared) memory of a process in KiB, from /proc/PID/smaps_rollup.
+pub fn private_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        text.lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some(field("Private_Clean:")? + field("Private_Dirty:")?)
+}
+
+/// The directory of the benchmark binary, which is the directory of every workspace binary.
+pub fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("target/release"))
+}
+
+/// target/guest, beside target/release.
+pub fn guest_dir() -> PathBuf {
+    bin_dir()
+        .parent()
+        .map(|p| p.join("guest"))
+        .unwrap_or_else(|| PathBuf::from("target/guest"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statistics() {
+        let s = Series {
+            values: vec![3.0, 1.0, 2.0, 10.0],
+        };
+        assert_eq!(s.min(), 1.0);
+        assert_eq!(s.max(), 10.0);
+        assert_eq!(s.median(), 2.5);
+        assert!(private_kib(std::process::id()).is_some());
+    }
+}
