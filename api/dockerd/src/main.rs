@@ -1,0 +1,224 @@
+#![recursion_limit = "256"]
+
+//! berthd: the Docker Engine API on a Unix socket, in front of berth's engine. The
+//! unmodified Docker CLI and SDKs drive it; every container runs in its own microVM.
+
+mod http;
+mod router;
+mod routes;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
+              [--vmm PATH] [--kernel PATH] [--initrd PATH] [--debug]";
+
+/// berthd's command line.
+struct Options {
+    socket: PathBuf,
+    engine: engine::EngineConfig,
+    debug: bool,
+}
+
+fn beside_binary(relative: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(relative)))
+        .unwrap_or_else(|| PathBuf::from(relative))
+}
+
+fn parse_options() -> Result<Options> {
+    let mut socket = PathBuf::from("/run/berth/docker.sock");
+    let mut data_root = PathBuf::from("/var/lib/berth");
+    let mut exec_root = PathBuf::from("/run/berth/exec");
+    let mut vmm = beside_binary("berth-vmm");
+    let mut kernel = beside_binary("../guest/vmlinux");
+    let mut initrd = beside_binary("../guest/initramfs.cpio");
+    let mut debug = false;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String> {
+            match inline.clone() {
+                Some(v) => Ok(v),
+                None => args.next().with_context(|| format!("{name} needs a value")),
+            }
+        };
+        match name.as_str() {
+            "-H" | "--host" => {
+                let host = value()?;
+                let Some(path) = host.strip_prefix("unix://") else {
+                    bail!("--host {host}: only unix:// sockets are supported (TCP needs TLS client certificates, which berth does not offer yet)");
+                };
+                socket = PathBuf::from(path);
+            }
+            "--data-root" => data_root = PathBuf::from(value()?),
+            "--exec-root" => exec_root = PathBuf::from(value()?),
+            "--vmm" => vmm = PathBuf::from(value()?),
+            "--kernel" => kernel = PathBuf::from(value()?),
+            "--initrd" => initrd = PathBuf::from(value()?),
+            "-D" | "--debug" => debug = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(Options {
+        socket,
+        engine: engine::EngineConfig {
+            data_root,
+            exec_root,
+            vmm,
+            kernel,
+            initrd,
+        },
+        debug,
+    })
+}
+
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!(
+                "berthd {} {} {}: {}",
+                engine::time::rfc3339(std::time::SystemTime::now()),
+                r.level(),
+                r.target(),
+                r.args()
+            );
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLogger = StderrLogger;
+
+fn main() -> std::process::ExitCode {
+    let options = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(if options.debug {
+            log::LevelFilter::Debug
+        } else {
+            log::LevelFilter::Info
+        });
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(options)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(options: Options) -> Result<()> {
+    let engine = engine::Engine::open(options.engine.clone())
+        .await
+        .context("cannot open the engine")?;
+    let state = Arc::new(router::State::new(engine));
+    let listener = bind(&options.socket)?;
+    log::info!(
+        "berthd listening on unix://{} (data root {}, exec root {})",
+        options.socket.display(),
+        options.engine.data_root.display(),
+        options.engine.exec_root.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("accept failed: {e}");
+                        continue;
+                    }
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let service = hyper::service::service_fn(move |req| {
+                        router::handle(state.clone(), req)
+                    });
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .with_upgrades()
+                        .await
+                    {
+                        log::debug!("connection ended: {e}");
+                    }
+                });
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    log::info!("berthd shutting down");
+    drop(listener);
+    let _ = std::fs::remove_file(&options.socket);
+    state.engine.shutdown().await;
+    Ok(())
+}
+
+fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        // A live daemon answers on it; a stale socket from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("{} is in use by another daemon", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale {}", path.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))?;
+    // root and the `berth` group, as dockerd does with `docker`.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = group_id("berth") {
+        // SAFETY: chown(2) on a NUL-terminated path we own; -1 keeps the owner.
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) };
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+    })
+}

@@ -1,0 +1,6 @@
+//! The Docker Engine API's endpoints, by area. Each area parses its own paths (image names
+//! contain slashes) and answers Docker's JSON shapes.
+
+pub mod containers;
+pub mod images;
+pub mod system;

@@ -1,0 +1,244 @@
+//! `/_ping`, `/version`, `/info`, and the answers the CLI expects from areas berth does not
+//! have yet (networks beyond `none`, volumes, plugins): truthful, in Docker's shapes.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use crate::http::{full, json, ApiError, ApiResult};
+use crate::router::{not_found, State, Version, API_VERSION, MIN_API_VERSION};
+
+/// `GET|HEAD /_ping`: cheap, unversioned, with the headers the CLI negotiates from.
+pub fn ping(req: &Request<Incoming>) -> ApiResult {
+    let body = if req.method() == Method::HEAD {
+        ""
+    } else {
+        "OK"
+    };
+    let mut r = Response::new(full(body));
+    let h = r.headers_mut();
+    h.insert(
+        "Content-Type",
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        "Cache-Control",
+        HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+    );
+    h.insert("Pragma", HeaderValue::from_static("no-cache"));
+    h.insert("Docker-Experimental", HeaderValue::from_static("false"));
+    // The classic builder: a BuildKit-advertising daemon would push the CLI onto /session.
+    h.insert("Builder-Version", HeaderValue::from_static("1"));
+    Ok(r)
+}
+
+pub async fn route(
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    path: &str,
+    _version: Version,
+) -> ApiResult {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (req.method().clone(), segments.as_slice()) {
+        (Method::GET | Method::HEAD, ["_ping"]) => ping(&req),
+        (Method::GET, ["version"]) => version(state),
+        (Method::GET, ["info"]) => info(state).await,
+        (Method::GET, ["networks"]) => json(StatusCode::OK, &vec![none_network()]),
+        (Method::GET, ["networks", id]) => {
+            let id = crate::http::percent_decode(id);
+            if id == "none"
+                || id == NONE_NETWORK_ID
+                || NONE_NETWORK_ID.starts_with(&id) && id.len() >= 12
+            {
+                json(StatusCode::OK, &none_network())
+            } else {
+                Err(ApiError::not_found(format!("network {id} not found")))
+            }
+        }
+        (Method::POST, ["networks", "create"]) => Err(ApiError::bad_request(
+            "berth has no container networking yet: containers run with --network none",
+        )),
+        (Method::GET, ["volumes"]) => {
+            json(StatusCode::OK, &json!({ "Volumes": [], "Warnings": null }))
+        }
+        (Method::GET, ["volumes", name]) => Err(ApiError::not_found(format!(
+            "get {}: no such volume",
+            crate::http::percent_decode(name)
+        ))),
+        (Method::POST, ["volumes", "create"]) => {
+            Err(ApiError::bad_request("berth does not support volumes yet"))
+        }
+        (Method::GET, ["plugins"]) => json(StatusCode::OK, &Vec::<()>::new()),
+        (Method::GET, ["plugins", name, "json"]) => Err(ApiError::not_found(format!(
+            "plugin {} not found",
+            crate::http::percent_decode(name)
+        ))),
+        _ => Err(not_found()),
+    }
+}
+
+const NONE_NETWORK_ID: &str = "6e6f6e650000000000000000000000000000000000000000000000000000006e";
+
+fn none_network() -> serde_json::Value {
+    json!({
+        "Name": "none",
+        "Id": NONE_NETWORK_ID,
+        "Created": engine::time::ZERO_TIME,
+        "Scope": "local",
+        "Driver": "null",
+        "EnableIPv6": false,
+        "IPAM": { "Driver": "default", "Options": null, "Config": [] },
+        "Internal": false,
+        "Attachable": false,
+        "Ingress": false,
+        "ConfigFrom": { "Network": "" },
+        "ConfigOnly": false,
+        "Containers": {},
+        "Options": {},
+        "Labels": {}
+    })
+}
+
+fn uname() -> (String, String) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    (release.trim().to_string(), hostname.trim().to_string())
+}
+
+fn os_name() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".to_string())
+}
+
+fn version(state: &Arc<State>) -> ApiResult {
+    let (kernel, _) = uname();
+    let runtime = state.engine.runtime_info();
+    json(
+        StatusCode::OK,
+        &json!({
+            "Platform": { "Name": "berth" },
+            "Components": [
+                {
+                    "Name": "Engine",
+                    "Version": env!("CARGO_PKG_VERSION"),
+                    "Details": {
+                        "ApiVersion": API_VERSION,
+                        "MinAPIVersion": MIN_API_VERSION,
+                        "Os": "linux",
+                        "Arch": "amd64",
+                        "KernelVersion": kernel,
+                        "Isolation": "microVM (KVM), one per container",
+                    }
+                },
+                { "Name": "berth-vmm", "Version": runtime.vmm_version, "Details": { "Path": runtime.vmm_path } },
+                { "Name": "guest kernel", "Version": runtime.guest_kernel, "Details": { "Path": runtime.kernel_path } },
+            ],
+            "Version": env!("CARGO_PKG_VERSION"),
+            "ApiVersion": API_VERSION,
+            "MinAPIVersion": MIN_API_VERSION,
+            "GitCommit": "",
+            "GoVersion": "n/a (Rust)",
+            "Os": "linux",
+            "Arch": "amd64",
+            "KernelVersion": kernel,
+            "BuildTime": "",
+        }),
+    )
+}
+
+async fn info(state: &Arc<State>) -> ApiResult {
+    let (kernel, hostname) = uname();
+    let counts = state.engine.counts().await;
+    let runtime = state.engine.runtime_info();
+    let ncpu = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let mut warnings = vec![
+        "berth: containers have no network device yet; only --network none is available"
+            .to_string(),
+    ];
+    if let Some(w) = &runtime.host_warning {
+        warnings.push(format!("berth: {w}"));
+    }
+    json(
+        StatusCode::OK,
+        &json!({
+            "ID": state.engine.daemon_id(),
+            "Containers": counts.containers,
+            "ContainersRunning": counts.running,
+            "ContainersPaused": counts.paused,
+            "ContainersStopped": counts.stopped,
+            "Images": counts.images,
+            "Driver": "overlayfs over virtio-fs",
+            "DriverStatus": [["Guest root filesystem", "virtio-fs share of the host overlay"]],
+            "Plugins": { "Volume": [], "Network": ["null"], "Authorization": null, "Log": ["json-file"] },
+            "MemoryLimit": true,
+            "SwapLimit": false,
+            "KernelMemory": false,
+            "CpuCfsPeriod": false,
+            "CpuCfsQuota": false,
+            "CPUShares": false,
+            "CPUSet": false,
+            "PidsLimit": false,
+            "IPv4Forwarding": false,
+            "BridgeNfIptables": false,
+            "BridgeNfIp6tables": false,
+            "Debug": log::max_level() >= log::LevelFilter::Debug,
+            "NFd": 0,
+            "OomKillDisable": false,
+            "NGoroutines": 0,
+            "SystemTime": engine::time::rfc3339(std::time::SystemTime::now()),
+            "LoggingDriver": "json-file",
+            "CgroupDriver": "none",
+            "CgroupVersion": "2",
+            "NEventsListener": 0,
+            "KernelVersion": kernel,
+            "OperatingSystem": os_name(),
+            "OSVersion": "",
+            "OSType": "linux",
+            "Architecture": std::env::consts::ARCH,
+            "IndexServerAddress": "https://index.docker.io/v1/",
+            "RegistryConfig": { "IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"], "Mirrors": [] },
+            "NCPU": ncpu,
+            "MemTotal": mem_total,
+            "GenericResources": null,
+            "DockerRootDir": state.engine.config().data_root,
+            "HttpProxy": "",
+            "HttpsProxy": "",
+            "NoProxy": "",
+            "Name": hostname,
+            "Labels": [],
+            "ExperimentalBuild": false,
+            "ServerVersion": env!("CARGO_PKG_VERSION"),
+            "Runtimes": { "berth": { "path": runtime.vmm_path } },
+            "DefaultRuntime": "berth",
+            "Swarm": { "NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": false, "Error": "", "RemoteManagers": null },
+            "LiveRestoreEnabled": false,
+            "Isolation": "",
+            "InitBinary": "",
+            "ContainerdCommit": { "ID": "", "Expected": "" },
+            "RuncCommit": { "ID": "", "Expected": "" },
+            "InitCommit": { "ID": "", "Expected": "" },
+            "SecurityOptions": ["name=microvm"],
+            "Warnings": warnings,
+        }),
+    )
+}

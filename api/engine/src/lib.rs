@@ -1,0 +1,163 @@
+//! berth's engine: images, containers, and the microVMs that run them.
+//!
+//! One engine, two front doors: berthd (the Docker Engine API) and, later, the containerd
+//! shim call the same operations here; neither duplicates lifecycle logic. The engine owns
+//! berthd's data root (image store, container records, logs) and exec root (per-VM sockets
+//! and runtime state), and supervises one `berth-vmm` process per running container.
+//!
+//! It knows nothing of HTTP: errors carry a kind ([`EngineError`]) that each front door maps
+//! to its own wire format in one place.
+
+pub mod container;
+pub mod error;
+pub mod fsutil;
+pub mod ids;
+pub mod image;
+pub mod time;
+
+pub use error::{EngineError, Result};
+
+use std::path::{Path, PathBuf};
+
+/// Where the engine keeps things and what it runs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Persistent state: images, container records, logs (dockerd's --data-root).
+    pub data_root: PathBuf,
+    /// Runtime state: sockets, per-VM directories (dockerd's --exec-root).
+    pub exec_root: PathBuf,
+    /// The VMM binary.
+    pub vmm: PathBuf,
+    /// The guest kernel.
+    pub kernel: PathBuf,
+    /// The guest initramfs (the agent).
+    pub initrd: PathBuf,
+}
+
+/// What the engine runs containers with, for `docker version` and `docker info`.
+#[derive(Clone, Debug)]
+pub struct RuntimeInfo {
+    pub vmm_path: String,
+    pub vmm_version: String,
+    pub kernel_path: String,
+    pub guest_kernel: String,
+    /// Why this host cannot run containers directly, when it cannot.
+    pub host_warning: Option<String>,
+}
+
+/// Object counts for `docker info`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub containers: usize,
+    pub running: usize,
+    pub paused: usize,
+    pub stopped: usize,
+    pub images: usize,
+}
+
+/// The engine.
+pub struct Engine {
+    config: EngineConfig,
+    id: String,
+    runtime: RuntimeInfo,
+    pub images: image::ImageStore,
+    pub containers: container::Containers,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the data and exec roots and loads every record.
+    pub async fn open(config: EngineConfig) -> Result<Engine> {
+        for dir in [&config.data_root, &config.exec_root] {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                EngineError::internal(format!("cannot create {}", dir.display()), e)
+            })?;
+            restrict(dir)?;
+        }
+        let id = daemon_id(&config.data_root)?;
+        let runtime = runtime_info(&config);
+        let images = image::ImageStore::open(&config.data_root.join("image"))?;
+        let containers = container::Containers::open(&config).await?;
+        Ok(Engine {
+            config,
+            id,
+            runtime,
+            images,
+            containers,
+        })
+    }
+
+    /// The configuration the engine was opened with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// This daemon's persistent identifier.
+    pub fn daemon_id(&self) -> &str {
+        &self.id
+    }
+
+    /// The VMM and guest kernel in use.
+    pub fn runtime_info(&self) -> &RuntimeInfo {
+        &self.runtime
+    }
+
+    /// Container and image counts.
+    pub async fn counts(&self) -> Counts {
+        let mut counts = self.containers.counts().await;
+        counts.images = self.images.count();
+        counts
+    }
+
+    /// Stops every running container (as dockerd does without live restore).
+    pub async fn shutdown(&self) {
+        self.containers.shutdown().await;
+    }
+}
+
+fn restrict(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| EngineError::internal(format!("cannot restrict {}", dir.display()), e))
+}
+
+fn daemon_id(data_root: &Path) -> Result<String> {
+    let path = data_root.join("engine-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if ids::is_hex_prefix(id.trim()) && id.trim().len() == 64 => {
+            Ok(id.trim().to_string())
+        }
+        _ => {
+            let id = ids::new_id();
+            fsutil::atomic_write(&path, id.as_bytes())
+                .map_err(|e| EngineError::internal("cannot record the engine id", e))?;
+            Ok(id)
+        }
+    }
+}
+
+/// Finds the "Linux version ..." banner in a vmlinux.
+fn guest_kernel_version(kernel: &Path) -> Option<String> {
+    let bytes = std::fs::read(kernel).ok()?;
+    let needle = b"Linux version ";
+    let start = bytes.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let end = bytes[start..].iter().position(|&b| b == b' ' || b == 0)?;
+    Some(String::from_utf8_lossy(&bytes[start..start + end]).into_owned())
+}
+
+fn runtime_info(config: &EngineConfig) -> RuntimeInfo {
+    let host_warning = match std::process::Command::new(&config.vmm)
+        .arg("check")
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        Err(e) => Some(format!("cannot run {}: {e}", config.vmm.display())),
+    };
+    RuntimeInfo {
+        vmm_path: config.vmm.display().to_string(),
+        vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel_path: config.kernel.display().to_string(),
+        guest_kernel: guest_kernel_version(&config.kernel).unwrap_or_else(|| "unknown".to_string()),
+        host_warning,
+    }
+}
