@@ -1,5 +1,5 @@
 //! berth's guest-facing devices: the legacy serial port and i8042, the virtio-mmio transport
-//! and the virtio devices behind it (vsock, rng).
+//! and the virtio devices behind it (vsock, rng, fs).
 //!
 //! This crate owns device *state and behaviour*: register files, queue processing, host-side
 //! backends. It does not know about KVM: interrupts leave through [`virtio::IrqTrigger`]'s

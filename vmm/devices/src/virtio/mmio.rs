@@ -118,7 +118,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: self.queue_sel,
             interrupt_status: self.irq.status(),
             config_generation: self.config_generation,
-            queues: self.device.queues().iter().map(QueueSnapshot::of).collect(),
+            queues: self.device.queue_snapshots(),
         }
     }
 

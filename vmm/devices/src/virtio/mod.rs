@@ -5,6 +5,7 @@
 //! (`MutEventSubscriber`, driven by the event loop thread). The transport
 //! ([`mmio::MmioTransport`]) owns the register file of the virtio-mmio v2 layout.
 
+pub mod fs;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
@@ -108,6 +109,11 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn queues_mut(&mut self) -> &mut [Queue];
     /// One eventfd per queue, signalled when the driver notifies that queue.
     fn queue_events(&self) -> &[EventFd];
+    /// The queues' current configuration and positions, for snapshots. A device that serves
+    /// its queues on a thread of its own reports that thread's positions.
+    fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
+        self.queues().iter().map(QueueSnapshot::of).collect()
+    }
     /// Features the device offers.
     fn avail_features(&self) -> u64;
     /// The features the driver accepted (a subset of `avail_features`).
