@@ -1,5 +1,8 @@
 //! `berth-vmm boot`: the VMM proper.
 //!
+//! `--fs TAG=DIR[:ro][,nosuid]` (repeatable) adds a virtio-fs device sharing DIR under TAG;
+//! `ro` refuses every change, `nosuid` keeps the guest from creating set-id files.
+//!
 //! Exit codes: 0 the guest shut down; 1 the VM could not be built or the VMM failed;
 //! 2 usage; 3 the guest kernel panicked; 4 KVM could not run the guest (fatal exit);
 //! 128+N stopped by signal N.
@@ -7,6 +10,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use vmm::config::FsShareConfig;
 use vmm::{ConsoleOutput, ExitReason, VmConfig, Vmm, VsockConfig};
 
 use crate::args::{Args, Spec};
@@ -26,6 +30,7 @@ const SPEC: Spec = Spec {
         "--console",
         "--vsock-uds",
         "--vsock-cid",
+        "--fs",
     ],
     flags: &["--no-rng"],
 };
@@ -53,6 +58,14 @@ fn config(args: &Args) -> Result<VmConfig, String> {
         }
         None => None,
     };
+    let mut shares: Vec<FsShareConfig> = Vec::new();
+    for spec in args.values("--fs") {
+        let share: FsShareConfig = spec.parse().map_err(|e| format!("--fs {e}"))?;
+        if shares.iter().any(|s| s.tag == share.tag) {
+            return Err(format!("--fs: the tag {:?} is used twice", share.tag));
+        }
+        shares.push(share);
+    }
     Ok(VmConfig {
         vcpus: args.number("--cpus", 1)?,
         mem_mib: args.number("--mem", 128)?,
@@ -62,6 +75,7 @@ fn config(args: &Args) -> Result<VmConfig, String> {
         console,
         vsock,
         rng: !args.flag("--no-rng"),
+        shares,
     })
 }
 

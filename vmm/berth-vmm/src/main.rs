@@ -20,9 +20,10 @@ const USAGE: &str = "usage:
   berth-vmm check
   berth-vmm boot --kernel PATH [--initrd PATH] [--cpus N] [--mem MIB] [--cmdline ARGS]
                  [--console PATH|-] [--vsock-uds PATH] [--vsock-cid CID] [--no-rng]
+                 [--fs TAG=DIR[:ro][,nosuid]]...
   berth-vmm run [--cpus N] [--mem MIB] [--kernel PATH] [--initrd PATH] [-t|--tty]
                 [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--console PATH]
-                [--boot-timeout SECS] -- CMD [ARGS...]";
+                [--boot-timeout SECS] [--fs TAG=DIR[:ro][,nosuid]]... -- CMD [ARGS...]";
 
 fn main() -> ExitCode {
     logger::init();

@@ -7,6 +7,9 @@
 //! log), removed when the VM ends cleanly. When the VM fails, the console log is kept and
 //! its path printed.
 //!
+//! `--fs TAG=DIR[:ro][,nosuid]` (repeatable) shares a host directory with the VM over
+//! virtio-fs; the command mounts it (`mount -t virtiofs TAG /mnt`).
+//!
 //! Exit codes: the command's own; 125 when berth could not run it (the VM did not boot, the
 //! agent failed); 126 when the command is not executable; 127 when it was not found.
 
@@ -43,6 +46,7 @@ const SPEC: Spec = Spec {
         "--console",
         "--boot-timeout",
         "--cmdline",
+        "--fs",
     ],
     flags: &["-t", "--tty"],
 };
@@ -201,6 +205,10 @@ impl Run {
             .stderr(Stdio::inherit());
         if let Some(extra) = args.value("--cmdline") {
             cmd.arg("--cmdline").arg(extra);
+        }
+        // Shares go to the VMM as given; it checks them (and says what is wrong) at start.
+        for share in args.values("--fs") {
+            cmd.arg("--fs").arg(share);
         }
         // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
         // which is async-signal-safe; it touches no memory shared with the parent.

@@ -21,6 +21,62 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// A host directory shared with the guest over virtio-fs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsShareConfig {
+    /// The mount tag the guest names (`mount -t virtiofs TAG /mnt`), 1 to 36 bytes.
+    pub tag: String,
+    /// The host directory.
+    pub dir: PathBuf,
+    /// Refuse every change (EROFS).
+    pub read_only: bool,
+    /// Never let the guest create set-user-ID or set-group-ID files.
+    pub nosuid: bool,
+}
+
+impl std::str::FromStr for FsShareConfig {
+    type Err = String;
+
+    /// Parses `TAG=DIR[:OPTION[,OPTION...]]`, the options being `ro`, `rw`, `nosuid` and
+    /// `suid`. A suffix after the last `:` is taken as options only when every word of it
+    /// is one; otherwise it is part of the directory.
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let (tag, rest) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("{spec:?}: expected TAG=DIR[:ro][,nosuid]"))?;
+        if tag.is_empty() || tag.len() > 36 || tag.contains('\0') {
+            return Err(format!("{spec:?}: the tag must be 1 to 36 bytes"));
+        }
+        let mut share = FsShareConfig {
+            tag: tag.to_string(),
+            dir: PathBuf::from(rest),
+            read_only: false,
+            nosuid: false,
+        };
+        if let Some((dir, options)) = rest.rsplit_once(':') {
+            let words: Vec<&str> = options.split(',').collect();
+            if words
+                .iter()
+                .all(|w| matches!(*w, "ro" | "rw" | "nosuid" | "suid"))
+            {
+                share.dir = PathBuf::from(dir);
+                for word in words {
+                    match word {
+                        "ro" => share.read_only = true,
+                        "rw" => share.read_only = false,
+                        "nosuid" => share.nosuid = true,
+                        _ => share.nosuid = false,
+                    }
+                }
+            }
+        }
+        if share.dir.as_os_str().is_empty() {
+            return Err(format!("{spec:?}: no directory"));
+        }
+        Ok(share)
+    }
+}
+
 /// A microVM's configuration.
 pub struct VmConfig {
     /// Number of vCPUs (1 to [`crate::arch::MAX_VCPUS`]).
@@ -39,6 +95,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
+    /// Host directories shared over virtio-fs, one device each.
+    pub shares: Vec<FsShareConfig>,
 }
 
 /// berth's kernel arguments: the console on COM1, kept quiet (every byte written to the
@@ -47,3 +105,44 @@ pub struct VmConfig {
 /// needs one). The guest kernel has no PCI, no modules and no i8042 driver, so their
 /// options would only reach /init as stray arguments.
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet swiotlb=noforce";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(spec: &str) -> Result<FsShareConfig, String> {
+        spec.parse()
+    }
+
+    #[test]
+    fn share_specs_parse() {
+        let s = parse("rootfs=/var/lib/berth/c1/rootfs").unwrap();
+        assert_eq!(s.tag, "rootfs");
+        assert_eq!(s.dir, PathBuf::from("/var/lib/berth/c1/rootfs"));
+        assert!(!s.read_only && !s.nosuid);
+        let s = parse("data=/srv/data:ro").unwrap();
+        assert_eq!(s.dir, PathBuf::from("/srv/data"));
+        assert!(s.read_only);
+        let s = parse("vol=/srv/v:ro,nosuid").unwrap();
+        assert!(s.read_only && s.nosuid);
+        // A colon that is not followed by options belongs to the path.
+        let s = parse("odd=/srv/a:b").unwrap();
+        assert_eq!(s.dir, PathBuf::from("/srv/a:b"));
+        assert!(!s.read_only);
+        let s = parse("eq=/srv/a=b").unwrap();
+        assert_eq!(s.dir, PathBuf::from("/srv/a=b"));
+    }
+
+    #[test]
+    fn bad_share_specs_are_refused() {
+        for spec in [
+            "noequals",
+            "=/dir",
+            "t=",
+            "t=:ro",
+            &format!("{}=/d", "x".repeat(37)),
+        ] {
+            assert!(parse(spec).is_err(), "{spec}");
+        }
+    }
+}

@@ -2,10 +2,11 @@
 //!
 //! The boot steps, in order: open KVM and create the VM; map guest memory and hand it to
 //! KVM; create the in-kernel interrupt controllers and PIT; attach devices (serial, i8042,
-//! virtio-rng, virtio-vsock); load the kernel and write the boot data; create the vCPUs with
-//! their CPUID, MSRs, FPU and LAPIC state, the first at the PVH entry. Then [`Vmm::run`]
-//! starts one thread per vCPU and runs the event loop on the calling thread until the guest
-//! shuts down, a vCPU hits a fatal exit, or the host sends a termination signal.
+//! virtio-rng, virtio-vsock, one virtio-fs per share); load the kernel and write the boot
+//! data; create the vCPUs with their CPUID, MSRs, FPU and LAPIC state, the first at the PVH
+//! entry. Then [`Vmm::run`] starts one thread per vCPU and runs the event loop on the calling
+//! thread until the guest shuts down, a vCPU hits a fatal exit, or the host sends a
+//! termination signal.
 
 use std::fs::File;
 use std::io::Write;
@@ -27,6 +28,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{self, MemoryError};
 use crate::vcpu::{self, Vcpu};
 use devices::legacy::serial::{ConsoleLimit, ConsoleSink, SerialDevice};
+use devices::virtio::fs::{Fs, FsConfig, FsError, ShareOptions};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockError};
 use devices::GuestMemoryMmap;
@@ -52,6 +54,8 @@ pub enum VmmError {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
     #[error("cannot open the console log {path}: {source}")]
@@ -130,6 +134,17 @@ impl Vmm {
         }
         if let Some(vsock) = &config.vsock {
             devices.add_virtio(&vm, &mem, Vsock::new(vsock.guest_cid, &vsock.uds_path)?)?;
+        }
+        for share in &config.shares {
+            let fs = Fs::new(&FsConfig {
+                tag: share.tag.clone(),
+                dir: share.dir.clone(),
+                options: ShareOptions {
+                    read_only: share.read_only,
+                    nosuid: share.nosuid,
+                },
+            })?;
+            devices.add_virtio(&vm, &mem, fs)?;
         }
 
         let mut cmdline = BASE_CMDLINE.to_string();
