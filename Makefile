@@ -62,18 +62,21 @@ test-unit:
 test-kvm:
 	$(CARGO) test --release -p berth-tests --test kvm_direct
 
-# Real Linux microVMs: directly where `berth-vmm check` passes, else inside the emulated
-# virtualization host (the test binary is built here, run there).
+# Real Linux microVMs (tests/tests/microvm.rs, tests/tests/virtiofs.rs): directly where
+# `berth-vmm check` passes, else inside one emulated virtualization host (the test binaries
+# are built here, run there).
+MICROVM_TESTS := microvm virtiofs
 test-microvm:
-	@bin=$$($(CARGO) test --release -p berth-tests --test microvm --no-run --message-format=json \
-		| python3 -c 'import json,sys; [print(m["executable"]) for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"]=="microvm"]' | tail -1); \
-	test -n "$$bin" || { echo "test-microvm: no test binary" >&2; exit 1; }; \
+	@bins=$$($(CARGO) test --release -p berth-tests $(addprefix --test ,$(MICROVM_TESTS)) --no-run --message-format=json \
+		| python3 -c 'import json,sys; names=sys.argv[1:]; found={m["target"]["name"]: m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in names}; print(" ".join(found[n] for n in names if n in found))' $(MICROVM_TESTS)); \
+	test $$(echo $$bins | wc -w) -eq $(words $(MICROVM_TESTS)) || { echo "test-microvm: missing test binaries ($$bins)" >&2; exit 1; }; \
+	script="rc=0; for bin in $$bins; do \$$bin --test-threads=2 || rc=1; done; exit \$$rc"; \
 	if $(RELEASE)/berth-vmm check >/dev/null; then \
-		$$bin --test-threads=2; \
+		bash -c "$$script"; \
 	else \
 		echo "test-microvm: $$($(RELEASE)/berth-vmm check)"; \
 		echo "test-microvm: running the microVM tests inside the emulated virtualization host"; \
-		$(VMHOST) -- $$bin --test-threads=2; \
+		$(VMHOST) -- bash -c "$$script"; \
 	fi
 
 # (a) the VMM on this host's KVM with the test guest; (b) berth-vmm vs QEMU microvm booting
