@@ -8,6 +8,7 @@
 //! (the VMM's device). The same server runs on the host as a normal process over a Unix
 //! socket for tests; only [`init`] is PID-1 specific.
 
+pub mod container;
 pub mod init;
 pub mod logger;
 pub mod process;
@@ -17,6 +18,7 @@ pub mod spawn;
 pub mod stdio;
 pub mod sys;
 pub mod transport;
+pub mod user;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -31,6 +33,8 @@ use crate::transport::{Listener, ReadyTarget, TransportError};
 pub struct Config {
     pub listen: ListenOn,
     pub ready: ReadyTarget,
+    /// Where containers' generated files live (a tmpfs in the VM).
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +55,7 @@ impl Default for Config {
                 cid: libc::VMADDR_CID_HOST,
                 port: agent_protocol::READY_PORT,
             },
+            state_dir: PathBuf::from(process::DEFAULT_STATE_DIR),
         }
     }
 }
@@ -99,7 +104,7 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
         log::warn!("cannot become a child subreaper: {e}");
     }
 
-    let table = Arc::new(ProcessTable::new());
+    let table = Arc::new(ProcessTable::with_state_dir(config.state_dir.clone()));
     let t2 = Arc::clone(&table);
     std::thread::Builder::new()
         .name("signals".into())

@@ -1,6 +1,6 @@
 //! `berth-agent`: PID 1 of a berth microVM (see the library crate). The hidden flags
 //! `--listen-unix PATH` and `--ready-unix PATH` run the same server on the host over Unix
-//! sockets, for tests.
+//! sockets, for tests; `--state-dir DIR` moves the agent's state (default /run/berth).
 //!
 //! `no_main`: std's runtime start-up reopens closed fds 0-2 on /dev/null and aborts if it
 //! cannot, which as PID 1 of an initramfs without /dev/null would panic the kernel before
@@ -14,7 +14,9 @@ use berth_agent::transport::ReadyTarget;
 use berth_agent::{init, is_pid1, run, Config, ListenOn};
 
 fn usage() -> ! {
-    eprintln!("usage: berth-agent [--listen-unix PATH] [--ready-unix PATH] [--version]");
+    eprintln!(
+        "usage: berth-agent [--listen-unix PATH] [--ready-unix PATH] [--state-dir DIR] [--version]"
+    );
     std::process::exit(2);
 }
 
@@ -29,6 +31,10 @@ fn parse_args(pid1: bool) -> Config {
             },
             Some("--ready-unix") => match args.next() {
                 Some(p) => config.ready = ReadyTarget::Unix(PathBuf::from(p)),
+                None => usage(),
+            },
+            Some("--state-dir") => match args.next() {
+                Some(p) => config.state_dir = PathBuf::from(p),
                 None => usage(),
             },
             Some("--version") => {

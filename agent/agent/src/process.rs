@@ -5,8 +5,9 @@
 //! the reaper takes it before calling `waitpid`, so an exit is never reaped before its pid
 //! is known, and a pid cannot be reaped (and reused) while a signal is being sent to it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -16,13 +17,20 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::spawn::{self, Prepared, SpawnError};
+use agent_protocol::ContainerSpec;
+
+use crate::container::{Container, ContainerError};
+use crate::spawn::{self, PidNs, Prepared, SpawnError};
 use crate::stdio::{self, Attached, InputKind, Plan};
 use crate::sys::{self, Latch};
 use crate::transport::Conn;
 
 /// Most processes the table holds (exited ones count until deleted).
 pub const MAX_PROCESSES: usize = 1024;
+/// Most containers one agent holds (a pod's worth, with room to spare).
+pub const MAX_CONTAINERS: usize = 64;
+/// Where the agent keeps its state (containers' generated files) unless told otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/run/berth";
 
 /// Why a process operation failed. Mapped to the wire in [`ProcessError::code`].
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +64,20 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no container with id {id:?}")]
+    UnknownContainer { id: String },
+    #[error("a container with id {id:?} already exists")]
+    ContainerExists { id: String },
+    #[error("the agent holds {MAX_CONTAINERS} containers already")]
+    TooManyContainers,
+    #[error("container {id:?} {reason}")]
+    ContainerBusy { id: String, reason: &'static str },
+    #[error("cannot set up container {id:?}")]
+    Setup {
+        id: String,
+        #[source]
+        source: ContainerError,
+    },
 }
 
 impl ProcessError {
@@ -70,14 +92,27 @@ impl ProcessError {
             ProcessError::NotAttachable { .. } => ErrorCode::InvalidArgument,
             ProcessError::Spawn { source, .. } => source.code(),
             ProcessError::Sys { .. } => ErrorCode::Internal,
+            ProcessError::UnknownContainer { .. } => ErrorCode::UnknownContainer,
+            ProcessError::ContainerExists { .. } => ErrorCode::AlreadyExists,
+            ProcessError::TooManyContainers => ErrorCode::ResourceExhausted,
+            ProcessError::ContainerBusy { .. } => ErrorCode::InvalidState,
+            ProcessError::Setup { source, .. } => source.code(),
         }
     }
 
-    /// The message with its causes, for the error reply.
+    /// The message with its causes, for the error reply. A user that does not resolve is
+    /// reported in Docker's words alone, as Docker reports it.
     pub fn describe(&self) -> String {
         match self {
+            ProcessError::Spawn {
+                source: source @ SpawnError::User(_),
+                ..
+            } => source.describe(),
             ProcessError::Spawn { source, .. } => format!("{self}: {}", source.describe()),
             ProcessError::Sys { source, .. } => format!("{self}: {source}"),
+            ProcessError::Setup { source, .. } => {
+                format!("{self}: {source}: {}", crate::source_chain(source))
+            }
             _ => self.to_string(),
         }
     }
@@ -121,18 +156,40 @@ struct Process {
     pty_master: Option<OwnedFd>,
 }
 
+/// A container and the state of its PID namespace.
+#[derive(Debug)]
+struct ContainerEntry {
+    handles: Arc<Container>,
+    /// Its PID namespace, once its init (first process) has been started.
+    pidns: Option<OwnedFd>,
+    /// The init's pid.
+    init: Option<i32>,
+    /// The init has exited: the namespace takes no more processes.
+    init_exited: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     procs: HashMap<String, Process>,
     by_pid: HashMap<i32, String>,
+    containers: HashMap<String, ContainerEntry>,
+    /// Ids of containers being set up (outside the lock).
+    creating: HashSet<String>,
     next_serial: u64,
 }
 
 /// See the module documentation.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ProcessTable {
     inner: Mutex<Inner>,
     changed: Condvar,
+    state_dir: PathBuf,
+}
+
+impl Default for ProcessTable {
+    fn default() -> Self {
+        Self::with_state_dir(PathBuf::from(DEFAULT_STATE_DIR))
+    }
 }
 
 fn exit_status(code: i32, signal: Option<i32>) -> ExitStatus {
@@ -142,6 +199,15 @@ fn exit_status(code: i32, signal: Option<i32>) -> ExitStatus {
 impl ProcessTable {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A table keeping container state under `state_dir`.
+    pub fn with_state_dir(state_dir: PathBuf) -> Self {
+        ProcessTable {
+            inner: Mutex::default(),
+            changed: Condvar::new(),
+            state_dir,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -159,6 +225,11 @@ impl ProcessTable {
         let mut inner = self.lock();
         if inner.procs.contains_key(id) {
             return Err(ProcessError::Exists { id: id.to_owned() });
+        }
+        if let Some(c) = &spec.container {
+            if !inner.containers.contains_key(c) {
+                return Err(ProcessError::UnknownContainer { id: c.clone() });
+            }
         }
         if inner.procs.len() >= MAX_PROCESSES {
             return Err(ProcessError::TableFull);
@@ -252,13 +323,11 @@ impl ProcessTable {
 
     /// Starts a created process; returns its pid once it has exec'd.
     pub fn start(self: &Arc<Self>, id: &str) -> Result<u32, ProcessError> {
-        let (pid, report) = {
-            let mut guard = self.lock();
-            let inner = &mut *guard;
-            let p = inner
-                .procs
-                .get_mut(id)
-                .ok_or_else(|| ProcessError::Unknown { id: id.to_owned() })?;
+        let unknown = || ProcessError::Unknown { id: id.to_owned() };
+        // What the process needs, under the lock...
+        let (spec, container) = {
+            let inner = self.lock();
+            let p = inner.procs.get(id).ok_or_else(unknown)?;
             if p.state != State::Created {
                 return Err(ProcessError::WrongState {
                     id: id.to_owned(),
@@ -266,20 +335,55 @@ impl ProcessTable {
                     action: "start",
                 });
             }
-            let spawn_error = |source| ProcessError::Spawn {
-                id: id.to_owned(),
-                source,
+            let container = match &p.spec.container {
+                None => None,
+                Some(c) => Some(
+                    inner
+                        .containers
+                        .get(c)
+                        .map(|e| Arc::clone(&e.handles))
+                        .ok_or_else(|| ProcessError::UnknownContainer { id: c.clone() })?,
+                ),
             };
-            let prepared = Prepared::new(&p.spec);
-            let plan = prepared.and_then(|prep| {
-                Plan::new(&p.spec, &p.attached)
-                    .map(|plan| (prep, plan))
-                    .map_err(SpawnError::Stdio)
+            (p.spec.clone(), container)
+        };
+        // ...prepared without it: resolving the user reads the root's files, which may be
+        // a slow share...
+        let prepared = Prepared::new(&spec, container.as_deref().map(Container::context));
+        // ...and started under it again, the process's state checked anew.
+        let (pid, report, new_init) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let p = inner.procs.get_mut(id).ok_or_else(unknown)?;
+            if p.state != State::Created {
+                return Err(ProcessError::WrongState {
+                    id: id.to_owned(),
+                    state: p.state.name(),
+                    action: "start",
+                });
+            }
+            let entry = match (&spec.container, &container) {
+                (Some(c), Some(handles)) => match inner.containers.get_mut(c) {
+                    Some(e) if Arc::ptr_eq(&e.handles, handles) => Some(e),
+                    _ => return Err(ProcessError::UnknownContainer { id: c.clone() }),
+                },
+                _ => None,
+            };
+            let spawned = prepared.and_then(|prep| {
+                let devpts = container.as_deref().map(Container::devpts);
+                let plan = Plan::new(&p.spec, &p.attached, devpts).map_err(SpawnError::Stdio)?;
+                let (join, pidns) = match &entry {
+                    None => (None, PidNs::Inherit),
+                    Some(e) if e.init_exited => return Err(SpawnError::ContainerStopped),
+                    Some(e) => match &e.pidns {
+                        None => (Some(e.handles.join(true)), PidNs::New),
+                        Some(ns) => (Some(e.handles.join(false)), PidNs::Join(ns.as_fd())),
+                    },
+                };
+                let spawned = spawn::spawn_in(&prep, plan.child_fds(), join.as_ref(), pidns)?;
+                Ok((spawned, plan))
             });
-            let spawned = plan.and_then(|(prep, plan)| {
-                spawn::spawn(&prep, plan.child_fds()).map(|(pid, report)| (pid, report, plan))
-            });
-            let (pid, report, plan) = match spawned {
+            let (spawned, plan) = match spawned {
                 Ok(s) => s,
                 Err(e) => {
                     // It never ran: record the status a shell would report, close its
@@ -290,13 +394,26 @@ impl ProcessTable {
                     p.attached = Attached::default();
                     p.exited.set();
                     self.changed.notify_all();
-                    return Err(spawn_error(e));
+                    return Err(ProcessError::Spawn {
+                        id: id.to_owned(),
+                        source: e,
+                    });
                 }
+            };
+            let pid = spawned.pid;
+            let new_init = match (entry, spawned.new_pidns) {
+                (Some(e), Some(ns)) => {
+                    e.pidns = Some(ns);
+                    e.init = Some(pid);
+                    e.init_exited = false;
+                    spec.container.clone()
+                }
+                _ => None,
             };
             p.state = State::Running { pid };
             inner.by_pid.insert(pid, id.to_owned());
             self.start_pumps(id, p, pid, plan);
-            (pid, report)
+            (pid, spawned.report, new_init)
         };
         // Unlocked: an exec failure means the child exits at once, and the reaper needs the
         // lock to record that.
@@ -306,11 +423,76 @@ impl ProcessTable {
                 action: "start",
                 source: std::io::Error::other("fork returned a negative pid"),
             }),
-            Err(source) => Err(ProcessError::Spawn {
-                id: id.to_owned(),
-                source,
-            }),
+            Err(source) => {
+                if let Some(c) = new_init {
+                    // An init that never ran leaves a dead PID namespace: the container's
+                    // next process starts a new one.
+                    let mut inner = self.lock();
+                    if let Some(e) = inner.containers.get_mut(&c) {
+                        if e.init == Some(pid) {
+                            e.pidns = None;
+                            e.init = None;
+                            e.init_exited = false;
+                        }
+                    }
+                }
+                Err(ProcessError::Spawn {
+                    id: id.to_owned(),
+                    source,
+                })
+            }
         }
+    }
+
+    /// Sets up container `id` (see [`crate::container`]). The setup runs without the
+    /// table lock; the id is reserved meanwhile.
+    pub fn create_container(&self, id: &str, spec: &ContainerSpec) -> Result<(), ProcessError> {
+        {
+            let mut inner = self.lock();
+            if inner.containers.contains_key(id) || inner.creating.contains(id) {
+                return Err(ProcessError::ContainerExists { id: id.to_owned() });
+            }
+            if inner.containers.len() + inner.creating.len() >= MAX_CONTAINERS {
+                return Err(ProcessError::TooManyContainers);
+            }
+            inner.creating.insert(id.to_owned());
+        }
+        let created = Container::create(id, spec, &self.state_dir);
+        let mut inner = self.lock();
+        inner.creating.remove(id);
+        let handles = created.map_err(|source| ProcessError::Setup {
+            id: id.to_owned(),
+            source,
+        })?;
+        inner.containers.insert(
+            id.to_owned(),
+            ContainerEntry {
+                handles: Arc::new(handles),
+                pidns: None,
+                init: None,
+                init_exited: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Tears container `id` down: refused while any of its processes runs.
+    pub fn delete_container(&self, id: &str) -> Result<(), ProcessError> {
+        let mut inner = self.lock();
+        if !inner.containers.contains_key(id) {
+            return Err(ProcessError::UnknownContainer { id: id.to_owned() });
+        }
+        let running = inner.procs.values().any(|p| {
+            p.spec.container.as_deref() == Some(id) && matches!(p.state, State::Running { .. })
+        });
+        if running {
+            return Err(ProcessError::ContainerBusy {
+                id: id.to_owned(),
+                reason: "has running processes",
+            });
+        }
+        inner.containers.remove(id);
+        Ok(())
     }
 
     fn start_pumps(self: &Arc<Self>, id: &str, p: &mut Process, pid: i32, plan: Plan) {
@@ -492,6 +674,12 @@ impl ProcessTable {
                 p.pty_master = None;
                 p.exited.set();
             }
+            for (cid, c) in inner.containers.iter_mut() {
+                if c.init == Some(pid) {
+                    log::debug!("container {cid}: its init (pid {pid}) exited");
+                    c.init_exited = true;
+                }
+            }
         }
         self.changed.notify_all();
     }
@@ -623,6 +811,21 @@ mod tests {
         t.attach("x", StdioStream::Stdout, c, |_| Ok(())).unwrap();
         let e = t.start("x").unwrap_err();
         assert_eq!(e.code(), ErrorCode::NotFound);
+        assert!(
+            e.describe().contains("executable file not found in $PATH"),
+            "{}",
+            e.describe()
+        );
+        // The lookup failed in the child, which exited; no signal loop runs here to reap it.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !matches!(t.state("x"), Some(State::Exited { .. })) {
+            assert!(
+                Instant::now() < deadline,
+                "the failed child was never reaped"
+            );
+            t.reap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(
             t.wait("x").unwrap(),
             ExitStatus {

@@ -170,6 +170,10 @@ impl Agent {
                 t.resize(&id, rows, cols).map(|()| Response::Ok)
             }
             Request::DeleteProcess { id } => t.delete(&id).map(|()| Response::Ok),
+            Request::CreateContainer { id, spec } => {
+                t.create_container(&id, &spec).map(|()| Response::Ok)
+            }
+            Request::DeleteContainer { id } => t.delete_container(&id).map(|()| Response::Ok),
             Request::Shutdown { grace_ms } => {
                 let grace = grace_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)))

@@ -45,12 +45,17 @@ impl Plan {
     /// Builds the fds for `spec` given which streams are attached. Unattached input is
     /// /dev/null; unattached output is /dev/null, except with a tty, whose master must be
     /// read regardless or the process would block.
-    pub fn new(spec: &ProcessSpec, attached: &Attached) -> io::Result<Plan> {
+    /// A tty comes from `devpts` when given (a container's own instance).
+    pub fn new(
+        spec: &ProcessSpec,
+        attached: &Attached,
+        devpts: Option<BorrowedFd<'_>>,
+    ) -> io::Result<Plan> {
         if spec.tty {
             let size = spec
                 .tty_size
                 .unwrap_or(agent_protocol::TtySize { rows: 24, cols: 80 });
-            let (master, slave) = sys::open_pty(size.rows, size.cols)?;
+            let (master, slave) = sys::open_pty(devpts, size.rows, size.cols)?;
             let slave = Arc::new(slave);
             let stdin = if attached.stdin.is_some() {
                 Some(master.try_clone()?)

@@ -1,9 +1,9 @@
 //! The agent's syscall layer: thin wrappers over the calls std does not offer (pty, eventfd,
-//! poll, signals, vsock, reboot). The only other module with `unsafe` is `spawn`, whose
-//! forked child must not allocate.
+//! poll, signals, vsock, namespaces, the new mount API, scoped opens). The only other
+//! module with `unsafe` is `spawn`, whose forked child must not allocate.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use nix::errno::Errno;
@@ -132,15 +132,41 @@ pub fn poll_two(
 }
 
 /// Opens a new pseudo-terminal: (master, slave), both close-on-exec, with the given size.
-/// The slave comes from the master itself (`TIOCGPTPEER`), so no path under /dev/pts is
-/// looked up and it cannot be swapped.
-pub fn open_pty(rows: u16, cols: u16) -> io::Result<(OwnedFd, OwnedFd)> {
-    let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .map_err(nix_err)?;
-    nix::pty::grantpt(&master).map_err(nix_err)?;
-    nix::pty::unlockpt(&master).map_err(nix_err)?;
-    // SAFETY: PtyMaster owns a valid fd; into_raw_fd hands that ownership to this OwnedFd.
-    let master = unsafe { OwnedFd::from_raw_fd(master.into_raw_fd()) };
+/// With `devpts` (a descriptor of a devpts mount's root, e.g. a container's /dev/pts) the
+/// terminal comes from that instance, so that inside the container it has a name; else
+/// from the agent's /dev/ptmx. The slave comes from the master itself (`TIOCGPTPEER`), so
+/// no path under /dev/pts is looked up and it cannot be swapped.
+pub fn open_pty(
+    devpts: Option<BorrowedFd<'_>>,
+    rows: u16,
+    cols: u16,
+) -> io::Result<(OwnedFd, OwnedFd)> {
+    let master = match devpts {
+        None => {
+            let m = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+                .map_err(nix_err)?;
+            nix::pty::grantpt(&m).map_err(nix_err)?;
+            nix::pty::unlockpt(&m).map_err(nix_err)?;
+            // SAFETY: PtyMaster owns a valid fd; into_raw_fd hands that ownership over.
+            unsafe { OwnedFd::from_raw_fd(m.into_raw_fd()) }
+        }
+        Some(dir) => {
+            let m = nix::fcntl::openat(
+                dir,
+                "ptmx",
+                OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(nix_err)?;
+            // devpts sets the slave's owner and mode itself; only the lock is ours to lift.
+            let unlock: libc::c_int = 0;
+            // SAFETY: TIOCSPTLCK reads one int from the pointer, valid for the call.
+            if unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            m
+        }
+    };
     // SAFETY: TIOCGPTPEER takes open(2) flags by value and returns a new fd or -1; master
     // is a valid pty master fd.
     let slave = unsafe {
@@ -296,4 +322,166 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
             Err(e) => return Err(nix_err(e)),
         }
     }
+}
+
+/// Opens `path` as an `O_PATH` descriptor (close-on-exec): a handle on a place in some
+/// mount namespace, usable from any other through `*at` calls.
+pub fn open_path(path: &str, directory: bool) -> io::Result<OwnedFd> {
+    let mut flags = OFlag::O_PATH | OFlag::O_CLOEXEC;
+    if directory {
+        flags |= OFlag::O_DIRECTORY;
+    }
+    nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(nix_err)
+}
+
+/// `struct open_how` of openat2(2) (libc's is non-exhaustive).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens the absolute `path` read-only inside `root` as though `root` were `/`: symlinks
+/// and `..` resolve within it (openat2 `RESOLVE_IN_ROOT`), the way Docker scopes paths
+/// into a container's root. Without a root, an ordinary open. Never blocks on a FIFO.
+pub fn open_in_root(root: Option<BorrowedFd<'_>>, path: &str) -> io::Result<std::fs::File> {
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK;
+    let fd = match root {
+        None => nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).map_err(nix_err)?,
+        Some(root) => {
+            let c = std::ffi::CString::new(path)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let how = OpenHow {
+                flags: flags.bits() as u64,
+                mode: 0,
+                resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+            };
+            // SAFETY: openat2 reads `how` (its size passed) and the C string, both valid
+            // for the call; it returns a new descriptor or -1.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    root.as_raw_fd(),
+                    c.as_ptr(),
+                    &how as *const OpenHow,
+                    std::mem::size_of::<OpenHow>(),
+                )
+            };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a new descriptor that nothing else owns; it fits an int.
+            unsafe { OwnedFd::from_raw_fd(fd as RawFd) }
+        }
+    };
+    Ok(std::fs::File::from(fd))
+}
+
+/// Reads the regular file `path` inside `root` (see [`open_in_root`]), at most `max` bytes.
+/// `Ok(None)` when it cannot be opened: Docker treats a missing user database as empty.
+pub fn read_file_in_root(
+    root: Option<BorrowedFd<'_>>,
+    path: &str,
+    max: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Ok(f) = open_in_root(root, path) else {
+        return Ok(None);
+    };
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut data = Vec::new();
+    f.take(max as u64 + 1).read_to_end(&mut data)?;
+    if data.len() > max {
+        return Err(io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(Some(data))
+}
+
+/// Creates a PID namespace for the calling thread's future children.
+pub fn unshare_pidns() -> io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID).map_err(nix_err)
+}
+
+/// The PID namespace the calling thread's children go to. A fresh one from
+/// [`unshare_pidns`] can be opened only once its first process (its init) exists.
+pub fn pidns_for_children() -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        "/proc/thread-self/ns/pid_for_children",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nix_err)
+}
+
+/// Moves the calling thread into the namespace `fd` (for `CLONE_NEWPID`: its children).
+pub fn setns(fd: BorrowedFd<'_>, nstype: libc::c_int) -> io::Result<()> {
+    nix::sched::setns(fd, nix::sched::CloneFlags::from_bits_retain(nstype)).map_err(nix_err)
+}
+
+/// Opens the namespace of kind `kind` ("mnt", "uts", ...) of the calling thread.
+pub fn own_namespace(kind: &str) -> io::Result<OwnedFd> {
+    nix::fcntl::open(
+        format!("/proc/thread-self/ns/{kind}").as_str(),
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(nix_err)
+}
+
+/// A detached copy of the mount at (or bind of the file at) `path`: open_tree(2) with
+/// `OPEN_TREE_CLONE`. It can be attached later with [`move_mount`], even after the
+/// caller's root has moved away from `path`.
+pub fn clone_mount(path: &str) -> io::Result<OwnedFd> {
+    let c =
+        std::ffi::CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: open_tree reads the C string, valid for the call, and returns a new
+    // descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns; it fits an int.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches the detached mount `tree` (from [`clone_mount`]) at `target`, following a
+/// symlink there (the caller resolves inside the right root).
+pub fn move_mount(tree: BorrowedFd<'_>, target: &str) -> io::Result<()> {
+    let c =
+        std::ffi::CString::new(target).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: move_mount reads two C strings ("" and `target`), valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_SYMLINKS,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// setdomainname(2) for the calling thread's UTS namespace.
+pub fn set_domainname(name: &str) -> io::Result<()> {
+    // SAFETY: setdomainname reads `len` bytes from the pointer, valid for the call.
+    let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -41,8 +41,8 @@ use agent_protocol::{
     PROTOCOL_VERSION,
 };
 pub use agent_protocol::{
-    ErrorCode, ExitStatus, ProcessSpec, ProtocolVersion, Rlimit, RlimitResource, StdioStream,
-    TtySize,
+    ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry, ProcessSpec,
+    ProtocolVersion, Rlimit, RlimitResource, StdioStream, TtySize,
 };
 pub use dial::{dial_hybrid_vsock, DialError, Endpoint};
 pub use ready::{ready_socket_path, ReadyListener};
@@ -91,6 +91,12 @@ pub enum ClientError {
     IncompatibleVersion {
         agent: String,
         ours: ProtocolVersion,
+    },
+    #[error("the agent speaks protocol {agent}, {request} needs {needed} or later")]
+    AgentTooOld {
+        request: &'static str,
+        agent: ProtocolVersion,
+        needed: ProtocolVersion,
     },
     #[error("this control connection is unusable after an earlier failure")]
     Broken,
@@ -335,8 +341,29 @@ impl AgentClient {
         }
     }
 
+    /// Refuses, before sending, what an agent older than 1.1 would not understand: it
+    /// would ignore a spec's container fields and run the process outside the container.
+    fn require_containers(&self, request: &'static str) -> Result<(), ClientError> {
+        let agent = self.info.protocol_version;
+        let needed = ProtocolVersion {
+            major: PROTOCOL_VERSION.major,
+            minor: agent_protocol::CONTAINERS_MINOR,
+        };
+        if agent.minor < needed.minor {
+            return Err(ClientError::AgentTooOld {
+                request,
+                agent,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
     /// Registers process `id`; nothing runs until [`AgentClient::start_process`].
     pub fn create_process(&mut self, id: &str, spec: &ProcessSpec) -> Result<(), ClientError> {
+        if spec.container.is_some() || spec.user.is_some() || !spec.group_add.is_empty() {
+            self.require_containers("create_process")?;
+        }
         self.call_ok(&Request::CreateProcess {
             id: id.to_owned(),
             spec: spec.clone(),
@@ -412,6 +439,22 @@ impl AgentClient {
     /// Forgets a process that has exited (and been waited for) or never started.
     pub fn delete_process(&mut self, id: &str) -> Result<(), ClientError> {
         self.call_ok(&Request::DeleteProcess { id: id.to_owned() })
+    }
+
+    /// Sets up container `id` (1.1): its root filesystem, mounts, namespaces and `/etc`
+    /// files. Processes run in it through [`ProcessSpec::container`].
+    pub fn create_container(&mut self, id: &str, spec: &ContainerSpec) -> Result<(), ClientError> {
+        self.require_containers("create_container")?;
+        self.call_ok(&Request::CreateContainer {
+            id: id.to_owned(),
+            spec: spec.clone(),
+        })
+    }
+
+    /// Tears container `id` down (1.1); refused while one of its processes runs.
+    pub fn delete_container(&mut self, id: &str) -> Result<(), ClientError> {
+        self.require_containers("delete_container")?;
+        self.call_ok(&Request::DeleteContainer { id: id.to_owned() })
     }
 
     /// Asks the agent to stop all processes (SIGTERM, `grace`, SIGKILL) and end the VM.

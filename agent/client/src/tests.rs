@@ -326,3 +326,77 @@ fn ready_listener_times_out_and_rejects_garbage() {
     assert!(matches!(e, ClientError::Frame(_)), "{e:?}");
     t.join().unwrap();
 }
+
+#[test]
+fn container_requests_need_a_1_1_agent() {
+    let dir = temp_dir("old-agent");
+    let uds = dir.join("vm.sock");
+    // A 1.0 agent: nothing container-related may reach it, since it would ignore the
+    // spec's container fields and run the process in its own root.
+    let vmm = FakeVmm::start(&uds, |s, _| {
+        let mut s = accept_connect(s);
+        let _: ConnectionHeader = read_frame(&mut s).unwrap();
+        let old = ProtocolVersion { major: 1, minor: 0 };
+        write_frame(
+            &mut s,
+            &Response::Hello {
+                protocol_version: old,
+                agent_version: "old".into(),
+            },
+        )
+        .unwrap();
+        // The only request that arrives is the plain one.
+        let r: Request = read_frame(&mut s).unwrap();
+        assert!(matches!(r, Request::CreateProcess { ref spec, .. } if spec.container.is_none()));
+        write_frame(&mut s, &Response::Ok).unwrap();
+    });
+    let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
+    let rootfs = FsSource::Virtiofs {
+        tag: "rootfs".into(),
+    };
+    let e = c
+        .create_container("c1", &ContainerSpec::new(rootfs, "h"))
+        .unwrap_err();
+    assert!(matches!(e, ClientError::AgentTooOld { .. }), "{e}");
+    let mut spec = ProcessSpec::new(["true"]);
+    spec.user = Some("app".into());
+    assert!(matches!(
+        c.create_process("p", &spec),
+        Err(ClientError::AgentTooOld { .. })
+    ));
+    assert!(matches!(
+        c.delete_container("c1"),
+        Err(ClientError::AgentTooOld { .. })
+    ));
+    c.create_process("p", &ProcessSpec::new(["true"])).unwrap();
+    vmm.join();
+
+    // A 1.1 agent gets them.
+    let uds = dir.join("vm2.sock");
+    let vmm = FakeVmm::start(&uds, |s, _| {
+        let mut s = accept_connect(s);
+        agent_hello(&mut s);
+        let r: Request = read_frame(&mut s).unwrap();
+        assert!(matches!(r, Request::CreateContainer { ref id, .. } if id == "c1"));
+        write_frame(&mut s, &Response::Ok).unwrap();
+        let r: Request = read_frame(&mut s).unwrap();
+        assert_eq!(r, Request::DeleteContainer { id: "c1".into() });
+        write_frame(
+            &mut s,
+            &Response::error(
+                ErrorCode::InvalidState,
+                "container \"c1\" has running processes",
+            ),
+        )
+        .unwrap();
+    });
+    let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
+    let rootfs = FsSource::Directory {
+        path: "/tmp/r".into(),
+    };
+    c.create_container("c1", &ContainerSpec::new(rootfs, "h"))
+        .unwrap();
+    let e = c.delete_container("c1").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState));
+    vmm.join();
+}

@@ -133,6 +133,21 @@ pub struct ProcessSpec {
     /// The host will attach stdin. Without it, stdin is `/dev/null` and attaching it is refused.
     #[serde(default)]
     pub stdin: bool,
+    /// (1.1) Run inside this container (see [`Request::CreateContainer`]): in its root, its
+    /// namespaces, with `PATH` looked up and `user` resolved in its files. Without it the
+    /// process runs in the agent's own root, as in 1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// (1.1) Docker's `--user` string (`name`, `uid`, `name:group`, `uid:gid`, `:group`,
+    /// or empty for the image default, root), resolved against the root's `/etc/passwd` and
+    /// `/etc/group` as Docker resolves it. When set, `uid`, `gid` and `additional_gids` must
+    /// be left at their defaults: the resolution replaces them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// (1.1) Docker's `--group-add`: more supplementary groups, by name or number,
+    /// resolved against the root's `/etc/group`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
 }
 
 fn default_cwd() -> String {
@@ -157,6 +172,81 @@ impl ProcessSpec {
             tty_size: None,
             rlimits: Vec::new(),
             stdin: false,
+            container: None,
+            user: None,
+            group_add: Vec::new(),
+        }
+    }
+}
+
+/// (1.1) Where a filesystem comes from: a container's root filesystem now, volumes later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FsSource {
+    /// A virtio-fs share of the VM, by tag (the container's root is tagged `rootfs` by
+    /// convention): `mount -t virtiofs <tag>`.
+    Virtiofs { tag: String },
+    /// A directory already inside the VM, bind-mounted (tests, and shares mounted by hand).
+    Directory { path: String },
+}
+
+/// (1.1) One line of the container's `/etc/hosts`: an address and its names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostsEntry {
+    pub address: String,
+    pub names: Vec<String>,
+}
+
+/// (1.1) The container's `/etc/resolv.conf`, as Docker's `--dns`, `--dns-search` and
+/// `--dns-option` make it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsConfig {
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    #[serde(default)]
+    pub search: Vec<String>,
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+/// (1.1) Everything needed to set up a container: its root filesystem and what Docker
+/// puts around it. Processes then run in it through [`ProcessSpec::container`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub rootfs: FsSource,
+    /// Docker's `--read-only`: the root is mounted read-only (`/dev`, `/dev/shm` and the
+    /// generated `/etc` files stay writable, as in Docker).
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// The container's hostname (its UTS namespace, `/etc/hostname`, `HOSTNAME`).
+    pub hostname: String,
+    /// Docker's `--domainname` (the UTS domain name); empty for none.
+    #[serde(default)]
+    pub domainname: String,
+    /// Lines appended to Docker's default `/etc/hosts` (loopback names): the container's
+    /// own address and `--add-host` entries, in this order.
+    #[serde(default)]
+    pub hosts: Vec<HostsEntry>,
+    /// The generated `/etc/resolv.conf`. Without it the image's own file is left alone,
+    /// and an empty one is provided where the image has none.
+    #[serde(default)]
+    pub dns: Option<DnsConfig>,
+    /// Size of `/dev/shm` in bytes (Docker's `--shm-size`; default 64 MiB).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
+}
+
+impl ContainerSpec {
+    /// A spec with a root from `rootfs`, the given hostname and Docker's defaults otherwise.
+    pub fn new(rootfs: FsSource, hostname: impl Into<String>) -> Self {
+        ContainerSpec {
+            rootfs,
+            readonly_rootfs: false,
+            hostname: hostname.into(),
+            domainname: String::new(),
+            hosts: Vec::new(),
+            dns: None,
+            shm_size: None,
         }
     }
 }
@@ -185,6 +275,13 @@ pub enum Request {
         #[serde(default)]
         grace_ms: Option<u32>,
     },
+    /// (1.1) Set up a container under a host-chosen id: mount its root filesystem and what
+    /// Docker mounts in it, give it its own mount, UTS, IPC, cgroup (and, with its first
+    /// process, PID) namespaces, and write its `/etc/hostname`, `/etc/hosts` and
+    /// `/etc/resolv.conf`. Nothing runs yet. Answer: `Ok`, or `SetupFailed`.
+    CreateContainer { id: String, spec: ContainerSpec },
+    /// (1.1) Tear a container down once none of its processes runs. Answer: `Ok`.
+    DeleteContainer { id: String },
 }
 
 impl Request {
@@ -197,6 +294,8 @@ impl Request {
         "resize_tty",
         "delete_process",
         "shutdown",
+        "create_container",
+        "delete_container",
     ];
 
     /// This request's `"type"` tag.
@@ -209,6 +308,8 @@ impl Request {
             Request::ResizeTty { .. } => "resize_tty",
             Request::DeleteProcess { .. } => "delete_process",
             Request::Shutdown { .. } => "shutdown",
+            Request::CreateContainer { .. } => "create_container",
+            Request::DeleteContainer { .. } => "delete_container",
         }
     }
 }
@@ -278,6 +379,8 @@ pub enum ErrorCode {
     InvalidArgument,
     /// No process has that id.
     UnknownProcess,
+    /// (1.1) No container has that id.
+    UnknownContainer,
     /// A process with that id exists, or the stream is already attached.
     AlreadyExists,
     /// The request does not fit the process's state (e.g. starting it twice).
@@ -292,6 +395,8 @@ pub enum ErrorCode {
     ResourceExhausted,
     /// Setting up the process failed for another reason.
     SpawnFailed,
+    /// (1.1) Setting up the container failed (a mount, a namespace, its files).
+    SetupFailed,
     /// The agent failed.
     Internal,
     /// A code from a newer agent.
@@ -306,6 +411,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::PermissionDenied => "permission denied",
             ErrorCode::InvalidArgument => "invalid argument",
             ErrorCode::UnknownProcess => "unknown process",
+            ErrorCode::UnknownContainer => "unknown container",
             ErrorCode::AlreadyExists => "already exists",
             ErrorCode::InvalidState => "invalid state",
             ErrorCode::Unsupported => "unsupported",
@@ -313,6 +419,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::MalformedFrame => "malformed frame",
             ErrorCode::ResourceExhausted => "resource exhausted",
             ErrorCode::SpawnFailed => "spawn failed",
+            ErrorCode::SetupFailed => "container setup failed",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unknown => "unknown error",
         };
@@ -360,6 +467,30 @@ mod tests {
                 hard: u64::MAX,
             }],
             stdin: true,
+            container: Some("c1".into()),
+            user: Some("app:staff".into()),
+            group_add: vec!["audio".into(), "44".into()],
+        }
+    }
+
+    fn full_container() -> ContainerSpec {
+        ContainerSpec {
+            rootfs: FsSource::Virtiofs {
+                tag: "rootfs".into(),
+            },
+            readonly_rootfs: true,
+            hostname: "c0ffee".into(),
+            domainname: "example.org".into(),
+            hosts: vec![HostsEntry {
+                address: "10.0.0.2".into(),
+                names: vec!["c0ffee".into()],
+            }],
+            dns: Some(DnsConfig {
+                nameservers: vec!["10.0.0.1".into()],
+                search: vec!["example.org".into()],
+                options: vec!["ndots:2".into()],
+            }),
+            shm_size: Some(1 << 20),
         }
     }
 
@@ -384,6 +515,20 @@ mod tests {
             Request::DeleteProcess { id: "c1".into() },
             Request::Shutdown { grace_ms: Some(10) },
             Request::Shutdown { grace_ms: None },
+            Request::CreateContainer {
+                id: "c1".into(),
+                spec: full_container(),
+            },
+            Request::CreateContainer {
+                id: "c1".into(),
+                spec: ContainerSpec::new(
+                    FsSource::Directory {
+                        path: "/tmp/root".into(),
+                    },
+                    "h",
+                ),
+            },
+            Request::DeleteContainer { id: "c1".into() },
         ];
         for r in &all {
             assert_eq!(&round_trip(r), r);
@@ -458,6 +603,40 @@ mod tests {
         );
         let r: Request = serde_json::from_str(r#"{"type":"shutdown"}"#).unwrap();
         assert_eq!(r, Request::Shutdown { grace_ms: None });
+    }
+
+    #[test]
+    fn container_wire_format() {
+        let json = serde_json::to_string(&FsSource::Virtiofs {
+            tag: "rootfs".into(),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"type":"virtiofs","tag":"rootfs"}"#);
+        let r: Request = serde_json::from_str(
+            r#"{"type":"create_container","id":"c1","spec":{"hostname":"h",
+                "rootfs":{"type":"directory","path":"/r"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            Request::CreateContainer {
+                id: "c1".into(),
+                spec: ContainerSpec::new(FsSource::Directory { path: "/r".into() }, "h"),
+            }
+        );
+        assert!(serde_json::from_str::<FsSource>(r#"{"type":"nfs","path":"/r"}"#).is_err());
+    }
+
+    #[test]
+    fn a_plain_spec_encodes_as_in_1_0() {
+        // A 1.1 host running a non-container process sends exactly what 1.0 sent, so a 1.0
+        // agent sees nothing it would silently ignore.
+        let json = serde_json::to_string(&ProcessSpec::new(["true"])).unwrap();
+        assert!(
+            !json.contains("container") && !json.contains("user"),
+            "{json}"
+        );
+        assert!(!json.contains("group_add"), "{json}");
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 use std::collections::HashSet;
 
-use crate::messages::{ConnectionHeader, Notification, ProcessSpec, Request, Response};
+use crate::messages::{
+    ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, Notification, ProcessSpec,
+    Request, Response,
+};
 
 /// Longest process id, in bytes.
 pub const MAX_PROCESS_ID_LEN: usize = 128;
@@ -24,6 +27,22 @@ pub const MAX_MESSAGE_LEN: usize = 4096;
 pub const MAX_VERSION_STRING_LEN: usize = 64;
 /// Longest grace period a `Shutdown` may ask for.
 pub const MAX_SHUTDOWN_GRACE_MS: u32 = 60_000;
+/// Longest virtio-fs tag (the device's config field is 36 bytes).
+pub const MAX_VIRTIOFS_TAG_LEN: usize = 36;
+/// Longest hostname or domain name (Linux's `HOST_NAME_MAX`).
+pub const MAX_HOSTNAME_LEN: usize = 64;
+/// Most extra `/etc/hosts` lines.
+pub const MAX_HOSTS_ENTRIES: usize = 1024;
+/// Most names on one `/etc/hosts` line.
+pub const MAX_NAMES_PER_HOST: usize = 64;
+/// Longest DNS name (a hosts name, a search domain).
+pub const MAX_DNS_NAME_LEN: usize = 253;
+/// Most nameservers, search domains, resolver options (each).
+pub const MAX_DNS_ENTRIES: usize = 32;
+/// Longest `user` string or `group_add` entry.
+pub const MAX_USER_LEN: usize = 256;
+/// Most `group_add` entries.
+pub const MAX_GROUP_ADD: usize = 1024;
 /// Highest signal number (Linux's `SIGRTMAX`).
 const MAX_SIGNAL: i32 = 64;
 /// Linux's highest pid (`PID_MAX_LIMIT`).
@@ -109,6 +128,170 @@ pub fn validate_process_id(id: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks a host-chosen container id: the same rules as [`validate_process_id`].
+pub fn validate_container_id(id: &str) -> Result<(), ValidationError> {
+    validate_process_id(id).map_err(|e| match e {
+        ValidationError::Empty { .. } => ValidationError::Empty {
+            field: "container id",
+        },
+        ValidationError::TooLong { len, max, .. } => ValidationError::TooLong {
+            field: "container id",
+            len,
+            max,
+        },
+        ValidationError::ContainsNul { .. } => ValidationError::ContainsNul {
+            field: "container id",
+        },
+        ValidationError::TooMany { count, max, .. } => ValidationError::TooMany {
+            field: "container id",
+            count,
+            max,
+        },
+        ValidationError::Invalid { reason, .. } => ValidationError::Invalid {
+            field: "container id",
+            reason,
+        },
+    })
+}
+
+/// An absolute path without NUL, at most [`MAX_PATH_LEN`] bytes.
+fn check_absolute_path(field: &'static str, path: &str) -> Result<(), ValidationError> {
+    check_c_string(field, path, MAX_PATH_LEN)?;
+    if !path.starts_with('/') {
+        return Err(invalid(field, "must be an absolute path"));
+    }
+    Ok(())
+}
+
+/// A hostname or domain name: ASCII letters, digits, '-', '.' and '_' only, so that it is
+/// safe in `/etc/hosts` and the UTS namespace alike.
+fn check_host_name(
+    field: &'static str,
+    name: &str,
+    allow_empty: bool,
+) -> Result<(), ValidationError> {
+    if name.is_empty() && !allow_empty {
+        return Err(ValidationError::Empty { field });
+    }
+    check_len(field, name, MAX_HOSTNAME_LEN)?;
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(invalid(
+            field,
+            "only ASCII letters, digits, '-', '.' and '_' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// One word of a generated config file line: 1 to `max` printable ASCII bytes, no '#'.
+fn check_word(field: &'static str, word: &str, max: usize) -> Result<(), ValidationError> {
+    if word.is_empty() {
+        return Err(ValidationError::Empty { field });
+    }
+    check_len(field, word, max)?;
+    if !word.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        return Err(invalid(
+            field,
+            "only printable ASCII without spaces or '#' is allowed",
+        ));
+    }
+    Ok(())
+}
+
+fn check_address(field: &'static str, address: &str) -> Result<(), ValidationError> {
+    address
+        .parse::<std::net::IpAddr>()
+        .map(drop)
+        .map_err(|_| invalid(field, format!("{address:?} is not an IP address")))
+}
+
+/// Docker's user strings: bounded, no NUL or control characters.
+fn check_user_string(field: &'static str, s: &str) -> Result<(), ValidationError> {
+    check_c_string(field, s, MAX_USER_LEN)?;
+    if s.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+impl FsSource {
+    /// Checks the tag or path.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            FsSource::Virtiofs { tag } => {
+                if tag.is_empty() {
+                    return Err(ValidationError::Empty {
+                        field: "virtiofs tag",
+                    });
+                }
+                check_c_string("virtiofs tag", tag, MAX_VIRTIOFS_TAG_LEN)?;
+                if tag.chars().any(char::is_control) {
+                    return Err(invalid("virtiofs tag", "contains control characters"));
+                }
+                Ok(())
+            }
+            FsSource::Directory { path } => check_absolute_path("directory path", path),
+        }
+    }
+}
+
+impl HostsEntry {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_address("hosts address", &self.address)?;
+        if self.names.is_empty() {
+            return Err(ValidationError::Empty {
+                field: "hosts names",
+            });
+        }
+        check_count("hosts names", self.names.len(), MAX_NAMES_PER_HOST)?;
+        for n in &self.names {
+            check_word("hosts name", n, MAX_DNS_NAME_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+impl DnsConfig {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_count("nameservers", self.nameservers.len(), MAX_DNS_ENTRIES)?;
+        for a in &self.nameservers {
+            check_address("nameserver", a)?;
+        }
+        check_count("dns search", self.search.len(), MAX_DNS_ENTRIES)?;
+        for d in &self.search {
+            check_word("dns search domain", d, MAX_DNS_NAME_LEN)?;
+        }
+        check_count("dns options", self.options.len(), MAX_DNS_ENTRIES)?;
+        for o in &self.options {
+            check_word("dns option", o, MAX_DNS_NAME_LEN)?;
+        }
+        Ok(())
+    }
+}
+
+impl ContainerSpec {
+    /// Checks every field against the limits above.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.rootfs.validate()?;
+        check_host_name("hostname", &self.hostname, false)?;
+        check_host_name("domainname", &self.domainname, true)?;
+        check_count("hosts", self.hosts.len(), MAX_HOSTS_ENTRIES)?;
+        for h in &self.hosts {
+            h.validate()?;
+        }
+        if let Some(dns) = &self.dns {
+            dns.validate()?;
+        }
+        if self.shm_size == Some(0) {
+            return Err(invalid("shm_size", "must not be 0"));
+        }
+        Ok(())
+    }
+}
+
 fn validate_signal(signal: i32) -> Result<(), ValidationError> {
     if !(1..=MAX_SIGNAL).contains(&signal) {
         return Err(invalid(
@@ -157,10 +340,7 @@ impl ProcessSpec {
                 _ => return Err(invalid("env entry", "must look like KEY=value")),
             }
         }
-        check_c_string("cwd", &self.cwd, MAX_PATH_LEN)?;
-        if !self.cwd.starts_with('/') {
-            return Err(invalid("cwd", "must be an absolute path"));
-        }
+        check_absolute_path("cwd", &self.cwd)?;
         validate_id("uid", self.uid)?;
         validate_id("gid", self.gid)?;
         check_count(
@@ -173,6 +353,27 @@ impl ProcessSpec {
         }
         if self.tty_size.is_some() && !self.tty {
             return Err(invalid("tty_size", "given without tty"));
+        }
+        if let Some(c) = &self.container {
+            validate_container_id(c)?;
+        }
+        if let Some(u) = &self.user {
+            check_user_string("user", u)?;
+            if self.uid != 0 || self.gid != 0 || !self.additional_gids.is_empty() {
+                return Err(invalid(
+                    "user",
+                    "given together with uid, gid or additional_gids",
+                ));
+            }
+        }
+        check_count("group_add", self.group_add.len(), MAX_GROUP_ADD)?;
+        for g in &self.group_add {
+            if g.is_empty() {
+                return Err(ValidationError::Empty {
+                    field: "group_add entry",
+                });
+            }
+            check_user_string("group_add entry", g)?;
         }
         let mut seen = HashSet::new();
         for r in &self.rlimits {
@@ -216,6 +417,11 @@ impl Request {
                 validate_process_id(id)?;
                 validate_signal(*signal)
             }
+            Request::CreateContainer { id, spec } => {
+                validate_container_id(id)?;
+                spec.validate()
+            }
+            Request::DeleteContainer { id } => validate_container_id(id),
             Request::Shutdown { grace_ms } => match grace_ms {
                 Some(ms) if *ms > MAX_SHUTDOWN_GRACE_MS => Err(invalid(
                     "grace_ms",
@@ -387,6 +593,38 @@ mod tests {
                 }),
             ),
             (
+                "bad container id",
+                Box::new(|s| s.container = Some("../c".into())),
+            ),
+            (
+                "user and uid",
+                Box::new(|s| {
+                    s.user = Some("app".into());
+                    s.uid = 1;
+                }),
+            ),
+            (
+                "user and groups",
+                Box::new(|s| {
+                    s.user = Some("app".into());
+                    s.additional_gids = vec![5];
+                }),
+            ),
+            ("nul in user", Box::new(|s| s.user = Some("a\0".into()))),
+            ("newline in user", Box::new(|s| s.user = Some("a\n".into()))),
+            (
+                "long user",
+                Box::new(|s| s.user = Some("u".repeat(MAX_USER_LEN + 1))),
+            ),
+            (
+                "empty group_add",
+                Box::new(|s| s.group_add = vec![String::new()]),
+            ),
+            (
+                "too many group_add",
+                Box::new(|s| s.group_add = vec!["g".into(); MAX_GROUP_ADD + 1]),
+            ),
+            (
                 "duplicate rlimit",
                 Box::new(|s| {
                     let r = Rlimit {
@@ -403,6 +641,191 @@ mod tests {
             mutate(&mut s);
             assert!(create(s).validate().is_err(), "{name} passed validation");
         }
+    }
+
+    fn container(spec: ContainerSpec) -> Request {
+        Request::CreateContainer {
+            id: "c1".into(),
+            spec,
+        }
+    }
+
+    fn base_container() -> ContainerSpec {
+        ContainerSpec::new(
+            FsSource::Virtiofs {
+                tag: "rootfs".into(),
+            },
+            "c0ffee",
+        )
+    }
+
+    #[test]
+    fn good_containers_pass() {
+        let mut c = base_container();
+        c.domainname = "example.org".into();
+        c.hosts = vec![
+            HostsEntry {
+                address: "10.0.0.2".into(),
+                names: vec!["c0ffee".into(), "c0ffee.example.org".into()],
+            },
+            HostsEntry {
+                address: "fd00::1".into(),
+                names: vec!["v6-host".into()],
+            },
+        ];
+        c.dns = Some(DnsConfig {
+            nameservers: vec!["1.1.1.1".into(), "::1".into()],
+            search: vec!["example.org".into()],
+            options: vec!["ndots:0".into(), "edns0".into()],
+        });
+        c.shm_size = Some(1);
+        assert_eq!(container(c).validate(), Ok(()));
+        let mut c = base_container();
+        c.rootfs = FsSource::Directory {
+            path: "/tmp/root fs".into(),
+        };
+        c.hostname = "a".repeat(MAX_HOSTNAME_LEN);
+        assert_eq!(container(c).validate(), Ok(()));
+        let mut p = spec();
+        p.container = Some("c1".into());
+        p.user = Some(String::new());
+        p.group_add = vec!["audio".into(), "1000".into()];
+        assert_eq!(create(p).validate(), Ok(()));
+        assert_eq!(
+            Request::DeleteContainer { id: "c1".into() }.validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn bad_containers_fail() {
+        type Mutation = Box<dyn Fn(&mut ContainerSpec)>;
+        let hosts = |address: &str, name: &str| HostsEntry {
+            address: address.into(),
+            names: vec![name.into()],
+        };
+        let cases: Vec<(&str, Mutation)> = vec![
+            (
+                "empty tag",
+                Box::new(|c| c.rootfs = FsSource::Virtiofs { tag: String::new() }),
+            ),
+            (
+                "long tag",
+                Box::new(|c| {
+                    c.rootfs = FsSource::Virtiofs {
+                        tag: "t".repeat(MAX_VIRTIOFS_TAG_LEN + 1),
+                    }
+                }),
+            ),
+            (
+                "nul in tag",
+                Box::new(|c| c.rootfs = FsSource::Virtiofs { tag: "a\0".into() }),
+            ),
+            (
+                "relative directory",
+                Box::new(|c| {
+                    c.rootfs = FsSource::Directory {
+                        path: "root".into(),
+                    }
+                }),
+            ),
+            (
+                "nul in directory",
+                Box::new(|c| {
+                    c.rootfs = FsSource::Directory {
+                        path: "/r\0".into(),
+                    }
+                }),
+            ),
+            (
+                "long directory",
+                Box::new(|c| {
+                    c.rootfs = FsSource::Directory {
+                        path: format!("/{}", "d".repeat(MAX_PATH_LEN)),
+                    }
+                }),
+            ),
+            ("empty hostname", Box::new(|c| c.hostname.clear())),
+            (
+                "long hostname",
+                Box::new(|c| c.hostname = "h".repeat(MAX_HOSTNAME_LEN + 1)),
+            ),
+            ("space in hostname", Box::new(|c| c.hostname = "a b".into())),
+            (
+                "newline in hostname",
+                Box::new(|c| c.hostname = "a\nb".into()),
+            ),
+            ("bad domainname", Box::new(|c| c.domainname = "a#b".into())),
+            (
+                "bad address",
+                Box::new(move |c| c.hosts = vec![hosts("10.0.0", "x")]),
+            ),
+            (
+                "space in a hosts name",
+                Box::new(move |c| c.hosts = vec![hosts("10.0.0.1", "a b")]),
+            ),
+            (
+                "comment in a hosts name",
+                Box::new(move |c| c.hosts = vec![hosts("10.0.0.1", "#x")]),
+            ),
+            (
+                "no names",
+                Box::new(|c| {
+                    c.hosts = vec![HostsEntry {
+                        address: "10.0.0.1".into(),
+                        names: vec![],
+                    }]
+                }),
+            ),
+            (
+                "too many hosts",
+                Box::new(move |c| c.hosts = vec![hosts("10.0.0.1", "x"); MAX_HOSTS_ENTRIES + 1]),
+            ),
+            (
+                "bad nameserver",
+                Box::new(|c| {
+                    c.dns = Some(DnsConfig {
+                        nameservers: vec!["dns.example".into()],
+                        ..DnsConfig::default()
+                    })
+                }),
+            ),
+            (
+                "newline in a search domain",
+                Box::new(|c| {
+                    c.dns = Some(DnsConfig {
+                        search: vec!["a\nnameserver 6.6.6.6".into()],
+                        ..DnsConfig::default()
+                    })
+                }),
+            ),
+            (
+                "too many options",
+                Box::new(|c| {
+                    c.dns = Some(DnsConfig {
+                        options: vec!["x".into(); MAX_DNS_ENTRIES + 1],
+                        ..DnsConfig::default()
+                    })
+                }),
+            ),
+            ("zero shm", Box::new(|c| c.shm_size = Some(0))),
+        ];
+        for (name, mutate) in cases {
+            let mut c = base_container();
+            mutate(&mut c);
+            assert!(container(c).validate().is_err(), "{name} passed validation");
+        }
+        let r = Request::CreateContainer {
+            id: ".x".into(),
+            spec: base_container(),
+        };
+        match r.validate() {
+            Err(ValidationError::Invalid { field, .. }) => assert_eq!(field, "container id"),
+            other => panic!("{other:?}"),
+        }
+        assert!(Request::DeleteContainer { id: String::new() }
+            .validate()
+            .is_err());
     }
 
     #[test]

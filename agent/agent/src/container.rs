@@ -1,0 +1,607 @@
+//! Containers: a root filesystem with what Docker mounts in it, in namespaces of its own,
+//! that processes are started into.
+//!
+//! # How a process enters the container's root
+//! The agent stays in its own root (the initramfs, moved to a tmpfs at boot: see
+//! [`crate::init`]) and every container process enters the container on its way to exec.
+//! [`Container::create`] sets the container up once, in a short-lived thread that
+//! unshares mount, UTS, IPC and cgroup namespaces (they are per thread until the thread
+//! ends): it mounts the root filesystem, `pivot_root`s into it and detaches the agent's
+//! tree, mounts `/dev`, `/sys` and the rest *inside* the new root (so the image's symlinks
+//! resolve inside it, never in the agent's tree), bind-mounts the generated `/etc` files,
+//! and keeps one descriptor per namespace. A process then `setns`es into those in its
+//! forked child, mount namespace last, which makes the container's root its root; its
+//! `PATH` lookup and exec happen there. `docker exec` lands in the same root the same way.
+//!
+//! Why not switch the whole agent into the container's root (MS_MOVE onto `/` and
+//! chroot, as `switch_root` does): the container would see and could replace the agent's
+//! files, `/proc/1` would be the agent, and a VM could hold only one container (a pod holds
+//! several). Why not a chroot per process: `chroot` is escapable by any process with
+//! `CAP_SYS_CHROOT`, which Docker grants, and mounts made for one container would be the
+//! agent's. With `pivot_root` in a mount namespace of its own, the agent's tree is not
+//! mounted anywhere the container can reach; the bottom of the mount stack is the kernel's
+//! rootfs, which the agent emptied at boot.
+//!
+//! The container's first process is created in a fresh PID namespace and becomes its PID 1
+//! (Docker's init semantics: when it exits the kernel kills the rest, and the container
+//! takes no more processes); it mounts `/proc` for that namespace (see [`crate::spawn`]).
+//!
+//! What Docker provides and where it is done here (moby `oci/defaults.go`, runc's
+//! `rootfs_linux.go`): `/proc` (nosuid,noexec,nodev, with Docker's masked and read-only
+//! paths), `/dev` as a 64 MiB tmpfs with null, zero, full, random, urandom and tty, the
+//! `ptmx` → `pts/ptmx`, `fd`, `stdin`, `stdout`, `stderr` and `core` links, `/dev/pts`
+//! (newinstance, ptmxmode=0666, mode=0620, gid=5), `/dev/shm` (1777, `--shm-size`),
+//! `/dev/mqueue`, `/sys` read-only with `/sys/firmware` and the powercap tree masked,
+//! cgroup2 read-only on `/sys/fs/cgroup` (a cgroup namespace of its own, Docker's default
+//! on cgroup v2). `/etc/hostname`, `/etc/hosts` and `/etc/resolv.conf` are generated in
+//! the agent's state directory and bind-mounted over the image's files, as Docker
+//! bind-mounts them from its container directory: the image (the host's overlay upper dir
+//! behind virtio-fs) is never written, `docker diff` and `docker commit` do not see them,
+//! and they stay writable under `--read-only`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use agent_protocol::{ContainerSpec, DnsConfig, ErrorCode, FsSource};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+use crate::spawn::{ContainerContext, InitSetup, Join};
+use crate::sys;
+
+/// `/dev/shm`'s size without `--shm-size` (Docker's default).
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
+
+/// Docker's masked `/sys` paths (the `/proc` ones are masked by the container's init).
+const MASKED_SYS: &[&str] = &["/sys/firmware", "/sys/devices/virtual/powercap"];
+
+/// The device nodes runc creates in a container's /dev: (name, major, minor), all 0666.
+const DEVICES: &[(&str, u64, u64)] = &[
+    ("/dev/null", 1, 3),
+    ("/dev/zero", 1, 5),
+    ("/dev/full", 1, 7),
+    ("/dev/random", 1, 8),
+    ("/dev/urandom", 1, 9),
+    ("/dev/tty", 5, 0),
+];
+
+/// The symlinks of a container's /dev: (link, target).
+const DEV_LINKS: &[(&str, &str)] = &[
+    ("/dev/ptmx", "pts/ptmx"),
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+    ("/dev/core", "/proc/kcore"),
+];
+
+/// Docker's default `/etc/hosts` (libnetwork's `etchosts`), before the container's own
+/// entries.
+const DEFAULT_HOSTS: &str = "127.0.0.1\tlocalhost\n\
+    ::1\tlocalhost ip6-localhost ip6-loopback\n\
+    fe00::0\tip6-localnet\n\
+    ff00::0\tip6-mcastprefix\n\
+    ff02::1\tip6-allnodes\n\
+    ff02::2\tip6-allrouters\n";
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+/// Why a container could not be set up. Mapped to the wire as `SetupFailed`.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("cannot prepare {path}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create the container's namespaces")]
+    Namespaces(#[source] io::Error),
+    #[error("cannot mount {what} on {target}")]
+    Mount {
+        what: String,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot enter the container's root filesystem")]
+    Pivot(#[source] io::Error),
+    #[error("cannot create {path} in the container")]
+    Create {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set the container's {what}")]
+    Uts {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open the container's {what}")]
+    Handle {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the container setup thread")]
+    Thread(#[source] io::Error),
+    #[error("the container setup thread panicked")]
+    ThreadPanic,
+}
+
+impl ContainerError {
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::SetupFailed
+    }
+}
+
+fn nix_err(e: nix::errno::Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// The container's namespaces, held open so that they outlive the setup thread.
+#[derive(Debug)]
+struct Namespaces {
+    mnt: OwnedFd,
+    uts: OwnedFd,
+    ipc: OwnedFd,
+    cgroup: OwnedFd,
+}
+
+/// A set-up container: handles into its namespaces and its root. Dropping it releases the
+/// namespaces (the kernel tears them down once no process is left in them) and removes the
+/// container's state directory.
+#[derive(Debug)]
+pub struct Container {
+    hostname: String,
+    readonly_root: bool,
+    ns: Namespaces,
+    /// `O_PATH` of the container's `/`, for reading its files from the agent.
+    root: OwnedFd,
+    /// `O_PATH` of the container's `/dev/pts`, for its terminals.
+    devpts: OwnedFd,
+    dir: PathBuf,
+}
+
+/// Removes a container's state directory unless disarmed.
+struct DirGuard(Option<PathBuf>);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Container {
+    /// Sets up container `id` per `spec`, keeping its files under
+    /// `<state_dir>/containers/<id>`.
+    pub fn create(
+        id: &str,
+        spec: &ContainerSpec,
+        state_dir: &Path,
+    ) -> Result<Container, ContainerError> {
+        let dir = state_dir.join("containers").join(id);
+        let prepare = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ContainerError::Prepare { path, source }
+        };
+        // Left by an earlier container of that id: only files (its mounts died with it).
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(prepare(&dir)(e)),
+            _ => {}
+        }
+        let staging = dir.join("rootfs");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&staging)
+            .map_err(prepare(&staging))?;
+        let guard = DirGuard(Some(dir.clone()));
+        let files = [
+            ("hostname", format!("{}\n", spec.hostname)),
+            ("hosts", hosts_file(spec)),
+            ("resolv.conf", resolv_conf(spec.dns.as_ref())),
+        ];
+        for (name, content) in &files {
+            let path = dir.join(name);
+            std::fs::write(&path, content)
+                .and_then(|()| {
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                })
+                .map_err(prepare(&path))?;
+        }
+        let setup = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("container".into())
+                .spawn_scoped(s, || setup(&dir, &staging, spec))
+                .map_err(ContainerError::Thread)?
+                .join()
+                .map_err(|_| ContainerError::ThreadPanic)?
+        })?;
+        let mut guard = guard;
+        guard.0 = None;
+        Ok(Container {
+            hostname: spec.hostname.clone(),
+            readonly_root: spec.readonly_rootfs,
+            ns: setup.ns,
+            root: setup.root,
+            devpts: setup.devpts,
+            dir,
+        })
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// What [`crate::spawn::Prepared`] needs to resolve a user and fill the environment.
+    pub fn context(&self) -> ContainerContext<'_> {
+        ContainerContext {
+            root: self.root.as_fd(),
+            hostname: &self.hostname,
+        }
+    }
+
+    /// The namespaces a process joins; `init` for the container's first process.
+    pub fn join(&self, init: bool) -> Join<'_> {
+        Join {
+            ipc: self.ns.ipc.as_fd(),
+            uts: self.ns.uts.as_fd(),
+            cgroup: self.ns.cgroup.as_fd(),
+            mnt: self.ns.mnt.as_fd(),
+            init: init.then_some(InitSetup {
+                readonly_root: self.readonly_root,
+            }),
+        }
+    }
+
+    /// The container's devpts, where its terminals come from.
+    pub fn devpts(&self) -> BorrowedFd<'_> {
+        self.devpts.as_fd()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What the setup thread hands back.
+struct Setup {
+    ns: Namespaces,
+    root: OwnedFd,
+    devpts: OwnedFd,
+}
+
+fn mount_err(what: &str, target: &str) -> impl FnOnce(nix::errno::Errno) -> ContainerError {
+    let (what, target) = (what.to_owned(), target.to_owned());
+    move |e| ContainerError::Mount {
+        what,
+        target,
+        source: nix_err(e),
+    }
+}
+
+/// Mounts a kernel filesystem inside the container, creating the mount point.
+fn mount_fs(
+    fstype: &str,
+    target: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), ContainerError> {
+    make_dir(target)?;
+    mount(Some(fstype), target, Some(fstype), flags, data).map_err(mount_err(fstype, target))
+}
+
+fn make_dir(path: &str) -> Result<(), ContainerError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .map_err(|source| ContainerError::Create {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn create_err(path: &str) -> impl FnOnce(io::Error) -> ContainerError + '_ {
+    move |source| ContainerError::Create {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Covers `path` the way runc masks: a directory with an empty read-only tmpfs, anything
+/// else with /dev/null; a missing path is left alone.
+fn mask(path: &str) -> Result<(), ContainerError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    if meta.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(mount_err("tmpfs", path))
+    } else {
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(mount_err("/dev/null", path))
+    }
+}
+
+/// The setup thread's work: see the module documentation. Everything it mounts lives in
+/// the namespaces it creates, which die with the thread unless the returned descriptors
+/// keep them.
+fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, ContainerError> {
+    // CLONE_FS with CLONE_NEWNS: this thread gets its own root and working directory, so
+    // the pivot below moves nobody else.
+    nix::sched::unshare(
+        CloneFlags::CLONE_FS
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| ContainerError::Namespaces(nix_err(e)))?;
+    let open_ns = |kind| sys::own_namespace(kind).map_err(ContainerError::Namespaces);
+    let ns = Namespaces {
+        mnt: open_ns("mnt")?,
+        uts: open_ns("uts")?,
+        ipc: open_ns("ipc")?,
+        cgroup: open_ns("cgroup")?,
+    };
+    // Nothing mounted from now on may propagate back to the agent (or, in tests, the host).
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(mount_err("private propagation", "/"))?;
+
+    let staging_str = staging.to_str().ok_or_else(|| ContainerError::Prepare {
+        path: staging.to_owned(),
+        source: io::Error::from(io::ErrorKind::InvalidInput),
+    })?;
+    match &spec.rootfs {
+        FsSource::Directory { path } => mount(
+            Some(path.as_str()),
+            staging_str,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(mount_err(path, staging_str))?,
+        FsSource::Virtiofs { tag } => mount(
+            Some(tag.as_str()),
+            staging_str,
+            Some("virtiofs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(mount_err(&format!("virtiofs {tag}"), staging_str))?,
+    }
+
+    // The generated files, as detached bind mounts: once the root has moved, the agent's
+    // state directory is out of reach.
+    let clone = |name: &str| {
+        let path = dir.join(name);
+        let path = path.to_str().unwrap_or_default();
+        sys::clone_mount(path).map_err(|source| ContainerError::Mount {
+            what: path.to_owned(),
+            target: "a detached mount".to_owned(),
+            source,
+        })
+    };
+    let etc = [
+        ("/etc/hostname", clone("hostname")?, false),
+        ("/etc/hosts", clone("hosts")?, false),
+        // Without DNS settings the image's own file stays; a generated empty one stands in
+        // where it has none.
+        (
+            "/etc/resolv.conf",
+            clone("resolv.conf")?,
+            spec.dns.is_none(),
+        ),
+    ];
+
+    nix::unistd::chdir(staging).map_err(|e| ContainerError::Pivot(nix_err(e)))?;
+    // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached
+    // at once; no directory in the image is needed for it.
+    nix::unistd::pivot_root(".", ".").map_err(|e| ContainerError::Pivot(nix_err(e)))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| ContainerError::Pivot(nix_err(e)))?;
+    nix::unistd::chdir("/").map_err(|e| ContainerError::Pivot(nix_err(e)))?;
+
+    // From here on every path is inside the container's root.
+    make_dir("/proc")?;
+    mount_fs(
+        "tmpfs",
+        "/dev",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    make_dir("/dev/pts")?;
+    mount(
+        Some("devpts"),
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .map_err(mount_err("devpts", "/dev/pts"))?;
+    let shm = format!(
+        "mode=1777,size={}",
+        spec.shm_size.unwrap_or(DEFAULT_SHM_SIZE)
+    );
+    make_dir("/dev/shm")?;
+    mount(
+        Some("shm"),
+        "/dev/shm",
+        Some("tmpfs"),
+        NOSUID_NODEV_NOEXEC,
+        Some(shm.as_str()),
+    )
+    .map_err(mount_err("tmpfs", "/dev/shm"))?;
+    mount_fs("mqueue", "/dev/mqueue", NOSUID_NODEV_NOEXEC, None)?;
+    for &(path, major, minor) in DEVICES {
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(major, minor),
+        )
+        .map_err(nix_err)
+        // mknod's mode passes through the umask.
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)))
+        .map_err(create_err(path))?;
+    }
+    for &(link, target) in DEV_LINKS {
+        std::os::unix::fs::symlink(target, link).map_err(create_err(link))?;
+    }
+    mount_fs(
+        "sysfs",
+        "/sys",
+        MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+        None,
+    )?;
+    mount(
+        Some("cgroup2"),
+        "/sys/fs/cgroup",
+        Some("cgroup2"),
+        MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(mount_err("cgroup2", "/sys/fs/cgroup"))?;
+    for path in MASKED_SYS {
+        mask(path)?;
+    }
+
+    for (target, tree, only_if_missing) in &etc {
+        if *only_if_missing && std::fs::metadata(target).is_ok() {
+            continue;
+        }
+        make_dir("/etc")?;
+        // The mount point: the image's file (through its symlink, inside this root), or a
+        // new empty one.
+        nix::fcntl::open(
+            OsStr::new(target),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .map(drop)
+        .map_err(|e| create_err(target)(nix_err(e)))?;
+        sys::move_mount(tree.as_fd(), target).map_err(|source| ContainerError::Mount {
+            what: "the generated file".to_owned(),
+            target: (*target).to_owned(),
+            source,
+        })?;
+    }
+
+    nix::unistd::sethostname(&spec.hostname).map_err(|e| ContainerError::Uts {
+        what: "hostname",
+        source: nix_err(e),
+    })?;
+    if !spec.domainname.is_empty() {
+        sys::set_domainname(&spec.domainname).map_err(|source| ContainerError::Uts {
+            what: "domain name",
+            source,
+        })?;
+    }
+    let handle = |what, path| {
+        sys::open_path(path, true).map_err(|source| ContainerError::Handle { what, source })
+    };
+    Ok(Setup {
+        ns,
+        root: handle("root", "/")?,
+        devpts: handle("/dev/pts", "/dev/pts")?,
+    })
+}
+
+/// Docker's `/etc/hosts`: the defaults, then the container's entries.
+pub fn hosts_file(spec: &ContainerSpec) -> String {
+    let mut s = String::from(DEFAULT_HOSTS);
+    for h in &spec.hosts {
+        s.push_str(&h.address);
+        s.push('\t');
+        s.push_str(&h.names.join(" "));
+        s.push('\n');
+    }
+    s
+}
+
+/// The container's `/etc/resolv.conf` (empty without DNS settings; see [`ContainerSpec`]).
+pub fn resolv_conf(dns: Option<&DnsConfig>) -> String {
+    let Some(dns) = dns else {
+        return String::new();
+    };
+    let mut s = String::new();
+    for n in &dns.nameservers {
+        s.push_str(&format!("nameserver {n}\n"));
+    }
+    if !dns.search.is_empty() {
+        s.push_str(&format!("search {}\n", dns.search.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        s.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_protocol::HostsEntry;
+
+    #[test]
+    fn hosts_file_is_dockers() {
+        let mut spec = ContainerSpec::new(FsSource::Directory { path: "/r".into() }, "c0ffee");
+        assert_eq!(hosts_file(&spec), DEFAULT_HOSTS);
+        spec.hosts = vec![
+            HostsEntry {
+                address: "172.17.0.2".into(),
+                names: vec!["c0ffee".into()],
+            },
+            HostsEntry {
+                address: "10.1.2.3".into(),
+                names: vec!["db".into(), "db.local".into()],
+            },
+        ];
+        let h = hosts_file(&spec);
+        assert!(h.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"));
+        assert!(h.ends_with("ff02::2\tip6-allrouters\n172.17.0.2\tc0ffee\n10.1.2.3\tdb db.local\n"));
+    }
+
+    #[test]
+    fn resolv_conf_lines() {
+        assert_eq!(resolv_conf(None), "");
+        let dns = DnsConfig {
+            nameservers: vec!["10.0.0.1".into(), "fd00::53".into()],
+            search: vec!["a.example".into(), "b.example".into()],
+            options: vec!["ndots:2".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&dns)),
+            "nameserver 10.0.0.1\nnameserver fd00::53\nsearch a.example b.example\noptions ndots:2\n"
+        );
+        assert_eq!(resolv_conf(Some(&DnsConfig::default())), "");
+    }
+}

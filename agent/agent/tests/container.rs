@@ -1,0 +1,732 @@
+//! Containers through the agent's server run on the host (root needed: mounts,
+//! namespaces, pivot_root), over its Unix-socket transport and the real client. The root
+//! filesystem is a directory built from the host's static busybox, with our own
+//! /etc/passwd and /etc/group.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_client::{
+    AgentClient, ContainerSpec, DnsConfig, Endpoint, ErrorCode, ExitStatus, FsSource, HostsEntry,
+    ProcessSpec, ReadyListener, Rlimit, RlimitResource, StdioStream,
+};
+
+const T: Duration = Duration::from_secs(30);
+const BUSYBOX: &str = "/bin/busybox";
+
+const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
+                      app:x:1000:1000:App:/home/app:/bin/sh\n\
+                      nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const GROUP: &str = "root:x:0:\n\
+                     wheel:x:10:root,app\n\
+                     staff:x:50:\n\
+                     audio:x:29:app\n\
+                     app:x:1000:\n\
+                     nogroup:x:65534:\n";
+
+/// Whether these tests can run here; under CI they must.
+fn available() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let reason = if unsafe { libc::geteuid() } != 0 {
+        Some("needs root (mounts, namespaces, pivot_root)".to_owned())
+    } else if !Path::new(BUSYBOX).exists() {
+        Some(format!("needs a static {BUSYBOX} (busybox-static)"))
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(r) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("cannot run the container tests: {r}")
+        }
+        Some(r) => {
+            eprintln!("skipping the container tests: {r}");
+            false
+        }
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "berth-agent-ct-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A busybox root filesystem: /bin/busybox with a link per applet, /etc/passwd and
+/// /etc/group, /home/app owned by app, and no /proc, /dev, /sys (the agent makes them).
+fn busybox_rootfs(root: &Path) {
+    for d in ["bin", "etc", "home/app", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    let list = Command::new(BUSYBOX).arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), PASSWD).unwrap();
+    std::fs::write(root.join("etc/group"), GROUP).unwrap();
+    std::os::unix::fs::chown(root.join("home/app"), Some(1000), Some(1000)).unwrap();
+    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
+}
+
+struct TestAgent {
+    child: Child,
+    dir: PathBuf,
+    sock: PathBuf,
+}
+
+impl TestAgent {
+    fn start(name: &str) -> TestAgent {
+        let dir = temp_dir(name);
+        let sock = dir.join("agent.sock");
+        let ready = ReadyListener::bind(&dir.join("vm.sock")).unwrap();
+        let child = Command::new(common::agent_bin())
+            .arg("--listen-unix")
+            .arg(&sock)
+            .arg("--ready-unix")
+            .arg(ready.path())
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("BERTH_AGENT_LOG", "debug")
+            .spawn()
+            .unwrap();
+        ready.wait(T).unwrap();
+        TestAgent { child, dir, sock }
+    }
+
+    fn client(&self) -> AgentClient {
+        let mut c = AgentClient::connect_endpoint(Endpoint::Unix(self.sock.clone()), T).unwrap();
+        c.set_request_timeout(Some(T));
+        c
+    }
+
+    /// A fresh busybox rootfs under the agent's directory.
+    fn rootfs(&self, name: &str) -> PathBuf {
+        let root = self.dir.join(name);
+        busybox_rootfs(&root);
+        root
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Every mount was in the containers' own namespaces, gone with the agent: these
+        // are plain files again.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn dir_spec(root: &Path, hostname: &str) -> ContainerSpec {
+    ContainerSpec::new(
+        FsSource::Directory {
+            path: root.to_str().unwrap().to_owned(),
+        },
+        hostname,
+    )
+}
+
+/// `sh -c script` in container `c`, as Docker would start it (user "" unless set).
+fn sh_in(c: &str, script: &str) -> ProcessSpec {
+    let mut s = ProcessSpec::new(["sh", "-c", script]);
+    s.env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()];
+    s.container = Some(c.to_owned());
+    s.user = Some(String::new());
+    s
+}
+
+struct Output {
+    stdout: String,
+    stderr: String,
+    status: ExitStatus,
+}
+
+fn reader(mut s: UnixStream) -> std::thread::JoinHandle<String> {
+    s.set_read_timeout(Some(T)).unwrap();
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        s.read_to_end(&mut v).unwrap();
+        String::from_utf8_lossy(&v).into_owned()
+    })
+}
+
+fn run(c: &mut AgentClient, id: &str, spec: ProcessSpec) -> Output {
+    let tty = spec.tty;
+    c.create_process(id, &spec).unwrap();
+    let out = reader(c.attach(id, StdioStream::Stdout).unwrap());
+    let err = (!tty).then(|| reader(c.attach(id, StdioStream::Stderr).unwrap()));
+    c.start_process(id)
+        .unwrap_or_else(|e| panic!("starting {id}: {e}"));
+    let status = c.wait_process(id).unwrap();
+    Output {
+        stdout: out.join().unwrap(),
+        stderr: err.map(|e| e.join().unwrap()).unwrap_or_default(),
+        status,
+    }
+}
+
+fn exited(code: i32) -> ExitStatus {
+    ExitStatus { code, signal: None }
+}
+
+/// Starts a long-running init in container `c` (so that later processes exec into it).
+fn start_init(client: &mut AgentClient, c: &str) -> u32 {
+    let mut spec = ProcessSpec::new(["sleep", "1000"]);
+    spec.container = Some(c.to_owned());
+    client.create_process(&format!("{c}-init"), &spec).unwrap();
+    client.start_process(&format!("{c}-init")).unwrap()
+}
+
+#[test]
+fn a_process_sees_its_user_workdir_env_and_hostname() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("identity");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    let mut spec = dir_spec(&root, "c0ffee");
+    spec.domainname = "example.org".into();
+    c.create_container("c1", &spec).unwrap();
+
+    let mut p = sh_in(
+        "c1",
+        "id; pwd; echo \"HOME=$HOME HOSTNAME=$HOSTNAME FOO=$FOO\"; hostname; \
+         cat /etc/hostname; cat /proc/sys/kernel/domainname; stat -c '%U %a' .; touch mine && echo wrote",
+    );
+    p.user = Some("app".into());
+    p.cwd = "/work/dir".into();
+    p.env.push("FOO=bar baz".into());
+    p.rlimits = vec![Rlimit {
+        resource: RlimitResource::Nofile,
+        soft: 321,
+        hard: 654,
+    }];
+    let o = run(&mut c, "p1", p);
+    assert_eq!(o.status, exited(1), "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        // The kernel keeps supplementary groups sorted.
+        "uid=1000(app) gid=1000(app) groups=10(wheel),29(audio),1000(app)\n\
+         /work/dir\n\
+         HOME=/home/app HOSTNAME=c0ffee FOO=bar baz\n\
+         c0ffee\nc0ffee\nexample.org\nroot 755\n",
+        "{}",
+        o.stderr
+    );
+    // Docker creates the working directory as root: the user cannot write there.
+    assert!(o.stderr.contains("Permission denied"), "{}", o.stderr);
+    assert!(root.join("work/dir").is_dir());
+
+    // The init has exited, and with it the container (Docker: it stopped). Later
+    // processes of a running container (docker exec) resolve users the same way.
+    c.create_container("c2", &dir_spec(&root, "c0ffee"))
+        .unwrap();
+    start_init(&mut c, "c2");
+    // A numeric user without an entry: gid 0, HOME "/"; user:group; --group-add.
+    let mut p = sh_in("c2", "id -u; id -g; id -G; echo $HOME; ulimit -n");
+    p.user = Some("4321".into());
+    p.rlimits = vec![Rlimit {
+        resource: RlimitResource::Nofile,
+        soft: 321,
+        hard: 654,
+    }];
+    let o = run(&mut c, "p2", p);
+    assert_eq!(o.stdout, "4321\n0\n0\n/\n321\n", "{}", o.stderr);
+    let mut p = sh_in("c2", "id -u; id -g; id -G");
+    p.user = Some("app:staff".into());
+    p.group_add = vec!["audio".into(), "777".into()];
+    let o = run(&mut c, "p3", p);
+    assert_eq!(o.stdout, "1000\n50\n50 29 777\n", "{}", o.stderr);
+    // Root by default, with root's memberships; an explicit HOME wins.
+    let mut p = sh_in("c2", "id; echo $HOME");
+    p.env.push("HOME=/elsewhere".into());
+    let o = run(&mut c, "p4", p);
+    assert_eq!(
+        o.stdout,
+        "uid=0(root) gid=0(root) groups=0(root),10(wheel)\n/elsewhere\n"
+    );
+}
+
+#[test]
+fn users_that_do_not_resolve_are_refused_in_dockers_words() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("nouser");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "h")).unwrap();
+    for (id, user, group_add, message) in [
+        (
+            "u1",
+            "foo",
+            vec![],
+            "unable to find user foo: no matching entries in passwd file",
+        ),
+        (
+            "u2",
+            "app:nosuch",
+            vec![],
+            "unable to find group nosuch: no matching entries in group file",
+        ),
+        (
+            "u3",
+            "-5",
+            vec![],
+            "uids and gids must be in range 0-2147483647",
+        ),
+        (
+            "u4",
+            "app",
+            vec!["nosuch".to_owned()],
+            "Unable to find group nosuch: no matching entries in group file",
+        ),
+    ] {
+        let mut p = sh_in("c1", "true");
+        p.user = Some(user.into());
+        p.group_add = group_add;
+        c.create_process(id, &p).unwrap();
+        let e = c.start_process(id).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+        assert!(e.to_string().ends_with(message), "{e}");
+    }
+    // Without /etc/passwd, numeric users still work and names do not.
+    std::fs::remove_file(root.join("etc/passwd")).unwrap();
+    let mut p = sh_in("c1", "id -u; echo $HOME");
+    p.user = Some("1000:1000".into());
+    assert_eq!(run(&mut c, "u5", p).stdout, "1000\n/\n");
+}
+
+#[test]
+fn the_container_gets_dockers_mounts_and_devices() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("mounts");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    let mut spec = dir_spec(&root, "h");
+    spec.shm_size = Some(8 << 20);
+    c.create_container("c1", &spec).unwrap();
+    let o = run(
+        &mut c,
+        "m",
+        sh_in(
+            "c1",
+            "echo pid $$; \
+             for m in /proc /dev /dev/pts /dev/shm /dev/mqueue /sys /sys/fs/cgroup \
+                      /etc/hostname /etc/hosts /etc/resolv.conf; do \
+               awk -v m=$m '$2 == m { print m, $3, substr($4, 1, 2) }' /proc/mounts; done; \
+             ls /dev; stat -c '%n %a %t:%T' /dev/null /dev/tty /dev/urandom; \
+             readlink /dev/ptmx; readlink /dev/fd; \
+             stat -c '%n %t:%T' /proc/keys; ls /sys/firmware | wc -l; \
+             echo x > /proc/sys/kernel/domainname || echo ro /proc/sys; \
+             df -k /dev/shm | awk 'NR == 2 { print $2 }'",
+        ),
+    );
+    assert_eq!(o.status, exited(0), "{}", o.stderr);
+    let want = "pid 1\n\
+        /proc proc rw\n\
+        /dev tmpfs rw\n\
+        /dev/pts devpts rw\n\
+        /dev/shm tmpfs rw\n\
+        /dev/mqueue mqueue rw\n\
+        /sys sysfs ro\n\
+        /sys/fs/cgroup cgroup2 ro\n";
+    assert!(o.stdout.starts_with(want), "{}\n{}", o.stdout, o.stderr);
+    for line in [
+        "\n/etc/hostname ",
+        "\n/etc/hosts ",
+        "\n/etc/resolv.conf ",
+        "\ncore\nfd\nfull\nmqueue\nnull\nptmx\npts\nrandom\nshm\nstderr\nstdin\nstdout\ntty\nurandom\nzero\n",
+        "\n/dev/null 666 1:3\n/dev/tty 666 5:0\n/dev/urandom 666 1:9\n",
+        "\npts/ptmx\n/proc/self/fd\n",
+        "\n/proc/keys 1:3\n0\n",
+        "\nro /proc/sys\n8192\n",
+    ] {
+        assert!(o.stdout.contains(line), "missing {line:?} in:\n{}", o.stdout);
+    }
+    assert!(o.stderr.contains("Read-only file system"), "{}", o.stderr);
+}
+
+#[test]
+fn exec_lands_in_the_same_container_and_cannot_see_the_agent() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("exec");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "shared"))
+        .unwrap();
+    let init = start_init(&mut c, "c1");
+    let o = run(
+        &mut c,
+        "e1",
+        sh_in(
+            "c1",
+            "echo $$ > /tmp/first; hostname; ps -o pid,args | sed 1d | sort -n | head -1; \
+             awk '{ print $4 }' /proc/self/stat",
+        ),
+    );
+    // The init is PID 1 of the container; the exec'd shell's parent (the agent) is outside.
+    assert_eq!(o.stdout, "shared\n    1 sleep 1000\n0\n", "{}", o.stderr);
+    // Same root: the file the first one wrote; the host's files are not there, nor the
+    // agent's; PATH is looked up inside (the host has bash, the container has not).
+    let o = run(
+        &mut c,
+        "e2",
+        sh_in(
+            "c1",
+            "cat /tmp/first >/dev/null && echo shared root; \
+             test -e /usr/lib/os-release || echo no host files; \
+             cat /proc/1/cmdline | tr '\\0' ' '; echo",
+        ),
+    );
+    assert_eq!(
+        o.stdout, "shared root\nno host files\nsleep 1000 \n",
+        "{}",
+        o.stderr
+    );
+    let mut p = ProcessSpec::new(["bash", "-c", "true"]);
+    p.container = Some("c1".into());
+    c.create_process("bash", &p).unwrap();
+    let e = c.start_process("bash").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("exec: \"bash\": executable file not found in $PATH"),
+        "{e}"
+    );
+    assert_eq!(c.wait_process("bash").unwrap(), exited(127));
+    // A file without x bits named by path: 126; as a PATH candidate it is skipped (127).
+    std::fs::write(root.join("bin/script"), "#!/bin/sh\necho hi\n").unwrap();
+    for (id, argv0, code, exit) in [
+        (
+            "noexec-path",
+            "/bin/script",
+            ErrorCode::PermissionDenied,
+            126,
+        ),
+        ("noexec-lookup", "script", ErrorCode::NotFound, 127),
+    ] {
+        let mut p = ProcessSpec::new([argv0]);
+        p.container = Some("c1".into());
+        c.create_process(id, &p).unwrap();
+        let e = c.start_process(id).unwrap_err();
+        assert_eq!(e.code(), Some(code), "{id}: {e}");
+        assert_eq!(c.wait_process(id).unwrap(), exited(exit));
+    }
+    // Deleting a container with a running process is refused; once its init is gone, the
+    // container takes no new processes (Docker: it has stopped).
+    let e = c.delete_container("c1").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
+    c.signal("c1-init", libc::SIGKILL).unwrap();
+    assert_eq!(
+        c.wait_process("c1-init").unwrap(),
+        ExitStatus {
+            code: 137,
+            signal: Some(9)
+        }
+    );
+    let _ = init;
+    c.create_process("late", &sh_in("c1", "true")).unwrap();
+    let e = c.start_process("late").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
+    c.delete_container("c1").unwrap();
+    assert!(
+        !a.dir.join("state/containers/c1").exists(),
+        "the container's state directory stays behind"
+    );
+    let e = c.create_process("gone", &sh_in("c1", "true")).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UnknownContainer), "{e}");
+}
+
+#[test]
+fn a_failed_init_leaves_the_container_usable() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("failed-init");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "h")).unwrap();
+    let mut p = ProcessSpec::new(["/no/such/program"]);
+    p.container = Some("c1".into());
+    c.create_process("bad", &p).unwrap();
+    assert_eq!(
+        c.start_process("bad").unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    // The next process is the container's init, with a working /proc.
+    let o = run(
+        &mut c,
+        "good",
+        sh_in("c1", "echo $$; ls /proc/1/ns | wc -l"),
+    );
+    assert_eq!(o.status, exited(0), "{}", o.stderr);
+    assert!(o.stdout.starts_with("1\n"), "{}", o.stdout);
+}
+
+#[test]
+fn etc_files_are_generated_and_bind_mounted() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("etc");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    std::fs::write(root.join("etc/hosts"), "image hosts\n").unwrap();
+    let mut spec = dir_spec(&root, "web1");
+    spec.hosts = vec![
+        HostsEntry {
+            address: "10.1.0.2".into(),
+            names: vec!["web1".into()],
+        },
+        HostsEntry {
+            address: "10.1.0.9".into(),
+            names: vec!["db".into(), "db.local".into()],
+        },
+    ];
+    spec.dns = Some(DnsConfig {
+        nameservers: vec!["10.1.0.1".into()],
+        search: vec!["local".into()],
+        options: vec!["ndots:1".into()],
+    });
+    c.create_container("c1", &spec).unwrap();
+    let o = run(
+        &mut c,
+        "cat",
+        sh_in(
+            "c1",
+            "cat /etc/hostname /etc/hosts /etc/resolv.conf; echo extra >> /etc/hosts",
+        ),
+    );
+    assert_eq!(
+        o.stdout,
+        "web1\n\
+         127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n\
+         fe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\n\
+         ff02::2\tip6-allrouters\n10.1.0.2\tweb1\n10.1.0.9\tdb db.local\n\
+         nameserver 10.1.0.1\nsearch local\noptions ndots:1\n",
+        "{}",
+        o.stderr
+    );
+    // The image's files are untouched (Docker keeps them out of the image, too), and
+    // files the image lacked exist there only as empty mount points.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hosts")).unwrap(),
+        "image hosts\n"
+    );
+    assert_eq!(std::fs::read(root.join("etc/hostname")).unwrap(), b"");
+
+    // Without DNS settings, the image's resolv.conf is left as it is.
+    let root2 = a.rootfs("root2");
+    std::fs::write(root2.join("etc/resolv.conf"), "nameserver 192.0.2.53\n").unwrap();
+    c.create_container("c2", &dir_spec(&root2, "h2")).unwrap();
+    let o = run(&mut c, "cat2", sh_in("c2", "cat /etc/resolv.conf"));
+    assert_eq!(o.stdout, "nameserver 192.0.2.53\n");
+}
+
+#[test]
+fn a_read_only_root_keeps_dev_and_etc_writable() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("ro");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    let mut spec = dir_spec(&root, "h");
+    spec.readonly_rootfs = true;
+    c.create_container("c1", &spec).unwrap();
+    let mut p = sh_in(
+        "c1",
+        "touch /newfile 2>/dev/null || echo root ro; \
+         echo ok > /dev/shm/x && cat /dev/shm/x; echo 1.2.3.4 x >> /etc/hosts && echo hosts rw; \
+         pwd",
+    );
+    // Docker creates the working directory even for a read-only root.
+    p.cwd = "/created/before/ro".into();
+    let o = run(&mut c, "ro", p);
+    assert_eq!(
+        o.stdout, "root ro\nok\nhosts rw\n/created/before/ro\n",
+        "{}",
+        o.stderr
+    );
+}
+
+#[test]
+fn a_tty_comes_from_the_containers_devpts() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("tty");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "h")).unwrap();
+    let mut p = sh_in(
+        "c1",
+        "tty; stat -c %U $(tty); test -c /dev/console && echo console",
+    );
+    p.tty = true;
+    p.user = Some("app".into());
+    let o = run(&mut c, "t", p);
+    assert_eq!(o.stdout, "/dev/pts/0\r\napp\r\nconsole\r\n");
+}
+
+#[test]
+fn bad_containers_are_refused_and_the_agent_stays_up() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("bad");
+    let mut c = a.client();
+    let e = c
+        .create_container("c1", &dir_spec(&a.dir.join("no-such-root"), "h"))
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SetupFailed), "{e}");
+    assert!(e.to_string().contains("cannot mount"), "{e}");
+    // An unknown virtio-fs tag (there is no such device on the host).
+    let spec = ContainerSpec::new(
+        FsSource::Virtiofs {
+            tag: "no-such-tag".into(),
+        },
+        "h",
+    );
+    assert_eq!(
+        c.create_container("c2", &spec).unwrap_err().code(),
+        Some(ErrorCode::SetupFailed)
+    );
+    // A root whose /etc/hosts is a directory cannot take the generated file.
+    let root = a.rootfs("root");
+    std::fs::create_dir(root.join("etc/hosts")).unwrap();
+    assert_eq!(
+        c.create_container("c3", &dir_spec(&root, "h"))
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::SetupFailed)
+    );
+    std::fs::remove_dir(root.join("etc/hosts")).unwrap();
+    c.create_container("c3", &dir_spec(&root, "h")).unwrap();
+    assert_eq!(
+        c.create_container("c3", &dir_spec(&root, "h"))
+            .unwrap_err()
+            .code(),
+        Some(ErrorCode::AlreadyExists)
+    );
+    let mut p = ProcessSpec::new(["true"]);
+    p.container = Some("nope".into());
+    assert_eq!(
+        c.create_process("p", &p).unwrap_err().code(),
+        Some(ErrorCode::UnknownContainer)
+    );
+    assert_eq!(
+        c.delete_container("nope").unwrap_err().code(),
+        Some(ErrorCode::UnknownContainer)
+    );
+    // Garbage in the new request: refused, connection still usable.
+    let mut s = UnixStream::connect(&a.sock).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    agent_protocol::write_frame(
+        &mut s,
+        &agent_protocol::ConnectionHeader::Hello {
+            protocol_version: agent_protocol::PROTOCOL_VERSION,
+        },
+    )
+    .unwrap();
+    let _: agent_protocol::Response = agent_protocol::read_frame(&mut s).unwrap();
+    for body in [
+        &br#"{"type":"create_container","id":"x","spec":{"hostname":"h"}}"#[..],
+        br#"{"type":"create_container","id":"x","spec":{"hostname":"a b","rootfs":{"type":"directory","path":"/"}}}"#,
+        br#"{"type":"create_container","id":"x","spec":{"hostname":"h","rootfs":{"type":"directory","path":"rel"}}}"#,
+        br#"{"type":"create_container","id":"x","spec":{"hostname":"h","rootfs":{"type":"nfs"}}}"#,
+        br#"{"type":"delete_container","id":"../x"}"#,
+    ] {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(body);
+        s.write_all(&f).unwrap();
+        match agent_protocol::read_frame::<agent_protocol::Response, _>(&mut s).unwrap() {
+            agent_protocol::Response::Error { code, .. } => {
+                assert_eq!(code, ErrorCode::InvalidArgument, "{}", String::from_utf8_lossy(body))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Still serving, and the good container works.
+    let o = run(&mut c, "ok", sh_in("c3", "echo fine"));
+    assert_eq!(o.stdout, "fine\n");
+}
+
+#[test]
+fn nothing_leaks_onto_the_host() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("leak");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "leaky")).unwrap();
+    let o = run(&mut c, "x", sh_in("c1", "hostname"));
+    assert_eq!(o.stdout, "leaky\n");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = a.dir.display().to_string();
+    assert!(
+        !mounts.contains(&dir),
+        "container mounts reached the host:\n{mounts}"
+    );
+    assert_ne!(
+        nix::unistd::gethostname().unwrap().to_string_lossy(),
+        "leaky"
+    );
+    // The state directory holds the generated files, not mounts.
+    let state = a.dir.join("state/containers/c1");
+    assert_eq!(
+        std::fs::read_to_string(state.join("hostname")).unwrap(),
+        "leaky\n"
+    );
+    assert_eq!(std::fs::read_dir(state.join("rootfs")).unwrap().count(), 0);
+}
+
+#[test]
+fn many_containers_at_once() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("many");
+    let c = a.client();
+    let threads: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = c.open_control().unwrap();
+            let root = a.rootfs(&format!("root{i}"));
+            std::thread::spawn(move || {
+                let id = format!("c{i}");
+                c.create_container(&id, &dir_spec(&root, &format!("host{i}")))
+                    .unwrap();
+                let o = run(&mut c, &format!("p{i}"), sh_in(&id, "hostname; echo $$"));
+                assert_eq!(o.stdout, format!("host{i}\n1\n"));
+                c.delete_container(&id).unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let _ = Instant::now();
+}
