@@ -226,3 +226,487 @@ pub fn thread_names(pid: u32) -> Vec<String> {
     }
     names
 }
+
+// ---------------------------------------------------------------------------------------
+// Docker engines for tests: berthd, and Debian's dockerd as the anchor, each on a private
+// socket, data root and exec root, driven by the real Docker CLI.
+
+/// The Docker CLI the tests drive (28.x): `BERTH_DOCKER_CLI`, else /usr/local/bin/docker.
+pub fn docker_cli() -> PathBuf {
+    if let Ok(p) = std::env::var("BERTH_DOCKER_CLI") {
+        return PathBuf::from(p);
+    }
+    let local = PathBuf::from("/usr/local/bin/docker");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("docker")
+    }
+}
+
+/// Where expensive things built for tests are cached (`BERTH_CACHE`, else ~/.cache/berth).
+pub fn cache_dir() -> PathBuf {
+    let dir = std::env::var("BERTH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/berth")
+        });
+    std::fs::create_dir_all(&dir).expect("can create the cache directory");
+    dir
+}
+
+/// A busybox image built by tests/images/mkbusybox (`rootfs` for `docker import`, `archive`
+/// for `docker load`), cached by the script's and the busybox binary's identity.
+pub fn busybox_image(kind: &str) -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/mkbusybox");
+    let mut key = std::fs::read(&script).expect("tests/images/mkbusybox exists");
+    if let Ok(m) = std::fs::metadata("/bin/busybox") {
+        use std::os::unix::fs::MetadataExt;
+        key.extend_from_slice(format!("{} {}", m.size(), m.mtime()).as_bytes());
+    }
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let out = cache_dir().join(format!("images/busybox-{kind}-{hash:016x}.tar"));
+    if out.exists() {
+        return out;
+    }
+    std::fs::create_dir_all(out.parent().expect("has a parent")).expect("can create the cache");
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let mut cmd = Command::new(&script);
+    cmd.arg(kind).arg(&tmp);
+    let f = run(cmd, b"", Duration::from_secs(120));
+    assert!(f.status.success(), "mkbusybox {kind} failed: {}", f.stderr);
+    std::fs::rename(&tmp, &out).expect("can publish the busybox image");
+    out
+}
+
+/// A reply from a daemon's API.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpReply {
+    /// A header's value (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a Unix socket (Connection: close; chunked replies decoded).
+pub fn http_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<HttpReply> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(socket)?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: docker\r\nUser-Agent: berth-tests\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !content_type.is_empty() {
+        req.push_str(&format!("Content-Type: {content_type}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut rest = raw[split + 4..].to_vec();
+    let chunked = headers.iter().any(|(k, v)| {
+        k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(eol) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+            let size_str = String::from_utf8_lossy(&rest[i..i + eol]).into_owned();
+            let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| bad("bad chunk size"))?;
+            i += eol + 2;
+            if size == 0 || i + size > rest.len() {
+                break;
+            }
+            out.extend_from_slice(&rest[i..i + size]);
+            i += size + 2;
+        }
+        rest = out;
+    }
+    Ok(HttpReply {
+        status,
+        headers,
+        body: rest,
+    })
+}
+
+/// A Docker engine process started by a test, and the CLI pointed at it.
+pub struct Daemon {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    child: Option<Child>,
+    dir: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    /// Keep the directory (set `BERTH_KEEP_TEST_DIRS=1` to look at it after a test).
+    keep: bool,
+}
+
+impl Daemon {
+    fn new(name: &'static str, program: PathBuf, extra: &[&str]) -> Daemon {
+        let dir = std::env::temp_dir().join(format!(
+            "berth-test-{name}-{}-{:08x}",
+            std::process::id(),
+            rand_u64() as u32
+        ));
+        std::fs::create_dir_all(dir.join("docker-config")).expect("can create a daemon directory");
+        let socket = dir.join("docker.sock");
+        let mut args = vec![
+            "--host".to_string(),
+            format!("unix://{}", socket.display()),
+            "--data-root".into(),
+            dir.join("data").display().to_string(),
+            "--exec-root".into(),
+            dir.join("exec").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Daemon {
+            name,
+            program,
+            args,
+            child: None,
+            log: dir.join(format!("{name}.log")),
+            dir,
+            socket,
+            keep: std::env::var("BERTH_KEEP_TEST_DIRS").is_ok_and(|v| v == "1"),
+        }
+    }
+
+    /// Starts (or restarts) the daemon and waits until `/_ping` answers.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("can open the daemon log");
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("can dup the log"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http_unix(&self.socket, "GET", "/_ping", "", b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    panic!(
+                        "{} exited during startup ({status}): {}",
+                        self.name,
+                        self.log()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not answer on {} within 60 s: {}",
+                    self.name,
+                    self.socket.display(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the daemon: SIGTERM, then SIGKILL after `grace`. Returns how it ended.
+    pub fn stop_within(&mut self, grace: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        match wait_timeout(&mut child, grace) {
+            Some(s) => Some(s),
+            None => {
+                let _ = child.kill();
+                child.wait().ok()
+            }
+        }
+    }
+
+    /// Stops the daemon (20 s grace).
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        self.stop_within(Duration::from_secs(20))
+    }
+
+    /// Stops and starts it again on the same socket, data root and exec root.
+    pub fn restart(&mut self) {
+        let status = self.stop();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "{} did not stop cleanly ({status:?}): {}",
+            self.name,
+            self.log()
+        );
+        self.start();
+    }
+
+    /// Its pid while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The API socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The daemon's private directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Its --data-root.
+    pub fn data_root(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Its --exec-root.
+    pub fn exec_root(&self) -> PathBuf {
+        self.dir.join("exec")
+    }
+
+    /// Everything it logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A `docker` CLI command pointed at this daemon (isolated config, no context).
+    pub fn docker_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(docker_cli());
+        cmd.args(args)
+            .env("DOCKER_HOST", format!("unix://{}", self.socket.display()))
+            .env("DOCKER_CONFIG", self.dir.join("docker-config"))
+            .env_remove("DOCKER_CONTEXT")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env("DOCKER_CLI_HINTS", "false");
+        cmd
+    }
+
+    /// Runs `docker ARGS` (120 s limit).
+    pub fn docker(&self, args: &[&str]) -> Finished {
+        self.docker_with_input(args, b"")
+    }
+
+    /// Runs `docker ARGS` with `input` on stdin.
+    pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Finished {
+        run(self.docker_command(args), input, Duration::from_secs(120))
+    }
+
+    /// Runs `docker ARGS`, which must succeed; returns its stdout.
+    pub fn docker_ok(&self, args: &[&str]) -> String {
+        let f = self.docker(args);
+        assert!(
+            f.status.success(),
+            "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            f.status,
+            f.stdout,
+            f.stderr
+        );
+        f.stdout
+    }
+
+    /// A raw API request (`path` with or without a version prefix).
+    pub fn api(&self, method: &str, path: &str, body: &[u8]) -> HttpReply {
+        let ct = if body.is_empty() {
+            ""
+        } else {
+            "application/json"
+        };
+        self.api_typed(method, path, ct, body)
+    }
+
+    /// A raw API request with a content type.
+    pub fn api_typed(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> HttpReply {
+        http_unix(&self.socket, method, path, content_type, body)
+            .unwrap_or_else(|e| panic!("{} {method} {path}: {e}; log: {}", self.name, self.log()))
+    }
+
+    /// Whether the process still runs.
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// berthd on a private socket, data root and exec root; stopped (and its directory removed)
+/// when dropped.
+pub struct Berthd(Daemon);
+
+impl Berthd {
+    /// Starts a fresh berthd (target/<profile>/berthd).
+    pub fn start() -> Berthd {
+        Berthd::start_with(&[])
+    }
+
+    /// Starts a fresh berthd with extra arguments (e.g. `--debug`).
+    pub fn start_with(extra: &[&str]) -> Berthd {
+        let mut d = Daemon::new("berthd", bin("berthd"), extra);
+        d.start();
+        Berthd(d)
+    }
+}
+
+impl std::ops::Deref for Berthd {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Berthd {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}
+
+/// Debian's dockerd (docker.io: dockerd 20.10, containerd, runc) as the anchor, on a
+/// private socket, data root and exec root, without touching the host's network.
+pub struct Dockerd(Daemon);
+
+/// dockerd can run here.
+pub fn dockerd_available() -> Result<(), String> {
+    if !nix_is_root() {
+        return Err("dockerd needs root".into());
+    }
+    for bin in ["/usr/sbin/dockerd", "/usr/bin/containerd", "/usr/sbin/runc"] {
+        if !Path::new(bin).exists() && !Path::new(&bin.replace("/usr/sbin/", "/usr/bin/")).exists()
+        {
+            return Err(format!(
+                "{bin} is missing (apt-get install docker.io; `make test-deps` does it)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Dockerd {
+    /// Starts a fresh dockerd.
+    pub fn start() -> Dockerd {
+        let mut d = Daemon::new(
+            "dockerd",
+            PathBuf::from("dockerd"),
+            &["--iptables=false", "--bridge=none", "--ip-masq=false"],
+        );
+        let pidfile = d.dir.join("dockerd.pid").display().to_string();
+        d.args.extend(["--pidfile".to_string(), pidfile]);
+        d.start();
+        Dockerd(d)
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        // dockerd stops its own containerd; a killed dockerd leaves it behind.
+        let containerd_pid =
+            std::fs::read_to_string(self.0.exec_root().join("containerd/containerd.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok());
+        self.0.stop();
+        if let Some(pid) = containerd_pid {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "containerd" {
+                // SAFETY: kill(2) on the containerd this dockerd started (checked by name).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // Mounts dockerd may have left under its data root.
+        if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
+            let dir = self.0.dir.display().to_string();
+            let mut points: Vec<&str> = mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|p| p.starts_with(&dir))
+                .collect();
+            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+            for p in points {
+                let _ = Command::new("umount").arg("-l").arg(p).status();
+            }
+        }
+    }
+}
+
+impl std::ops::Deref for Dockerd {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Dockerd {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}

@@ -1,18 +1,505 @@
-//! The image endpoints.
+//! The image endpoints: list, inspect, history, tag, remove, prune, load, save, import —
+//! in Docker's JSON shapes for API 1.41. Pulling, pushing, searching and building are
+//! refused with a clear error: berth has no registry client or builder yet.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::Request;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
 
-use crate::http::ApiResult;
+use engine::image::archive::{import_config, ImportOptions, LoadEvent};
+use engine::image::{DeleteItem, ImageDetails, ImageStore, ImageUser, ImageUsers, ListOptions};
+use engine::EngineError;
+
+use crate::http::{
+    full, json, percent_decode, streamed_body, ApiError, ApiResult, BodyReader, Query,
+};
 use crate::router::{not_found, State, Version};
 
 pub async fn route(
-    _state: &Arc<State>,
-    _req: Request<Incoming>,
-    _path: &str,
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    path: &str,
     _version: Version,
 ) -> ApiResult {
-    Err(not_found())
+    let method = req.method().clone();
+    let query = Query::parse(req.uri().query());
+    if path == "/build" {
+        return build(req).await;
+    }
+    let rest = path.strip_prefix("/images").unwrap_or(path);
+    match (&method, rest) {
+        (&Method::GET, "/json") => list(state, &query),
+        (&Method::POST, "/load") => load(state, req, &query),
+        (&Method::GET, "/get") => save(state, query.all("names").to_vec()),
+        (&Method::POST, "/create") => create(state, req, &query).await,
+        (&Method::POST, "/prune") => prune(state, &query).await,
+        (&Method::GET, "/search") => Err(unsupported(
+            "berth cannot search registries: it has no registry client yet",
+        )),
+        _ => {
+            let Some(named) = rest.strip_prefix('/') else {
+                return Err(not_found());
+            };
+            if method == Method::DELETE {
+                return delete(state, &percent_decode(named), &query).await;
+            }
+            let (name, action) = match named.rsplit_once('/') {
+                Some((n, a)) => (percent_decode(n), a),
+                None => return Err(not_found()),
+            };
+            match (&method, action) {
+                (&Method::GET, "json") => inspect(state, &name),
+                (&Method::GET, "history") => history(state, &name),
+                (&Method::GET, "get") => save(state, vec![name]),
+                (&Method::POST, "tag") => tag(state, &name, &query).await,
+                (&Method::POST, "push") => Err(unsupported(format!(
+                    "berth cannot push {name}: it has no registry client yet (use docker save)"
+                ))),
+                _ => Err(not_found()),
+            }
+        }
+    }
+}
+
+fn unsupported(message: impl Into<String>) -> ApiError {
+    ApiError::from(EngineError::Unsupported(message.into()))
+}
+
+/// Runs a blocking store operation off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> engine::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("image task failed: {e}"),
+            )
+        })?
+        .map_err(ApiError::from)
+}
+
+fn null_if_empty(v: &[String]) -> Value {
+    if v.is_empty() {
+        Value::Null
+    } else {
+        json!(v)
+    }
+}
+
+fn list(state: &Arc<State>, q: &Query) -> ApiResult {
+    let opts = ListOptions {
+        all: q.flag("all"),
+        filters: q.filters()?,
+    };
+    let images = state.engine.images.list(&opts)?;
+    let out: Vec<Value> = images
+        .iter()
+        .map(|d| {
+            // API < 1.43 shows untagged images as <none>.
+            let (tags, digests) = if d.repo_tags.is_empty() && d.repo_digests.is_empty() {
+                (json!(["<none>:<none>"]), json!(["<none>@<none>"]))
+            } else {
+                (null_if_empty(&d.repo_tags), null_if_empty(&d.repo_digests))
+            };
+            json!({
+                "Containers": -1,
+                "Created": d.created_unix,
+                "Id": d.id,
+                "Labels": d.config.config.as_ref().and_then(|c| c.labels.clone()),
+                "ParentId": d.parent,
+                "RepoDigests": digests,
+                "RepoTags": tags,
+                "SharedSize": -1,
+                "Size": d.size,
+                "VirtualSize": d.size,
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &out)
+}
+
+fn inspect_json(d: &ImageDetails) -> Value {
+    let c = &d.config;
+    let mut lower: Vec<String> = d
+        .layer_dirs
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    lower.dedup();
+    json!({
+        "Id": d.id,
+        "RepoTags": d.repo_tags,
+        "RepoDigests": d.repo_digests,
+        "Parent": d.parent,
+        "Comment": c.comment,
+        "Created": c.created.clone().unwrap_or_else(|| engine::time::ZERO_TIME.to_string()),
+        "Container": c.container,
+        "ContainerConfig": c.container_config.clone().unwrap_or_default(),
+        "DockerVersion": c.docker_version,
+        "Author": c.author,
+        "Config": c.config,
+        "Architecture": c.architecture,
+        "Variant": if c.variant.is_empty() { Value::Null } else { json!(c.variant) },
+        "Os": c.os,
+        "Size": d.size,
+        "VirtualSize": d.size,
+        "GraphDriver": {
+            "Name": "overlayfs",
+            "Data": { "LowerDir": lower.join(":") },
+        },
+        "RootFS": { "Type": "layers", "Layers": c.rootfs.diff_ids },
+        "Metadata": {
+            "LastTagTime": d.last_tag_time.clone().unwrap_or_else(|| engine::time::ZERO_TIME.to_string()),
+        },
+    })
+}
+
+fn inspect(state: &Arc<State>, name: &str) -> ApiResult {
+    let d = state.engine.images.inspect(name)?;
+    let mut v = inspect_json(&d);
+    if v["Variant"].is_null() {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("Variant");
+        }
+    }
+    json(StatusCode::OK, &v)
+}
+
+fn history(state: &Arc<State>, name: &str) -> ApiResult {
+    let items = state.engine.images.history(name)?;
+    let out: Vec<Value> = items
+        .iter()
+        .map(|h| {
+            json!({
+                "Comment": h.comment,
+                "Created": h.created,
+                "CreatedBy": h.created_by,
+                "Id": h.id,
+                "Size": h.size,
+                "Tags": null_if_empty(&h.tags),
+            })
+        })
+        .collect();
+    json(StatusCode::OK, &out)
+}
+
+async fn tag(state: &Arc<State>, name: &str, q: &Query) -> ApiResult {
+    let (st, name) = (state.clone(), name.to_string());
+    let repo = q.get("repo").unwrap_or("").to_string();
+    let tag = q.get("tag").unwrap_or("").to_string();
+    blocking(move || st.engine.images.tag(&name, &repo, &tag)).await?;
+    Ok(crate::http::status(StatusCode::CREATED))
+}
+
+/// Who uses which image, for rmi's conflict rules.
+async fn image_users(state: &Arc<State>) -> ImageUsers {
+    let mut users = ImageUsers::new();
+    for id in state.engine.containers.images_in_use().await {
+        users.entry(id).or_default().push(ImageUser::default());
+    }
+    users
+}
+
+fn delete_json(items: &[DeleteItem]) -> Vec<Value> {
+    items
+        .iter()
+        .map(|i| match i {
+            DeleteItem::Untagged(r) => json!({ "Untagged": r }),
+            DeleteItem::Deleted(id) => json!({ "Deleted": id }),
+        })
+        .collect()
+}
+
+async fn delete(state: &Arc<State>, name: &str, q: &Query) -> ApiResult {
+    let users = image_users(state).await;
+    let force = q.flag("force");
+    let prune = !q.flag("noprune");
+    let (st, name) = (state.clone(), name.to_string());
+    let items = blocking(move || st.engine.images.delete(&name, force, prune, &users)).await?;
+    json(StatusCode::OK, &delete_json(&items))
+}
+
+/// `docker image prune`: dangling images (or, with `dangling=false`, every image no
+/// container uses), narrowed by `label` and `until`.
+async fn prune(state: &Arc<State>, q: &Query) -> ApiResult {
+    let mut filters = q.filters()?;
+    let dangling_only = match filters.remove("dangling").as_deref() {
+        None | Some([]) => true,
+        Some(v) if v.iter().all(|x| x == "true" || x == "1") => true,
+        Some(v) if v.iter().all(|x| x == "false" || x == "0") => false,
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "Invalid filter 'dangling=[{}]'",
+                v.join(" ")
+            )))
+        }
+    };
+    for key in filters.keys() {
+        if key != "label" && key != "until" {
+            return Err(ApiError::bad_request(format!("Invalid filter '{key}'")));
+        }
+    }
+    if dangling_only {
+        filters.insert("dangling".into(), vec!["true".into()]);
+    }
+    let users = image_users(state).await;
+    let st = state.clone();
+    let (deleted, reclaimed) = blocking(move || {
+        let candidates = st.engine.images.list(&ListOptions { all: true, filters })?;
+        let mut deleted = Vec::new();
+        let mut reclaimed = 0u64;
+        for img in candidates {
+            if users.contains_key(&img.id) {
+                continue;
+            }
+            match st
+                .engine
+                .images
+                .delete(&img.id, !dangling_only, true, &users)
+            {
+                Ok(items) => {
+                    reclaimed += img.size;
+                    deleted.extend(items);
+                }
+                Err(EngineError::Conflict(_)) | Err(EngineError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((deleted, reclaimed))
+    })
+    .await?;
+    json(
+        StatusCode::OK,
+        &json!({
+            "ImagesDeleted": if deleted.is_empty() { Value::Null } else { json!(delete_json(&deleted)) },
+            "SpaceReclaimed": reclaimed,
+        }),
+    )
+}
+
+/// Docker's `quiet` default for load is true: only an explicit false shows progress.
+fn quiet(q: &Query) -> bool {
+    !matches!(q.get("quiet"), Some("0" | "false" | "False" | "FALSE"))
+}
+
+/// Docker's byte counts: decimal units, four significant digits (`32.77kB`, `2.13MB`).
+fn human_size(n: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    let int_digits = if v < 1.0 {
+        1
+    } else {
+        (v.log10().floor() as usize) + 1
+    };
+    let decimals = 4usize.saturating_sub(int_digits);
+    let mut s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{s}{}", UNITS[unit])
+}
+
+/// The progress bar Docker puts in `progress`.
+fn progress_bar(current: u64, total: u64) -> String {
+    const WIDTH: u64 = 50;
+    let bars = (current.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    format!(
+        "[{}>{}] {:>8}/{}",
+        "=".repeat(bars as usize),
+        " ".repeat((WIDTH - bars) as usize),
+        human_size(current),
+        human_size(total)
+    )
+}
+
+fn json_line(out: &mut dyn Write, v: &Value) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    bytes.extend_from_slice(b"\r\n");
+    out.write_all(&bytes)
+}
+
+fn error_line(message: &str) -> Value {
+    json!({ "errorDetail": { "message": message }, "error": message })
+}
+
+/// `docker load`: always 200 with a JSON stream; errors arrive in the stream, as with
+/// dockerd.
+fn load(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
+    let quiet = quiet(q);
+    let reader = BodyReader::new(req.into_body());
+    let (body, mut writer) = streamed_body();
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = {
+            let mut emit = |e: LoadEvent| {
+                let v = match e {
+                    LoadEvent::Progress { .. } if quiet => return,
+                    LoadEvent::Progress { id, current, total } => json!({
+                        "status": "Loading layer",
+                        "progressDetail": { "current": current, "total": total },
+                        "progress": progress_bar(current, total),
+                        "id": id,
+                    }),
+                    LoadEvent::Line(line) => json!({ "stream": line }),
+                };
+                // A client that went away stops seeing progress; the load goes on.
+                let _ = json_line(&mut writer, &v);
+            };
+            st.engine.images.load(reader, &mut emit)
+        };
+        if let Err(e) = result {
+            log::info!("docker load failed: {e}");
+            let _ = json_line(&mut writer, &error_line(&e.to_string()));
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// `docker save`: names are checked before the archive starts streaming.
+fn save(state: &Arc<State>, names: Vec<String>) -> ApiResult {
+    let plan = state.engine.images.save_plan(&names)?;
+    let (body, writer) = streamed_body();
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut buffered = std::io::BufWriter::with_capacity(256 << 10, writer);
+        let result = st.engine.images.save(&plan, &mut buffered);
+        match (result, buffered.into_inner()) {
+            (Ok(()), _) => {}
+            (Err(e), Ok(writer)) => {
+                log::warn!("docker save failed: {e}");
+                writer.fail(std::io::Error::other(e.to_string()));
+            }
+            (Err(e), Err(_)) => log::warn!("docker save failed: {e}"),
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    Ok(r)
+}
+
+/// `POST /images/create`: `docker import` (fromSrc), or a pull (fromImage), which berth
+/// cannot do yet.
+async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
+    if let Some(image) = q.get("fromImage").filter(|s| !s.is_empty()) {
+        let image = image.trim_end_matches(':');
+        let tag = q.get("tag").unwrap_or("");
+        let shown = match engine::image::reference::Reference::parse_normalized(image) {
+            Ok(r) if !tag.is_empty() && !tag.contains(':') => r
+                .with_tag(tag)
+                .map(|r| r.familiar())
+                .unwrap_or_else(|_| format!("{image}:{tag}")),
+            Ok(r) if !tag.is_empty() => format!("{}@{tag}", r.familiar_name()),
+            Ok(r) => r.with_default_tag().familiar(),
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "pull access denied for {shown}: berth has no registry client yet, so images come only from `docker load` or `docker import`"
+            ),
+        ));
+    }
+    let src = q.get("fromSrc").unwrap_or("");
+    if src != "-" {
+        return Err(unsupported(format!(
+            "berth cannot import from {src:?}: only an archive sent with the request (`docker import FILE` or `docker import -`) is supported"
+        )));
+    }
+    if let Some(p) = q.get("platform").filter(|p| !p.is_empty()) {
+        if p != "linux" && p != "linux/amd64" {
+            return Err(ApiError::bad_request(format!(
+                "berth runs linux/amd64 images only, not {p}"
+            )));
+        }
+    }
+    let tag = ImageStore::repo_tag(q.get("repo").unwrap_or(""), q.get("tag").unwrap_or(""))?;
+    let config = import_config(q.all("changes"))?;
+    let comment = q
+        .get("message")
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .unwrap_or_else(|| format!("Imported from {src}"));
+    let opts = ImportOptions {
+        tag,
+        comment,
+        config,
+    };
+    let reader = BodyReader::new(req.into_body());
+    let st = state.clone();
+    let id = blocking(move || st.engine.images.import(reader, &opts)).await?;
+    let mut body = serde_json::to_vec(&json!({ "status": id })).unwrap_or_default();
+    body.extend_from_slice(b"\r\n");
+    let mut r = Response::new(full(body));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// `POST /build`: refused, after reading the build context so the client sees the error
+/// rather than a broken upload.
+async fn build(req: Request<Incoming>) -> ApiResult {
+    use http_body_util::BodyExt;
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
+        }
+    }
+    Err(unsupported(
+        "berth cannot build images yet: build with another engine, then `docker save` it and `docker load` it into berth",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_bars_like_docker() {
+        assert_eq!(human_size(32768), "32.77kB");
+        assert_eq!(human_size(2_129_920), "2.13MB");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(1_000_000), "1MB");
+        assert_eq!(
+            progress_bar(32768, 2_129_920),
+            "[>                                                  ]  32.77kB/2.13MB"
+        );
+        assert_eq!(
+            progress_bar(2_129_920, 2_129_920),
+            "[==================================================>]   2.13MB/2.13MB"
+        );
+        let q = Query::parse(Some("quiet=0"));
+        assert!(!quiet(&q));
+        assert!(quiet(&Query::parse(None)));
+        assert!(quiet(&Query::parse(Some("quiet=1"))));
+    }
+
+    #[test]
+    fn delete_items_in_docker_shape() {
+        let v = delete_json(&[
+            DeleteItem::Untagged("a:latest".into()),
+            DeleteItem::Deleted("sha256:x".into()),
+        ]);
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"[{"Untagged":"a:latest"},{"Deleted":"sha256:x"}]"#
+        );
+    }
 }

@@ -1,0 +1,1090 @@
+//! berthd's image API through the real Docker CLI (28.x), against a berthd started by each
+//! test on a private socket, data root and exec root; Debian's dockerd is the anchor for
+//! archives. No VM is involved: these run on any Linux host (as root, for layer ownership
+//! and the anchor).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use berth_tests::{busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Scratch};
+use sha2::{Digest, Sha256};
+
+fn sha256(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+fn inspect(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.docker_ok(&["image", "inspect", name]);
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect {name}: {e}: {out}"));
+    v[0].clone()
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines().map(str::to_string).collect()
+}
+
+/// The lower dirs berth reports for an image (topmost first).
+fn layer_dirs(d: &Daemon, name: &str) -> Vec<PathBuf> {
+    inspect(d, name)["GraphDriver"]["Data"]["LowerDir"]
+        .as_str()
+        .unwrap_or_default()
+        .split(':')
+        .map(PathBuf::from)
+        .collect()
+}
+
+fn assert_busybox_intact(layer: &Path) {
+    let ours = std::fs::read(layer.join("bin/busybox")).expect("the layer holds bin/busybox");
+    assert_eq!(
+        sha256(&ours),
+        sha256(&std::fs::read("/bin/busybox").unwrap()),
+        "bin/busybox differs"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let a = std::fs::metadata(layer.join("bin/busybox")).unwrap();
+    let b = std::fs::metadata(layer.join("bin/sh")).unwrap();
+    assert_eq!(a.ino(), b.ino(), "applets stay hardlinks");
+    assert_eq!(a.mode() & 0o7777, 0o755);
+    assert_eq!(
+        std::fs::metadata(layer.join("tmp")).unwrap().mode() & 0o7777,
+        0o1777
+    );
+}
+
+fn api_json(d: &Daemon, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let r = d.api(method, path, body);
+    let v = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", r.text()));
+    (r.status, v)
+}
+
+#[test]
+fn archives_round_trip_through_a_real_docker_engine() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("roundtrip");
+    let dockerd = Dockerd::start();
+    let berth = Berthd::start();
+    let rootfs = busybox_image("rootfs");
+    let rootfs = rootfs.display().to_string();
+
+    // An image made by a real Docker engine, saved by it.
+    dockerd.docker_ok(&[
+        "import",
+        "--change",
+        "CMD [\"sh\"]",
+        "--change",
+        "ENV FROM=dockerd",
+        &rootfs,
+        "anchor/busybox:1",
+    ]);
+    let anchor_id = inspect(&dockerd, "anchor/busybox:1")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let a = scratch.path("from-dockerd.tar");
+    dockerd.docker_ok(&["save", "-o", a.to_str().unwrap(), "anchor/busybox:1"]);
+
+    // berth loads it: same image id (the config bytes are kept), same layers.
+    let out = berth.docker_ok(&["load", "-i", a.to_str().unwrap()]);
+    assert_eq!(out.trim(), "Loaded image: anchor/busybox:1");
+    let ours = inspect(&berth, "anchor/busybox:1");
+    assert_eq!(ours["Id"], anchor_id);
+    let theirs = inspect(&dockerd, "anchor/busybox:1");
+    assert_eq!(ours["RootFS"], theirs["RootFS"]);
+    assert_eq!(
+        ours["Size"], theirs["Size"],
+        "sizes are counted the way Docker counts them"
+    );
+    assert_eq!(ours["Config"]["Env"], theirs["Config"]["Env"]);
+    assert_eq!(ours["Comment"], theirs["Comment"]);
+    assert_eq!(ours["Created"], theirs["Created"]);
+    // Every field dockerd shows for an image, berth shows too.
+    let keys = |v: &serde_json::Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+    };
+    let missing: Vec<_> = keys(&theirs).difference(&keys(&ours)).cloned().collect();
+    assert!(missing.is_empty(), "inspect lacks {missing:?}");
+    assert_busybox_intact(&layer_dirs(&berth, "anchor/busybox:1")[0]);
+    assert_eq!(
+        berth.docker_ok(&[
+            "history",
+            "--format",
+            "{{.Comment}} {{.Size}}",
+            "anchor/busybox:1"
+        ]),
+        dockerd.docker_ok(&[
+            "history",
+            "--format",
+            "{{.Comment}} {{.Size}}",
+            "anchor/busybox:1"
+        ])
+    );
+
+    // berth saves it (and a second tag); the real engine loads that and runs it with runc.
+    berth.docker_ok(&["tag", "anchor/busybox:1", "anchor/busybox:berth"]);
+    let b = scratch.path("from-berth.tar");
+    berth.docker_ok(&[
+        "save",
+        "-o",
+        b.to_str().unwrap(),
+        "anchor/busybox:1",
+        "anchor/busybox:berth",
+    ]);
+    dockerd.docker_ok(&["rmi", "anchor/busybox:1"]);
+    let out = dockerd.docker_ok(&["load", "-i", b.to_str().unwrap()]);
+    let mut loaded = lines(out.trim());
+    loaded.sort();
+    assert_eq!(
+        loaded,
+        [
+            "Loaded image: anchor/busybox:1",
+            "Loaded image: anchor/busybox:berth"
+        ]
+    );
+    assert_eq!(inspect(&dockerd, "anchor/busybox:berth")["Id"], anchor_id);
+    let run = dockerd.docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "anchor/busybox:berth",
+        "sh",
+        "-c",
+        "echo intact $FROM; sha256sum /bin/busybox | cut -c1-64",
+    ]);
+    let bb = sha256(&std::fs::read("/bin/busybox").unwrap());
+    assert_eq!(run, format!("intact dockerd\n{}\n", &bb[7..]));
+
+    // The archive mkbusybox writes loads into both, as the same image.
+    let archive = busybox_image("archive");
+    let archive = archive.to_str().unwrap();
+    assert_eq!(
+        berth.docker_ok(&["load", "-i", archive]).trim(),
+        "Loaded image: busybox:latest"
+    );
+    dockerd.docker_ok(&["load", "-i", archive]);
+    assert_eq!(
+        inspect(&berth, "busybox")["Id"],
+        inspect(&dockerd, "busybox")["Id"]
+    );
+    assert_eq!(
+        dockerd.docker_ok(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-u",
+            "nobody",
+            "busybox",
+            "id",
+            "-un"
+        ]),
+        "nobody\n"
+    );
+    // docker save from a stream (stdout) and load from stdin work too.
+    let f = berth.docker(&["save", "busybox"]);
+    assert!(f.status.success(), "{}", f.stderr);
+    let tar_bytes = std::fs::read(archive).unwrap();
+    assert!(f.stdout.len() > tar_bytes.len() / 2);
+    let f = berth.docker_with_input(&["load"], &tar_bytes);
+    assert_eq!(
+        f.stdout.trim(),
+        "Loaded image: busybox:latest",
+        "{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn loads_umoci_and_skopeo_archives() {
+    for tool in ["umoci", "skopeo"] {
+        let have = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !require(
+            if have {
+                Ok(())
+            } else {
+                Err(format!("{tool} is not installed (`make test-deps`)"))
+            },
+            tool,
+        ) {
+            return;
+        }
+    }
+    let scratch = Scratch::new("oci");
+    let berth = Berthd::start();
+    let oci = scratch.path("oci");
+    let bundle = scratch.path("bundle");
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sh(&format!(
+        "umoci init --layout {o}; umoci new --image {o}:bb; umoci unpack --image {o}:bb {b}; \
+         tar -C {b}/rootfs -xf {r}; umoci repack --image {o}:bb {b}; \
+         umoci config --image {o}:bb --config.cmd sh --config.env FOO=bar --config.label made.by=umoci; \
+         tar -C {o} -cf {s}/umoci.tar .; \
+         skopeo copy -q oci:{o}:bb docker-archive:{s}/skopeo-docker.tar:skopeo/bb:1; \
+         skopeo copy -q oci:{o}:bb oci-archive:{s}/skopeo-oci.tar:skopeo/oci:2",
+        o = oci.display(),
+        b = bundle.display(),
+        r = busybox_image("rootfs").display(),
+        s = scratch.0.display(),
+    ));
+    // umoci's layout names its image with a bare tag: it loads untagged, by id.
+    let out = berth.docker_ok(&["load", "-i", scratch.path("umoci.tar").to_str().unwrap()]);
+    let id = out
+        .trim()
+        .strip_prefix("Loaded image ID: ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let img = inspect(&berth, &id);
+    assert_eq!(img["Config"]["Env"], serde_json::json!(["FOO=bar"]));
+    assert_eq!(img["Config"]["Labels"]["made.by"], "umoci");
+    assert_eq!(img["RepoTags"], serde_json::json!([]));
+    berth.docker_ok(&["tag", &id[7..19], "umoci/bb:1"]);
+    assert_busybox_intact(&layer_dirs(&berth, "umoci/bb:1")[0]);
+
+    // skopeo's docker-archive (symlinked legacy layer paths) and oci-archive.
+    let out = berth.docker_ok(&[
+        "load",
+        "-i",
+        scratch.path("skopeo-docker.tar").to_str().unwrap(),
+    ]);
+    assert_eq!(out.trim(), "Loaded image: skopeo/bb:1");
+    let out = berth.docker_ok(&[
+        "load",
+        "-i",
+        scratch.path("skopeo-oci.tar").to_str().unwrap(),
+    ]);
+    assert_eq!(out.trim(), "Loaded image: skopeo/oci:2");
+    for name in ["skopeo/bb:1", "skopeo/oci:2"] {
+        assert_eq!(
+            inspect(&berth, name)["Id"],
+            id.as_str(),
+            "{name}: one config, one id"
+        );
+    }
+    let oci_img = inspect(&berth, "skopeo/oci:2");
+    let digest = oci_img["RepoDigests"][0].as_str().unwrap().to_string();
+    assert!(digest.starts_with("skopeo/oci@sha256:"), "{digest}");
+    assert_eq!(
+        inspect(&berth, &digest)["Id"],
+        id.as_str(),
+        "name@digest resolves"
+    );
+    // Layers are shared: one layer directory for the three images.
+    let layers = std::fs::read_dir(berth.data_root().join("image/layers"))
+        .unwrap()
+        .count();
+    assert_eq!(layers, 1);
+    // berth's own save of an OCI-loaded image is an archive skopeo reads.
+    let saved = scratch.path("berth.tar");
+    berth.docker_ok(&["save", "-o", saved.to_str().unwrap(), "skopeo/oci:2"]);
+    sh(&format!(
+        "skopeo inspect --raw docker-archive:{s} >/dev/null; skopeo inspect oci-archive:{s}:skopeo/oci:2 >/dev/null 2>&1 || skopeo inspect --raw oci-archive:{s} >/dev/null",
+        s = saved.display()
+    ));
+}
+
+#[test]
+fn import_from_files_and_stdin_with_changes() {
+    let berth = Berthd::start();
+    let rootfs = busybox_image("rootfs");
+    let out = berth.docker_ok(&[
+        "import",
+        "-c",
+        "CMD [\"sh\", \"-c\", \"echo hi\"]",
+        "-c",
+        "ENV A=1 B=\"two words\"",
+        "-c",
+        "WORKDIR /srv",
+        "-c",
+        "USER nobody",
+        "-c",
+        "EXPOSE 80/tcp 53/udp",
+        "-c",
+        "LABEL tier=web",
+        "-c",
+        "VOLUME /data",
+        "-c",
+        "STOPSIGNAL SIGINT",
+        "-m",
+        "from a file",
+        rootfs.to_str().unwrap(),
+        "imported/file:v1",
+    ]);
+    let id = out.trim().to_string();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{out}");
+    let img = inspect(&berth, "imported/file:v1");
+    assert_eq!(img["Id"], id.as_str());
+    let c = &img["Config"];
+    assert_eq!(c["Cmd"], serde_json::json!(["sh", "-c", "echo hi"]));
+    assert_eq!(c["Env"], serde_json::json!(["A=1", "B=two words"]));
+    assert_eq!(c["WorkingDir"], "/srv");
+    assert_eq!(c["User"], "nobody");
+    assert_eq!(
+        c["ExposedPorts"],
+        serde_json::json!({"53/udp": {}, "80/tcp": {}})
+    );
+    assert_eq!(c["Labels"], serde_json::json!({"tier": "web"}));
+    assert_eq!(c["Volumes"], serde_json::json!({"/data": {}}));
+    assert_eq!(c["StopSignal"], "SIGINT");
+    assert_eq!(img["Comment"], "from a file");
+    assert_eq!(img["Architecture"], "amd64");
+    assert_eq!(img["Os"], "linux");
+    assert_busybox_intact(&layer_dirs(&berth, "imported/file:v1")[0]);
+    let h = berth.docker_ok(&[
+        "history",
+        "--no-trunc",
+        "--format",
+        "{{.ID}}|{{.Comment}}|{{.Size}}",
+        "imported/file:v1",
+    ]);
+    assert_eq!(h.lines().count(), 1, "{h}");
+    assert!(h.starts_with(&format!("{id}|from a file|")), "{h}");
+
+    // From stdin, plain and gzip-compressed; the same layer is stored once.
+    let bytes = std::fs::read(&rootfs).unwrap();
+    let f = berth.docker_with_input(&["import", "-", "imported/stdin"], &bytes);
+    assert!(f.status.success(), "{}", f.stderr);
+    let img = inspect(&berth, "imported/stdin:latest");
+    assert_eq!(img["Comment"], "Imported from -");
+    assert_eq!(img["Config"]["Cmd"], serde_json::Value::Null);
+    let gz = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("gzip -c < {}", rootfs.display()))
+        .output()
+        .unwrap()
+        .stdout;
+    let f = berth.docker_with_input(&["import", "-", "imported/gz:1"], &gz);
+    assert!(f.status.success(), "{}", f.stderr);
+    assert_eq!(
+        inspect(&berth, "imported/gz:1")["RootFS"],
+        img["RootFS"],
+        "gzip layers hash the plain tar"
+    );
+    assert_eq!(
+        std::fs::read_dir(berth.data_root().join("image/layers"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // Untagged import.
+    let f = berth.docker_with_input(&["import", "-"], &bytes);
+    assert!(f.status.success());
+    assert!(
+        berth
+            .docker_ok(&["images", "-q", "--filter", "dangling=true"])
+            .trim()
+            .len()
+            == 12
+    );
+
+    // Refusals, in Docker's words.
+    let f = berth.docker(&["import", "-c", "RUN echo no", rootfs.to_str().unwrap()]);
+    assert_eq!(f.code(), 1);
+    assert!(
+        f.stderr.contains("RUN is not a valid change command"),
+        "{}",
+        f.stderr
+    );
+    let f = berth.docker(&["import", rootfs.to_str().unwrap(), "Bad/Name"]);
+    assert_eq!(f.code(), 1);
+    assert!(f.stderr.contains("must be lowercase"), "{}", f.stderr);
+    let f = berth.docker(&["import", "http://127.0.0.1:9/rootfs.tar"]);
+    assert_eq!(f.code(), 1);
+    assert!(f.stderr.contains("cannot import from"), "{}", f.stderr);
+    let f = berth.docker_with_input(&["import", "-"], b"not a tarball at all");
+    assert_eq!(f.code(), 1);
+    assert!(
+        f.stderr.contains("Error processing tar file"),
+        "{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn tag_and_rmi_follow_docker_semantics() {
+    let berth = Berthd::start();
+    let archive = busybox_image("archive");
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let id = inspect(&berth, "busybox")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let short = &id[7..19];
+    berth.docker_ok(&["tag", "busybox", "me/app:v1"]);
+    berth.docker_ok(&["tag", short, "localhost:5000/app"]);
+    berth.docker_ok(&["tag", &id, "busybox:again"]);
+    let mut tags: Vec<String> =
+        serde_json::from_value(inspect(&berth, &id)["RepoTags"].clone()).unwrap();
+    tags.sort();
+    assert_eq!(
+        tags,
+        [
+            "busybox:again",
+            "busybox:latest",
+            "localhost:5000/app:latest",
+            "me/app:v1"
+        ]
+    );
+
+    // A name with others left: untag only.
+    assert_eq!(
+        berth.docker_ok(&["rmi", "me/app:v1"]),
+        "Untagged: me/app:v1\n"
+    );
+    // By id while tags from several repositories remain: refused unless forced.
+    let f = berth.docker(&["rmi", short]);
+    assert_eq!(f.code(), 1);
+    assert!(
+        f.stderr.contains(&format!("conflict: unable to delete {short} (must be forced) - image is referenced in multiple repositories")),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(
+        berth.docker_ok(&["rmi", "busybox:again"]),
+        "Untagged: busybox:again\n"
+    );
+    assert_eq!(
+        berth.docker_ok(&["rmi", "localhost:5000/app"]),
+        "Untagged: localhost:5000/app:latest\n"
+    );
+    // The last tag: untagged and deleted, layer released.
+    let layer = layer_dirs(&berth, "busybox")[0].clone();
+    assert!(layer.exists());
+    let out = berth.docker_ok(&["rmi", "busybox"]);
+    let out = lines(&out);
+    assert_eq!(out[0], "Untagged: busybox:latest");
+    assert_eq!(out[1], format!("Deleted: {id}"));
+    assert_eq!(
+        out.len(),
+        3,
+        "the layer's ChainID is reported deleted: {out:?}"
+    );
+    assert!(!layer.exists());
+    assert!(berth.docker_ok(&["images", "-q"]).is_empty());
+
+    // -f by id with tags in two repositories untags them all.
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    berth.docker_ok(&["tag", "busybox", "other:1"]);
+    let out = berth.docker_ok(&["rmi", "-f", short]);
+    assert!(
+        out.contains("Untagged: other:1")
+            && out.contains("Untagged: busybox:latest")
+            && out.contains(&format!("Deleted: {id}")),
+        "{out}"
+    );
+
+    // Unknown names and bad references.
+    let f = berth.docker(&["rmi", "nope"]);
+    assert_eq!(f.code(), 1);
+    assert!(
+        f.stderr.contains("No such image: nope:latest"),
+        "{}",
+        f.stderr
+    );
+    let f = berth.docker(&["tag", "nope", "x"]);
+    assert!(
+        f.stderr.contains("No such image: nope:latest"),
+        "{}",
+        f.stderr
+    );
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let f = berth.docker(&["tag", "busybox", "x:-bad"]);
+    assert_eq!(f.code(), 1, "{}", f.stderr);
+    // The conflict with a container using the image is covered by the container tests
+    // (it needs `docker create`); the store's rules are unit-tested in the engine.
+}
+
+#[test]
+fn images_list_filters_and_formats() {
+    let berth = Berthd::start();
+    let rootfs = busybox_image("rootfs");
+    let rootfs = rootfs.to_str().unwrap();
+    berth.docker_ok(&["import", "-c", "LABEL tier=web", rootfs, "alpha:1"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let beta = berth.docker_ok(&[
+        "import",
+        "-c",
+        "LABEL tier=db",
+        "-c",
+        "CMD [\"x\"]",
+        rootfs,
+        "me/beta:2",
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dangling = berth.docker_ok(&["import", "-c", "CMD [\"y\"]", rootfs]);
+    let fmt = |args: &[&str]| {
+        let mut a = vec!["images", "--format", "{{.Repository}}:{{.Tag}}"];
+        a.extend_from_slice(args);
+        lines(&berth.docker_ok(&a))
+    };
+    assert_eq!(fmt(&[]), ["<none>:<none>", "me/beta:2", "alpha:1"]);
+    assert_eq!(fmt(&["--filter", "dangling=true"]), ["<none>:<none>"]);
+    assert_eq!(
+        fmt(&["--filter", "dangling=false"]),
+        ["me/beta:2", "alpha:1"]
+    );
+    assert_eq!(fmt(&["--filter", "label=tier=web"]), ["alpha:1"]);
+    assert_eq!(fmt(&["--filter", "label=tier"]), ["me/beta:2", "alpha:1"]);
+    assert_eq!(fmt(&["--filter", "reference=me/*"]), ["me/beta:2"]);
+    assert_eq!(fmt(&["--filter", "reference=alpha"]), ["alpha:1"]);
+    assert_eq!(fmt(&["--filter", "before=me/beta:2"]), ["alpha:1"]);
+    assert!(!fmt(&["--filter", "since=alpha:1"]).contains(&"alpha:1".to_string()));
+    assert_eq!(fmt(&["alpha"]), ["alpha:1"]);
+    let q = berth.docker_ok(&["images", "-q", "--no-trunc", "me/beta"]);
+    assert_eq!(q.trim(), beta.trim());
+    let q = berth.docker_ok(&["images", "-q"]);
+    assert_eq!(q.lines().count(), 3);
+    assert!(q.contains(&dangling.trim()[7..19]));
+    let table = berth.docker_ok(&["images"]);
+    assert!(table.starts_with("REPOSITORY"), "{table}");
+    assert!(table.contains("2.1MB") || table.contains("MB"), "{table}");
+    let json = berth.docker_ok(&["images", "--format", "{{json .}}", "alpha"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["Repository"], "alpha");
+    assert_eq!(v["Tag"], "1");
+    let f = berth.docker(&["images", "--filter", "bogus=1"]);
+    assert_eq!(f.code(), 1);
+    assert!(f.stderr.contains("Invalid filter 'bogus'"), "{}", f.stderr);
+    // `docker image prune` removes the dangling one.
+    let out = berth.docker_ok(&["image", "prune", "-f"]);
+    assert!(
+        out.contains(&format!("deleted: {}", dangling.trim())),
+        "{out}"
+    );
+    assert_eq!(fmt(&[]), ["me/beta:2", "alpha:1"]);
+}
+
+#[test]
+fn inspect_fields_and_untyped_inspect() {
+    let berth = Berthd::start();
+    berth.docker_ok(&["load", "-i", busybox_image("archive").to_str().unwrap()]);
+    let img = inspect(&berth, "busybox");
+    for key in [
+        "Id",
+        "RepoTags",
+        "RepoDigests",
+        "Parent",
+        "Comment",
+        "Created",
+        "Container",
+        "ContainerConfig",
+        "DockerVersion",
+        "Author",
+        "Config",
+        "Architecture",
+        "Os",
+        "Size",
+        "VirtualSize",
+        "GraphDriver",
+        "RootFS",
+        "Metadata",
+    ] {
+        assert!(img.get(key).is_some(), "inspect lacks {key}: {img}");
+    }
+    assert_eq!(img["RepoTags"], serde_json::json!(["busybox:latest"]));
+    assert_eq!(img["RepoDigests"], serde_json::json!([]));
+    assert_eq!(img["Config"]["Cmd"], serde_json::json!(["sh"]));
+    assert_eq!(img["RootFS"]["Type"], "layers");
+    assert_eq!(img["Size"], img["VirtualSize"]);
+    assert!(img["Metadata"]["LastTagTime"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    // `docker inspect` without a type probes containers first, then images.
+    let v: serde_json::Value =
+        serde_json::from_str(&berth.docker_ok(&["inspect", "busybox"])).unwrap();
+    assert_eq!(v[0]["Id"], img["Id"]);
+    assert_eq!(
+        berth.docker_ok(&[
+            "image",
+            "inspect",
+            "-f",
+            "{{.Os}}/{{.Architecture}}",
+            "busybox"
+        ]),
+        "linux/amd64\n"
+    );
+    let f = berth.docker(&["image", "inspect", "nope"]);
+    assert_eq!(f.code(), 1);
+    assert!(f.stderr.contains("No such image: nope"), "{}", f.stderr);
+    let f = berth.docker(&["inspect", "nope"]);
+    assert!(f.stderr.contains("No such object: nope"), "{}", f.stderr);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile and malformed input.
+
+/// A tar with any name, hostile ones included.
+struct RawTar(Vec<u8>);
+
+impl RawTar {
+    fn new() -> Self {
+        RawTar(Vec::new())
+    }
+
+    fn push(
+        mut self,
+        name: &str,
+        kind: tar::EntryType,
+        data: &[u8],
+        link: &str,
+        dev: (u32, u32),
+    ) -> Self {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(if kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        h.set_device_major(dev.0).unwrap();
+        h.set_device_minor(dev.1).unwrap();
+        h.set_cksum();
+        self.0.extend_from_slice(h.as_bytes());
+        self.0.extend_from_slice(data);
+        self.0
+            .extend(std::iter::repeat_n(0u8, (512 - data.len() % 512) % 512));
+        self
+    }
+
+    fn file(self, name: &str, data: &[u8]) -> Self {
+        self.push(name, tar::EntryType::Regular, data, "", (0, 0))
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend(std::iter::repeat_n(0u8, 1024));
+        self.0
+    }
+}
+
+/// A docker-save archive holding one image with `layer` as its only layer.
+fn archive_with_layer(layer: &[u8], tag: &str) -> Vec<u8> {
+    archive_claiming(&sha256(layer), layer, tag)
+}
+
+/// The same, with a config that names `diff_id` for the layer.
+fn archive_claiming(diff_id: &str, layer: &[u8], tag: &str) -> Vec<u8> {
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}
+    ]))
+    .unwrap();
+    RawTar::new()
+        .file("config.json", &config)
+        .file("layer.tar", layer)
+        .file("manifest.json", &manifest)
+        .finish()
+}
+
+#[test]
+fn hostile_layers_are_refused_or_confined() {
+    let berth = Berthd::start();
+    let victim = Scratch::new("victim");
+    let v = victim.0.display().to_string();
+    let vrel = format!("../../../../../../../../../..{v}");
+    type Case = (&'static str, Vec<u8>, Option<&'static str>);
+    let cases: Vec<Case> = vec![
+        (
+            "dotdot",
+            RawTar::new().file(&format!("{vrel}/dotdot"), b"x").finish(),
+            Some("points outside the layer"),
+        ),
+        (
+            "symlink-abs",
+            RawTar::new()
+                .push("link", tar::EntryType::Symlink, b"", &v, (0, 0))
+                .file("link/through-abs", b"x")
+                .finish(),
+            Some("symlink"),
+        ),
+        (
+            "symlink-rel",
+            RawTar::new()
+                .push("link", tar::EntryType::Symlink, b"", &vrel, (0, 0))
+                .file("link/through-rel", b"x")
+                .finish(),
+            Some("symlink"),
+        ),
+        (
+            "hardlink-out",
+            RawTar::new()
+                .push(
+                    "h",
+                    tar::EntryType::Link,
+                    b"",
+                    &format!("{v}/target"),
+                    (0, 0),
+                )
+                .finish(),
+            Some("hardlink"),
+        ),
+        (
+            "hardlink-dotdot",
+            RawTar::new()
+                .push(
+                    "h",
+                    tar::EntryType::Link,
+                    b"",
+                    &format!("{vrel}/target"),
+                    (0, 0),
+                )
+                .finish(),
+            Some("points outside the layer"),
+        ),
+        (
+            "hardlink-through-symlink",
+            RawTar::new()
+                .push("s", tar::EntryType::Symlink, b"", &v, (0, 0))
+                .push("h", tar::EntryType::Link, b"", "s/target", (0, 0))
+                .finish(),
+            Some("hardlink"),
+        ),
+        // Confined rather than refused: an absolute path lands inside the layer, and device
+        // nodes are skipped.
+        (
+            "absolute",
+            RawTar::new().file(&format!("{v}/absolute"), b"x").finish(),
+            None,
+        ),
+        (
+            "devices",
+            RawTar::new()
+                .push("dev/sda", tar::EntryType::Block, b"", "", (8, 0))
+                .push("dev/mem", tar::EntryType::Char, b"", "", (1, 1))
+                .file("ok", b"fine")
+                .finish(),
+            None,
+        ),
+    ];
+    std::fs::write(victim.path("target"), b"secret").unwrap();
+    for (name, layer, refused) in cases {
+        let tag = format!("hostile/{name}:1");
+        let f = berth.docker_with_input(&["load"], &archive_with_layer(&layer, &tag));
+        match refused {
+            Some(words) => {
+                assert_eq!(f.code(), 1, "{name}: loaded: {}", f.stdout);
+                assert!(f.stderr.contains(words), "{name}: {}", f.stderr);
+                assert!(
+                    berth.docker(&["image", "inspect", &tag]).code() != 0,
+                    "{name} must not be stored"
+                );
+            }
+            None => {
+                assert!(f.status.success(), "{name}: {}", f.stderr);
+                let layer = layer_dirs(&berth, &tag)[0].clone();
+                assert!(layer.starts_with(berth.data_root()));
+                if name == "absolute" {
+                    assert_eq!(
+                        std::fs::read(layer.join(v.trim_start_matches('/')).join("absolute"))
+                            .unwrap(),
+                        b"x"
+                    );
+                } else {
+                    assert!(!layer.join("dev/sda").exists() && !layer.join("dev/mem").exists());
+                    assert_eq!(std::fs::read(layer.join("ok")).unwrap(), b"fine");
+                }
+            }
+        }
+        // Nothing was written outside the store.
+        let mut names: Vec<String> = std::fs::read_dir(&victim.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["target"], "{name} escaped");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            std::fs::metadata(victim.path("target")).unwrap().nlink(),
+            1,
+            "{name}"
+        );
+        assert_eq!(std::fs::read(victim.path("target")).unwrap(), b"secret");
+        assert_eq!(
+            std::fs::read_dir(berth.data_root().join("image/tmp"))
+                .unwrap()
+                .count(),
+            0,
+            "{name}: leftovers"
+        );
+    }
+    // Exactly the two confined images exist, each with one layer.
+    assert_eq!(berth.docker_ok(&["images", "-q"]).lines().count(), 2);
+    assert_eq!(
+        std::fs::read_dir(berth.data_root().join("image/layers"))
+            .unwrap()
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn malformed_archives_and_api_errors_in_docker_format() {
+    let mut berth = Berthd::start();
+    // docker load: errors arrive in the JSON stream (200), the CLI exits 1 with them.
+    for (bytes, words) in [
+        (
+            b"this is not a tar archive, not even close, and longer than one block?".to_vec(),
+            "Error processing tar file",
+        ),
+        (RawTar::new().finish(), "does not contain a manifest.json"),
+        (
+            RawTar::new().file("manifest.json", b"{not json").finish(),
+            "failed to decode manifest.json",
+        ),
+        (
+            {
+                let mut a =
+                    archive_with_layer(&RawTar::new().file("f", &[7u8; 4096]).finish(), "trunc:1");
+                a.truncate(2000);
+                a
+            },
+            "Error processing tar file",
+        ),
+    ] {
+        let f = berth.docker_with_input(&["load"], &bytes);
+        assert_eq!(f.code(), 1, "{}", f.stdout);
+        assert!(f.stderr.contains(words), "want {words:?}: {}", f.stderr);
+        let r = berth.api_typed(
+            "POST",
+            "/v1.41/images/load?quiet=1",
+            "application/x-tar",
+            &bytes,
+        );
+        assert_eq!(r.status, 200);
+        let last: serde_json::Value =
+            serde_json::from_str(r.text().lines().last().unwrap()).unwrap();
+        assert!(
+            last["error"].as_str().unwrap().contains(words),
+            "{}",
+            r.text()
+        );
+        assert_eq!(last["errorDetail"]["message"], last["error"]);
+    }
+    // A layer that is not the one its config names is refused.
+    let layer = RawTar::new().file("f", b"x").finish();
+    let other = RawTar::new().file("f", b"y").finish();
+    let f = berth.docker_with_input(
+        &["load"],
+        &archive_claiming(&sha256(&other), &layer, "mismatch:1"),
+    );
+    assert_eq!(f.code(), 1);
+    assert!(f.stderr.contains("invalid diffID"), "{}", f.stderr);
+    assert_eq!(
+        std::fs::read_dir(berth.data_root().join("image/layers"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // Errors as {"message": ...} with Docker's status codes.
+    for (method, path, status, words) in [
+        (
+            "GET",
+            "/v1.41/images/nope/json",
+            404,
+            "No such image: nope:latest",
+        ),
+        (
+            "GET",
+            "/v1.41/images/nope/history",
+            404,
+            "No such image: nope:latest",
+        ),
+        (
+            "DELETE",
+            "/v1.41/images/nope",
+            404,
+            "No such image: nope:latest",
+        ),
+        (
+            "GET",
+            "/v1.41/images/get?names=nope",
+            404,
+            "No such image: nope",
+        ),
+        ("GET", "/v1.41/images/Nope/json", 400, "must be lowercase"),
+        (
+            "POST",
+            "/v1.41/images/nope/tag?repo=x",
+            404,
+            "No such image: nope:latest",
+        ),
+        (
+            "GET",
+            "/v1.41/images/json?filters=%7Bbad",
+            400,
+            "invalid filter",
+        ),
+        (
+            "GET",
+            "/v1.41/images/json?filters=%7B%22nope%22%3A%5B%22x%22%5D%7D",
+            400,
+            "Invalid filter 'nope'",
+        ),
+        (
+            "POST",
+            "/v1.41/images/create?fromImage=nope&tag=latest",
+            404,
+            "pull access denied for nope:latest",
+        ),
+        ("POST", "/v1.41/build", 400, "cannot build"),
+        ("POST", "/v1.41/images/busybox/push", 400, "cannot push"),
+        ("GET", "/v1.41/images/search?term=x", 400, "cannot search"),
+        (
+            "POST",
+            "/v1.41/images/create?fromSrc=-&changes=RUN%20x",
+            400,
+            "RUN is not a valid change command",
+        ),
+    ] {
+        let (got, v) = api_json(&berth, method, path, b"");
+        assert_eq!(got, status, "{method} {path}: {v}");
+        assert!(
+            v["message"].as_str().unwrap_or_default().contains(words),
+            "{method} {path}: {v}"
+        );
+    }
+    // `docker run` of an unknown image fails the way Docker's does: not found, no pull.
+    let f = berth.docker(&["run", "--rm", "unknown-image", "true"]);
+    assert_eq!(f.code(), 125, "{}", f.stderr);
+    assert!(
+        f.stderr
+            .contains("Unable to find image 'unknown-image:latest' locally"),
+        "{}",
+        f.stderr
+    );
+    assert!(f.stderr.contains("pull access denied"), "{}", f.stderr);
+    let f = berth.docker(&["pull", "busybox"]);
+    assert_eq!(f.code(), 1);
+    assert!(
+        f.stderr.contains("berth has no registry client"),
+        "{}",
+        f.stderr
+    );
+    // The daemon is still up and answers.
+    assert!(berth.alive());
+    assert_eq!(berth.api("GET", "/_ping", b"").status, 200);
+    assert_eq!(berth.docker_ok(&["images", "-q"]), "");
+}
+
+#[test]
+fn load_streams_progress_like_dockerd() {
+    let berth = Berthd::start();
+    let bytes = std::fs::read(busybox_image("archive")).unwrap();
+    let r = berth.api_typed(
+        "POST",
+        "/v1.41/images/load?quiet=0",
+        "application/x-tar",
+        &bytes,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Type"), Some("application/json"));
+    let msgs: Vec<serde_json::Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let progress: Vec<_> = msgs
+        .iter()
+        .filter(|m| m["status"] == "Loading layer")
+        .collect();
+    assert!(!progress.is_empty(), "{}", r.text());
+    let last = progress.last().unwrap();
+    assert_eq!(
+        last["progressDetail"]["current"],
+        last["progressDetail"]["total"]
+    );
+    assert_eq!(last["id"].as_str().unwrap().len(), 12);
+    assert!(last["progress"]
+        .as_str()
+        .unwrap()
+        .starts_with("[=================================================="));
+    assert_eq!(
+        msgs.last().unwrap()["stream"],
+        "Loaded image: busybox:latest\n"
+    );
+    // quiet (the CLI's default when stdout is not a terminal): just the result.
+    let r = berth.api_typed(
+        "POST",
+        "/v1.41/images/load?quiet=1",
+        "application/x-tar",
+        &bytes,
+    );
+    assert_eq!(
+        r.text().trim(),
+        r#"{"stream":"Loaded image: busybox:latest\n"}"#
+    );
+}
+
+/// `docker images` as sorted lines (the CLI prints one image's tags in map order).
+fn listing(d: &Daemon) -> Vec<String> {
+    let mut v = lines(&d.docker_ok(&[
+        "images",
+        "--no-trunc",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}} {{.Size}}",
+    ]));
+    v.sort();
+    v
+}
+
+#[test]
+fn daemon_restart_keeps_images() {
+    let mut berth = Berthd::start();
+    berth.docker_ok(&["load", "-i", busybox_image("archive").to_str().unwrap()]);
+    berth.docker_ok(&["tag", "busybox", "kept:1"]);
+    let imported = berth.docker_ok(&[
+        "import",
+        "-c",
+        "CMD [\"sh\"]",
+        busybox_image("rootfs").to_str().unwrap(),
+        "imported:1",
+    ]);
+    let before = listing(&berth);
+    let inspect_before = inspect(&berth, "kept:1");
+    berth.restart();
+    assert_eq!(listing(&berth), before);
+    assert_eq!(inspect(&berth, "kept:1"), inspect_before);
+    assert_eq!(inspect(&berth, "imported:1")["Id"], imported.trim());
+    assert_busybox_intact(&layer_dirs(&berth, "kept:1")[0]);
+    // A crash (SIGKILL) in the middle of nothing loses nothing either.
+    let pid = berth.pid().unwrap();
+    // SAFETY: kill(2) on the berthd this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let _ = berth.stop();
+    berth.start();
+    assert_eq!(listing(&berth), before);
+    let f = berth.docker(&["save", "kept:1"]);
+    assert!(f.status.success() && f.stdout.len() > 1_000_000);
+}
