@@ -52,7 +52,26 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: build test-unit test-kvm test-microvm
+test: build test-deps test-unit test-kvm test-microvm test-images
+
+# What the tests drive besides berth: Debian's Docker engine (docker.io: dockerd, containerd,
+# runc; the anchor), umoci and skopeo (OCI archives), busybox-static (the test image). On a
+# host with systemd, installing docker.io also starts a system dockerd; the tests never use
+# it (each starts its own on a private socket).
+TEST_DEBS := docker.io umoci skopeo busybox-static
+.PHONY: test-deps test-images
+test-deps:
+	@missing=$$(for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "test-deps: installing" $$missing; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; }; \
+	fi
+
+# The image store and the image API through the Docker CLI, with dockerd as the anchor
+# (no VM needed: runs on this host directly).
+test-images: build test-deps
+	$(CARGO) test --release -p berth-tests --test images
 
 # Unit tests beside the code (no VM needed).
 test-unit:
