@@ -81,10 +81,10 @@ test-unit:
 test-kvm:
 	$(CARGO) test --release -p berth-tests --test kvm_direct
 
-# Real Linux microVMs (tests/tests/microvm.rs, tests/tests/virtiofs.rs): directly where
+# Real Linux microVMs (tests/tests/microvm.rs, virtiofs.rs, container.rs): directly where
 # `berth-vmm check` passes, else inside one emulated virtualization host (the test binaries
 # are built here, run there).
-MICROVM_TESTS := microvm virtiofs
+MICROVM_TESTS := microvm virtiofs container
 test-microvm:
 	@bins=$$($(CARGO) test --release -p berth-tests $(addprefix --test ,$(MICROVM_TESTS)) --no-run --message-format=json \
 		| python3 -c 'import json,sys; names=sys.argv[1:]; found={m["target"]["name"]: m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in names}; print(" ".join(found[n] for n in names if n in found))' $(MICROVM_TESTS)); \
