@@ -314,7 +314,9 @@ fn human_size(n: u64) -> String {
 /// The progress bar Docker puts in `progress`.
 fn progress_bar(current: u64, total: u64) -> String {
     const WIDTH: u64 = 50;
-    let bars = (current.min(total) * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    let bars = (current.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
     format!(
         "[{}>{}] {:>8}/{}",
         "=".repeat(bars as usize),
