@@ -3,7 +3,9 @@
 //! asks for, speaking the `agent-protocol` wire protocol.
 //!
 //! It owns everything inside the VM that the host cannot do from outside: process
-//! lifecycle, stdio plumbing, PID-1 duties (reaping orphans, ending the VM on purpose). It
+//! lifecycle, stdio plumbing, containers (root filesystems, namespaces, Docker's mounts and
+//! user semantics: see [`container`] and [`user`]), PID-1 duties (moving its root off the
+//! initramfs, reaping orphans, ending the VM on purpose). It
 //! does not own the host side of the protocol (`agent-client`) or the transport below vsock
 //! (the VMM's device). The same server runs on the host as a normal process over a Unix
 //! socket for tests; only [`init`] is PID-1 specific.
@@ -85,8 +87,10 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
     let inherited = sys::cloexec_inherited_fds();
     let pid1 = is_pid1();
     if pid1 {
+        let started = std::time::Instant::now();
         let errors = init::boot();
         logger::init();
+        log::debug!("boot steps took {:?}", started.elapsed());
         for e in errors {
             log::warn!("boot: {e}: {}", source_chain(&e));
         }

@@ -20,6 +20,37 @@
 //! The agent also connects once to the host on [`READY_PORT`] after it listens, sends one
 //! [`Notification::Ready`] frame and closes.
 //!
+//! # Containers (1.1)
+//! [`Request::CreateContainer`] sets a container up from a [`ContainerSpec`]: its root
+//! filesystem ([`FsSource::Virtiofs`], the VM's share tagged `rootfs` by convention, or
+//! [`FsSource::Directory`], a directory already in the VM), hostname, domain name, extra
+//! `/etc/hosts` lines, DNS settings, `/dev/shm` size and read-only root. The agent mounts what
+//! Docker mounts in a container (`/proc`, `/dev` with the standard nodes, `/dev/pts`,
+//! `/dev/shm`, `/dev/mqueue`, `/sys` read-only, cgroup2), gives it its own mount, UTS, IPC
+//! and cgroup namespaces, and bind-mounts generated `/etc/hostname`, `/etc/hosts` and
+//! `/etc/resolv.conf` over the image's (which stay untouched). A [`ProcessSpec`] whose
+//! `container` names it then runs inside: in its root (so `PATH` is looked up there), its
+//! namespaces, and its PID namespace, of which the first process started is PID 1; once that
+//! process has exited the container takes no more processes (`InvalidState`), as a stopped
+//! Docker container. Its first process also creates its working directory if missing.
+//!
+//! Docker semantics the agent applies, so that the host maps Docker's `Config` directly:
+//! `ProcessSpec::user` is Docker's `--user` string, resolved in the container's
+//! `/etc/passwd` and `/etc/group` exactly as Docker resolves it (groups: the primary gid,
+//! the user's memberships, then `group_add`), with Docker's error messages
+//! (`InvalidArgument`, e.g. "unable to find user foo: no matching entries in passwd file");
+//! `HOSTNAME` (the container's hostname) and `HOME` (the user's home from passwd, else `/`)
+//! are added where the environment lacks them; a program that cannot be found is `NotFound`
+//! (`exec: "foo": executable file not found in $PATH`, exit 127), one that cannot be
+//! executed `PermissionDenied` (exit 126). [`Request::DeleteContainer`] releases a container
+//! none of whose processes runs. Setup failures answer `SetupFailed`, unknown containers
+//! `UnknownContainer`.
+//!
+//! A 1.0 agent ignores the unknown fields of a [`ProcessSpec`] and would run such a process
+//! outside any container: hosts check the agent's minor version (from `Hello`) first, as
+//! `agent-client` does ([`CONTAINERS_MINOR`]). New fields are left out of the encoding when
+//! unset, so a plain spec reads exactly as in 1.0.
+//!
 //! # Compatibility
 //! A minor version may add request types, optional fields (with serde defaults) and error
 //! codes; it never changes the meaning of an existing field. Unknown fields are ignored,
