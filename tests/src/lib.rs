@@ -371,6 +371,15 @@ pub fn http_unix(
     })
 }
 
+/// Where test daemons keep their sockets, data and exec roots: `BERTH_TEST_DIR`, else the
+/// system temp dir. Inside the emulated virtualization host it must be a tmpfs (overlayfs
+/// upper dirs and trusted xattrs cannot live on its overlay root).
+pub fn daemon_base_dir() -> PathBuf {
+    std::env::var("BERTH_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir())
+}
+
 /// A Docker engine process started by a test, and the CLI pointed at it.
 pub struct Daemon {
     name: &'static str,
@@ -386,7 +395,7 @@ pub struct Daemon {
 
 impl Daemon {
     fn new(name: &'static str, program: PathBuf, extra: &[&str]) -> Daemon {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = daemon_base_dir().join(format!(
             "berth-test-{name}-{}-{:08x}",
             std::process::id(),
             rand_u64() as u32

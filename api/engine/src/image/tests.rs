@@ -689,14 +689,14 @@ fn lists_with_docker_filters() {
     let all = ids(&[], false);
     assert_eq!(all.len(), 3);
     assert_eq!(all[2], a, "newest first");
-    assert_eq!(ids(&[("dangling", "true")], false), [dangling.clone()]);
+    assert_eq!(ids(&[("dangling", "true")], false), vec![dangling.clone()]);
     assert!(!ids(&[("dangling", "false")], false).contains(&dangling));
-    assert_eq!(ids(&[("label", "tier=web")], false), [a.clone()]);
+    assert_eq!(ids(&[("label", "tier=web")], false), vec![a.clone()]);
     assert_eq!(ids(&[("label", "tier")], false).len(), 2);
-    assert_eq!(ids(&[("reference", "alpha")], false), [a.clone()]);
-    assert_eq!(ids(&[("reference", "me/*")], false), [b.clone()]);
-    assert_eq!(ids(&[("reference", "*:latest")], false), [a.clone()]);
-    assert_eq!(ids(&[("before", "me/beta")], false), [a.clone()]);
+    assert_eq!(ids(&[("reference", "alpha")], false), vec![a.clone()]);
+    assert_eq!(ids(&[("reference", "me/*")], false), vec![b.clone()]);
+    assert_eq!(ids(&[("reference", "*:latest")], false), vec![a.clone()]);
+    assert_eq!(ids(&[("before", "me/beta")], false), vec![a.clone()]);
     assert!(ids(&[("since", "alpha")], false).contains(&b));
     assert!(!ids(&[("since", "alpha")], false).contains(&a));
     let e = s
