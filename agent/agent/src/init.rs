@@ -335,13 +335,27 @@ fn ptmx() -> Result<(), InitError> {
     })
 }
 
-/// Runs the PID-1 boot steps. Returns the failures, each already non-fatal.
-pub fn boot() -> Vec<InitError> {
+/// What the boot steps did.
+#[derive(Debug, Default)]
+pub struct Boot {
+    /// The failures, each already non-fatal.
+    pub errors: Vec<InitError>,
+    /// How long moving the root took, if it moved.
+    pub relocation: Option<Duration>,
+}
+
+/// Runs the PID-1 boot steps.
+pub fn boot() -> Boot {
     let mut errors = Vec::new();
     // First, while nothing is mounted yet: nothing has to move along.
-    if let Err(e) = relocate_root() {
-        errors.push(e);
-    }
+    let started = std::time::Instant::now();
+    let relocation = match relocate_root() {
+        Ok(moved) => moved.then(|| started.elapsed()),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
     for m in MOUNTS {
         if let Err(e) = mount_one(m) {
             errors.push(e);
@@ -372,7 +386,7 @@ pub fn boot() -> Vec<InitError> {
             errors.push(e);
         }
     }
-    errors
+    Boot { errors, relocation }
 }
 
 /// Ends the VM: flush filesystems and reset (the kernel runs with `reboot=k`, so the VMM

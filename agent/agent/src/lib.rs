@@ -88,10 +88,14 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
     let pid1 = is_pid1();
     if pid1 {
         let started = std::time::Instant::now();
-        let errors = init::boot();
+        let boot = init::boot();
         logger::init();
-        log::debug!("boot steps took {:?}", started.elapsed());
-        for e in errors {
+        log::debug!(
+            "boot steps took {:?}, moving the root {:?}",
+            started.elapsed(),
+            boot.relocation
+        );
+        for e in boot.errors {
             log::warn!("boot: {e}: {}", source_chain(&e));
         }
     } else {
