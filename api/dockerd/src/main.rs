@@ -208,8 +208,8 @@ fn bind(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     // root and the `berth` group, as dockerd does with `docker`.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(gid) = group_id("berth") {
-        // SAFETY: chown(2) on a NUL-terminated path we own; -1 keeps the owner.
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        // SAFETY: chown(2) on a NUL-terminated path that outlives the call; -1 keeps the owner.
         unsafe { libc::chown(c.as_ptr(), u32::MAX, gid) };
     }
     Ok(listener)

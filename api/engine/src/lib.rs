@@ -1,3 +1,5 @@
+#![recursion_limit = "256"]
+
 //! berth's engine: images, containers, and the microVMs that run them.
 //!
 //! One engine, two front doors: berthd (the Docker Engine API) and, later, the containerd
@@ -60,7 +62,7 @@ pub struct Engine {
     config: EngineConfig,
     id: String,
     runtime: RuntimeInfo,
-    pub images: image::ImageStore,
+    pub images: std::sync::Arc<image::ImageStore>,
     pub containers: container::Containers,
 }
 
@@ -75,8 +77,10 @@ impl Engine {
         }
         let id = daemon_id(&config.data_root)?;
         let runtime = runtime_info(&config);
-        let images = image::ImageStore::open(&config.data_root.join("image"))?;
-        let containers = container::Containers::open(&config).await?;
+        let images = std::sync::Arc::new(image::ImageStore::open(&config.data_root.join("image"))?);
+        let containers = container::Containers::open(&config, images.clone()).await?;
+        // Images hidden by `rmi -f` whose last container went away while berthd was down.
+        images.release_unused(&containers.images_in_use().await)?;
         Ok(Engine {
             config,
             id,

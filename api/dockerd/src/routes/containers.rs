@@ -1,18 +1,774 @@
-//! The container endpoints.
+//! The container endpoints: create, start, attach (hijacked), wait, logs, stop, kill,
+//! remove, list, inspect, rename, resize, prune; and clear refusals for the ones berth does
+//! not have yet.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use hyper::body::Incoming;
-use hyper::Request;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::http::ApiResult;
+use engine::container::logs::{Entry, LogOptions, LogReader, Stream};
+use engine::container::record::{Record, Status};
+use engine::container::{Container, CreateOptions, WaitCondition};
+use engine::time::{parse_api_time, rfc3339, unix_secs, ZERO_TIME};
+
+use crate::http::{channel_body, empty, json, json_body, status, ApiError, ApiResult, Query, Resp};
 use crate::router::{not_found, State, Version};
 
 pub async fn route(
-    _state: &Arc<State>,
-    _req: Request<Incoming>,
-    _path: &str,
-    _version: Version,
+    state: &Arc<State>,
+    req: Request<Incoming>,
+    path: &str,
+    version: Version,
 ) -> ApiResult {
-    Err(not_found())
+    let q = Query::parse(req.uri().query());
+    let segments: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(crate::http::percent_decode)
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = req.method().clone();
+    match (method, segs.as_slice()) {
+        (Method::POST, ["containers", "create"]) => create(state, req, &q).await,
+        (Method::GET, ["containers", "json"]) => list(state, &q).await,
+        (Method::POST, ["containers", "prune"]) => prune(state).await,
+        (Method::GET, ["containers", id, "json"]) => inspect(state, id).await,
+        (Method::POST, ["containers", id, "start"]) => {
+            match state.engine.containers.start(id).await {
+                Ok(()) => Ok(status(StatusCode::NO_CONTENT)),
+                Err(engine::EngineError::NotModified(_)) => Ok(status(StatusCode::NOT_MODIFIED)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (Method::POST, ["containers", id, "stop"]) => {
+            let t = q.int::<i64>("t")?;
+            match state.engine.containers.stop(id, t).await {
+                Ok(()) => Ok(status(StatusCode::NO_CONTENT)),
+                Err(engine::EngineError::NotModified(_)) => Ok(status(StatusCode::NOT_MODIFIED)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        (Method::POST, ["containers", id, "restart"]) => {
+            let t = q.int::<i64>("t")?;
+            match state.engine.containers.stop(id, t).await {
+                Ok(()) | Err(engine::EngineError::NotModified(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            state.engine.containers.start(id).await?;
+            Ok(status(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, ["containers", id, "kill"]) => {
+            state.engine.containers.kill(id, q.get("signal")).await?;
+            Ok(status(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, ["containers", id, "wait"]) => wait(state, id, &q).await,
+        (Method::DELETE, ["containers", id]) => {
+            state.engine.containers.remove(id, q.flag("force")).await?;
+            Ok(status(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, ["containers", id, "rename"]) => {
+            let name = q.get("name").unwrap_or_default();
+            if name.is_empty() {
+                return Err(ApiError::bad_request(
+                    "Neither old nor new names may be empty",
+                ));
+            }
+            state.engine.containers.rename(id, name).await?;
+            Ok(status(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, ["containers", id, "resize"]) => {
+            let h = q.int::<u16>("h")?.unwrap_or(0);
+            let w = q.int::<u16>("w")?.unwrap_or(0);
+            state.engine.containers.resize(id, h, w).await?;
+            Ok(status(StatusCode::OK))
+        }
+        (Method::POST, ["containers", id, "attach"]) => attach(state, req, id, &q, version).await,
+        (Method::GET, ["containers", id, "logs"]) => logs(state, id, &q).await,
+        (_, ["containers", id, what, ..]) if UNSUPPORTED.iter().any(|(w, _)| w == what) => {
+            // Known endpoints of later versions: a clear error, never a fake success.
+            state.engine.containers.get(id).await?;
+            let why = UNSUPPORTED
+                .iter()
+                .find(|(w, _)| w == what)
+                .map(|(_, why)| *why)
+                .unwrap_or("");
+            Err(ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                format!("berth does not support {why} yet"),
+            ))
+        }
+        _ => Err(not_found()),
+    }
+}
+
+const UNSUPPORTED: &[(&str, &str)] = &[
+    ("exec", "docker exec"),
+    ("pause", "docker pause"),
+    ("unpause", "docker unpause"),
+    ("top", "docker top"),
+    ("stats", "docker stats"),
+    ("export", "docker export"),
+    ("archive", "docker cp"),
+    ("changes", "docker diff"),
+    ("update", "docker update"),
+    ("checkpoints", "checkpoints"),
+];
+
+async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
+    let body: Value = json_body(req.into_body()).await?;
+    log::debug!("create: {body}");
+    let opts = CreateOptions {
+        name: q.get("name").map(String::from),
+    };
+    let (id, warnings) = state.engine.containers.create(&body, opts).await?;
+    json(
+        StatusCode::CREATED,
+        &json!({ "Id": id, "Warnings": warnings }),
+    )
+}
+
+/// Docker's human durations ("3 seconds", "About a minute", ...).
+fn human_duration(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{s} seconds"),
+        60..=119 => "About a minute".into(),
+        120..=3599 => format!("{} minutes", s / 60),
+        3600..=7199 => "About an hour".into(),
+        7200..=172_799 => format!("{} hours", s / 3600),
+        172_800..=1_209_599 => format!("{} days", s / 86_400),
+        1_209_600..=5_183_999 => format!("{} weeks", s / 604_800),
+        5_184_000..=63_071_999 => format!("{} months", s / 2_592_000),
+        _ => format!("{} years", s / 31_536_000),
+    }
+}
+
+fn since(t: Option<SystemTime>) -> std::time::Duration {
+    t.and_then(|t| SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default()
+}
+
+fn status_text(r: &Record) -> String {
+    match r.state.status {
+        Status::Running => format!("Up {}", human_duration(since(r.state.started_at))),
+        Status::Exited if r.state.finished_at.is_some() => format!(
+            "Exited ({}) {} ago",
+            r.state.exit_code,
+            human_duration(since(r.state.finished_at))
+        ),
+        Status::Exited | Status::Created => "Created".into(),
+        Status::Removing => "Removal In Progress".into(),
+        Status::Dead => "Dead".into(),
+    }
+}
+
+fn command_text(r: &Record) -> String {
+    r.config
+        .argv()
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("\"{a}\"")
+            } else {
+                a.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn matches_filters(r: &Record, filters: &HashMap<String, Vec<String>>) -> Result<bool, ApiError> {
+    for (key, values) in filters {
+        if values.is_empty() {
+            continue;
+        }
+        let any = |f: &dyn Fn(&str) -> bool| values.iter().any(|v| f(v));
+        let ok = match key.as_str() {
+            "status" => {
+                for v in values {
+                    if ![
+                        "created",
+                        "restarting",
+                        "running",
+                        "removing",
+                        "paused",
+                        "exited",
+                        "dead",
+                    ]
+                    .contains(&v.as_str())
+                    {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid filter 'status={v}'"
+                        )));
+                    }
+                }
+                any(&|v| v == r.state.status.as_str())
+            }
+            "name" => any(&|v| {
+                let v = v.strip_prefix('/').unwrap_or(v);
+                r.name.contains(v)
+            }),
+            "id" => any(&|v| r.id.starts_with(v)),
+            "label" => any(&|v| match v.split_once('=') {
+                Some((k, val)) => r.config.labels.get(k).is_some_and(|x| x == val),
+                None => r.config.labels.contains_key(v),
+            }),
+            "exited" => any(&|v| {
+                r.state.status == Status::Exited
+                    && v.parse::<i32>().is_ok_and(|c| c == r.state.exit_code)
+            }),
+            "ancestor" => any(&|v| {
+                r.image == v
+                    || r.image_id
+                        .trim_start_matches("sha256:")
+                        .starts_with(v.trim_start_matches("sha256:"))
+            }),
+            "isolation" => any(&|v| v == "default"),
+            other => return Err(ApiError::bad_request(format!("Invalid filter '{other}'"))),
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    let all = q.flag("all");
+    let limit = q.int::<i64>("limit")?.filter(|l| *l > 0);
+    let with_size = q.flag("size");
+    let mut records = Vec::new();
+    for c in state.engine.containers.all().await {
+        let r = c.record().await;
+        let explicit_status = filters.contains_key("status");
+        if !all && limit.is_none() && !explicit_status && r.state.status != Status::Running {
+            continue;
+        }
+        if !matches_filters(&r, &filters)? {
+            continue;
+        }
+        records.push(r);
+    }
+    records.sort_by_key(|r| std::cmp::Reverse(r.created));
+    if let Some(l) = limit {
+        records.truncate(l as usize);
+    }
+    let out: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "Id": r.id,
+                "Names": [format!("/{}", r.name)],
+                "Image": r.image,
+                "ImageID": r.image_id,
+                "Command": command_text(r),
+                "Created": unix_secs(r.created),
+                "Ports": [],
+                "Labels": r.config.labels,
+                "State": r.state.status.as_str(),
+                "Status": status_text(r),
+                "HostConfig": { "NetworkMode": r.host_config.network_mode },
+                "NetworkSettings": { "Networks": {} },
+                "Mounts": [],
+            });
+            if with_size {
+                v["SizeRw"] = json!(0);
+                v["SizeRootFs"] = json!(0);
+            }
+            v
+        })
+        .collect();
+    json(StatusCode::OK, &out)
+}
+
+fn time_or_zero(t: Option<SystemTime>) -> String {
+    t.map(rfc3339).unwrap_or_else(|| ZERO_TIME.to_string())
+}
+
+async fn inspect(state: &Arc<State>, id: &str) -> ApiResult {
+    let c = state.engine.containers.get(id).await?;
+    let r = c.record().await;
+    let argv = r.config.argv();
+    let st = &r.state;
+    json(
+        StatusCode::OK,
+        &json!({
+            "Id": r.id,
+            "Created": rfc3339(r.created),
+            "Path": argv.first().cloned().unwrap_or_default(),
+            "Args": argv.iter().skip(1).collect::<Vec<_>>(),
+            "State": {
+                "Status": st.status.as_str(),
+                "Running": st.status == Status::Running,
+                "Paused": false,
+                "Restarting": false,
+                "OOMKilled": st.oom_killed,
+                "Dead": st.status == Status::Dead,
+                "Pid": st.pid,
+                "ExitCode": st.exit_code,
+                "Error": st.error,
+                "StartedAt": time_or_zero(st.started_at),
+                "FinishedAt": time_or_zero(st.finished_at),
+            },
+            "Image": r.image_id,
+            "ResolvConfPath": "",
+            "HostnamePath": "",
+            "HostsPath": "",
+            "LogPath": c.log_path(),
+            "Name": format!("/{}", r.name),
+            "RestartCount": r.restart_count,
+            "Driver": "overlayfs over virtio-fs",
+            "Platform": "linux",
+            "MountLabel": "",
+            "ProcessLabel": "",
+            "AppArmorProfile": "",
+            "ExecIDs": null,
+            "HostConfig": {
+                "Binds": null,
+                "ContainerIDFile": "",
+                "LogConfig": { "Type": r.host_config.log_type, "Config": {} },
+                "NetworkMode": r.host_config.network_mode,
+                "PortBindings": {},
+                "RestartPolicy": { "Name": r.host_config.restart_policy, "MaximumRetryCount": 0 },
+                "AutoRemove": r.host_config.auto_remove,
+                "Privileged": r.host_config.privileged,
+                "Memory": r.host_config.memory,
+                "NanoCpus": r.host_config.nano_cpus,
+                "Init": r.host_config.init,
+                "ConsoleSize": r.host_config.console_size,
+                "Isolation": "",
+                "Runtime": "berth",
+            },
+            "GraphDriver": { "Name": "overlay", "Data": null },
+            "Mounts": [],
+            "Config": {
+                "Hostname": r.config.hostname,
+                "Domainname": r.config.domainname,
+                "User": r.config.user,
+                "AttachStdin": r.config.attach_stdin,
+                "AttachStdout": r.config.attach_stdout,
+                "AttachStderr": r.config.attach_stderr,
+                "Tty": r.config.tty,
+                "OpenStdin": r.config.open_stdin,
+                "StdinOnce": r.config.stdin_once,
+                "Env": r.config.env,
+                "Cmd": r.config.cmd,
+                "Image": r.image,
+                "Volumes": null,
+                "WorkingDir": r.config.working_dir,
+                "Entrypoint": r.config.entrypoint,
+                "OnBuild": null,
+                "Labels": r.config.labels,
+                "StopSignal": r.config.stop_signal,
+                "StopTimeout": r.config.stop_timeout,
+                "ExposedPorts": if r.config.exposed_ports.is_empty() { Value::Null } else { json!(r.config.exposed_ports) },
+            },
+            "NetworkSettings": {
+                "Bridge": "",
+                "SandboxID": "",
+                "HairpinMode": false,
+                "LinkLocalIPv6Address": "",
+                "LinkLocalIPv6PrefixLen": 0,
+                "Ports": {},
+                "SandboxKey": "",
+                "SecondaryIPAddresses": null,
+                "SecondaryIPv6Addresses": null,
+                "EndpointID": "",
+                "Gateway": "",
+                "GlobalIPv6Address": "",
+                "GlobalIPv6PrefixLen": 0,
+                "IPAddress": "",
+                "IPPrefixLen": 0,
+                "IPv6Gateway": "",
+                "MacAddress": "",
+                "Networks": {
+                    "none": {
+                        "IPAMConfig": null, "Links": null, "Aliases": null, "NetworkID": "",
+                        "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
+                        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                        "MacAddress": "", "DriverOpts": null
+                    }
+                }
+            }
+        }),
+    )
+}
+
+async fn wait(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
+    let condition = match q.get("condition").unwrap_or("not-running") {
+        "" | "not-running" => WaitCondition::NotRunning,
+        "next-exit" => WaitCondition::NextExit,
+        "removed" => WaitCondition::Removed,
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid condition: {other:?}"
+            )))
+        }
+    };
+    // Resolve now so an unknown container is a 404, not a 200 with an error body.
+    let c = state.engine.containers.get(id).await?;
+    let id = c.id.clone();
+    let (body, tx) = channel_body();
+    let state = state.clone();
+    // The status line goes out now; the body when the condition is met, as dockerd does
+    // (the CLI sends wait before start and must know it is registered).
+    tokio::spawn(async move {
+        let result = state.engine.containers.wait(&id, condition).await;
+        let value = match result {
+            Ok(code) => json!({ "StatusCode": code, "Error": null }),
+            Err(e) => json!({ "StatusCode": -1, "Error": { "Message": e.to_string() } }),
+        };
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from(format!("{value}\n")))))
+            .await;
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+async fn prune(state: &Arc<State>) -> ApiResult {
+    let mut deleted = Vec::new();
+    for c in state.engine.containers.all().await {
+        let r = c.record().await;
+        if matches!(
+            r.state.status,
+            Status::Created | Status::Exited | Status::Dead
+        ) && state.engine.containers.remove(&r.id, false).await.is_ok()
+        {
+            deleted.push(r.id);
+        }
+    }
+    json(
+        StatusCode::OK,
+        &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": 0 }),
+    )
+}
+
+/// Docker's multiplexed framing: stream type, three zero bytes, big-endian length.
+fn frame(stream: Stream, data: &[u8]) -> Vec<u8> {
+    let kind = match stream {
+        Stream::Stdout => 1u8,
+        Stream::Stderr => 2u8,
+    };
+    let mut out = Vec::with_capacity(8 + data.len());
+    out.extend_from_slice(&[kind, 0, 0, 0]);
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn encode(tty: bool, stream: Stream, data: &[u8]) -> Vec<u8> {
+    if tty {
+        data.to_vec()
+    } else {
+        frame(stream, data)
+    }
+}
+
+async fn attach(
+    state: &Arc<State>,
+    mut req: Request<Incoming>,
+    id: &str,
+    q: &Query,
+    version: Version,
+) -> ApiResult {
+    let c = state.engine.containers.get(id).await?;
+    let r = c.record().await;
+    let stream = q.flag("stream");
+    if stream && r.state.status == Status::Exited {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "You cannot attach to a stopped container, start it first",
+        ));
+    }
+    let want_stdin = q.flag("stdin") && r.config.open_stdin;
+    let want_stdout = q.flag("stdout");
+    let want_stderr = q.flag("stderr");
+    let tty = r.config.tty;
+    // Register before answering, so output produced right after start is not missed.
+    let output = stream.then(|| c.attach_output(256));
+    let replay = if q.flag("logs") {
+        let opts = LogOptions {
+            stdout: want_stdout,
+            stderr: want_stderr,
+            ..Default::default()
+        };
+        LogReader::open(&c.log_path(), &opts)
+            .map(|(_, e)| e)
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let upgrade = req
+        .headers()
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("tcp"));
+    let content_type = if !tty && version >= Version(1, 42) {
+        "application/vnd.docker.multiplexed-stream"
+    } else {
+        "application/vnd.docker.raw-stream"
+    };
+    let want = move |s: Stream| match s {
+        Stream::Stdout => want_stdout,
+        Stream::Stderr => want_stderr,
+    };
+
+    if !upgrade {
+        // Plain HTTP: output only, until the container stops.
+        let (body, tx) = channel_body();
+        tokio::spawn(async move {
+            for e in replay {
+                if want(e.stream) {
+                    let _ = tx
+                        .send(Ok(Frame::data(Bytes::from(encode(
+                            tty, e.stream, &e.bytes,
+                        )))))
+                        .await;
+                }
+            }
+            if let Some(mut rx) = output {
+                while let Some(chunk) = rx.recv().await {
+                    if want(chunk.stream)
+                        && tx
+                            .send(Ok(Frame::data(Bytes::from(encode(
+                                tty,
+                                chunk.stream,
+                                &chunk.data,
+                            )))))
+                            .await
+                            .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut resp = Response::new(body);
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        return Ok(resp);
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let stdin_once = r.config.stdin_once;
+    let container = c.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                log::debug!("attach upgrade failed: {e}");
+                return;
+            }
+        };
+        let io = TokioIo::new(upgraded);
+        let (mut reader, mut writer) = tokio::io::split(io);
+        if want_stdin {
+            let c = container.clone();
+            tokio::spawn(async move { pump_stdin(&c, &mut reader, stdin_once).await });
+        }
+        for e in replay {
+            if want(e.stream)
+                && writer
+                    .write_all(&encode(tty, e.stream, &e.bytes))
+                    .await
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if let Some(mut rx) = output {
+            while let Some(chunk) = rx.recv().await {
+                if want(chunk.stream)
+                    && writer
+                        .write_all(&encode(tty, chunk.stream, &chunk.data))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        let _ = writer.flush().await;
+        let _ = writer.shutdown().await;
+    });
+    let mut resp = Response::new(empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(UPGRADE, HeaderValue::from_static("tcp"));
+    Ok(resp)
+}
+
+/// Copies an attached client's input to the container's stdin; with StdinOnce, the end of
+/// the client's input closes the container's stdin.
+async fn pump_stdin<R: tokio::io::AsyncRead + Unpin>(
+    c: &Arc<Container>,
+    reader: &mut R,
+    stdin_once: bool,
+) {
+    let mut sinks = c.stdin();
+    let sink = loop {
+        if let Some(s) = sinks.borrow_and_update().clone() {
+            break s;
+        }
+        if c.record().await.state.status == Status::Exited && c.lifecycle().borrow().exits > 0 {
+            return;
+        }
+        if sinks.changed().await.is_err() {
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 32 << 10];
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut guard = sink.lock().await;
+        let Some(stdin) = guard.as_mut() else { return };
+        if stdin.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    if stdin_once {
+        // Dropping the stream closes it: the agent sees end of input.
+        if let Some(mut s) = sink.lock().await.take() {
+            let _ = s.shutdown().await;
+        }
+    }
+}
+
+async fn logs(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
+    let c = state.engine.containers.get(id).await?;
+    let r = c.record().await;
+    let stdout = q.flag("stdout");
+    let stderr = q.flag("stderr");
+    if !stdout && !stderr {
+        return Err(ApiError::bad_request(
+            "Bad parameters: you must choose at least one stream",
+        ));
+    }
+    let parse_time = |key: &str| -> Result<Option<SystemTime>, ApiError> {
+        match q.get(key).filter(|s| !s.is_empty() && *s != "0") {
+            None => Ok(None),
+            Some(v) => parse_api_time(v)
+                .map(Some)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid value for {key}: {v:?}"))),
+        }
+    };
+    let tail = match q.get("tail") {
+        None | Some("") | Some("all") => None,
+        Some(t) => Some(
+            t.parse::<usize>()
+                .map_err(|_| ApiError::bad_request(format!("invalid tail: {t:?}")))?,
+        ),
+    };
+    let opts = LogOptions {
+        stdout,
+        stderr,
+        since: parse_time("since")?,
+        until: parse_time("until")?,
+        tail,
+    };
+    let follow = q.flag("follow");
+    let timestamps = q.flag("timestamps");
+    let tty = r.config.tty;
+    let path = c.log_path();
+    let (mut reader, first) = LogReader::open(&path, &opts)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let format_entry = move |e: &Entry| -> Bytes {
+        let mut data = Vec::with_capacity(e.bytes.len() + 32);
+        if timestamps {
+            data.extend_from_slice(rfc3339(e.time).as_bytes());
+            data.push(b' ');
+        }
+        data.extend_from_slice(&e.bytes);
+        Bytes::from(encode(tty, e.stream, &data))
+    };
+    let (body, tx) = channel_body();
+    let mut growth = c.log_growth();
+    let mut lifecycle = c.lifecycle();
+    tokio::spawn(async move {
+        for e in &first {
+            if tx.send(Ok(Frame::data(format_entry(e)))).await.is_err() {
+                return;
+            }
+        }
+        if !follow {
+            return;
+        }
+        loop {
+            let running = lifecycle.borrow_and_update().running;
+            let new = reader
+                .read_new()
+                .map(|e| LogReader::filter(&opts, e))
+                .unwrap_or_default();
+            for e in &new {
+                if opts.until.is_some_and(|u| e.time > u) {
+                    return;
+                }
+                if tx.send(Ok(Frame::data(format_entry(e)))).await.is_err() {
+                    return;
+                }
+            }
+            if !running && new.is_empty() {
+                return;
+            }
+            tokio::select! {
+                _ = growth.changed() => {}
+                _ = lifecycle.changed() => {}
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let mut resp: Resp = Response::new(body);
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(if tty {
+            "application/vnd.docker.raw-stream"
+        } else {
+            "application/vnd.docker.multiplexed-stream"
+        }),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framing_and_durations() {
+        assert_eq!(
+            frame(Stream::Stderr, b"hi"),
+            vec![2, 0, 0, 0, 0, 0, 0, 2, b'h', b'i']
+        );
+        assert_eq!(
+            human_duration(std::time::Duration::from_secs(3)),
+            "3 seconds"
+        );
+        assert_eq!(
+            human_duration(std::time::Duration::from_secs(90)),
+            "About a minute"
+        );
+        assert_eq!(
+            human_duration(std::time::Duration::from_secs(7300)),
+            "2 hours"
+        );
+    }
 }

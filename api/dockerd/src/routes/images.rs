@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use engine::image::archive::{import_config, ImportOptions, LoadEvent};
-use engine::image::{DeleteItem, ImageDetails, ImageStore, ImageUser, ImageUsers, ListOptions};
+use engine::image::{DeleteItem, ImageDetails, ImageStore, ImageUsers, ListOptions};
 use engine::EngineError;
 
 use crate::http::{
@@ -200,11 +200,7 @@ async fn tag(state: &Arc<State>, name: &str, q: &Query) -> ApiResult {
 
 /// Who uses which image, for rmi's conflict rules.
 async fn image_users(state: &Arc<State>) -> ImageUsers {
-    let mut users = ImageUsers::new();
-    for id in state.engine.containers.images_in_use().await {
-        users.entry(id).or_default().push(ImageUser::default());
-    }
-    users
+    state.engine.containers.image_users().await
 }
 
 fn delete_json(items: &[DeleteItem]) -> Vec<Value> {

@@ -1,41 +1,933 @@
 //! Containers: records, lifecycle, and the microVM each one runs in.
+//!
+//! Every container has a directory under `<data-root>/containers/<id>/` holding its record
+//! (`config.json`, written atomically on every change), its json-file log, the overlay upper
+//! and work dirs and the root filesystem mount point, and its guest console log. While it
+//! runs, `<exec-root>/<id>/` holds the VM's sockets. Lifecycle operations on one container
+//! are serialised by its record lock; the VM itself is driven from blocking threads.
+
+pub mod logs;
+pub mod record;
+pub mod spec;
+pub mod vm;
 
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use tokio::sync::RwLock;
+use agent_client::{AgentClient, ProcessSpec, TtySize};
+use bytes::Bytes;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch, Mutex, RwLock};
 
-use crate::{Counts, EngineConfig, Result};
+use crate::fsutil::atomic_write_json;
+use crate::image::{ImageStore, ImageUser, ImageUsers};
+use crate::{ids, Counts, EngineConfig, EngineError, Result};
+use logs::{LogWriter, Stream};
+use record::{Record, State, Status};
+
+/// A chunk of container output for attached clients.
+#[derive(Clone, Debug)]
+pub struct Chunk {
+    pub stream: Stream,
+    pub data: Bytes,
+}
+
+/// What waiters watch: how many times the container exited, with what, and whether it is
+/// gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    pub running: bool,
+    pub exits: u64,
+    pub exit_code: i32,
+    pub removed: bool,
+}
+
+/// Docker's wait conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitCondition {
+    NotRunning,
+    NextExit,
+    Removed,
+}
+
+/// The writing end of a running container's stdin.
+pub type StdinSink = Arc<Mutex<Option<tokio::net::UnixStream>>>;
+
+/// A running container's handles.
+struct Runtime {
+    control: Arc<std::sync::Mutex<AgentClient>>,
+    vmm_pid: u32,
+}
+
+/// One container.
+pub struct Container {
+    pub id: String,
+    dir: PathBuf,
+    /// Held by lifecycle operations (start, the exit cleanup, removal) for their duration;
+    /// the record lock is only ever held briefly.
+    op: Arc<Mutex<()>>,
+    record: Mutex<Record>,
+    runtime: Mutex<Option<Runtime>>,
+    lifecycle: watch::Sender<Lifecycle>,
+    attachers: std::sync::Mutex<Vec<mpsc::Sender<Chunk>>>,
+    stdin: watch::Sender<Option<StdinSink>>,
+    log_written: watch::Sender<u64>,
+}
+
+impl Container {
+    fn new(dir: PathBuf, record: Record) -> Arc<Container> {
+        let lifecycle = Lifecycle {
+            running: record.state.status == Status::Running,
+            exits: 0,
+            exit_code: record.state.exit_code,
+            removed: false,
+        };
+        Arc::new(Container {
+            id: record.id.clone(),
+            dir,
+            op: Arc::new(Mutex::new(())),
+            record: Mutex::new(record),
+            runtime: Mutex::new(None),
+            lifecycle: watch::channel(lifecycle).0,
+            attachers: std::sync::Mutex::new(Vec::new()),
+            stdin: watch::channel(None).0,
+            log_written: watch::channel(0).0,
+        })
+    }
+
+    /// A copy of the record.
+    pub async fn record(&self) -> Record {
+        self.record.lock().await.clone()
+    }
+
+    /// The json-file log.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join(format!("{}-json.log", self.id))
+    }
+
+    /// The guest's console log.
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    fn record_path(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+
+    /// Watches the container's lifecycle.
+    pub fn lifecycle(&self) -> watch::Receiver<Lifecycle> {
+        self.lifecycle.subscribe()
+    }
+
+    /// Watches the log's growth (for `logs --follow`).
+    pub fn log_growth(&self) -> watch::Receiver<u64> {
+        self.log_written.subscribe()
+    }
+
+    /// Registers a client for the container's output until it stops.
+    pub fn attach_output(&self, capacity: usize) -> mpsc::Receiver<Chunk> {
+        let (tx, rx) = mpsc::channel(capacity);
+        lock_std(&self.attachers).push(tx);
+        rx
+    }
+
+    /// Watches for the container's stdin to become writable (it is once running with
+    /// OpenStdin).
+    pub fn stdin(&self) -> watch::Receiver<Option<StdinSink>> {
+        self.stdin.subscribe()
+    }
+
+    async fn save(&self, record: &Record) -> Result<()> {
+        let path = self.record_path();
+        let record = record.clone();
+        tokio::task::spawn_blocking(move || atomic_write_json(&path, &record))
+            .await
+            .map_err(|e| EngineError::internal("record writer", e))?
+            .map_err(|e| EngineError::internal("cannot write the container record", e))
+    }
+
+    async fn agent<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut AgentClient) -> std::result::Result<T, agent_client::ClientError>
+            + Send
+            + 'static,
+    ) -> Option<std::result::Result<T, agent_client::ClientError>> {
+        let control = self
+            .runtime
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| r.control.clone())?;
+        tokio::task::spawn_blocking(move || f(&mut lock_std(&control)))
+            .await
+            .ok()
+    }
+}
+
+fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+struct Registry {
+    by_id: HashMap<String, Arc<Container>>,
+    names: HashMap<String, String>,
+}
 
 /// Every container this engine knows.
 pub struct Containers {
     config: EngineConfig,
-    by_id: RwLock<HashMap<String, Arc<()>>>,
+    images: Arc<ImageStore>,
+    root: PathBuf,
+    registry: Arc<RwLock<Registry>>,
+}
+
+/// Options of `docker create` that are not part of the config.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub name: Option<String>,
+}
+
+fn no_such(name: &str) -> EngineError {
+    EngineError::NotFound(format!("No such container: {name}"))
 }
 
 impl Containers {
-    /// Loads every container record under the data root.
-    pub async fn open(config: &EngineConfig) -> Result<Containers> {
+    /// Loads every container record under the data root. Containers that were running when
+    /// berthd last stopped lost their VM with it: they are recorded as exited.
+    pub async fn open(config: &EngineConfig, images: Arc<ImageStore>) -> Result<Containers> {
+        let root = config.data_root.join("containers");
+        std::fs::create_dir_all(&root)
+            .map_err(|e| EngineError::internal(format!("cannot create {}", root.display()), e))?;
+        let mut registry = Registry {
+            by_id: HashMap::new(),
+            names: HashMap::new(),
+        };
+        for entry in std::fs::read_dir(&root)?.flatten() {
+            let dir = entry.path();
+            let path = dir.join("config.json");
+            let record: Record = match std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                Some(r) => r,
+                None => {
+                    log::warn!("skipping {}: no readable container record", dir.display());
+                    continue;
+                }
+            };
+            let container = Container::new(dir.clone(), record);
+            {
+                let mut r = container.record.lock().await;
+                if matches!(r.state.status, Status::Running | Status::Removing) {
+                    recover_stale(config, &dir, &mut r);
+                    container.save(&r).await?;
+                }
+                registry.names.insert(r.name.clone(), r.id.clone());
+            }
+            registry.by_id.insert(container.id.clone(), container);
+        }
         Ok(Containers {
             config: config.clone(),
-            by_id: RwLock::new(HashMap::new()),
+            images,
+            root,
+            registry: Arc::new(RwLock::new(registry)),
         })
+    }
+
+    /// Finds a container by full id, name, or unique id prefix (Docker's order).
+    pub async fn get(&self, name_or_id: &str) -> Result<Arc<Container>> {
+        let reg = self.registry.read().await;
+        if let Some(c) = reg.by_id.get(name_or_id) {
+            return Ok(c.clone());
+        }
+        let name = name_or_id.strip_prefix('/').unwrap_or(name_or_id);
+        if let Some(id) = reg.names.get(name) {
+            if let Some(c) = reg.by_id.get(id) {
+                return Ok(c.clone());
+            }
+        }
+        if ids::is_hex_prefix(name_or_id) {
+            let mut matches = reg
+                .by_id
+                .iter()
+                .filter(|(id, _)| id.starts_with(name_or_id));
+            if let Some((_, c)) = matches.next() {
+                if matches.next().is_some() {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "multiple IDs found with provided prefix: {name_or_id}"
+                    )));
+                }
+                return Ok(c.clone());
+            }
+        }
+        Err(no_such(name_or_id))
+    }
+
+    /// Every container.
+    pub async fn all(&self) -> Vec<Arc<Container>> {
+        self.registry.read().await.by_id.values().cloned().collect()
     }
 
     /// Container counts by state.
     pub async fn counts(&self) -> Counts {
-        Counts {
-            containers: self.by_id.read().await.len(),
-            ..Counts::default()
+        let mut counts = Counts::default();
+        for c in self.all().await {
+            counts.containers += 1;
+            match c.record.lock().await.state.status {
+                Status::Running => counts.running += 1,
+                _ => counts.stopped += 1,
+            }
         }
+        counts
     }
 
     /// Image ids that containers (of any state) use: those images may not be removed.
     pub async fn images_in_use(&self) -> HashSet<String> {
-        let _ = &self.config;
-        HashSet::new()
+        let mut ids = HashSet::new();
+        for c in self.all().await {
+            ids.insert(c.record.lock().await.image_id.clone());
+        }
+        ids
+    }
+
+    /// Which containers use which images, for `docker rmi`.
+    pub async fn image_users(&self) -> ImageUsers {
+        let mut users = ImageUsers::new();
+        for c in self.all().await {
+            let r = c.record.lock().await;
+            users
+                .entry(r.image_id.clone())
+                .or_default()
+                .push(ImageUser {
+                    container_id: r.id.clone(),
+                    running: r.state.status == Status::Running,
+                });
+        }
+        users
+    }
+
+    /// Creates a container from a `docker create` request.
+    pub async fn create(
+        &self,
+        body: &serde_json::Value,
+        opts: CreateOptions,
+    ) -> Result<(String, Vec<String>)> {
+        let mut request = spec::parse(body)?;
+        let image = self.images.resolve(&request.image)?;
+        spec::merge(&mut request.config, &image.config);
+        if request.config.argv().is_empty() {
+            return Err(EngineError::InvalidArgument("No command specified".into()));
+        }
+        let id = ids::new_id();
+        if request.config.hostname.is_empty() {
+            request.config.hostname = ids::short(&id).to_string();
+        }
+        let mut reg = self.registry.write().await;
+        let name = match opts.name.filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let n = n.strip_prefix('/').unwrap_or(&n).to_string();
+                if !ids::valid_name(&n) {
+                    return Err(EngineError::InvalidArgument(format!(
+                        "Invalid container name ({n}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+                    )));
+                }
+                if let Some(other) = reg.names.get(&n) {
+                    return Err(EngineError::Conflict(format!(
+                        "Conflict. The container name \"/{n}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+                    )));
+                }
+                n
+            }
+            None => loop {
+                let n = ids::random_name();
+                if !reg.names.contains_key(&n) {
+                    break n;
+                }
+            },
+        };
+        let dir = self.root.join(&id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| EngineError::internal("cannot create the container directory", e))?;
+        let record = Record {
+            id: id.clone(),
+            name: name.clone(),
+            created: SystemTime::now(),
+            image: request.image.clone(),
+            image_id: image.id.clone(),
+            config: request.config,
+            host_config: request.host_config,
+            state: State::default(),
+            restart_count: 0,
+        };
+        let container = Container::new(dir, record.clone());
+        container.save(&record).await?;
+        reg.names.insert(name, id.clone());
+        reg.by_id.insert(id.clone(), container);
+        Ok((id, Vec::new()))
+    }
+
+    /// Starts a created or exited container: mounts its root filesystem, boots its VM and
+    /// runs its process.
+    pub async fn start(&self, name_or_id: &str) -> Result<()> {
+        let container = self.get(name_or_id).await?;
+        // Serialises with other lifecycle operations, including the previous run's cleanup.
+        let op = container.op.clone().lock_owned().await;
+        let record = container.record().await;
+        match record.state.status {
+            Status::Running => {
+                return Err(EngineError::NotModified("container already started".into()))
+            }
+            Status::Removing | Status::Dead => {
+                return Err(EngineError::Conflict(format!(
+                    "container {} is marked for removal and cannot be started",
+                    record.id
+                )))
+            }
+            _ => {}
+        }
+        let image = self.images.resolve_for_container(&record.image_id)?;
+        let rootfs = container.rootfs();
+        let dir = container.dir.clone();
+        let run_dir = self.config.exec_root.join(&record.id);
+        let launch_spec = vm::LaunchSpec {
+            vcpus: record.host_config.vcpus(),
+            mem_mib: record.host_config.mem_mib(),
+            rootfs: rootfs.clone(),
+            run_dir: run_dir.clone(),
+            console_log: container.console_path(),
+            container: vm::LaunchSpec::container_spec(&record.config.hostname),
+            process: process_spec(&record),
+        };
+        let cfg = self.config.clone();
+        let layers = image.layers.clone();
+        let launched = tokio::task::spawn_blocking(move || {
+            vm::mount_rootfs(
+                &layers,
+                &dir.join("upper"),
+                &dir.join("work"),
+                &rootfs,
+                &dir.join("empty"),
+            )
+            .map_err(vm::LaunchError::Failed)?;
+            let result = vm::launch(&cfg, &launch_spec);
+            if result.is_err() {
+                vm::unmount_rootfs(&launch_spec.rootfs);
+                let _ = std::fs::remove_dir_all(&launch_spec.run_dir);
+            }
+            result
+        })
+        .await
+        .map_err(|e| EngineError::internal("VM launcher", e))?;
+
+        let (vm, streams, _guest_pid) = match launched {
+            Ok(ok) => ok,
+            Err(vm::LaunchError::Exec { not_found, message }) => {
+                let mut r = container.record.lock().await;
+                r.state.exit_code = if not_found { 127 } else { 126 };
+                r.state.error = message.clone();
+                container.save(&r).await?;
+                return Err(EngineError::InvalidArgument(format!(
+                    "failed to create task for container: {message}"
+                )));
+            }
+            Err(vm::LaunchError::Failed(message)) => {
+                let mut r = container.record.lock().await;
+                r.state.error = message.clone();
+                container.save(&r).await?;
+                return Err(EngineError::Internal(format!(
+                    "cannot start container {}: {message}",
+                    r.id
+                )));
+            }
+        };
+
+        let wait_control = vm.control.open_control().map_err(|e| {
+            EngineError::Internal(format!("cannot open a second agent connection: {e}"))
+        });
+        let vmm_pid = vm.vmm.id();
+        let mut vmm = vm.vmm;
+        let uds = vm.uds;
+        let wait_control = match wait_control {
+            Ok(c) => c,
+            Err(e) => {
+                let rootfs = container.rootfs();
+                let run_dir = run_dir.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    vm::shutdown(&mut vmm, &uds);
+                    vm::unmount_rootfs(&rootfs);
+                    let _ = std::fs::remove_dir_all(&run_dir);
+                })
+                .await;
+                return Err(e);
+            }
+        };
+        {
+            let mut r = container.record.lock().await;
+            r.state = State {
+                status: Status::Running,
+                pid: vmm_pid,
+                exit_code: 0,
+                error: String::new(),
+                oom_killed: false,
+                started_at: Some(SystemTime::now()),
+                finished_at: r.state.finished_at,
+            };
+            container.save(&r).await?;
+        }
+        *container.runtime.lock().await = Some(Runtime {
+            control: Arc::new(std::sync::Mutex::new(vm.control)),
+            vmm_pid,
+        });
+        container.lifecycle.send_modify(|l| l.running = true);
+
+        // Output: the log file, and every attached client.
+        let log = LogWriter::open(&container.log_path())
+            .map_err(|e| EngineError::internal("cannot open the container log", e))?;
+        let log = Arc::new(std::sync::Mutex::new(log));
+        let mut pumps = vec![spawn_pump(
+            container.clone(),
+            log.clone(),
+            Stream::Stdout,
+            streams.stdout,
+        )?];
+        if let Some(stderr) = streams.stderr {
+            pumps.push(spawn_pump(
+                container.clone(),
+                log.clone(),
+                Stream::Stderr,
+                stderr,
+            )?);
+        }
+        if let Some(stdin) = streams.stdin {
+            stdin
+                .set_nonblocking(true)
+                .map_err(|e| EngineError::internal("stdin stream", e))?;
+            let stdin = tokio::net::UnixStream::from_std(stdin)
+                .map_err(|e| EngineError::internal("stdin stream", e))?;
+            let _ = container
+                .stdin
+                .send(Some(Arc::new(Mutex::new(Some(stdin)))));
+        }
+        drop(op);
+
+        // The exit watcher: waits for the process, drains its output, records the exit,
+        // then powers the VM off and releases the root filesystem.
+        let engine_cfg = self.config.clone();
+        let registry = self.registry.clone();
+        let images = self.images.clone();
+        let c = container.clone();
+        tokio::spawn(async move {
+            let mut wait_control = wait_control;
+            let status =
+                tokio::task::spawn_blocking(move || wait_control.wait_process(vm::INIT_PROCESS))
+                    .await;
+            for p in pumps {
+                let _ = p.await;
+            }
+            let (exit_code, error) = match status {
+                Ok(Ok(s)) => (s.code, String::new()),
+                Ok(Err(e)) => (137, format!("the container's VM stopped unexpectedly: {e}")),
+                Err(e) => (137, format!("the exit watcher failed: {e}")),
+            };
+            let op = c.op.clone().lock_owned().await;
+            *c.runtime.lock().await = None;
+            let _ = c.stdin.send(None);
+            lock_std(&c.attachers).clear();
+            let auto_remove = {
+                let mut r = c.record.lock().await;
+                r.state.status = Status::Exited;
+                r.state.pid = 0;
+                r.state.exit_code = exit_code;
+                r.state.error = error;
+                r.state.finished_at = Some(SystemTime::now());
+                if let Err(e) = c.save(&r).await {
+                    log::error!("container {}: {e}", c.id);
+                }
+                r.host_config.auto_remove
+            };
+            c.lifecycle.send_modify(|l| {
+                l.running = false;
+                l.exits += 1;
+                l.exit_code = exit_code;
+            });
+            let rootfs = c.rootfs();
+            let run_dir = engine_cfg.exec_root.join(&c.id);
+            let _ = tokio::task::spawn_blocking(move || {
+                vm::shutdown(&mut vmm, &uds);
+                vm::unmount_rootfs(&rootfs);
+                let _ = std::fs::remove_dir_all(&run_dir);
+            })
+            .await;
+            drop(op);
+            if auto_remove {
+                if let Err(e) = remove_stopped(&registry, &images, &c).await {
+                    log::warn!("container {}: cannot remove it after exit: {e}", c.id);
+                }
+            }
+        });
+        Ok(())
     }
 
     /// Stops every running container.
-    pub async fn shutdown(&self) {}
+    pub async fn shutdown(&self) {
+        for c in self.all().await {
+            if c.runtime.lock().await.is_some() {
+                let _ = self.stop(&c.id, Some(10)).await;
+            }
+        }
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout` seconds (its own
+    /// StopTimeout, else 10, when not given).
+    pub async fn stop(&self, name_or_id: &str, timeout: Option<i64>) -> Result<()> {
+        let c = self.get(name_or_id).await?;
+        let (signal, default_timeout) = {
+            let r = c.record.lock().await;
+            if r.state.status != Status::Running {
+                return Err(EngineError::NotModified("container already stopped".into()));
+            }
+            let signal = r
+                .config
+                .stop_signal
+                .as_deref()
+                .and_then(spec::parse_signal)
+                .unwrap_or(libc::SIGTERM);
+            (signal, r.config.stop_timeout.unwrap_or(10))
+        };
+        let timeout = timeout.unwrap_or(default_timeout);
+        let mut lifecycle = c.lifecycle();
+        let exits = lifecycle.borrow().exits;
+        if timeout != 0 {
+            let _ = c.agent(move |a| a.signal(vm::INIT_PROCESS, signal)).await;
+        }
+        if timeout >= 0
+            && wait_exit_change(&mut lifecycle, exits, Duration::from_secs(timeout as u64)).await
+        {
+            return Ok(());
+        }
+        self.kill_hard(&c, &mut lifecycle, exits).await
+    }
+
+    /// SIGKILL through the agent; failing that, the VMM itself.
+    async fn kill_hard(
+        &self,
+        c: &Arc<Container>,
+        lifecycle: &mut watch::Receiver<Lifecycle>,
+        exits: u64,
+    ) -> Result<()> {
+        let _ = c.agent(|a| a.signal(vm::INIT_PROCESS, libc::SIGKILL)).await;
+        if wait_exit_change(lifecycle, exits, Duration::from_secs(5)).await {
+            return Ok(());
+        }
+        if let Some(pid) = c.runtime.lock().await.as_ref().map(|r| r.vmm_pid) {
+            log::warn!(
+                "container {}: the guest did not stop; killing its VMM",
+                c.id
+            );
+            // SAFETY: kill(2) on the pid of our own child VMM, which we have not reaped (its
+            // exit watcher holds it).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        if wait_exit_change(lifecycle, exits, Duration::from_secs(10)).await {
+            Ok(())
+        } else {
+            Err(EngineError::Internal(format!(
+                "container {} did not stop",
+                c.id
+            )))
+        }
+    }
+
+    /// Sends a signal to the container's process.
+    pub async fn kill(&self, name_or_id: &str, signal: Option<&str>) -> Result<()> {
+        let c = self.get(name_or_id).await?;
+        let signo = match signal.filter(|s| !s.is_empty()) {
+            None => libc::SIGKILL,
+            Some(s) => spec::parse_signal(s)
+                .ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {s}")))?,
+        };
+        if c.record.lock().await.state.status != Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        let mut lifecycle = c.lifecycle();
+        let exits = lifecycle.borrow().exits;
+        if signo == libc::SIGKILL {
+            return self.kill_hard(&c, &mut lifecycle, exits).await;
+        }
+        match c.agent(move |a| a.signal(vm::INIT_PROCESS, signo)).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(EngineError::Internal(format!(
+                "cannot kill container {}: {e}",
+                c.id
+            ))),
+            None => Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            ))),
+        }
+    }
+
+    /// Resizes the container's terminal.
+    pub async fn resize(&self, name_or_id: &str, rows: u16, cols: u16) -> Result<()> {
+        let c = self.get(name_or_id).await?;
+        match c
+            .agent(move |a| a.resize_tty(vm::INIT_PROCESS, rows, cols))
+            .await
+        {
+            Some(Ok(())) | None => Ok(()),
+            Some(Err(e)) => Err(EngineError::Internal(format!(
+                "cannot resize container {}: {e}",
+                c.id
+            ))),
+        }
+    }
+
+    /// Waits for a condition; returns the exit code.
+    pub async fn wait(&self, name_or_id: &str, condition: WaitCondition) -> Result<i32> {
+        let c = self.get(name_or_id).await?;
+        let mut lifecycle = c.lifecycle();
+        let start = *lifecycle.borrow();
+        loop {
+            let now = *lifecycle.borrow_and_update();
+            let done = match condition {
+                WaitCondition::NotRunning => !now.running || now.exits > start.exits,
+                WaitCondition::NextExit => now.exits > start.exits,
+                WaitCondition::Removed => now.removed,
+            };
+            if done || now.removed {
+                return Ok(now.exit_code);
+            }
+            if lifecycle.changed().await.is_err() {
+                return Ok(now.exit_code);
+            }
+        }
+    }
+
+    /// Removes a container (killing it first with `force`).
+    pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
+        let c = self.get(name_or_id).await?;
+        if c.record.lock().await.state.status == Status::Running {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    c.id
+                )));
+            }
+            let mut lifecycle = c.lifecycle();
+            let exits = lifecycle.borrow().exits;
+            self.kill_hard(&c, &mut lifecycle, exits).await?;
+        }
+        // The exit watcher may be removing it already (--rm).
+        if c.lifecycle.borrow().removed {
+            return Ok(());
+        }
+        remove_stopped(&self.registry, &self.images, &c).await
+    }
+
+    /// Renames a container.
+    pub async fn rename(&self, name_or_id: &str, new_name: &str) -> Result<()> {
+        let c = self.get(name_or_id).await?;
+        let new_name = new_name.strip_prefix('/').unwrap_or(new_name).to_string();
+        if !ids::valid_name(&new_name) {
+            return Err(EngineError::InvalidArgument(format!(
+                "Invalid container name ({new_name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
+            )));
+        }
+        let mut reg = self.registry.write().await;
+        let mut r = c.record.lock().await;
+        if r.name == new_name {
+            return Err(EngineError::Conflict(
+                "Renaming a container with the same name as its current name".to_string(),
+            ));
+        }
+        if let Some(other) = reg.names.get(&new_name) {
+            return Err(EngineError::Conflict(format!(
+                "Conflict. The container name \"/{new_name}\" is already in use by container \"{other}\". You have to remove (or rename) that container to be able to reuse that name."
+            )));
+        }
+        reg.names.remove(&r.name);
+        reg.names.insert(new_name.clone(), r.id.clone());
+        r.name = new_name;
+        c.save(&r).await
+    }
+}
+
+/// Waits until the container has exited more times than `exits`, up to `timeout`.
+async fn wait_exit_change(
+    lifecycle: &mut watch::Receiver<Lifecycle>,
+    exits: u64,
+    timeout: Duration,
+) -> bool {
+    let changed = async {
+        loop {
+            if lifecycle.borrow_and_update().exits > exits {
+                return true;
+            }
+            if lifecycle.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, changed)
+        .await
+        .unwrap_or(false)
+}
+
+/// Deletes a stopped container's files and forgets it.
+async fn remove_stopped(
+    registry: &Arc<RwLock<Registry>>,
+    images: &Arc<ImageStore>,
+    c: &Arc<Container>,
+) -> Result<()> {
+    let _op = c.op.clone().lock_owned().await;
+    if c.lifecycle.borrow().removed {
+        return Ok(());
+    }
+    let name = {
+        let mut r = c.record.lock().await;
+        if r.state.status == Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "container {} is running",
+                c.id
+            )));
+        }
+        r.state.status = Status::Removing;
+        r.name.clone()
+    };
+    {
+        let mut reg = registry.write().await;
+        reg.by_id.remove(&c.id);
+        if reg.names.get(&name) == Some(&c.id) {
+            reg.names.remove(&name);
+        }
+    }
+    let dir = c.dir.clone();
+    tokio::task::spawn_blocking(move || {
+        vm::unmount_rootfs(&dir.join("rootfs"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| EngineError::internal("remover", e))?
+    .map_err(|e| EngineError::internal(format!("cannot remove container {}", c.id), e))?;
+    c.lifecycle.send_modify(|l| l.removed = true);
+    // An image hidden by `rmi -f` may have lost its last container.
+    let in_use: HashSet<String> = {
+        let reg = registry.read().await;
+        let mut ids = HashSet::new();
+        for other in reg.by_id.values() {
+            ids.insert(other.record.lock().await.image_id.clone());
+        }
+        ids
+    };
+    let images = images.clone();
+    tokio::task::spawn_blocking(move || images.release_unused(&in_use))
+        .await
+        .map_err(|e| EngineError::internal("image release", e))??;
+    Ok(())
+}
+
+/// The process a container runs, for the agent.
+fn process_spec(record: &Record) -> ProcessSpec {
+    let mut spec = ProcessSpec::new(record.config.argv());
+    spec.env = record.config.env.clone();
+    if !spec.env.iter().any(|e| e.starts_with("PATH=")) {
+        spec.env
+            .push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string());
+    }
+    if record.config.tty && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
+        spec.env.push("TERM=xterm".to_string());
+    }
+    if !record.config.working_dir.is_empty() {
+        spec.cwd = record.config.working_dir.clone();
+    }
+    spec.tty = record.config.tty;
+    let [h, w] = record.host_config.console_size;
+    spec.tty_size = (record.config.tty && h > 0 && w > 0).then_some(TtySize {
+        rows: h.min(u32::from(u16::MAX)) as u16,
+        cols: w.min(u32::from(u16::MAX)) as u16,
+    });
+    spec.stdin = record.config.open_stdin;
+    spec.container = Some(vm::CONTAINER.to_string());
+    spec.user = (!record.config.user.is_empty()).then(|| record.config.user.clone());
+    spec
+}
+
+/// Copies one output stream of the container to its log and attached clients.
+fn spawn_pump(
+    container: Arc<Container>,
+    log: Arc<std::sync::Mutex<LogWriter>>,
+    stream: Stream,
+    source: std::os::unix::net::UnixStream,
+) -> Result<tokio::task::JoinHandle<()>> {
+    source
+        .set_nonblocking(true)
+        .map_err(|e| EngineError::internal("output stream", e))?;
+    let mut source = tokio::net::UnixStream::from_std(source)
+        .map_err(|e| EngineError::internal("output stream", e))?;
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 32 << 10];
+        loop {
+            let n = match source.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let data = Bytes::copy_from_slice(&buf[..n]);
+            if let Err(e) = lock_std(&log).write(stream, &data) {
+                log::warn!("container {}: cannot write its log: {e}", container.id);
+            }
+            container
+                .log_written
+                .send_modify(|n| *n += data.len() as u64);
+            let senders: Vec<_> = lock_std(&container.attachers).clone();
+            for tx in senders {
+                // A client that went away is dropped from the list below.
+                let _ = tx
+                    .send(Chunk {
+                        stream,
+                        data: data.clone(),
+                    })
+                    .await;
+            }
+            lock_std(&container.attachers).retain(|tx| !tx.is_closed());
+        }
+        let _ = lock_std(&log).finish(stream);
+        container.log_written.send_modify(|n| *n += 0);
+    }))
+}
+
+/// A record left `running` by a berthd that died: its VMM, if still alive, is killed, its
+/// root filesystem unmounted, and it is recorded as exited.
+fn recover_stale(config: &EngineConfig, dir: &Path, r: &mut Record) {
+    if r.state.pid != 0 && is_our_vmm(r.state.pid, &config.vmm) {
+        // SAFETY: kill(2) on a pid we recorded and just checked is a berth-vmm process.
+        unsafe { libc::kill(r.state.pid as i32, libc::SIGKILL) };
+    }
+    vm::unmount_rootfs(&dir.join("rootfs"));
+    let _ = std::fs::remove_dir_all(config.exec_root.join(&r.id));
+    r.state.status = Status::Exited;
+    r.state.pid = 0;
+    r.state.exit_code = 255;
+    r.state.error = "berthd stopped while the container was running".into();
+    r.state.finished_at = Some(SystemTime::now());
+}
+
+fn is_our_vmm(pid: u32, vmm: &Path) -> bool {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let name = vmm.file_name();
+    exe.as_deref().and_then(Path::file_name) == name && name.is_some()
 }

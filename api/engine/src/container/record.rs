@@ -1,0 +1,196 @@
+//! What berth remembers about a container: its configuration (the user's request merged
+//! with the image's defaults) and its state. Records are written atomically on every
+//! change, so a restarted berthd finds every container as it was.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+/// A container's lifecycle state, as Docker names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+    Removing,
+    Dead,
+}
+
+impl Status {
+    /// Docker's lowercase name (`docker ps --filter status=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Exited => "exited",
+            Status::Removing => "removing",
+            Status::Dead => "dead",
+        }
+    }
+
+    /// Whether a start request may proceed.
+    pub fn can_start(self) -> bool {
+        matches!(self, Status::Created | Status::Exited)
+    }
+
+    /// Whether signals can be delivered.
+    pub fn can_kill(self) -> bool {
+        self == Status::Running
+    }
+}
+
+/// The container's configuration after merging the image's defaults (Docker's `Config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub hostname: String,
+    pub domainname: String,
+    pub user: String,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    pub env: Vec<String>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub image: String,
+    pub working_dir: String,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+    pub stop_timeout: Option<i64>,
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
+}
+
+impl ContainerConfig {
+    /// The process to run: entrypoint then cmd.
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv: Vec<String> = self
+            .entrypoint
+            .iter()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect();
+        argv.extend(self.cmd.iter().flatten().cloned());
+        argv
+    }
+}
+
+/// The part of Docker's `HostConfig` berth honours.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostConfig {
+    pub auto_remove: bool,
+    pub network_mode: String,
+    /// Bytes of guest memory (Docker's `Memory`); 0 = berth's default.
+    pub memory: i64,
+    /// Billionths of CPUs (Docker's `NanoCpus`); 0 = berth's default.
+    pub nano_cpus: i64,
+    pub privileged: bool,
+    pub init: Option<bool>,
+    pub console_size: [u32; 2],
+    pub restart_policy: String,
+    pub log_type: String,
+}
+
+/// Guest sizes when the container asks for none.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// MiB.
+pub const DEFAULT_MEM_MIB: u64 = 256;
+/// The smallest guest berth's kernel boots comfortably in.
+pub const MIN_MEM_MIB: u64 = 64;
+
+impl HostConfig {
+    /// vCPUs for the VM: `--cpus` rounded up.
+    pub fn vcpus(&self) -> u8 {
+        if self.nano_cpus <= 0 {
+            return DEFAULT_VCPUS;
+        }
+        let whole = (self.nano_cpus + 999_999_999) / 1_000_000_000;
+        whole.clamp(1, 64) as u8
+    }
+
+    /// Guest memory in MiB: `--memory`.
+    pub fn mem_mib(&self) -> u64 {
+        if self.memory <= 0 {
+            return DEFAULT_MEM_MIB;
+        }
+        ((self.memory as u64) >> 20).max(MIN_MEM_MIB)
+    }
+}
+
+/// Runtime state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub status: Status,
+    /// The VMM's pid while running (the container's "pid" on this host).
+    pub pid: u32,
+    pub exit_code: i32,
+    pub error: String,
+    pub oom_killed: bool,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            status: Status::Created,
+            pid: 0,
+            exit_code: 0,
+            error: String::new(),
+            oom_killed: false,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+}
+
+/// Everything persisted about one container.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    /// Without Docker's leading `/`.
+    pub name: String,
+    pub created: SystemTime,
+    /// The image as the user named it.
+    pub image: String,
+    /// `sha256:...`.
+    pub image_id: String,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+    pub state: State,
+    pub restart_count: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_argv() {
+        let mut h = HostConfig::default();
+        assert_eq!((h.vcpus(), h.mem_mib()), (DEFAULT_VCPUS, DEFAULT_MEM_MIB));
+        h.nano_cpus = 1_500_000_000;
+        h.memory = 512 << 20;
+        assert_eq!((h.vcpus(), h.mem_mib()), (2, 512));
+        h.memory = 1 << 20;
+        assert_eq!(h.mem_mib(), MIN_MEM_MIB);
+        let c = ContainerConfig {
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec!["echo hi".into()]),
+            ..Default::default()
+        };
+        assert_eq!(c.argv(), vec!["/bin/sh", "-c", "echo hi"]);
+        let c = ContainerConfig {
+            entrypoint: Some(vec!["".into()]),
+            cmd: Some(vec!["true".into()]),
+            ..Default::default()
+        };
+        assert_eq!(c.argv(), vec!["true"]);
+        assert!(Status::Exited.can_start());
+        assert!(!Status::Running.can_start());
+    }
+}

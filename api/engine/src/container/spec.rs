@@ -1,0 +1,586 @@
+//! Reading a `POST /containers/create` request: the fields berth honours, merged with the
+//! image's defaults the way dockerd merges them, and a clear refusal for every option berth
+//! does not support yet, so nothing a user asks for is silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::record::{ContainerConfig, HostConfig};
+use crate::image::ImageRuntimeConfig;
+use crate::{EngineError, Result};
+
+/// A create request, read but not yet merged with its image.
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub image: String,
+    pub config: ContainerConfig,
+    pub host_config: HostConfig,
+}
+
+/// Whether a JSON value is the zero value the Docker CLI sends for an unset option.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.iter().all(is_unset),
+        Value::Object(o) => o.values().all(is_unset),
+    }
+}
+
+fn unsupported(what: &str, why: &str) -> EngineError {
+    EngineError::InvalidArgument(format!("berth does not support {what}: {why}"))
+}
+
+fn string_list(v: Option<&Value>, field: &str) -> Result<Option<Vec<String>>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        // The API also accepts a single string for Cmd/Entrypoint.
+        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|i| {
+                i.as_str().map(String::from).ok_or_else(|| {
+                    EngineError::InvalidArgument(format!("{field}: expected strings"))
+                })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some),
+        Some(_) => Err(EngineError::InvalidArgument(format!(
+            "{field}: expected a list of strings"
+        ))),
+    }
+}
+
+fn string(v: Option<&Value>, field: &str) -> Result<String> {
+    match v {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(_) => Err(EngineError::InvalidArgument(format!(
+            "{field}: expected a string"
+        ))),
+    }
+}
+
+fn boolean(v: Option<&Value>, field: &str) -> Result<bool> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(EngineError::InvalidArgument(format!(
+            "{field}: expected a boolean"
+        ))),
+    }
+}
+
+fn int(v: Option<&Value>, field: &str) -> Result<i64> {
+    match v {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| EngineError::InvalidArgument(format!("{field}: expected an integer"))),
+        Some(_) => Err(EngineError::InvalidArgument(format!(
+            "{field}: expected an integer"
+        ))),
+    }
+}
+
+fn string_map(v: Option<&Value>, field: &str) -> Result<BTreeMap<String, String>> {
+    match v {
+        None | Some(Value::Null) => Ok(BTreeMap::new()),
+        Some(Value::Object(o)) => o
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(|s| (k.clone(), s.to_string()))
+                    .ok_or_else(|| {
+                        EngineError::InvalidArgument(format!("{field}: values must be strings"))
+                    })
+            })
+            .collect(),
+        Some(_) => Err(EngineError::InvalidArgument(format!(
+            "{field}: expected an object"
+        ))),
+    }
+}
+
+/// Config fields berth reads; anything else must be unset.
+const CONFIG_FIELDS: &[&str] = &[
+    "Hostname",
+    "Domainname",
+    "User",
+    "AttachStdin",
+    "AttachStdout",
+    "AttachStderr",
+    "Tty",
+    "OpenStdin",
+    "StdinOnce",
+    "Env",
+    "Cmd",
+    "Entrypoint",
+    "Image",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "StopTimeout",
+    "ExposedPorts",
+    "HostConfig",
+    "NetworkingConfig",
+    // Metadata without effect on a container.
+    "ArgsEscaped",
+    "OnBuild",
+    "Shell",
+    "NetworkDisabled",
+];
+
+/// HostConfig fields berth reads; anything else must be unset.
+const HOST_CONFIG_FIELDS: &[&str] = &[
+    "AutoRemove",
+    "NetworkMode",
+    "Memory",
+    "NanoCpus",
+    "Privileged",
+    "Init",
+    "ConsoleSize",
+    "RestartPolicy",
+    "LogConfig",
+    "Isolation",
+];
+
+/// Explains the options berth refuses, by field.
+fn refusal(field: &str) -> &'static str {
+    match field {
+        "Binds" | "Mounts" | "Volumes" | "VolumesFrom" | "VolumeDriver" | "Tmpfs" => {
+            "volumes and mounts come with a later version"
+        }
+        "PortBindings" | "PublishAllPorts" | "Links" | "Dns" | "DnsOptions" | "DnsSearch"
+        | "ExtraHosts" | "MacAddress" => "containers have no network yet (--network none only)",
+        "CapAdd" | "CapDrop" | "SecurityOpt" => {
+            "the container is isolated by its own VM; per-process capability and security options are not applied yet"
+        }
+        "Healthcheck" => "health checks come with a later version",
+        "Domainname" => "domain names are not set in the guest yet",
+        _ => "the option is not implemented yet",
+    }
+}
+
+/// Reads a create request body.
+pub fn parse(body: &Value) -> Result<CreateRequest> {
+    let obj = body.as_object().ok_or_else(|| {
+        EngineError::InvalidArgument("the request body is not a JSON object".into())
+    })?;
+    for (k, v) in obj {
+        if !CONFIG_FIELDS.contains(&k.as_str()) && !is_unset(v) {
+            return Err(unsupported(&format!("Config.{k}"), refusal(k)));
+        }
+    }
+    let image = string(obj.get("Image"), "Image")?;
+    if image.is_empty() {
+        return Err(EngineError::InvalidArgument("no image specified".into()));
+    }
+    let domainname = string(obj.get("Domainname"), "Domainname")?;
+    if !domainname.is_empty() {
+        return Err(unsupported("--domainname", refusal("Domainname")));
+    }
+    let hostname = string(obj.get("Hostname"), "Hostname")?;
+    if hostname.len() > 63 || hostname.contains(['/', '\0', ' ']) {
+        return Err(EngineError::InvalidArgument(format!(
+            "invalid hostname format: {hostname}"
+        )));
+    }
+    let stop_timeout = match obj.get("StopTimeout") {
+        None | Some(Value::Null) => None,
+        v => Some(int(v, "StopTimeout")?),
+    };
+    let stop_signal = string(obj.get("StopSignal"), "StopSignal")?;
+    if !stop_signal.is_empty() && parse_signal(&stop_signal).is_none() {
+        return Err(EngineError::InvalidArgument(format!(
+            "invalid signal: {stop_signal}"
+        )));
+    }
+    let env = string_list(obj.get("Env"), "Env")?.unwrap_or_default();
+    for e in &env {
+        if e.is_empty() || e.starts_with('=') || e.contains('\0') {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid environment variable: {e:?}"
+            )));
+        }
+    }
+    let exposed_ports = match obj.get("ExposedPorts") {
+        Some(Value::Object(o)) => o.clone().into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    let config = ContainerConfig {
+        hostname,
+        domainname,
+        user: string(obj.get("User"), "User")?,
+        attach_stdin: boolean(obj.get("AttachStdin"), "AttachStdin")?,
+        attach_stdout: boolean(obj.get("AttachStdout"), "AttachStdout")?,
+        attach_stderr: boolean(obj.get("AttachStderr"), "AttachStderr")?,
+        tty: boolean(obj.get("Tty"), "Tty")?,
+        open_stdin: boolean(obj.get("OpenStdin"), "OpenStdin")?,
+        stdin_once: boolean(obj.get("StdinOnce"), "StdinOnce")?,
+        env,
+        cmd: string_list(obj.get("Cmd"), "Cmd")?,
+        entrypoint: string_list(obj.get("Entrypoint"), "Entrypoint")?,
+        image: image.clone(),
+        working_dir: string(obj.get("WorkingDir"), "WorkingDir")?,
+        labels: string_map(obj.get("Labels"), "Labels")?,
+        stop_signal: (!stop_signal.is_empty()).then_some(stop_signal),
+        stop_timeout,
+        exposed_ports,
+    };
+    if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+        return Err(EngineError::InvalidArgument(format!(
+            "the working directory '{}' is invalid, it needs to be an absolute path",
+            config.working_dir
+        )));
+    }
+    let host_config = parse_host_config(obj.get("HostConfig"))?;
+    if let Some(Value::Object(nc)) = obj.get("NetworkingConfig") {
+        if let Some(Value::Object(endpoints)) = nc.get("EndpointsConfig") {
+            if endpoints
+                .keys()
+                .any(|k| k != "none" && k != "default" && k != "bridge")
+            {
+                return Err(unsupported("networks", refusal("PortBindings")));
+            }
+        }
+    }
+    Ok(CreateRequest {
+        image,
+        config,
+        host_config,
+    })
+}
+
+fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
+    let Some(Value::Object(hc)) = v else {
+        return Ok(HostConfig {
+            network_mode: "none".into(),
+            restart_policy: "no".into(),
+            log_type: "json-file".into(),
+            ..HostConfig::default()
+        });
+    };
+    for (k, v) in hc {
+        if HOST_CONFIG_FIELDS.contains(&k.as_str()) || is_unset(v) {
+            continue;
+        }
+        // The CLI sends a few non-zero defaults of its own.
+        let default_ok = match (k.as_str(), v) {
+            ("MemorySwappiness", Value::Number(n)) => n.as_i64() == Some(-1),
+            ("OomScoreAdj", _) | ("CgroupnsMode", Value::String(_)) => {
+                is_unset(v) || k == "CgroupnsMode"
+            }
+            ("IpcMode", Value::String(s)) => s == "private" || s == "shareable",
+            ("PidMode" | "UTSMode" | "UsernsMode" | "Cgroup", Value::String(s)) => s.is_empty(),
+            _ => false,
+        };
+        if !default_ok {
+            return Err(unsupported(&format!("HostConfig.{k}"), refusal(k)));
+        }
+    }
+    let network_mode = match string(hc.get("NetworkMode"), "NetworkMode")?.as_str() {
+        "" | "default" | "none" | "bridge" => "none".to_string(),
+        "host" => {
+            return Err(EngineError::InvalidArgument(
+                "--network host cannot mean anything for a container in its own VM: it has its own kernel and network stack".into(),
+            ))
+        }
+        other => {
+            return Err(unsupported(
+                &format!("--network {other}"),
+                refusal("PortBindings"),
+            ))
+        }
+    };
+    let restart_policy = match hc.get("RestartPolicy") {
+        Some(Value::Object(rp)) => {
+            let name = string(rp.get("Name"), "RestartPolicy.Name")?;
+            match name.as_str() {
+                "" | "no" => "no".to_string(),
+                other => {
+                    return Err(unsupported(
+                        &format!("--restart {other}"),
+                        "restart policies come with a later version",
+                    ))
+                }
+            }
+        }
+        _ => "no".to_string(),
+    };
+    let log_type = match hc.get("LogConfig") {
+        Some(Value::Object(lc)) => {
+            let t = string(lc.get("Type"), "LogConfig.Type")?;
+            if !t.is_empty() && t != "json-file" {
+                return Err(unsupported(
+                    &format!("--log-driver {t}"),
+                    "berth logs with json-file",
+                ));
+            }
+            if lc.get("Config").is_some_and(|c| !is_unset(c)) {
+                return Err(unsupported(
+                    "--log-opt",
+                    "log options are not implemented yet",
+                ));
+            }
+            "json-file".to_string()
+        }
+        _ => "json-file".to_string(),
+    };
+    let isolation = string(hc.get("Isolation"), "Isolation")?;
+    if !isolation.is_empty() && isolation != "default" {
+        return Err(unsupported(
+            &format!("--isolation {isolation}"),
+            "every berth container is isolated in its own microVM",
+        ));
+    }
+    let memory = int(hc.get("Memory"), "Memory")?;
+    if memory < 0 {
+        return Err(EngineError::InvalidArgument(
+            "invalid memory: negative".into(),
+        ));
+    }
+    let nano_cpus = int(hc.get("NanoCpus"), "NanoCpus")?;
+    if !(0..=64_000_000_000).contains(&nano_cpus) {
+        return Err(EngineError::InvalidArgument(
+            "range of CPUs is from 0.01 to 64.00".into(),
+        ));
+    }
+    let console_size = match hc.get("ConsoleSize") {
+        Some(Value::Array(a)) if a.len() == 2 => [
+            a[0].as_u64().unwrap_or(0).min(u64::from(u16::MAX)) as u32,
+            a[1].as_u64().unwrap_or(0).min(u64::from(u16::MAX)) as u32,
+        ],
+        _ => [0, 0],
+    };
+    let init = match hc.get("Init") {
+        Some(Value::Bool(b)) => Some(*b),
+        _ => None,
+    };
+    Ok(HostConfig {
+        auto_remove: boolean(hc.get("AutoRemove"), "AutoRemove")?,
+        network_mode,
+        memory,
+        nano_cpus,
+        privileged: boolean(hc.get("Privileged"), "Privileged")?,
+        init,
+        console_size,
+        restart_policy,
+        log_type,
+    })
+}
+
+/// Merges the image's defaults into a user's config, as dockerd does.
+pub fn merge(user: &mut ContainerConfig, image: &ImageRuntimeConfig) {
+    if user.user.is_empty() {
+        user.user = image.user.clone().unwrap_or_default();
+    }
+    let image_env = image.env.clone().unwrap_or_default();
+    if user.env.is_empty() {
+        user.env = image_env;
+    } else {
+        for e in image_env {
+            let key = e.split('=').next().unwrap_or_default();
+            if !user.env.iter().any(|u| u.split('=').next() == Some(key)) {
+                user.env.push(e);
+            }
+        }
+    }
+    for (k, v) in image.labels.clone().unwrap_or_default() {
+        user.labels.entry(k).or_insert(v);
+    }
+    for (k, v) in image.exposed_ports.clone().unwrap_or_default() {
+        user.exposed_ports.entry(k).or_insert(v);
+    }
+    let entrypoint_empty = user.entrypoint.as_ref().is_none_or(Vec::is_empty);
+    if entrypoint_empty {
+        if user.cmd.as_ref().is_none_or(Vec::is_empty) {
+            user.cmd = image.cmd.clone();
+        }
+        if user.entrypoint.is_none() {
+            user.entrypoint = image.entrypoint.clone();
+        }
+    }
+    if user.working_dir.is_empty() {
+        user.working_dir = image.working_dir.clone().unwrap_or_default();
+    }
+    if user.stop_signal.is_none() {
+        user.stop_signal = image.stop_signal.clone().filter(|s| !s.is_empty());
+    }
+}
+
+/// Parses a signal name (`SIGTERM`, `TERM`, `term`) or number.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let n = match name {
+        "HUP" => libc::SIGHUP,
+        "INT" => libc::SIGINT,
+        "QUIT" => libc::SIGQUIT,
+        "ILL" => libc::SIGILL,
+        "TRAP" => libc::SIGTRAP,
+        "ABRT" | "IOT" => libc::SIGABRT,
+        "BUS" => libc::SIGBUS,
+        "FPE" => libc::SIGFPE,
+        "KILL" => libc::SIGKILL,
+        "USR1" => libc::SIGUSR1,
+        "SEGV" => libc::SIGSEGV,
+        "USR2" => libc::SIGUSR2,
+        "PIPE" => libc::SIGPIPE,
+        "ALRM" => libc::SIGALRM,
+        "TERM" => libc::SIGTERM,
+        "STKFLT" => libc::SIGSTKFLT,
+        "CHLD" => libc::SIGCHLD,
+        "CONT" => libc::SIGCONT,
+        "STOP" => libc::SIGSTOP,
+        "TSTP" => libc::SIGTSTP,
+        "TTIN" => libc::SIGTTIN,
+        "TTOU" => libc::SIGTTOU,
+        "URG" => libc::SIGURG,
+        "XCPU" => libc::SIGXCPU,
+        "XFSZ" => libc::SIGXFSZ,
+        "VTALRM" => libc::SIGVTALRM,
+        "PROF" => libc::SIGPROF,
+        "WINCH" => libc::SIGWINCH,
+        "IO" | "POLL" => libc::SIGIO,
+        "PWR" => libc::SIGPWR,
+        "SYS" => libc::SIGSYS,
+        _ => {
+            let rt = name.strip_prefix("RTMIN")?;
+            let offset: i32 = if rt.is_empty() {
+                0
+            } else {
+                rt.strip_prefix('+')?.parse().ok()?
+            };
+            let n = 34 + offset;
+            return (34..=64).contains(&n).then_some(n);
+        }
+    };
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cli_body() -> Value {
+        // What Docker CLI 28 sends for `docker run --rm -e A=1 busybox echo hi`.
+        json!({
+            "Hostname": "", "Domainname": "", "User": "", "AttachStdin": false,
+            "AttachStdout": true, "AttachStderr": true, "Tty": false, "OpenStdin": false,
+            "StdinOnce": false, "Env": ["A=1"], "Cmd": ["echo", "hi"], "Image": "busybox",
+            "Volumes": {}, "WorkingDir": "", "Entrypoint": null, "OnBuild": null, "Labels": {},
+            "HostConfig": {
+                "Binds": null, "ContainerIDFile": "", "LogConfig": {"Type": "", "Config": {}},
+                "NetworkMode": "default", "PortBindings": {}, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+                "AutoRemove": true, "VolumeDriver": "", "VolumesFrom": null, "ConsoleSize": [40, 120],
+                "CapAdd": null, "CapDrop": null, "CgroupnsMode": "", "Dns": [], "DnsOptions": [],
+                "DnsSearch": [], "ExtraHosts": null, "GroupAdd": null, "IpcMode": "", "Cgroup": "",
+                "Links": null, "OomScoreAdj": 0, "PidMode": "", "Privileged": false,
+                "PublishAllPorts": false, "ReadonlyRootfs": false, "SecurityOpt": null,
+                "UTSMode": "", "UsernsMode": "", "ShmSize": 0, "Isolation": "", "CpuShares": 0,
+                "Memory": 0, "NanoCpus": 0, "CgroupParent": "", "BlkioWeight": 0,
+                "Devices": [], "DeviceCgroupRules": null, "DeviceRequests": null,
+                "MemoryReservation": 0, "MemorySwap": 0,
+                "OomKillDisable": false, "PidsLimit": null, "Ulimits": null, "MemorySwappiness": -1,
+                "MaskedPaths": null, "ReadonlyPaths": null
+            },
+            "NetworkingConfig": {"EndpointsConfig": {}}
+        })
+    }
+
+    #[test]
+    fn the_clis_defaults_are_accepted() {
+        let r = parse(&cli_body()).unwrap();
+        assert_eq!(r.image, "busybox");
+        assert!(r.host_config.auto_remove);
+        assert_eq!(r.host_config.network_mode, "none");
+        assert_eq!(r.config.cmd, Some(vec!["echo".into(), "hi".into()]));
+        assert_eq!(r.host_config.console_size, [40, 120]);
+    }
+
+    #[test]
+    fn unsupported_options_are_refused_by_name() {
+        for (path, value, expect) in [
+            (
+                "/HostConfig/PortBindings",
+                json!({"80/tcp": [{"HostPort": "8080"}]}),
+                "PortBindings",
+            ),
+            ("/HostConfig/Binds", json!(["/a:/b"]), "volumes"),
+            ("/HostConfig/CapDrop", json!(["ALL"]), "CapDrop"),
+            ("/HostConfig/CpuShares", json!(512), "CpuShares"),
+            ("/HostConfig/NetworkMode", json!("host"), "network host"),
+            (
+                "/HostConfig/RestartPolicy",
+                json!({"Name": "always"}),
+                "--restart always",
+            ),
+            ("/Domainname", json!("example.com"), "domainname"),
+        ] {
+            let mut body = cli_body();
+            *body
+                .pointer_mut(path)
+                .expect("the CLI sends every field tested") = value;
+            let e = parse(&body).unwrap_err().to_string();
+            assert!(e.contains(expect), "{path}: {e}");
+        }
+        let mut body = cli_body();
+        body["Healthcheck"] = json!({"Test": ["CMD", "true"]});
+        assert!(parse(&body)
+            .unwrap_err()
+            .to_string()
+            .contains("Healthcheck"));
+    }
+
+    #[test]
+    fn merge_follows_dockerd() {
+        let image = ImageRuntimeConfig {
+            entrypoint: Some(vec!["/ep".into()]),
+            cmd: Some(vec!["default".into()]),
+            env: Some(vec!["PATH=/bin".into(), "A=image".into()]),
+            working_dir: Some("/w".into()),
+            user: Some("nobody".into()),
+            ..Default::default()
+        };
+        let mut c = ContainerConfig {
+            env: vec!["A=user".into()],
+            ..Default::default()
+        };
+        merge(&mut c, &image);
+        assert_eq!(c.argv(), vec!["/ep", "default"]);
+        assert_eq!(c.env, vec!["A=user", "PATH=/bin"]);
+        assert_eq!((c.working_dir.as_str(), c.user.as_str()), ("/w", "nobody"));
+        // --entrypoint replaces the image's CMD too.
+        let mut c = ContainerConfig {
+            entrypoint: Some(vec!["/other".into()]),
+            ..Default::default()
+        };
+        merge(&mut c, &image);
+        assert_eq!(c.argv(), vec!["/other"]);
+        // A user CMD keeps the image's entrypoint.
+        let mut c = ContainerConfig {
+            cmd: Some(vec!["x".into()]),
+            ..Default::default()
+        };
+        merge(&mut c, &image);
+        assert_eq!(c.argv(), vec!["/ep", "x"]);
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("kill"), Some(9));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal("RTMIN+3"), Some(37));
+        assert_eq!(parse_signal("NOPE"), None);
+        assert_eq!(parse_signal("0"), None);
+    }
+}

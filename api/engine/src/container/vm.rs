@@ -1,0 +1,332 @@
+//! One container's microVM: its root filesystem (an overlay of the image's layers and the
+//! container's own upper dir, shared into the guest over virtio-fs), the `berth-vmm`
+//! process, and the guest agent that runs the container's process.
+//!
+//! Everything here blocks (process spawning, the agent client): callers run it on a
+//! blocking thread.
+
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_client::{AgentClient, ErrorCode, ProcessSpec, ReadyListener, StdioStream};
+use agent_protocol::{ContainerSpec, FsSource};
+
+use crate::EngineConfig;
+
+/// How long a guest may take to boot to its agent. Inside the emulated virtualization host
+/// a boot takes seconds; this bounds a hung one.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The virtio-fs tag of the container's root filesystem.
+pub const ROOTFS_TAG: &str = "rootfs";
+/// The agent's id for the container's main process.
+pub const INIT_PROCESS: &str = "init";
+/// The agent's id for the container (one per VM).
+pub const CONTAINER: &str = "container";
+
+/// Why a VM could not run the container's process.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The process could not be executed: Docker's 127 (`not_found`) or 126.
+    #[error("{message}")]
+    Exec { not_found: bool, message: String },
+    /// Anything else: the VM did not boot, the agent failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What to boot and run.
+pub struct LaunchSpec {
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    /// The mounted root filesystem to share with the guest.
+    pub rootfs: PathBuf,
+    /// exec-root/<id>: sockets.
+    pub run_dir: PathBuf,
+    /// The guest kernel's console.
+    pub console_log: PathBuf,
+    /// The container around the process (root filesystem, hostname, ...).
+    pub container: ContainerSpec,
+    /// The container's main process (its `container` and `user` already set).
+    pub process: ProcessSpec,
+}
+
+impl LaunchSpec {
+    /// The container spec for a root filesystem shared as [`ROOTFS_TAG`].
+    pub fn container_spec(hostname: &str) -> ContainerSpec {
+        ContainerSpec::new(
+            FsSource::Virtiofs {
+                tag: ROOTFS_TAG.to_string(),
+            },
+            hostname,
+        )
+    }
+}
+
+/// A running VM and the agent connection that controls it.
+pub struct Vm {
+    pub vmm: Child,
+    pub uds: PathBuf,
+    pub control: AgentClient,
+}
+
+/// The process's stdio, one vsock connection each.
+pub struct Streams {
+    pub stdin: Option<UnixStream>,
+    pub stdout: UnixStream,
+    pub stderr: Option<UnixStream>,
+}
+
+/// Mounts the overlay root filesystem: `layers` lowest first.
+pub fn mount_rootfs(
+    layers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    empty_lower: &Path,
+) -> Result<(), String> {
+    for dir in [upper, work, target, empty_lower] {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    // overlayfs lists lower dirs topmost first and needs at least one.
+    let lower: Vec<String> = if layers.is_empty() {
+        vec![empty_lower.display().to_string()]
+    } else {
+        layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect()
+    };
+    for l in &lower {
+        if l.contains([',', ':']) {
+            return Err(format!(
+                "layer path {l} cannot be named in overlayfs options"
+            ));
+        }
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot mount the container's root filesystem at {}: {e} (an overlayfs upper dir cannot live on overlayfs, 9p or virtio-fs: put --data-root on a local filesystem or tmpfs)",
+            target.display()
+        )
+    })
+}
+
+/// Unmounts the root filesystem (lazily: a straggling reference must not wedge removal).
+pub fn unmount_rootfs(target: &Path) {
+    if is_mountpoint(target) {
+        if let Err(e) = nix::mount::umount2(target, nix::mount::MntFlags::MNT_DETACH) {
+            log::warn!("cannot unmount {}: {e}", target.display());
+        }
+    }
+}
+
+/// Whether `path` is a mount point (its device differs from its parent's).
+pub fn is_mountpoint(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(parent)) = (std::fs::metadata(path), path.parent()) else {
+        return false;
+    };
+    std::fs::metadata(parent).is_ok_and(|p| p.dev() != me.dev())
+}
+
+/// Boots the VM, sets the container up in it and starts its process.
+pub fn launch(cfg: &EngineConfig, spec: &LaunchSpec) -> Result<(Vm, Streams, u32), LaunchError> {
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
+    std::fs::create_dir_all(&spec.run_dir)
+        .map_err(|e| failed("cannot create the VM's run directory", &e))?;
+    let uds = spec.run_dir.join("vsock.sock");
+    let _ = std::fs::remove_file(&uds);
+    let ready = ReadyListener::bind(&uds).map_err(|e| failed("cannot listen for the agent", &e))?;
+    let vmm_log = std::fs::File::create(spec.run_dir.join("vmm.log"))
+        .map_err(|e| failed("cannot create the VMM log", &e))?;
+    let mut cmd = Command::new(&cfg.vmm);
+    cmd.arg("boot")
+        .arg("--kernel")
+        .arg(&cfg.kernel)
+        .arg("--initrd")
+        .arg(&cfg.initrd)
+        .arg("--cpus")
+        .arg(spec.vcpus.to_string())
+        .arg("--mem")
+        .arg(spec.mem_mib.to_string())
+        .arg("--console")
+        .arg(&spec.console_log)
+        .arg("--vsock-uds")
+        .arg(&uds)
+        .arg("--fs")
+        .arg(format!("{ROOTFS_TAG}={}", spec.rootfs.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(vmm_log);
+    // Its own process group: a Ctrl-C aimed at berthd in a terminal must not reach VMs.
+    cmd.process_group(0);
+    let mut vmm = cmd
+        .spawn()
+        .map_err(|e| failed(&format!("cannot start {}", cfg.vmm.display()), &e))?;
+    let vm_failed = |vmm: &mut Child, message: String| -> LaunchError {
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        let log = std::fs::read_to_string(spec.run_dir.join("vmm.log")).unwrap_or_default();
+        let log = log.trim();
+        LaunchError::Failed(if log.is_empty() {
+            message
+        } else {
+            format!("{message}: {log}")
+        })
+    };
+
+    // The listener waits on its own thread so this one can watch the VMM.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(ready.wait(BOOT_TIMEOUT));
+    });
+    let deadline = Instant::now() + BOOT_TIMEOUT + Duration::from_secs(5);
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Ok(_)) => break,
+            Ok(Err(e)) => {
+                return Err(vm_failed(
+                    &mut vmm,
+                    format!("the guest agent did not come up: {e}"),
+                ))
+            }
+            Err(_) if Instant::now() > deadline => {
+                return Err(vm_failed(
+                    &mut vmm,
+                    "the guest agent did not come up".into(),
+                ))
+            }
+            Err(_) => {}
+        }
+        if let Ok(Some(status)) = vmm.try_wait() {
+            return Err(vm_failed(
+                &mut vmm,
+                format!("the VM stopped while booting ({status})"),
+            ));
+        }
+    }
+
+    let mut control = match AgentClient::connect(&uds, Duration::from_secs(30)) {
+        Ok(c) => c,
+        Err(e) => {
+            return Err(vm_failed(
+                &mut vmm,
+                format!("cannot reach the guest agent: {e}"),
+            ))
+        }
+    };
+    let started = setup_and_start(&mut control, spec);
+    match started {
+        Ok((streams, pid)) => Ok((Vm { vmm, uds, control }, streams, pid)),
+        Err(e) => {
+            let _ = control.shutdown(Some(Duration::from_millis(100)));
+            let _ = wait_exit(&mut vmm, Duration::from_secs(10));
+            Err(e)
+        }
+    }
+}
+
+fn setup_and_start(
+    control: &mut AgentClient,
+    spec: &LaunchSpec,
+) -> Result<(Streams, u32), LaunchError> {
+    let agent =
+        |what: &str, e: agent_client::ClientError| LaunchError::Failed(format!("{what}: {e}"));
+    control
+        .create_container(CONTAINER, &spec.container)
+        .map_err(|e| agent("cannot set the container up in the guest", e))?;
+    control
+        .create_process(INIT_PROCESS, &spec.process)
+        .map_err(|e| agent("the guest agent refused the process", e))?;
+    let stdin = if spec.process.stdin {
+        Some(
+            control
+                .attach(INIT_PROCESS, StdioStream::Stdin)
+                .map_err(|e| agent("cannot attach stdin", e))?,
+        )
+    } else {
+        None
+    };
+    let stdout = control
+        .attach(INIT_PROCESS, StdioStream::Stdout)
+        .map_err(|e| agent("cannot attach stdout", e))?;
+    let stderr = if spec.process.tty {
+        None
+    } else {
+        Some(
+            control
+                .attach(INIT_PROCESS, StdioStream::Stderr)
+                .map_err(|e| agent("cannot attach stderr", e))?,
+        )
+    };
+    let argv0 = spec.process.argv.first().cloned().unwrap_or_default();
+    match control.start_process(INIT_PROCESS) {
+        Ok(pid) => Ok((
+            Streams {
+                stdin,
+                stdout,
+                stderr,
+            },
+            pid,
+        )),
+        Err(e) => Err(match e.code() {
+            // Worded so the Docker CLI picks its exit codes (127, 126) from the message.
+            Some(ErrorCode::NotFound) => LaunchError::Exec {
+                not_found: true,
+                message: format!("exec: \"{argv0}\": executable file not found in $PATH: {e}"),
+            },
+            Some(ErrorCode::PermissionDenied) => LaunchError::Exec {
+                not_found: false,
+                message: format!("exec: \"{argv0}\": permission denied: {e}"),
+            },
+            _ => agent("cannot start the container's process", e),
+        }),
+    }
+}
+
+/// Waits for the VMM to exit, up to `timeout`; false when it is still running.
+pub fn wait_exit(vmm: &mut Child, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match vmm.try_wait() {
+            Ok(Some(_)) => return true,
+            Ok(None) if Instant::now() >= deadline => return false,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Powers the VM off through the agent, killing the VMM if it does not exit in time.
+pub fn shutdown(vmm: &mut Child, uds: &Path) {
+    if let Ok(Some(_)) = vmm.try_wait() {
+        return;
+    }
+    if let Ok(c) = AgentClient::connect(uds, Duration::from_secs(2)) {
+        let _ = c.shutdown(Some(Duration::from_millis(500)));
+    }
+    if !wait_exit(vmm, Duration::from_secs(10)) {
+        log::warn!("VMM {} did not exit after shutdown; killing it", vmm.id());
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+    }
+}
