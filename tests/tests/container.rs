@@ -223,18 +223,19 @@ fn a_container_from_a_guest_directory() {
          core fd full mqueue null ptmx pts random shm stderr stdin stdout tty urandom zero \n",
     );
 
-    // docker exec: the same root, namespaces and hostname; the main process is PID 1.
+    // docker exec: the same root, namespaces and hostname; the main process is PID 1;
+    // Docker's default capabilities.
     let o = run(
         &mut c,
         "exec",
         sh_in(
             "c1",
             "hostname; stat -c %U /work; cat /proc/1/cmdline | tr '\\0' ' '; echo; \
-             ls /home; awk '{ print $4 }' /proc/self/stat",
+             ls /home; echo $PPID; grep CapEff /proc/self/status",
         ),
     );
     assert_eq!(
-        o.stdout, "ctr-host\nroot\nsleep 1000 \napp\n0\n",
+        o.stdout, "ctr-host\nroot\nsleep 1000 \napp\n0\nCapEff:\t00000000a80425fb\n",
         "{}",
         o.stderr
     );

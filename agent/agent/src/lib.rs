@@ -10,6 +10,7 @@
 //! (the VMM's device). The same server runs on the host as a normal process over a Unix
 //! socket for tests; only [`init`] is PID-1 specific.
 
+pub mod caps;
 pub mod container;
 pub mod init;
 pub mod logger;

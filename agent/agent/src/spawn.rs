@@ -78,10 +78,11 @@ pub enum Stage {
     Console = 15,
     Lookup = 16,
     TtyOwner = 17,
+    Capabilities = 18,
 }
 
 impl Stage {
-    const ALL: [Stage; 17] = [
+    const ALL: [Stage; 18] = [
         Stage::Setsid,
         Stage::ControllingTty,
         Stage::Stdio,
@@ -99,6 +100,7 @@ impl Stage {
         Stage::Console,
         Stage::Lookup,
         Stage::TtyOwner,
+        Stage::Capabilities,
     ];
 
     fn from_u32(v: u32) -> Option<Stage> {
@@ -126,6 +128,7 @@ impl fmt::Display for Stage {
             Stage::Console => "binding the terminal to /dev/console",
             Stage::Lookup => "looking up the program in $PATH",
             Stage::TtyOwner => "giving the terminal to the user",
+            Stage::Capabilities => "dropping capabilities",
         })
     }
 }
@@ -149,6 +152,8 @@ pub enum SpawnError {
     /// Docker's own wording ("unable to find user foo: no matching entries in passwd file").
     #[error(transparent)]
     User(UserError),
+    #[error(transparent)]
+    Capability(crate::caps::UnknownCapability),
     #[error("cannot read {path}")]
     UserDatabase {
         path: &'static str,
@@ -218,7 +223,9 @@ impl SpawnError {
                 source,
                 ..
             } if is_not_executable(source) => ErrorCode::PermissionDenied,
-            SpawnError::Nul { .. } | SpawnError::User(_) => ErrorCode::InvalidArgument,
+            SpawnError::Nul { .. } | SpawnError::User(_) | SpawnError::Capability(_) => {
+                ErrorCode::InvalidArgument
+            }
             SpawnError::ContainerStopped => ErrorCode::InvalidState,
             _ => ErrorCode::SpawnFailed,
         }
@@ -348,6 +355,8 @@ pub struct Prepared {
     /// `mkdir -p` of the working directory, for a container's init.
     cwd_prefixes: Vec<CString>,
     identity: Option<Identity>,
+    /// The capability bounding set to keep (the rest is dropped before exec).
+    bounding: Option<u64>,
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
     tty: bool,
 }
@@ -458,6 +467,16 @@ impl Prepared {
         );
         let unchanged = euid != 0 && uid == euid && gid == egid && groups.iter().all(|&g| g == gid);
         let identity = (!unchanged).then_some(Identity { uid, gid, groups });
+        // Docker's capabilities (moby oci.SetCapabilities): root holds exactly the set, other
+        // users nothing but may not gain more. Both follow from the bounding set alone: exec
+        // gives root its bounding set and a non-root user (its caps cleared by setuid) none.
+        let bounding = match (&spec.capabilities, container.is_some()) {
+            (Some(names), _) => Some(crate::caps::mask(names).map_err(SpawnError::Capability)?),
+            (None, true) => Some(
+                crate::caps::mask(crate::caps::DOCKER_DEFAULT).map_err(SpawnError::Capability)?,
+            ),
+            (None, false) => None,
+        };
         Ok(Prepared {
             program_name: argv0.to_owned(),
             candidates,
@@ -469,6 +488,7 @@ impl Prepared {
             cwd: c_string("cwd", &spec.cwd)?,
             cwd_prefixes,
             identity,
+            bounding,
             rlimits: spec
                 .rlimits
                 .iter()
@@ -745,6 +765,24 @@ unsafe fn child(p: &Prepared, stdio: [RawFd; 3], join: Option<&RawJoin>, report:
             if libc::setrlimit(*resource as _, limit) < 0 {
                 fail(report, Stage::Rlimit);
             }
+        }
+        // While still root (CAP_SETPCAP). Numbers this kernel does not have are EINVAL.
+        if let Some(keep) = p.bounding {
+            for cap in 0..64 {
+                if keep & (1 << cap) == 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    fail(report, Stage::Capabilities);
+                }
+            }
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            );
         }
         // Raw syscalls: glibc's wrappers would try to broadcast the change to threads that
         // only exist in the parent. Order matters: groups and gid while still root.
@@ -1037,10 +1075,10 @@ mod tests {
         assert_eq!(child_exit_code(Stage::Exec, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Lookup, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Exec, libc::EACCES), 126);
-        for v in 1..=17 {
+        for v in 1..=18 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(18), None);
+        assert_eq!(Stage::from_u32(19), None);
     }
 }

@@ -730,3 +730,101 @@ fn many_containers_at_once() {
     }
     let _ = Instant::now();
 }
+
+#[test]
+fn setup_and_start_times() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("times");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    let (mut setups, mut starts, mut execs) = (vec![], vec![], vec![]);
+    for i in 0..10 {
+        let id = format!("t{i}");
+        let t = Instant::now();
+        c.create_container(&id, &dir_spec(&root, "h")).unwrap();
+        setups.push(t.elapsed());
+        let mut p = ProcessSpec::new(["sleep", "100"]);
+        p.container = Some(id.clone());
+        c.create_process(&format!("{id}-init"), &p).unwrap();
+        let t = Instant::now();
+        c.start_process(&format!("{id}-init")).unwrap();
+        starts.push(t.elapsed());
+        let mut p = ProcessSpec::new(["true"]);
+        p.container = Some(id.clone());
+        p.user = Some("app".into());
+        c.create_process(&format!("{id}-exec"), &p).unwrap();
+        let t = Instant::now();
+        c.start_process(&format!("{id}-exec")).unwrap();
+        execs.push(t.elapsed());
+        c.signal(&format!("{id}-init"), libc::SIGKILL).unwrap();
+        c.wait_process(&format!("{id}-init")).unwrap();
+        c.wait_process(&format!("{id}-exec")).unwrap();
+        c.delete_container(&id).unwrap();
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (s, i, e) = (median(&mut setups), median(&mut starts), median(&mut execs));
+    eprintln!("container setup {s:?}, init start {i:?}, exec start {e:?} (medians of 10)");
+    for d in [s, i, e] {
+        assert!(d < Duration::from_secs(2), "{d:?}");
+    }
+}
+
+#[test]
+fn capabilities_are_dockers() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("caps");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "h")).unwrap();
+    start_init(&mut c, "c1");
+    let caps = "grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status | tr '\\t' ' '";
+    // Root: Docker's default set (the well-known a80425fb), nothing more.
+    let o = run(
+        &mut c,
+        "root",
+        sh_in("c1", &format!("{caps}; hostname other 2>&1")),
+    );
+    assert_eq!(
+        o.stdout,
+        "CapPrm: 00000000a80425fb\nCapEff: 00000000a80425fb\nCapBnd: 00000000a80425fb\n\
+         CapAmb: 0000000000000000\nhostname: sethostname: Operation not permitted\n",
+        "{}",
+        o.stderr
+    );
+    // Another user: none, the same bounding set.
+    let mut p = sh_in("c1", caps);
+    p.user = Some("app".into());
+    let o = run(&mut c, "app", p);
+    assert_eq!(
+        o.stdout,
+        "CapPrm: 0000000000000000\nCapEff: 0000000000000000\nCapBnd: 00000000a80425fb\n\
+         CapAmb: 0000000000000000\n"
+    );
+    // The host's computed set (CapAdd/CapDrop applied), names as Docker writes them.
+    let mut p = sh_in("c1", &format!("{caps}; hostname other && hostname"));
+    p.capabilities = Some(vec!["CAP_CHOWN".into(), "CAP_SYS_ADMIN".into()]);
+    let o = run(&mut c, "custom", p);
+    assert_eq!(
+        o.stdout,
+        "CapPrm: 0000000000200001\nCapEff: 0000000000200001\nCapBnd: 0000000000200001\n\
+         CapAmb: 0000000000000000\nother\n",
+        "{}",
+        o.stderr
+    );
+    let mut p = sh_in("c1", "true");
+    p.capabilities = Some(vec!["CAP_FLY".into()]);
+    c.create_process("fly", &p).unwrap();
+    let e = c.start_process("fly").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(
+        e.to_string().ends_with("unknown capability \"CAP_FLY\""),
+        "{e}"
+    );
+}

@@ -361,7 +361,11 @@ impl AgentClient {
 
     /// Registers process `id`; nothing runs until [`AgentClient::start_process`].
     pub fn create_process(&mut self, id: &str, spec: &ProcessSpec) -> Result<(), ClientError> {
-        if spec.container.is_some() || spec.user.is_some() || !spec.group_add.is_empty() {
+        if spec.container.is_some()
+            || spec.user.is_some()
+            || !spec.group_add.is_empty()
+            || spec.capabilities.is_some()
+        {
             self.require_containers("create_process")?;
         }
         self.call_ok(&Request::CreateProcess {

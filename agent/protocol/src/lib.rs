@@ -40,7 +40,9 @@
 //! the user's memberships, then `group_add`), with Docker's error messages
 //! (`InvalidArgument`, e.g. "unable to find user foo: no matching entries in passwd file");
 //! `HOSTNAME` (the container's hostname) and `HOME` (the user's home from passwd, else `/`)
-//! are added where the environment lacks them; a program that cannot be found is `NotFound`
+//! are added where the environment lacks them; `capabilities` (Docker's default set unless
+//! given) bounds what the process may hold: root holds the set, other users nothing;
+//! a program that cannot be found is `NotFound`
 //! (`exec: "foo": executable file not found in $PATH`, exit 127), one that cannot be
 //! executed `PermissionDenied` (exit 126). [`Request::DeleteContainer`] releases a container
 //! none of whose processes runs. Setup failures answer `SetupFailed`, unknown containers
@@ -71,9 +73,10 @@ pub use messages::{
 pub use parse::{parse_header, parse_request, ParseError};
 pub use validate::{
     validate_container_id, validate_process_id, ValidationError, MAX_ADDITIONAL_GIDS, MAX_ARGS,
-    MAX_ARG_LEN, MAX_DNS_ENTRIES, MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD, MAX_HOSTNAME_LEN,
-    MAX_HOSTS_ENTRIES, MAX_MESSAGE_LEN, MAX_NAMES_PER_HOST, MAX_PATH_LEN, MAX_PROCESS_ID_LEN,
-    MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN,
+    MAX_ARG_LEN, MAX_CAPABILITIES, MAX_DNS_ENTRIES, MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD,
+    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_MESSAGE_LEN, MAX_NAMES_PER_HOST, MAX_PATH_LEN,
+    MAX_PROCESS_ID_LEN, MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN,
+    MAX_VIRTIOFS_TAG_LEN,
 };
 
 /// The vsock port the agent listens on (guest side).

@@ -148,6 +148,12 @@ pub struct ProcessSpec {
     /// resolved against the root's `/etc/group`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_add: Vec<String>,
+    /// (1.1) The capabilities the process may hold (`CAP_CHOWN`, ...): Docker's
+    /// `CapAdd`/`CapDrop`/`--privileged` applied to its defaults. Root gets exactly these,
+    /// other users none but these as their bounding set, as under Docker. Unset: Docker's
+    /// default set in a container, everything outside one (as in 1.0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<String>>,
 }
 
 fn default_cwd() -> String {
@@ -175,6 +181,7 @@ impl ProcessSpec {
             container: None,
             user: None,
             group_add: Vec::new(),
+            capabilities: None,
         }
     }
 }
@@ -470,6 +477,7 @@ mod tests {
             container: Some("c1".into()),
             user: Some("app:staff".into()),
             group_add: vec!["audio".into(), "44".into()],
+            capabilities: Some(vec!["CAP_CHOWN".into(), "CAP_KILL".into()]),
         }
     }
 

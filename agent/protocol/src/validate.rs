@@ -43,6 +43,10 @@ pub const MAX_DNS_ENTRIES: usize = 32;
 pub const MAX_USER_LEN: usize = 256;
 /// Most `group_add` entries.
 pub const MAX_GROUP_ADD: usize = 1024;
+/// Most capabilities (Linux has fewer than 64).
+pub const MAX_CAPABILITIES: usize = 64;
+/// Longest capability name.
+const MAX_CAPABILITY_LEN: usize = 32;
 /// Highest signal number (Linux's `SIGRTMAX`).
 const MAX_SIGNAL: i32 = 64;
 /// Linux's highest pid (`PID_MAX_LIMIT`).
@@ -366,6 +370,20 @@ impl ProcessSpec {
                 ));
             }
         }
+        if let Some(caps) = &self.capabilities {
+            check_count("capabilities", caps.len(), MAX_CAPABILITIES)?;
+            for c in caps {
+                if c.is_empty() {
+                    return Err(ValidationError::Empty {
+                        field: "capability",
+                    });
+                }
+                check_len("capability", c, MAX_CAPABILITY_LEN)?;
+                if !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    return Err(invalid("capability", "only ASCII letters, digits and '_'"));
+                }
+            }
+        }
         check_count("group_add", self.group_add.len(), MAX_GROUP_ADD)?;
         for g in &self.group_add {
             if g.is_empty() {
@@ -619,6 +637,18 @@ mod tests {
             (
                 "empty group_add",
                 Box::new(|s| s.group_add = vec![String::new()]),
+            ),
+            (
+                "odd capability",
+                Box::new(|s| s.capabilities = Some(vec!["CAP_SYS ADMIN".into()])),
+            ),
+            (
+                "long capability",
+                Box::new(|s| s.capabilities = Some(vec!["C".repeat(33)])),
+            ),
+            (
+                "too many capabilities",
+                Box::new(|s| s.capabilities = Some(vec!["CAP_KILL".into(); 65])),
             ),
             (
                 "too many group_add",
