@@ -223,6 +223,40 @@ fn large_files_keep_every_byte() {
 }
 
 #[test]
+fn thousands_of_files_stay_open_to_the_guest() {
+    if !ready() {
+        return;
+    }
+    // The guest's kernel keeps every inode it looked up until memory runs short, and the
+    // server holds a descriptor for each: far more than the default limit of 1024.
+    let l = Layout::new("many");
+    for d in 0..40 {
+        let dir = l.file(&format!("d{d}"));
+        std::fs::create_dir(&dir).unwrap();
+        for f in 0..50 {
+            std::fs::write(dir.join(format!("f{f}")), format!("{d}/{f}\n")).unwrap();
+        }
+    }
+    let script = format!(
+        "{MOUNT} || exit 1
+         echo FILES $(find . -type f | wc -l)
+         echo LINES $(cat d*/f* | wc -l)
+         for d in d*; do touch $d/new; done
+         echo NEW $(ls d*/new | wc -l)
+         rm -rf d* && echo REMOVED"
+    );
+    let out = vm(&[l.spec("s", "")], &script);
+    assert!(out.stdout.contains("FILES 2000\n"), "{out:?}");
+    assert!(out.stdout.contains("LINES 2000\n"), "{out:?}");
+    assert!(out.stdout.contains("NEW 40\n"), "{out:?}");
+    // Listing while deleting (rm -rf) sees every entry, also on a tmpfs with positional
+    // directory offsets (Linux 6.1, as in the emulated host).
+    assert!(out.stdout.contains("REMOVED"), "{out:?}");
+    assert_eq!(std::fs::read_dir(&l.share).unwrap().count(), 0);
+    l.assert_outside_untouched(&out);
+}
+
+#[test]
 fn a_read_only_share_refuses_every_change() {
     if !ready() {
         return;

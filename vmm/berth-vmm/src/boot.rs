@@ -79,6 +79,36 @@ fn config(args: &Args) -> Result<VmConfig, String> {
     })
 }
 
+/// The FUSE server holds one `O_PATH` descriptor for every inode the guest has looked up
+/// and not yet forgotten, and a guest's kernel forgets only under memory pressure: a
+/// container that walks its image (thousands of files) needs far more descriptors than the
+/// usual soft limit of 1024. Raise the limit as far as this process may (the hard limit too
+/// where it holds CAP_SYS_RESOURCE), up to 1M as virtiofsd does.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let wanted: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20)
+        .min(1 << 20);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= wanted {
+        return;
+    }
+    let raised = setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted.max(hard))
+        .map(|()| wanted)
+        .or_else(|_| setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map(|()| hard));
+    match raised {
+        Ok(limit) if limit < 65536 => log::warn!(
+            "berth-vmm: open file limit {limit}: a guest walking a large share may see EMFILE"
+        ),
+        Ok(limit) => log::info!("berth-vmm: open file limit raised to {limit} for virtio-fs"),
+        Err(e) => log::warn!("berth-vmm: cannot raise the open file limit ({soft}): {e}"),
+    }
+}
+
 /// Where the console went, for messages that point at it.
 fn console_place(args: &Args) -> String {
     match args.value("--console") {
@@ -102,6 +132,9 @@ pub fn main(argv: &[String]) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    if !config.shares.is_empty() {
+        raise_fd_limit();
+    }
     let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
     let outcome = Vmm::new(config).and_then(Vmm::run);
     if let Some(path) = vsock_path {

@@ -103,6 +103,27 @@ fn xattr_allowed(name: &CStr) -> bool {
     bytes.len() > XATTR_ALLOWED_PREFIX.len() && bytes.starts_with(XATTR_ALLOWED_PREFIX)
 }
 
+/// How much larger a FUSE directory entry can be than the host's `linux_dirent64` for the
+/// same name: 8 bytes more for READDIR, 136 more for READDIRPLUS (its attributes), which
+/// for the shortest names (24-byte host records) is 2x and 7x.
+const READDIR_GROWTH: u32 = 2;
+const READDIRPLUS_GROWTH: u32 = 7;
+/// Enough for one host entry with the longest name.
+const MIN_DIRENTS_SIZE: u32 = 512;
+
+/// How many bytes of host directory entries to read for a reply of `reply_size` bytes.
+///
+/// The library reads host entries with `getdents64` into a buffer of the size it is given
+/// and drops those that do not fit the reply; the guest's next request then seeks back to
+/// the last entry it got. On file systems whose directory offsets are positions (tmpfs, and
+/// overlayfs's merged directories), seeking back after entries were deleted (`rm -rf`
+/// deletes while it lists) skips entries, and the guest sees "Directory not empty". Reading
+/// no more than always fits keeps every request starting where the host's directory stream
+/// already is, so the host keeps its own cursor.
+fn host_dirents_size(reply_size: u32, growth: u32) -> u32 {
+    (reply_size / growth).max(MIN_DIRENTS_SIZE).min(reply_size)
+}
+
 fn writes(flags: i32) -> bool {
     flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
 }
@@ -573,8 +594,9 @@ impl FileSystem for ConfinedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let host_size = host_dirents_size(size, READDIR_GROWTH);
         self.inner
-            .readdir(ctx, inode, handle, size, offset, add_entry)
+            .readdir(ctx, inode, handle, host_size, offset, add_entry)
     }
 
     fn readdirplus(
@@ -586,8 +608,9 @@ impl FileSystem for ConfinedFs {
         offset: u64,
         add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
     ) -> io::Result<()> {
+        let host_size = host_dirents_size(size, READDIRPLUS_GROWTH);
         self.inner
-            .readdirplus(ctx, inode, handle, size, offset, add_entry)
+            .readdirplus(ctx, inode, handle, host_size, offset, add_entry)
     }
 
     fn fsyncdir(&self, ctx: &Context, inode: u64, datasync: bool, handle: u64) -> io::Result<()> {
