@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use agent_client::{
-    AgentClient, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry,
+    AgentClient, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry, MountSpec,
     ProcessSpec, ReadyListener, StdioStream,
 };
 use berth_tests::*;
@@ -301,20 +301,30 @@ fn a_container_from_a_virtiofs_share() {
         .unwrap();
     assert!(built.success());
     std::fs::write(root.join("etc/hostname"), "image\n").unwrap();
+    let volume = base.path("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("seed"), "seeded on the host\n").unwrap();
 
-    let vm = Vm::boot(&[("rootfs", &root)]);
+    let vm = Vm::boot(&[("rootfs", &root), ("vol0", &volume)]);
     let mut c = vm.client();
-    let spec = ContainerSpec::new(
+    let mut spec = ContainerSpec::new(
         FsSource::Virtiofs {
             tag: "rootfs".into(),
         },
         "shared-root",
     );
+    // docker run -v: a second share, mounted at a path the image does not have.
+    spec.mounts = vec![MountSpec {
+        source: FsSource::Virtiofs { tag: "vol0".into() },
+        destination: "/var/lib/data".into(),
+        readonly: false,
+    }];
     c.create_container("web", &spec).unwrap();
     let mut p = sh_in(
         "web",
         "id -un; id -G; cat /etc/hostname; echo from the container > /home/app/note; \
-         awk '$2 == \"/\" { print $3 }' /proc/mounts; tty",
+         awk '$2 == \"/\" || $2 == \"/var/lib/data\" { print $2, $3 }' /proc/mounts; \
+         cat /var/lib/data/seed; echo into the volume > /var/lib/data/out; tty",
     );
     p.user = Some("app:staff".into());
     p.group_add = vec!["audio".into()];
@@ -324,7 +334,8 @@ fn a_container_from_a_virtiofs_share() {
     assert_eq!(o.status, OK, "{}\n{}", o.stdout, vm.console());
     assert_eq!(
         o.stdout,
-        "app\r\n50 29\r\nshared-root\r\nvirtiofs\r\n/dev/pts/0\r\n"
+        "app\r\n50 29\r\nshared-root\r\n/ virtiofs\r\n/var/lib/data virtiofs\r\n\
+         seeded on the host\r\n/dev/pts/0\r\n"
     );
     // The container's write reached the host's directory, as the user; the generated
     // /etc/hostname did not replace the image's file.
@@ -338,6 +349,12 @@ fn a_container_from_a_virtiofs_share() {
     assert_eq!(
         std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
         "image\n"
+    );
+    // The volume's mount point was made in the image; the write reached the volume.
+    assert!(root.join("var/lib/data").is_dir());
+    assert_eq!(
+        std::fs::read_to_string(volume.join("out")).unwrap(),
+        "into the volume\n"
     );
     drop(c);
     vm.shutdown();

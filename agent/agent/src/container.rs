@@ -406,7 +406,7 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
     let clone = |name: &str| {
         let path = dir.join(name);
         let path = path.to_str().unwrap_or_default();
-        sys::clone_mount(path).map_err(|source| ContainerError::Mount {
+        sys::clone_mount(path, false).map_err(|source| ContainerError::Mount {
             what: path.to_owned(),
             target: "a detached mount".to_owned(),
             source,
@@ -423,6 +423,8 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
             spec.dns.is_none(),
         ),
     ];
+
+    let volumes = prepare_volumes(dir, spec)?;
 
     nix::unistd::chdir(staging).map_err(|e| ContainerError::Pivot(nix_err(e)))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached
@@ -494,6 +496,9 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
     for path in MASKED_SYS {
         mask(path)?;
     }
+    for v in &volumes {
+        attach_volume(v)?;
+    }
 
     for (target, tree, only_if_missing) in &etc {
         if *only_if_missing && std::fs::metadata(target).is_ok() {
@@ -533,6 +538,110 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
         ns,
         root: handle("root", "/")?,
         devpts: handle("/dev/pts", "/dev/pts")?,
+    })
+}
+
+/// A volume, mounted and detached before the pivot, to be attached inside.
+struct Volume {
+    destination: String,
+    tree: OwnedFd,
+    /// A single file rather than a directory.
+    file: bool,
+}
+
+/// Mounts every volume's source under the state directory and takes a detached copy of it
+/// (recursive, read-only where asked), parents first as Docker orders them.
+fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, ContainerError> {
+    let mut mounts: Vec<_> = spec.mounts.iter().collect();
+    mounts.sort_by_key(|m| m.destination.split('/').filter(|c| !c.is_empty()).count());
+    let mut volumes = Vec::with_capacity(mounts.len());
+    for (i, m) in mounts.into_iter().enumerate() {
+        let staging = dir.join("mounts").join(i.to_string());
+        let staging_str = staging.to_string_lossy().into_owned();
+        let prepare = |source| ContainerError::Prepare {
+            path: staging.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir.join("mounts")).map_err(prepare)?;
+        let file = match &m.source {
+            FsSource::Directory { path } => {
+                let meta = std::fs::metadata(path).map_err(|source| ContainerError::Mount {
+                    what: path.clone(),
+                    target: m.destination.clone(),
+                    source,
+                })?;
+                if meta.is_dir() {
+                    std::fs::create_dir(&staging).map_err(prepare)?;
+                } else {
+                    std::fs::File::create(&staging).map_err(prepare)?;
+                }
+                mount(
+                    Some(path.as_str()),
+                    staging_str.as_str(),
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )
+                .map_err(mount_err(path, &m.destination))?;
+                !meta.is_dir()
+            }
+            FsSource::Virtiofs { tag } => {
+                std::fs::create_dir(&staging).map_err(prepare)?;
+                mount(
+                    Some(tag.as_str()),
+                    staging_str.as_str(),
+                    Some("virtiofs"),
+                    MsFlags::empty(),
+                    None::<&str>,
+                )
+                .map_err(mount_err(&format!("virtiofs {tag}"), &m.destination))?;
+                false
+            }
+        };
+        let tree =
+            sys::clone_mount(&staging_str, true).map_err(|source| ContainerError::Mount {
+                what: staging_str.clone(),
+                target: "a detached mount".to_owned(),
+                source,
+            })?;
+        if m.readonly {
+            sys::make_tree_readonly(tree.as_fd()).map_err(|source| ContainerError::Mount {
+                what: "read-only".to_owned(),
+                target: m.destination.clone(),
+                source,
+            })?;
+        }
+        volumes.push(Volume {
+            destination: m.destination.clone(),
+            tree,
+            file,
+        });
+    }
+    Ok(volumes)
+}
+
+/// Attaches a volume inside the container, creating its mount point (through the image's
+/// symlinks, inside this root).
+fn attach_volume(v: &Volume) -> Result<(), ContainerError> {
+    let dest = v.destination.as_str();
+    if v.file {
+        if let Some(parent) = Path::new(dest).parent().and_then(Path::to_str) {
+            make_dir(parent)?;
+        }
+        nix::fcntl::open(
+            OsStr::new(dest),
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .map(drop)
+        .map_err(|e| create_err(dest)(nix_err(e)))?;
+    } else {
+        make_dir(dest)?;
+    }
+    sys::move_mount(v.tree.as_fd(), dest).map_err(|source| ContainerError::Mount {
+        what: "a volume".to_owned(),
+        target: dest.to_owned(),
+        source,
     })
 }
 

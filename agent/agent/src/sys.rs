@@ -434,19 +434,17 @@ pub fn own_namespace(kind: &str) -> io::Result<OwnedFd> {
 /// A detached copy of the mount at (or bind of the file at) `path`: open_tree(2) with
 /// `OPEN_TREE_CLONE`. It can be attached later with [`move_mount`], even after the
 /// caller's root has moved away from `path`.
-pub fn clone_mount(path: &str) -> io::Result<OwnedFd> {
+/// With `recursive`, the mounts below `path` come along.
+pub fn clone_mount(path: &str, recursive: bool) -> io::Result<OwnedFd> {
     let c =
         std::ffi::CString::new(path).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: open_tree reads the C string, valid for the call, and returns a new
     // descriptor or -1.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC as libc::c_uint,
-        )
-    };
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -468,6 +466,41 @@ pub fn move_mount(tree: BorrowedFd<'_>, target: &str) -> io::Result<()> {
             libc::AT_FDCWD,
             c.as_ptr(),
             libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_SYMLINKS,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Makes the detached mount tree `tree` read-only, every mount in it.
+pub fn make_tree_readonly(tree: BorrowedFd<'_>) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads the empty C string and `attr` (its size passed), both
+    // valid for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
         )
     };
     if r < 0 {

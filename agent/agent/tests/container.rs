@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use agent_client::{
     AgentClient, ContainerSpec, DnsConfig, Endpoint, ErrorCode, ExitStatus, FsSource, HostsEntry,
-    ProcessSpec, ReadyListener, Rlimit, RlimitResource, StdioStream,
+    MountSpec, ProcessSpec, ReadyListener, Rlimit, RlimitResource, StdioStream,
 };
 
 const T: Duration = Duration::from_secs(30);
@@ -827,4 +827,75 @@ fn capabilities_are_dockers() {
         e.to_string().ends_with("unknown capability \"CAP_FLY\""),
         "{e}"
     );
+}
+
+#[test]
+fn volumes_and_bind_mounts() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("volumes");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    let data = a.dir.join("data");
+    let sub = a.dir.join("sub");
+    let conf = a.dir.join("app.conf");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::create_dir_all(&sub).unwrap();
+    std::fs::write(data.join("hello"), "from the host\n").unwrap();
+    std::fs::write(sub.join("inner"), "nested\n").unwrap();
+    std::fs::write(&conf, "key=value\n").unwrap();
+    let dir = |p: &Path| FsSource::Directory {
+        path: p.to_str().unwrap().to_owned(),
+    };
+    let mut spec = dir_spec(&root, "h");
+    // Out of order on purpose: the nested one must still land on top of its parent.
+    spec.mounts = vec![
+        MountSpec {
+            source: dir(&sub),
+            destination: "/srv/data/sub".into(),
+            readonly: true,
+        },
+        MountSpec {
+            source: dir(&data),
+            destination: "/srv/data".into(),
+            readonly: false,
+        },
+        MountSpec {
+            source: dir(&conf),
+            destination: "/etc/app/app.conf".into(),
+            readonly: true,
+        },
+    ];
+    c.create_container("c1", &spec).unwrap();
+    let o = run(
+        &mut c,
+        "v",
+        sh_in(
+            "c1",
+            "cat /srv/data/hello /srv/data/sub/inner /etc/app/app.conf; \
+             echo written > /srv/data/new && echo rw data; \
+             touch /srv/data/sub/x 2>/dev/null || echo ro sub; \
+             echo x >> /etc/app/app.conf 2>/dev/null || echo ro conf",
+        ),
+    );
+    assert_eq!(
+        o.stdout, "from the host\nnested\nkey=value\nrw data\nro sub\nro conf\n",
+        "{}",
+        o.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("new")).unwrap(),
+        "written\n"
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "key=value\n");
+    // A missing source is a setup failure.
+    let mut spec = dir_spec(&root, "h");
+    spec.mounts = vec![MountSpec {
+        source: dir(&a.dir.join("missing")),
+        destination: "/x".into(),
+        readonly: false,
+    }];
+    let e = c.create_container("c2", &spec).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SetupFailed), "{e}");
 }

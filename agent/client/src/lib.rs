@@ -41,7 +41,7 @@ use agent_protocol::{
     PROTOCOL_VERSION,
 };
 pub use agent_protocol::{
-    ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry, ProcessSpec,
+    ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry, MountSpec, ProcessSpec,
     ProtocolVersion, Rlimit, RlimitResource, StdioStream, TtySize,
 };
 pub use dial::{dial_hybrid_vsock, DialError, Endpoint};

@@ -67,15 +67,15 @@ mod validate;
 pub use frame::{decode, encode, read_frame, read_frame_body, write_frame, FrameError};
 pub use messages::{
     ConnectionHeader, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry,
-    Notification, ProcessSpec, ProtocolVersion, Request, Response, Rlimit, RlimitResource,
-    StdioStream, TtySize,
+    MountSpec, Notification, ProcessSpec, ProtocolVersion, Request, Response, Rlimit,
+    RlimitResource, StdioStream, TtySize,
 };
 pub use parse::{parse_header, parse_request, ParseError};
 pub use validate::{
     validate_container_id, validate_process_id, ValidationError, MAX_ADDITIONAL_GIDS, MAX_ARGS,
     MAX_ARG_LEN, MAX_CAPABILITIES, MAX_DNS_ENTRIES, MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD,
-    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_MESSAGE_LEN, MAX_NAMES_PER_HOST, MAX_PATH_LEN,
-    MAX_PROCESS_ID_LEN, MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN,
+    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_MESSAGE_LEN, MAX_MOUNTS, MAX_NAMES_PER_HOST,
+    MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN,
     MAX_VIRTIOFS_TAG_LEN,
 };
 

@@ -197,6 +197,18 @@ pub enum FsSource {
     Directory { path: String },
 }
 
+/// (1.1) A filesystem mounted into a container: a volume or bind mount (`docker run -v`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub source: FsSource,
+    /// Where it appears in the container (absolute, not `/`); created if missing, as a
+    /// directory or, for a single-file source, a file.
+    pub destination: String,
+    /// Mounted read-only (`:ro`), recursively.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
 /// (1.1) One line of the container's `/etc/hosts`: an address and its names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostsEntry {
@@ -241,6 +253,10 @@ pub struct ContainerSpec {
     /// Size of `/dev/shm` in bytes (Docker's `--shm-size`; default 64 MiB).
     #[serde(default)]
     pub shm_size: Option<u64>,
+    /// Volumes and bind mounts, mounted parents first (by destination depth), after
+    /// Docker's own mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<MountSpec>,
 }
 
 impl ContainerSpec {
@@ -254,6 +270,7 @@ impl ContainerSpec {
             hosts: Vec::new(),
             dns: None,
             shm_size: None,
+            mounts: Vec::new(),
         }
     }
 }
@@ -499,6 +516,11 @@ mod tests {
                 options: vec!["ndots:2".into()],
             }),
             shm_size: Some(1 << 20),
+            mounts: vec![MountSpec {
+                source: FsSource::Virtiofs { tag: "vol1".into() },
+                destination: "/data".into(),
+                readonly: true,
+            }],
         }
     }
 

@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use crate::messages::{
-    ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, Notification, ProcessSpec,
-    Request, Response,
+    ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, MountSpec, Notification,
+    ProcessSpec, Request, Response,
 };
 
 /// Longest process id, in bytes.
@@ -43,6 +43,8 @@ pub const MAX_DNS_ENTRIES: usize = 32;
 pub const MAX_USER_LEN: usize = 256;
 /// Most `group_add` entries.
 pub const MAX_GROUP_ADD: usize = 1024;
+/// Most volumes and bind mounts in one container.
+pub const MAX_MOUNTS: usize = 256;
 /// Most capabilities (Linux has fewer than 64).
 pub const MAX_CAPABILITIES: usize = 64;
 /// Longest capability name.
@@ -242,6 +244,24 @@ impl FsSource {
     }
 }
 
+impl MountSpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        self.source.validate()?;
+        check_absolute_path("mount destination", &self.destination)?;
+        if self
+            .destination
+            .split('/')
+            .all(|c| c.is_empty() || c == ".")
+        {
+            return Err(invalid("mount destination", "must not be the root"));
+        }
+        if self.destination.split('/').any(|c| c == "..") {
+            return Err(invalid("mount destination", "must not contain '..'"));
+        }
+        Ok(())
+    }
+}
+
 impl HostsEntry {
     fn validate(&self) -> Result<(), ValidationError> {
         check_address("hosts address", &self.address)?;
@@ -291,6 +311,10 @@ impl ContainerSpec {
         }
         if self.shm_size == Some(0) {
             return Err(invalid("shm_size", "must not be 0"));
+        }
+        check_count("mounts", self.mounts.len(), MAX_MOUNTS)?;
+        for m in &self.mounts {
+            m.validate()?;
         }
         Ok(())
     }
@@ -709,6 +733,13 @@ mod tests {
             options: vec!["ndots:0".into(), "edns0".into()],
         });
         c.shm_size = Some(1);
+        c.mounts = vec![MountSpec {
+            source: FsSource::Directory {
+                path: "/srv/data".into(),
+            },
+            destination: "/var/lib/data".into(),
+            readonly: true,
+        }];
         assert_eq!(container(c).validate(), Ok(()));
         let mut c = base_container();
         c.rootfs = FsSource::Directory {
@@ -839,6 +870,46 @@ mod tests {
                 }),
             ),
             ("zero shm", Box::new(|c| c.shm_size = Some(0))),
+            (
+                "mount on /",
+                Box::new(|c| {
+                    c.mounts = vec![MountSpec {
+                        source: FsSource::Directory { path: "/v".into() },
+                        destination: "/./".into(),
+                        readonly: false,
+                    }]
+                }),
+            ),
+            (
+                "mount with ..",
+                Box::new(|c| {
+                    c.mounts = vec![MountSpec {
+                        source: FsSource::Directory { path: "/v".into() },
+                        destination: "/data/../etc".into(),
+                        readonly: false,
+                    }]
+                }),
+            ),
+            (
+                "relative mount",
+                Box::new(|c| {
+                    c.mounts = vec![MountSpec {
+                        source: FsSource::Virtiofs { tag: "v".into() },
+                        destination: "data".into(),
+                        readonly: false,
+                    }]
+                }),
+            ),
+            (
+                "bad mount source",
+                Box::new(|c| {
+                    c.mounts = vec![MountSpec {
+                        source: FsSource::Virtiofs { tag: String::new() },
+                        destination: "/data".into(),
+                        readonly: false,
+                    }]
+                }),
+            ),
         ];
         for (name, mutate) in cases {
             let mut c = base_container();
