@@ -69,6 +69,15 @@ pub struct Engine {
 impl Engine {
     /// Opens (creating if needed) the data and exec roots and loads every record.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
+        let exec_root_len = config.exec_root.as_os_str().len();
+        if exec_root_len > container::vm::MAX_EXEC_ROOT_LEN {
+            return Err(EngineError::InvalidArgument(format!(
+                "exec root {} is {exec_root_len} bytes long: VM sockets under it would not fit \
+                 a Unix socket address; use one of at most {} bytes",
+                config.exec_root.display(),
+                container::vm::MAX_EXEC_ROOT_LEN
+            )));
+        }
         for dir in [&config.data_root, &config.exec_root] {
             std::fs::create_dir_all(dir).map_err(|e| {
                 EngineError::internal(format!("cannot create {}", dir.display()), e)

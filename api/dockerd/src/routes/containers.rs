@@ -487,13 +487,10 @@ async fn attach(
 ) -> ApiResult {
     let c = state.engine.containers.get(id).await?;
     let r = c.record().await;
+    // Attaching to a stopped container is how `docker start -a` begins: the stream stays
+    // open and carries the next run's output (the CLI's own `docker attach` refuses stopped
+    // containers before it asks).
     let stream = q.flag("stream");
-    if stream && r.state.status == Status::Exited {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "You cannot attach to a stopped container, start it first",
-        ));
-    }
     let want_stdin = q.flag("stdin") && r.config.open_stdin;
     let want_stdout = q.flag("stdout");
     let want_stderr = q.flag("stderr");
@@ -576,10 +573,13 @@ async fn attach(
         };
         let io = TokioIo::new(upgraded);
         let (mut reader, mut writer) = tokio::io::split(io);
-        if want_stdin {
+        // Input stops with the output: when the container is gone (or never started) there
+        // is nothing left to feed.
+        let pump = want_stdin.then(|| {
             let c = container.clone();
-            tokio::spawn(async move { pump_stdin(&c, &mut reader, stdin_once).await });
-        }
+            tokio::spawn(async move { pump_stdin(&c, &mut reader, stdin_once).await })
+        });
+        let _stop_pump = AbortOnDrop(pump);
         for e in replay {
             if want(e.stream)
                 && writer
@@ -612,6 +612,17 @@ async fn attach(
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(UPGRADE, HeaderValue::from_static("tcp"));
     Ok(resp)
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Copies an attached client's input to the container's stdin; with StdinOnce, the end of

@@ -397,7 +397,7 @@ impl Containers {
         let image = self.images.resolve_for_container(&record.image_id)?;
         let rootfs = container.rootfs();
         let dir = container.dir.clone();
-        let run_dir = self.config.exec_root.join(&record.id);
+        let run_dir = vm::run_dir(&self.config.exec_root, &record.id);
         let launch_spec = vm::LaunchSpec {
             vcpus: record.host_config.vcpus(),
             mem_mib: record.host_config.mem_mib(),
@@ -428,25 +428,44 @@ impl Containers {
         .await
         .map_err(|e| EngineError::internal("VM launcher", e))?;
 
+        if launched.is_err() {
+            // Clients attached before start (docker run) see their streams end, as dockerd
+            // closes a container's streams when its start fails.
+            lock_std(&container.attachers).clear();
+        }
         let (vm, streams, _guest_pid) = match launched {
             Ok(ok) => ok,
-            Err(vm::LaunchError::Exec { not_found, message }) => {
-                let mut r = container.record.lock().await;
-                r.state.exit_code = if not_found { 127 } else { 126 };
-                r.state.error = message.clone();
-                container.save(&r).await?;
-                return Err(EngineError::InvalidArgument(format!(
-                    "failed to create task for container: {message}"
-                )));
-            }
-            Err(vm::LaunchError::Failed(message)) => {
-                let mut r = container.record.lock().await;
-                r.state.error = message.clone();
-                container.save(&r).await?;
-                return Err(EngineError::Internal(format!(
-                    "cannot start container {}: {message}",
-                    r.id
-                )));
+            Err(failure) => {
+                let error = {
+                    let mut r = container.record.lock().await;
+                    let error = match failure {
+                        vm::LaunchError::Exec { not_found, message } => {
+                            r.state.exit_code = if not_found { 127 } else { 126 };
+                            r.state.error = message.clone();
+                            EngineError::InvalidArgument(format!(
+                                "failed to create task for container: {message}"
+                            ))
+                        }
+                        vm::LaunchError::Failed(message) => {
+                            r.state.error = message.clone();
+                            EngineError::Internal(format!(
+                                "cannot start container {}: {message}",
+                                r.id
+                            ))
+                        }
+                    };
+                    container.save(&r).await?;
+                    error
+                };
+                drop(op);
+                // As dockerd: a --rm container that cannot start is removed (docker run
+                // waits for that before it exits).
+                if record.host_config.auto_remove {
+                    if let Err(e) = remove_stopped(&self.registry, &self.images, &container).await {
+                        log::warn!("container {}: cannot remove it: {e}", container.id);
+                    }
+                }
+                return Err(error);
             }
         };
 
@@ -459,6 +478,7 @@ impl Containers {
         let wait_control = match wait_control {
             Ok(c) => c,
             Err(e) => {
+                lock_std(&container.attachers).clear();
                 let rootfs = container.rootfs();
                 let run_dir = run_dir.clone();
                 let _ = tokio::task::spawn_blocking(move || {
@@ -560,7 +580,7 @@ impl Containers {
                 l.exit_code = exit_code;
             });
             let rootfs = c.rootfs();
-            let run_dir = engine_cfg.exec_root.join(&c.id);
+            let run_dir = vm::run_dir(&engine_cfg.exec_root, &c.id);
             let _ = tokio::task::spawn_blocking(move || {
                 vm::shutdown(&mut vmm, &uds);
                 vm::unmount_rootfs(&rootfs);
@@ -918,7 +938,7 @@ fn recover_stale(config: &EngineConfig, dir: &Path, r: &mut Record) {
         unsafe { libc::kill(r.state.pid as i32, libc::SIGKILL) };
     }
     vm::unmount_rootfs(&dir.join("rootfs"));
-    let _ = std::fs::remove_dir_all(config.exec_root.join(&r.id));
+    let _ = std::fs::remove_dir_all(vm::run_dir(&config.exec_root, &r.id));
     r.state.status = Status::Exited;
     r.state.pid = 0;
     r.state.exit_code = 255;

@@ -147,6 +147,20 @@ pub fn is_mountpoint(path: &Path) -> bool {
     std::fs::metadata(parent).is_ok_and(|p| p.dev() != me.dev())
 }
 
+/// Characters of a container id in its VM's run directory name: the vsock sockets live
+/// there, and a Unix socket path has at most 107 bytes. 64 random bits stay unique.
+const RUN_DIR_ID_LEN: usize = 16;
+/// The longest socket name in a run directory (`/vsock.sock_` and a port).
+const LONGEST_SOCKET_NAME: usize = "/vsock.sock_4294967295".len();
+
+/// Where a running container's VM keeps its sockets and VMM log.
+pub fn run_dir(exec_root: &Path, id: &str) -> PathBuf {
+    exec_root.join(id.get(..RUN_DIR_ID_LEN).unwrap_or(id))
+}
+
+/// The longest exec root whose VM sockets fit a Unix socket address.
+pub const MAX_EXEC_ROOT_LEN: usize = 107 - 1 - RUN_DIR_ID_LEN - LONGEST_SOCKET_NAME;
+
 /// Boots the VM, sets the container up in it and starts its process.
 pub fn launch(cfg: &EngineConfig, spec: &LaunchSpec) -> Result<(Vm, Streams, u32), LaunchError> {
     let failed =
@@ -155,7 +169,13 @@ pub fn launch(cfg: &EngineConfig, spec: &LaunchSpec) -> Result<(Vm, Streams, u32
         .map_err(|e| failed("cannot create the VM's run directory", &e))?;
     let uds = spec.run_dir.join("vsock.sock");
     let _ = std::fs::remove_file(&uds);
-    let ready = ReadyListener::bind(&uds).map_err(|e| failed("cannot listen for the agent", &e))?;
+    let ready = ReadyListener::bind(&uds).map_err(|e| {
+        let cause = std::error::Error::source(&e).map(|s| format!(": {s}"));
+        failed(
+            "cannot listen for the agent",
+            &format!("{e}{}", cause.unwrap_or_default()),
+        )
+    })?;
     let vmm_log = std::fs::File::create(spec.run_dir.join("vmm.log"))
         .map_err(|e| failed("cannot create the VMM log", &e))?;
     let mut cmd = Command::new(&cfg.vmm);

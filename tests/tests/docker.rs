@@ -1,0 +1,525 @@
+//! `docker run` on berth: the real Docker CLI (28.x) against a berthd started by the test,
+//! every container in its own microVM. These need a KVM that runs Linux guests: on hosts
+//! without one, `make test` runs this binary inside the emulated virtualization host.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use berth_tests::*;
+
+fn ready() -> bool {
+    require(linux_guests_supported(), "a KVM that runs Linux guests")
+        && require(guest_artifacts(), "the guest kernel and initramfs")
+}
+
+/// One berthd for the tests that do not restart it, with busybox loaded.
+fn daemon() -> &'static Berthd {
+    static DAEMON: OnceLock<Berthd> = OnceLock::new();
+    DAEMON.get_or_init(|| {
+        let d = Berthd::start();
+        let archive = busybox_image("archive");
+        d.docker_ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);
+        d
+    })
+}
+
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+#[test]
+fn run_echo_and_exit_codes() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let out = d.docker(&["run", "--rm", "busybox", "echo", "hello", "from", "berth"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "hello from berth\n");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(out.code(), 3, "{out:?}");
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    // A process killed by a signal: 128 + its number, through sh (the container's init
+    // ignores signals it has no handler for, as under runc, so it cannot be the victim).
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 60 & kill -9 $!; wait $!",
+    ]);
+    assert_eq!(out.code(), 137, "{out:?}");
+}
+
+#[test]
+fn docker_exit_codes_for_berth_failures() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let out = d.docker(&["run", "--rm", "busybox", "/no/such/binary"]);
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert!(out.stderr.contains("executable file not found"), "{out:?}");
+    let out = d.docker(&["run", "--rm", "busybox", "/etc/passwd"]);
+    assert_eq!(out.code(), 126, "{out:?}");
+    let out = d.docker(&["run", "--rm", "no-such-image:nope", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("Unable to find image"), "{out:?}");
+    let out = d.docker(&["run", "--rm", "-p", "8080:80", "busybox", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("berth does not support"), "{out:?}");
+    let out = d.docker(&["run", "--rm", "--network", "host", "busybox", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("--network host"), "{out:?}");
+    let out = d.docker(&["run", "--rm", "-v", "/tmp:/x", "busybox", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+}
+
+#[test]
+fn stdin_is_piped_through() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let out = d.docker_with_input(
+        &["run", "-i", "--rm", "busybox", "cat"],
+        b"piped into a microVM\n",
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "piped into a microVM\n");
+    let input: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = d.docker_with_input(&["run", "-i", "--rm", "busybox", "wc", "-c"], &input);
+    assert_eq!(out.stdout.trim(), "1000000", "{out:?}");
+}
+
+#[test]
+fn a_tty_is_a_tty() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let out = d.docker(&[
+        "run",
+        "-t",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "test -t 0 && test -t 1 && echo tty",
+    ]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(out.stdout, "tty\r\n");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "test -t 1 && echo tty || echo notty",
+    ]);
+    assert_eq!(out.stdout, "notty\n");
+}
+
+#[test]
+fn env_workdir_user_hostname_entrypoint() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let s = Scratch::new("envfile");
+    let envfile = s.path("env");
+    std::fs::write(&envfile, "B=from-file\n# comment\n").unwrap();
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "-e",
+        "A=one",
+        "--env-file",
+        envfile.to_str().unwrap(),
+        "-w",
+        "/tmp/work",
+        "-u",
+        "nobody",
+        "-h",
+        "berthhost",
+        "--entrypoint",
+        "/bin/sh",
+        "busybox",
+        "-c",
+        "echo $A $B; pwd; id -un; hostname; cat /etc/hostname",
+    ]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "one from-file\n/tmp/work\nnobody\nberthhost\nberthhost\n"
+    );
+    // The image's Cmd is `sh`; a command replaces it, the entrypoint stays unset.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $PATH; echo $HOME",
+    ]);
+    assert_eq!(
+        out.stdout, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n",
+        "{out:?}"
+    );
+}
+
+#[test]
+fn detached_logs_and_wait() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("logs");
+    let id = d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "busybox",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done; echo oops >&2; exit 4",
+    ]);
+    assert_eq!(id.trim().len(), 64, "{id}");
+    let out = run(
+        d.docker_command(&["logs", "-f", &name]),
+        b"",
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        out.stdout, "line 1\nline 2\nline 3\nline 4\nline 5\n",
+        "{out:?}"
+    );
+    assert_eq!(out.stderr, "oops\n");
+    let out = d.docker(&["wait", &name]);
+    assert_eq!(out.stdout.trim(), "4");
+    // The tail counts lines of both streams together, as Docker's does.
+    let out = d.docker(&["logs", "--tail", "2", &name]);
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("line 5\n", "oops\n")
+    );
+    let out = d.docker(&["logs", "-t", &name]);
+    assert!(
+        out.stdout
+            .lines()
+            .all(|l| l.contains('T') && l.contains("Z line")),
+        "{out:?}"
+    );
+    let inspect = d.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{.State.Status}} {{.State.ExitCode}} {{.Name}} {{.Id}}",
+        &name,
+    ]);
+    assert_eq!(inspect.trim(), format!("exited 4 /{name} {}", id.trim()));
+    d.docker_ok(&["rm", &name]);
+}
+
+#[test]
+fn stop_kill_and_rm_force() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("stop");
+    // PID 1 of the container ignores SIGTERM (no handler): stop falls back to SIGKILL.
+    d.docker_ok(&["run", "-d", "--name", &name, "busybox", "sleep", "1000"]);
+    let t = Instant::now();
+    d.docker_ok(&["stop", "-t", "2", &name]);
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "stop waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &name])
+            .trim(),
+        "137"
+    );
+    // Start again; a trapped SIGUSR1 reaches the process.
+    d.docker_ok(&["start", &name]);
+    let out = d.docker(&["kill", "-s", "NOPE", &name]);
+    assert_ne!(out.code(), 0);
+    d.docker_ok(&["kill", &name]);
+    assert_eq!(d.docker_ok(&["wait", &name]).trim(), "137");
+    let trap = unique("trap");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &trap,
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'echo got usr1; exit 7' USR1; echo ready; while true; do sleep 0.1; done",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.docker_ok(&["logs", &trap]).contains("ready") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.docker_ok(&["kill", "-s", "USR1", &trap]);
+    assert_eq!(d.docker_ok(&["wait", &trap]).trim(), "7");
+    assert!(d.docker_ok(&["logs", &trap]).contains("got usr1"));
+    // rm of a running container needs -f.
+    let running = unique("running");
+    d.docker_ok(&["run", "-d", "--name", &running, "busybox", "sleep", "1000"]);
+    let out = d.docker(&["rm", &running]);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr.contains("You cannot remove a running container"),
+        "{out:?}"
+    );
+    d.docker_ok(&["rm", "-f", &running]);
+    let out = d.docker(&["inspect", &running]);
+    assert_ne!(out.code(), 0);
+    let out = d.docker(&["kill", &name]);
+    assert!(out.stderr.contains("is not running"), "{out:?}");
+    d.docker_ok(&["rm", &name, &trap]);
+}
+
+#[test]
+fn ps_filters_and_formats_inspect_rename() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let a = unique("psa");
+    let b = unique("psb");
+    d.docker_ok(&[
+        "create", "--name", &a, "-l", "tier=web", "-e", "X=1", "busybox", "true",
+    ]);
+    let out = d.docker(&[
+        "run", "--name", &b, "-l", "tier=db", "busybox", "sh", "-c", "exit 2",
+    ]);
+    assert_eq!(out.code(), 2, "{out:?}");
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = d.docker_ok(args).lines().map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name={a}"),
+            "--format",
+            "{{.Names}}"
+        ]),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        names(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=tier=db",
+            "--format",
+            "{{.Names}}"
+        ]),
+        vec![b.clone()]
+    );
+    assert!(names(&[
+        "ps",
+        "-a",
+        "--filter",
+        "status=created",
+        "--format",
+        "{{.Names}}"
+    ])
+    .contains(&a));
+    assert!(names(&[
+        "ps",
+        "-a",
+        "--filter",
+        "status=exited",
+        "--format",
+        "{{.Names}}"
+    ])
+    .contains(&b));
+    assert!(
+        !names(&["ps", "--format", "{{.Names}}"]).contains(&a),
+        "ps without -a lists running only"
+    );
+    let ids = d.docker_ok(&["ps", "-aq", "--no-trunc", "--filter", &format!("name={b}")]);
+    assert_eq!(ids.trim().len(), 64);
+    let short = d.docker_ok(&["ps", "-aq", "--filter", &format!("name={b}")]);
+    assert_eq!(short.trim().len(), 12);
+    assert!(ids.starts_with(short.trim()));
+    assert_eq!(
+        d.docker_ok(&["ps", "-aq", "--filter", &format!("id={}", short.trim())])
+            .trim(),
+        short.trim()
+    );
+    let out = d.docker(&["ps", "--filter", "status=bogus"]);
+    assert_ne!(out.code(), 0);
+    let env = d.docker_ok(&["inspect", "-f", "{{json .Config.Env}}", &a]);
+    assert!(env.contains("\"X=1\""), "{env}");
+    assert!(env.contains("PATH="), "image env merged: {env}");
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &b])
+            .trim(),
+        "2"
+    );
+    let renamed = unique("renamed");
+    d.docker_ok(&["rename", &a, &renamed]);
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.Name}}", &renamed])
+            .trim(),
+        format!("/{renamed}")
+    );
+    let out = d.docker(&["rename", &renamed, &b]);
+    assert!(out.stderr.contains("is already in use"), "{out:?}");
+    let out = d.docker(&["create", "--name", &b, "busybox", "true"]);
+    assert!(out.stderr.contains("is already in use"), "{out:?}");
+    // rmi refuses an image a container uses.
+    let out = d.docker(&["rmi", "busybox"]);
+    assert_ne!(out.code(), 0);
+    assert!(
+        out.stderr.contains("conflict") || out.stderr.contains("being used"),
+        "{out:?}"
+    );
+    d.docker_ok(&["rm", &renamed, &b]);
+}
+
+#[test]
+fn api_errors_are_dockers_and_the_daemon_survives() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let r = d.api("POST", "/v1.41/containers/create", b"{not json");
+    assert_eq!(r.status, 400, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v["message"].as_str().is_some());
+    let r = d.api("POST", "/v1.41/containers/create", br#"{"Image": 5}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    for (method, path) in [
+        ("GET", "/v1.41/containers/nope/json"),
+        ("POST", "/v1.41/containers/nope/start"),
+        ("POST", "/v1.41/containers/nope/stop"),
+        ("DELETE", "/v1.41/containers/nope"),
+        ("GET", "/v1.41/containers/nope/logs?stdout=1"),
+        ("POST", "/v1.41/containers/nope/wait"),
+    ] {
+        let r = d.api(method, path, b"");
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["message"], "No such container: nope", "{method} {path}");
+    }
+    let r = d.api(
+        "POST",
+        "/v1.41/containers/create",
+        br#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"CapDrop":["ALL"]}}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("CapDrop"), "{}", r.text());
+    let r = d.api("GET", "/_ping", b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("api-version"), Some("1.41"));
+}
+
+#[test]
+fn info_and_version_tell_the_truth() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let info = d.docker_ok(&["info", "--format", "{{.DefaultRuntime}} {{json .Warnings}}"]);
+    assert!(info.starts_with("berth "), "{info}");
+    assert!(info.contains("no network"), "{info}");
+    let version = d.docker_ok(&["version", "--format", "{{json .Server.Components}}"]);
+    assert!(version.contains("guest kernel"), "{version}");
+    assert!(version.contains("berth"), "{version}");
+}
+
+#[test]
+fn a_daemon_restart_keeps_containers_and_images() {
+    if !ready() {
+        return;
+    }
+    let mut d = Berthd::start();
+    let archive = busybox_image("archive");
+    d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let out = d.docker(&[
+        "run",
+        "--name",
+        "kept",
+        "busybox",
+        "sh",
+        "-c",
+        "echo persisted; exit 5",
+    ]);
+    assert_eq!(out.code(), 5, "{out:?}");
+    d.docker_ok(&["create", "--name", "fresh", "busybox", "true"]);
+    d.restart();
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.ExitCode}}",
+            "kept"
+        ])
+        .trim(),
+        "exited 5"
+    );
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", "fresh"])
+            .trim(),
+        "created"
+    );
+    assert_eq!(d.docker_ok(&["logs", "kept"]), "persisted\n");
+    assert!(d
+        .docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .contains("busybox:latest"));
+    // A container still starts after the restart, with its writable layer.
+    let script = "cat /data.txt 2>/dev/null; echo kept > /data.txt";
+    assert_eq!(
+        d.docker_ok(&["run", "--name", "layer", "busybox", "sh", "-c", script]),
+        ""
+    );
+    d.restart();
+    assert_eq!(d.docker_ok(&["start", "-a", "layer"]), "kept\n");
+    d.docker_ok(&["rm", "layer"]);
+    let out = d.docker(&["run", "--rm", "busybox", "true"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+}
+
+#[test]
+fn the_writable_layer_persists_across_restarts_of_a_container() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("layer");
+    let script = "cat /count 2>/dev/null; echo x >> /count";
+    assert_eq!(
+        d.docker_ok(&["run", "--name", &name, "busybox", "sh", "-c", script]),
+        ""
+    );
+    assert_eq!(d.docker_ok(&["start", "-a", &name]), "x\n");
+    assert_eq!(d.docker_ok(&["start", "-a", &name]), "x\nx\n");
+    let out = d.docker(&["run", "--rm", "busybox", "cat", "/count"]);
+    assert_ne!(out.code(), 0, "another container does not see it: {out:?}");
+    d.docker_ok(&["rm", &name]);
+}
