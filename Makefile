@@ -1,7 +1,8 @@
-# berth: the two commands are `make run` (start berth: boot a microVM and run a command in
-# it) and `make test` (every test). `make build` builds without testing; `make bench-*` run
-# the benchmarks. Each target installs what it is missing; nothing is assumed installed
-# beyond the Rust toolchain, gcc and apt.
+# berth: the two commands are `make run` (start berth: berthd, the Docker Engine API daemon,
+# with a busybox image, and a `docker run` through the Docker CLI) and `make test` (every
+# test). `make build` builds without testing; `make bench-*` run the benchmarks. Each target
+# installs what it is missing; nothing is assumed installed beyond the Rust toolchain, gcc
+# and apt.
 
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -10,13 +11,17 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT := target/$(AGENT_TARGET)/release/berth-agent
 GUEST := target/guest
 VMHOST := tests/vmhost/run
-# What `make run` runs in the microVM (a shell command line): `make run CMD='...'`.
-CMD ?= echo "hello from a berth microVM: $$(uname -sr), $$(nproc) vCPUs"; grep MemTotal /proc/meminfo
+# Docker commands for `make run` to run against berthd (a shell command line):
+# `make run CMD='docker run --rm busybox ls /'`.
+CMD ?=
 export CMD
+# What `make run-vm` runs in a bare microVM (no image, the agent's initramfs).
+VM_CMD ?= echo "hello from a berth microVM: $$(uname -sr), $$(nproc) vCPUs"; grep MemTotal /proc/meminfo
+export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run test test-unit test-kvm test-microvm lint bench-boot clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm lint bench-boot bench-fs clean
 
 all: build
 
@@ -36,16 +41,29 @@ agent:
 guest: agent
 	guest-kernel/build --agent $(AGENT) --out $(GUEST)
 
-# Boots a microVM and runs $(CMD) in it: directly where this host's KVM runs Linux guests,
-# inside the emulated virtualization host otherwise.
+# Starts berthd with a busybox image and shows a `docker run` (api/dockerd/session), then
+# runs $(CMD) against it or, with none, keeps it running for other terminals: directly where
+# this host's KVM runs Linux guests, inside the emulated virtualization host otherwise (there
+# the session ends after $(CMD): nothing outside reaches its socket).
 run: build
 	@if $(RELEASE)/berth-vmm check >/dev/null; then \
-		echo "make run: this host's KVM runs Linux guests: booting the microVM directly"; \
-		$(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c "$$CMD"; \
+		echo "make run: this host's KVM runs Linux guests: berthd runs here"; \
+		api/dockerd/session "$$CMD"; \
 	else \
 		echo "make run: $$($(RELEASE)/berth-vmm check)"; \
-		echo "make run: booting the microVM inside the emulated virtualization host ($(VMHOST))"; \
-		$(VMHOST) -- $(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c "$$CMD"; \
+		echo "make run: running berthd inside the emulated virtualization host ($(VMHOST))"; \
+		$(VMHOST) -- env BERTH_DATA_ROOT=/run/berth/data api/dockerd/session "$$CMD"; \
+	fi
+
+# Boots one bare microVM and runs $(VM_CMD) in it through berth-vmm (no berthd, no image).
+run-vm: build
+	@if $(RELEASE)/berth-vmm check >/dev/null; then \
+		echo "make run-vm: this host's KVM runs Linux guests: booting the microVM directly"; \
+		$(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c "$$VM_CMD"; \
+	else \
+		echo "make run-vm: $$($(RELEASE)/berth-vmm check)"; \
+		echo "make run-vm: booting the microVM inside the emulated virtualization host ($(VMHOST))"; \
+		$(VMHOST) -- $(RELEASE)/berth-vmm run --cpus $(VM_CPUS) --mem $(VM_MEM) -- sh -c "$$VM_CMD"; \
 	fi
 
 lint:
@@ -84,7 +102,7 @@ test-kvm:
 # Real Linux microVMs (tests/tests/microvm.rs, virtiofs.rs, container.rs): directly where
 # `berth-vmm check` passes, else inside one emulated virtualization host (the test binaries
 # are built here, run there).
-MICROVM_TESTS := microvm virtiofs container
+MICROVM_TESTS := microvm virtiofs container docker
 test-microvm:
 	@bins=$$($(CARGO) test --release -p berth-tests $(addprefix --test ,$(MICROVM_TESTS)) --no-run --message-format=json \
 		| python3 -c 'import json,sys; names=sys.argv[1:]; found={m["target"]["name"]: m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in names}; print(" ".join(found[n] for n in names if n in found))' $(MICROVM_TESTS)); \
@@ -108,6 +126,17 @@ bench-boot: build
 	else \
 		echo "bench-boot: (b) runs inside the emulated virtualization host"; \
 		$(VMHOST) -- $(RELEASE)/bench-boot emulated --runs $(BENCH_RUNS); \
+	fi
+
+# virtio-fs: untar ~50 MB into a share, into the guest's tmpfs, and on the host directly, in
+# one run: directly where Linux guests run, else inside the emulated host.
+BENCH_FS_RUNS ?= 5
+bench-fs: build
+	@if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$(RELEASE)/bench-fs --runs $(BENCH_FS_RUNS); \
+	else \
+		echo "bench-fs: runs inside the emulated virtualization host"; \
+		$(VMHOST) -- $(RELEASE)/bench-fs --runs $(BENCH_FS_RUNS); \
 	fi
 
 clean:
