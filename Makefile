@@ -21,7 +21,7 @@ export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm lint bench-boot bench-fs clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm lint bench-boot clean
 
 all: build
 
@@ -128,15 +128,19 @@ bench-boot: build
 		$(VMHOST) -- $(RELEASE)/bench-boot emulated --runs $(BENCH_RUNS); \
 	fi
 
-# virtio-fs: untar ~50 MB into a share, into the guest's tmpfs, and on the host directly, in
-# one run: directly where Linux guests run, else inside the emulated host.
-BENCH_FS_RUNS ?= 5
-bench-fs: build
+# docker run on berth beside Docker + runc (Debian's docker.io on a private socket), through
+# the Docker CLI, and an untar of ~50 MB inside a container: directly where Linux guests
+# run, else both daemons inside one emulated host.
+BENCH_RUN_RUNS ?= 20
+BENCH_UNTAR_RUNS ?= 5
+.PHONY: bench-run
+bench-run: build test-deps
 	@if $(RELEASE)/berth-vmm check >/dev/null; then \
-		$(RELEASE)/bench-fs --runs $(BENCH_FS_RUNS); \
+		$(RELEASE)/bench-run --runs $(BENCH_RUN_RUNS) --untar-runs $(BENCH_UNTAR_RUNS); \
 	else \
-		echo "bench-fs: runs inside the emulated virtualization host"; \
-		$(VMHOST) -- $(RELEASE)/bench-fs --runs $(BENCH_FS_RUNS); \
+		echo "bench-run: berthd and dockerd run inside the emulated virtualization host"; \
+		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-run \
+			--runs $(BENCH_RUN_RUNS) --untar-runs $(BENCH_UNTAR_RUNS); \
 	fi
 
 clean:

@@ -13,12 +13,14 @@ pub fn profile_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("BERTH_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    // target/<profile>/deps/<test binary>
-    let exe = std::env::current_exe().expect("the test binary knows its path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps")
-        .to_path_buf()
+    // target/<profile>/deps/<test binary>, or target/<profile>/<binary> (the benchmarks).
+    let exe = std::env::current_exe().expect("the binary knows its path");
+    let dir = exe.parent().expect("binaries live in target/<profile>");
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().expect("deps has a parent").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
 }
 
 /// A binary of the workspace, built in the same profile as the tests.

@@ -1,0 +1,223 @@
+//! `bench-run`: `docker run` on berth beside Docker + runc, through the Docker CLI, in one run
+//! on one host.
+//!
+//! Two daemons on private sockets and data roots: berthd (each container a microVM booted
+//! cold, its root a virtio-fs share of an overlayfs) and Debian's dockerd with runc (the
+//! anchor). Interleaved, so drift on a noisy host hits both alike:
+//!
+//! 1. `docker run --rm busybox true`, wall time of the CLI, `--runs` times each;
+//! 2. a container that untars a ~50 MB archive from its image into its writable layer
+//!    (`--untar-runs` times each): the time inside the container (its `/proc/uptime`, 10 ms
+//!    resolution) and the CLI's wall time.
+//!
+//! Needs a KVM that runs Linux guests: `make bench-run` runs it inside the emulated
+//! virtualization host where this host has none (absolute figures there are about 40x those
+//! on hardware: compare the columns of one run).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use berth_bench::Series;
+use berth_tests::{
+    busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
+};
+
+const USAGE: &str = "usage: bench-run [--runs N] [--untar-runs N] [--payload DIR]";
+
+const UNTAR: &str = "read a _ < /proc/uptime; mkdir /x && tar -xf /payload.tar -C /x && sync; \
+                     read b _ < /proc/uptime; echo \"elapsed $a $b\"";
+
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let value = |name: &str| -> Result<Option<String>> {
+        match args.iter().position(|a| a == name) {
+            None => Ok(None),
+            Some(i) => args
+                .get(i + 1)
+                .cloned()
+                .map(Some)
+                .with_context(|| format!("{name} needs a value\n{USAGE}")),
+        }
+    };
+    let runs: usize = value("--runs")?.map_or(Ok(20), |v| v.parse())?;
+    let untar_runs: usize = value("--untar-runs")?.map_or(Ok(5), |v| v.parse())?;
+    let payload_dir =
+        PathBuf::from(value("--payload")?.unwrap_or_else(|| "/usr/lib/python3.11".to_string()));
+    ensure!(runs > 0, "--runs must be at least 1");
+    if let Err(why) = dockerd_available() {
+        bail!("the anchor cannot run: {why}");
+    }
+
+    let scratch = Scratch(daemon_base_dir().join(format!("bench-run-{}", std::process::id())));
+    std::fs::create_dir_all(&scratch.0)?;
+    let untar_image = untar_image_tarball(&scratch.0, &payload_dir)?;
+    let payload_mb = std::fs::metadata(scratch.0.join("root/payload.tar"))?.len() as f64 / 1e6;
+
+    let berth = Berthd::start();
+    let anchor = Dockerd::start();
+    let daemons: [(&str, &Daemon); 2] = [("berth", &*berth), ("runc", &*anchor)];
+    let busybox = busybox_image("archive");
+    for (name, d) in daemons {
+        docker(d, &["load", "-i", path(&busybox)?], 300)
+            .with_context(|| format!("{name}: load"))?;
+        docker(
+            d,
+            &[
+                "import",
+                "--change",
+                "CMD [\"sh\"]",
+                path(&untar_image)?,
+                "bench-untar",
+            ],
+            600,
+        )
+        .with_context(|| format!("{name}: import"))?;
+        // Warm-up: first-run costs (page cache, lazy setup) are not what is measured.
+        docker(d, &["run", "--rm", "busybox", "true"], 300)
+            .with_context(|| format!("{name}: warm-up"))?;
+    }
+
+    println!(
+        "bench-run: docker run through the Docker CLI, berth (cold-booted microVM per container) \
+         vs Docker + runc, same host, interleaved"
+    );
+    let mut start = [Series::default(), Series::default()];
+    for _ in 0..runs {
+        for (i, (name, d)) in daemons.iter().enumerate() {
+            let out = docker(d, &["run", "--rm", "busybox", "true"], 300)
+                .with_context(|| format!("{name}: docker run --rm busybox true"))?;
+            start[i].push(out.as_secs_f64() * 1e3);
+        }
+    }
+    println!("\n`docker run --rm busybox true` (wall time of the CLI; min / median / max):");
+    report(&start, "ms");
+
+    if untar_runs > 0 {
+        let mut inside = [Series::default(), Series::default()];
+        let mut total = [Series::default(), Series::default()];
+        for _ in 0..untar_runs {
+            for (i, (name, d)) in daemons.iter().enumerate() {
+                let cmd = d.docker_command(&["run", "--rm", "bench-untar", "sh", "-c", UNTAR]);
+                let out = run(cmd, b"", Duration::from_secs(1800));
+                ensure!(out.status.success(), "{name}: untar failed: {out:?}");
+                let secs = parse_elapsed(&out.stdout)
+                    .with_context(|| format!("{name}: no timing in {:?}", out.stdout))?;
+                inside[i].push(secs);
+                total[i].push(out.elapsed.as_secs_f64());
+            }
+        }
+        let files = count_files(&payload_dir);
+        println!(
+            "\nuntar {payload_mb:.1} MB ({files} files, {}) from the image into the writable \
+             layer, then sync:",
+            payload_dir.display()
+        );
+        println!("  inside the container:");
+        report(&inside, "s");
+        println!("  whole docker run:");
+        report(&total, "s");
+    }
+    Ok(())
+}
+
+fn path(p: &Path) -> Result<&str> {
+    p.to_str().context("a non-UTF-8 path")
+}
+
+/// Runs `docker ARGS` against `d`; its wall time, or the failure with its output.
+fn docker(d: &Daemon, args: &[&str], timeout_s: u64) -> Result<Duration> {
+    let out = run(d.docker_command(args), b"", Duration::from_secs(timeout_s));
+    ensure!(
+        out.status.success(),
+        "docker {args:?} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(out.elapsed)
+}
+
+fn report(s: &[Series; 2], unit: &str) {
+    println!("  berth {}", s[0].summary(unit));
+    println!("  runc  {}", s[1].summary(unit));
+    println!(
+        "  berth / runc, medians: {:.2}x",
+        s[0].median() / s[1].median()
+    );
+}
+
+fn parse_elapsed(stdout: &str) -> Option<f64> {
+    let line = stdout.lines().find(|l| l.starts_with("elapsed "))?;
+    let mut it = line.split_whitespace().skip(1);
+    let a: f64 = it.next()?.parse().ok()?;
+    let b: f64 = it.next()?.parse().ok()?;
+    Some(b - a)
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => 1 + count_files(&e.path()),
+            _ => 1,
+        })
+        .sum()
+}
+
+/// A root filesystem tarball for `docker import`: busybox and `/payload.tar`, the tar of
+/// `payload_dir`.
+fn untar_image_tarball(scratch: &Path, payload_dir: &Path) -> Result<PathBuf> {
+    ensure!(
+        payload_dir.is_dir(),
+        "{} is not a directory (--payload)",
+        payload_dir.display()
+    );
+    let root = scratch.join("root");
+    std::fs::create_dir_all(&root)?;
+    let rootfs = busybox_image("rootfs");
+    sh(Command::new("tar")
+        .arg("-xf")
+        .arg(&rootfs)
+        .arg("-C")
+        .arg(&root))?;
+    sh(Command::new("tar")
+        .arg("-cf")
+        .arg(root.join("payload.tar"))
+        .arg("-C")
+        .arg(payload_dir.parent().unwrap_or(Path::new("/")))
+        .arg(
+            payload_dir
+                .file_name()
+                .context("--payload names no directory")?,
+        ))?;
+    let image = scratch.join("untar-image.tar");
+    sh(Command::new("tar")
+        .arg("-cf")
+        .arg(&image)
+        .arg("--numeric-owner")
+        .arg("-C")
+        .arg(&root)
+        .arg("."))?;
+    Ok(image)
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("{cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
