@@ -7,6 +7,7 @@
 //! binary inside the emulated virtualization host.
 
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -304,6 +305,8 @@ fn a_container_from_a_virtiofs_share() {
     let volume = base.path("volume");
     std::fs::create_dir(&volume).unwrap();
     std::fs::write(volume.join("seed"), "seeded on the host\n").unwrap();
+    // The container's user (app) writes into it, as into a world-writable host directory.
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o1777)).unwrap();
 
     let vm = Vm::boot(&[("rootfs", &root), ("vol0", &volume)]);
     let mut c = vm.client();
