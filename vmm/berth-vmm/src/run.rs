@@ -27,6 +27,9 @@ use agent_client::{AgentClient, ErrorCode, ProcessSpec, ReadyListener, StdioStre
 
 use crate::args::{Args, Spec};
 
+/// Lines of the guest console shown when the VM fails.
+const CONSOLE_TAIL_LINES: usize = 20;
+
 const EXIT_BERTH_FAILED: u8 = 125;
 const EXIT_NOT_EXECUTABLE: u8 = 126;
 const EXIT_NOT_FOUND: u8 = 127;
@@ -277,8 +280,20 @@ impl Run {
         let _ = self.vmm.wait();
         let message = format!("{message} ({vmm_state})");
         self.dir.keep = true;
+        // The console's last lines, so a failure reported far away (a CI log) says why.
+        let tail: String = std::fs::read(&self.console)
+            .map(|bytes| {
+                let text = String::from_utf8_lossy(&bytes);
+                let lines: Vec<&str> = text.lines().collect();
+                let start = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+                lines[start..]
+                    .iter()
+                    .map(|l| format!("\nberth-vmm run:   {l}"))
+                    .collect()
+            })
+            .unwrap_or_default();
         Failure::new(format!(
-            "{message}\nberth-vmm run: the guest console log is {}",
+            "{message}\nberth-vmm run: the guest console log is {}\nberth-vmm run: its last lines:{tail}",
             self.console.display()
         ))
     }

@@ -44,6 +44,7 @@ enum Step {
     Interrupted,
     Stop(ExitReason),
     InternalError,
+    TripleFault,
 }
 
 impl Vcpu {
@@ -74,6 +75,14 @@ impl Vcpu {
                 Step::InternalError => {
                     let reason = self.internal_error();
                     self.exit.raise(reason);
+                    return;
+                }
+                Step::TripleFault => {
+                    let rip = self.fd.get_regs().ok().map(|r| r.rip);
+                    self.exit.raise(ExitReason::TripleFault {
+                        vcpu: self.index,
+                        rip,
+                    });
                     return;
                 }
             }
@@ -110,9 +119,9 @@ impl Vcpu {
                 VcpuExit::Hlt => Step::Stop(ExitReason::GuestShutdown {
                     how: "halted with no interrupt controller to wake it",
                 }),
-                VcpuExit::Shutdown => Step::Stop(ExitReason::GuestShutdown {
-                    how: "triple fault",
-                }),
+                // Linux asks for a reset through the i8042 (reboot=k); a triple fault is a
+                // crash.
+                VcpuExit::Shutdown => Step::TripleFault,
                 VcpuExit::SystemEvent(kind, _) => match kind {
                     SYSTEM_EVENT_SHUTDOWN => {
                         Step::Stop(ExitReason::GuestShutdown { how: "power off" })

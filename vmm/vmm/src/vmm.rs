@@ -265,7 +265,9 @@ impl Vmm {
         devices::bus::lock(&self.serial).flush();
         let reason = outcome?;
         Ok(match reason {
-            ExitReason::GuestShutdown { .. } if self.panicked.load(Ordering::SeqCst) => {
+            ExitReason::GuestShutdown { .. } | ExitReason::TripleFault { .. }
+                if self.panicked.load(Ordering::SeqCst) =>
+            {
                 ExitReason::GuestPanic
             }
             other => other,
