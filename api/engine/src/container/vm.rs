@@ -5,6 +5,7 @@
 //! Everything here blocks (process spawning, the agent client): callers run it on a
 //! blocking thread.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -79,6 +80,9 @@ pub struct Streams {
     pub stderr: Option<UnixStream>,
 }
 
+/// The longest mount options string the kernel takes (one page, with its NUL).
+const MOUNT_OPTIONS_MAX: usize = 4096;
+
 /// Mounts the overlay root filesystem: `layers` lowest first.
 pub fn mount_rootfs(
     layers: &[PathBuf],
@@ -108,12 +112,43 @@ pub fn mount_rootfs(
             ));
         }
     }
-    let options = format!(
+    let mut options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.join(":"),
         upper.display(),
         work.display()
     );
+    // Mount options must fit one page. Deep images (Docker allows 125 layers) with long
+    // layer paths do not: name each layer by a descriptor this process holds open instead
+    // (`/proc/self/fd/N` resolves to the directory itself while the mount is made).
+    let _held: Vec<std::fs::File>;
+    if options.len() >= MOUNT_OPTIONS_MAX {
+        let opened = layers
+            .iter()
+            .rev()
+            .map(|p| {
+                std::fs::File::open(p)
+                    .map_err(|e| format!("cannot open layer {}: {e}", p.display()))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let by_fd: Vec<String> = opened
+            .iter()
+            .map(|f| format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .collect();
+        options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            by_fd.join(":"),
+            upper.display(),
+            work.display()
+        );
+        if options.len() >= MOUNT_OPTIONS_MAX {
+            return Err(format!(
+                "the image has too many layers ({}) for one overlayfs mount",
+                layers.len()
+            ));
+        }
+        _held = opened;
+    }
     nix::mount::mount(
         Some("overlay"),
         target,
@@ -348,5 +383,55 @@ pub fn shutdown(vmm: &mut Child, uds: &Path) {
         log::warn!("VMM {} did not exit after shutdown; killing it", vmm.id());
         let _ = vmm.kill();
         let _ = vmm.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// 125 layers (Docker's most) with long paths: more than one page of mount options.
+    #[test]
+    fn deep_images_mount_through_held_descriptors() {
+        if !is_root() {
+            eprintln!("skipped: mounting overlayfs needs root");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("berth-deep-{}", std::process::id()));
+        let long = "l".repeat(60);
+        let layers: Vec<PathBuf> = (0..125)
+            .map(|i| {
+                let dir = base.join(format!("{long}-{i:03}/diff"));
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("f{i}")), format!("{i}")).unwrap();
+                std::fs::write(dir.join("top"), format!("{i}")).unwrap();
+                dir
+            })
+            .collect();
+        let target = base.join("rootfs");
+        let result = mount_rootfs(
+            &layers,
+            &base.join("upper"),
+            &base.join("work"),
+            &target,
+            &base.join("empty"),
+        );
+        let seen = result.as_ref().ok().map(|()| {
+            (
+                std::fs::read_to_string(target.join("f0")).unwrap_or_default(),
+                std::fs::read_to_string(target.join("f124")).unwrap_or_default(),
+                std::fs::read_to_string(target.join("top")).unwrap_or_default(),
+            )
+        });
+        unmount_rootfs(&target);
+        let _ = std::fs::remove_dir_all(&base);
+        result.unwrap();
+        // Every layer is there, and the topmost (last) one wins.
+        assert_eq!(seen.unwrap(), ("0".into(), "124".into(), "124".into()));
     }
 }
