@@ -32,6 +32,14 @@ fn unique(prefix: &str) -> String {
     )
 }
 
+/// `docker run FLAGS busybox sh -c SCRIPT`.
+fn run_sh(d: &Daemon, flags: &[&str], script: &str) -> Finished {
+    let mut args = vec!["run"];
+    args.extend_from_slice(flags);
+    args.extend(["busybox", "sh", "-c", script]);
+    d.docker(&args)
+}
+
 #[test]
 fn run_echo_and_exit_codes() {
     if !ready() {
@@ -41,27 +49,13 @@ fn run_echo_and_exit_codes() {
     let out = d.docker(&["run", "--rm", "busybox", "echo", "hello", "from", "berth"]);
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "hello from berth\n");
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "busybox",
-        "sh",
-        "-c",
-        "echo out; echo err >&2; exit 3",
-    ]);
+    let out = run_sh(d, &["--rm"], "echo out; echo err >&2; exit 3");
     assert_eq!(out.code(), 3, "{out:?}");
     assert_eq!(out.stdout, "out\n");
     assert_eq!(out.stderr, "err\n");
     // A process killed by a signal: 128 + its number, through sh (the container's init
     // ignores signals it has no handler for, as under runc, so it cannot be the victim).
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "busybox",
-        "sh",
-        "-c",
-        "sleep 60 & kill -9 $!; wait $!",
-    ]);
+    let out = run_sh(d, &["--rm"], "sleep 60 & kill -9 $!; wait $!");
     assert_eq!(out.code(), 137, "{out:?}");
 }
 
@@ -112,25 +106,10 @@ fn a_tty_is_a_tty() {
         return;
     }
     let d = daemon();
-    let out = d.docker(&[
-        "run",
-        "-t",
-        "--rm",
-        "busybox",
-        "sh",
-        "-c",
-        "test -t 0 && test -t 1 && echo tty",
-    ]);
+    let out = run_sh(d, &["-t", "--rm"], "test -t 0 && test -t 1 && echo tty");
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout, "tty\r\n");
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "busybox",
-        "sh",
-        "-c",
-        "test -t 1 && echo tty || echo notty",
-    ]);
+    let out = run_sh(d, &["--rm"], "test -t 1 && echo tty || echo notty");
     assert_eq!(out.stdout, "notty\n");
 }
 
@@ -168,14 +147,7 @@ fn env_workdir_user_hostname_entrypoint() {
         "one from-file\n/tmp/work\nnobody\nberthhost\nberthhost\n"
     );
     // The image's Cmd is `sh`; a command replaces it, the entrypoint stays unset.
-    let out = d.docker(&[
-        "run",
-        "--rm",
-        "busybox",
-        "sh",
-        "-c",
-        "echo $PATH; echo $HOME",
-    ]);
+    let out = run_sh(d, &["--rm"], "echo $PATH; echo $HOME");
     assert_eq!(
         out.stdout, "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/root\n",
         "{out:?}"
@@ -461,15 +433,7 @@ fn a_daemon_restart_keeps_containers_and_images() {
     let mut d = Berthd::start();
     let archive = busybox_image("archive");
     d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
-    let out = d.docker(&[
-        "run",
-        "--name",
-        "kept",
-        "busybox",
-        "sh",
-        "-c",
-        "echo persisted; exit 5",
-    ]);
+    let out = run_sh(&d, &["--name", "kept"], "echo persisted; exit 5");
     assert_eq!(out.code(), 5, "{out:?}");
     d.docker_ok(&["create", "--name", "fresh", "busybox", "true"]);
     d.restart();

@@ -36,6 +36,9 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitSignal>,
     pub stop: Arc<AtomicBool>,
+    /// The i8042 reset event (the event loop consumes it): pending means the guest asked
+    /// for a reset.
+    pub reset_evt: vmm_sys_util::eventfd::EventFd,
 }
 
 /// What one exit means for the loop.
@@ -78,11 +81,18 @@ impl Vcpu {
                     return;
                 }
                 Step::TripleFault => {
-                    let rip = self.fd.get_regs().ok().map(|r| r.rip);
-                    self.exit.raise(ExitReason::TripleFault {
-                        vcpu: self.index,
-                        rip,
-                    });
+                    // Linux's reboot writes the i8042 reset, waits a little, then falls
+                    // back to a triple fault: after a reset request it is the reset.
+                    if self.reset_pending() {
+                        self.exit
+                            .raise(ExitReason::GuestShutdown { how: "i8042 reset" });
+                    } else {
+                        let rip = self.fd.get_regs().ok().map(|r| r.rip);
+                        self.exit.raise(ExitReason::TripleFault {
+                            vcpu: self.index,
+                            rip,
+                        });
+                    }
                     return;
                 }
             }
@@ -150,6 +160,19 @@ impl Vcpu {
                 what: format!("KVM_RUN failed: {e}"),
             }),
         }
+    }
+
+    /// Whether the i8042 reset event is pending (readable), without consuming it.
+    fn reset_pending(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut pfd = libc::pollfd {
+            fd: self.reset_evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that outlives the call; a zero timeout never blocks.
+        let rc = unsafe { libc::poll(&mut pfd, 1, 0) };
+        rc == 1 && pfd.revents & libc::POLLIN != 0
     }
 
     fn internal_error(&mut self) -> ExitReason {

@@ -240,6 +240,10 @@ impl Vmm {
                 mmio: mmio.clone(),
                 exit: self.exit.clone(),
                 stop: stop.clone(),
+                reset_evt: self.reset_evt.try_clone().map_err(|source| VmmError::Os {
+                    what: "the reset event",
+                    source,
+                })?,
             };
             match vcpu.spawn() {
                 Ok(handle) => threads.push(handle),
@@ -356,9 +360,12 @@ impl MutEventSubscriber for Control {
                 let _ = self.exit.eventfd().read();
             }
             RESET_TOKEN => {
-                let _ = self.reset_evt.read();
+                // Raise before consuming the event: a vCPU that triple-faults meanwhile
+                // (Linux's reboot falls back to that after the i8042) sees either the
+                // pending event or the raised reason (vcpu.rs).
                 self.exit
                     .raise(ExitReason::GuestShutdown { how: "i8042 reset" });
+                let _ = self.reset_evt.read();
             }
             SIGNAL_TOKEN => {
                 let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
