@@ -28,6 +28,10 @@ fn run_cmd(tmp: &Scratch, opts: &[&str], command: &[&str]) -> Command {
 fn vm(opts: &[&str], command: &[&str], input: &[u8]) -> Finished {
     let tmp = Scratch::new("microvm");
     let out = run(run_cmd(&tmp, opts, command), input, TIMEOUT);
+    if !out.stderr.is_empty() {
+        // A failed run keeps its directory: say why before the leftovers check does.
+        eprintln!("berth-vmm run's stderr: {}", out.stderr);
+    }
     assert_no_leftovers(&tmp);
     out
 }

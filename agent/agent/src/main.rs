@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use berth_agent::transport::ReadyTarget;
-use berth_agent::{is_pid1, run, Config, ListenOn};
+use berth_agent::{init, is_pid1, run, Config, ListenOn};
 
 fn usage() -> ! {
     eprintln!(
@@ -61,9 +61,7 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
         std::panic::set_hook(Box::new(|info| {
             log::error!("panic: {info}");
             eprintln!("berth-agent: panic: {info}");
-            // PID 1 exiting panics the kernel: the VMM reports a crash and points at the
-            // console, where a reset would look like a clean shutdown.
-            std::process::exit(101);
+            init::end_vm();
         }));
     }
     let config = parse_args(pid1);
@@ -72,8 +70,9 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
         Err(e) => {
             let msg = format!("berth-agent: {e}: {}", berth_agent::source_chain(&e));
             eprintln!("{msg}");
-            // As PID 1, returning panics the kernel ("Attempted to kill init"): a failed
-            // agent is a crashed VM, never a clean shutdown.
+            if pid1 {
+                init::end_vm();
+            }
             1
         }
     }

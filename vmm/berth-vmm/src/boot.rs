@@ -161,10 +161,6 @@ fn report(reason: &ExitReason, args: &Args) -> ExitCode {
             );
             ExitCode::from(EXIT_GUEST_PANIC)
         }
-        ExitReason::TripleFault { .. } => {
-            eprintln!("berth-vmm: {reason}; see {}", console_place(args));
-            ExitCode::from(EXIT_GUEST_PANIC)
-        }
         ExitReason::InternalError { .. }
         | ExitReason::FailEntry { .. }
         | ExitReason::VcpuFault { .. } => {

@@ -7,10 +7,8 @@ use vmm_sys_util::eventfd::EventFd;
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest reset or powered off (i8042 reset, KVM system event).
+    /// The guest reset or powered off (i8042 reset, KVM system event, triple fault).
     GuestShutdown { how: &'static str },
-    /// A vCPU triple-faulted: the guest crashed without a word (no panic on its console).
-    TripleFault { vcpu: u8, rip: Option<u64> },
     /// The guest kernel printed a panic, then reset.
     GuestPanic,
     /// KVM could not run the guest (KVM_EXIT_INTERNAL_ERROR).
@@ -40,13 +38,6 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::GuestShutdown { how } => write!(f, "guest shut down ({how})"),
             ExitReason::GuestPanic => write!(f, "guest kernel panicked"),
-            ExitReason::TripleFault { vcpu, rip } => {
-                write!(f, "the guest crashed: triple fault on vCPU {vcpu}")?;
-                if let Some(rip) = rip {
-                    write!(f, " (rip {rip:#x})")?;
-                }
-                Ok(())
-            }
             ExitReason::InternalError {
                 vcpu,
                 suberror,

@@ -269,9 +269,7 @@ impl Vmm {
         devices::bus::lock(&self.serial).flush();
         let reason = outcome?;
         Ok(match reason {
-            ExitReason::GuestShutdown { .. } | ExitReason::TripleFault { .. }
-                if self.panicked.load(Ordering::SeqCst) =>
-            {
+            ExitReason::GuestShutdown { .. } if self.panicked.load(Ordering::SeqCst) => {
                 ExitReason::GuestPanic
             }
             other => other,
