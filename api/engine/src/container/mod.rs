@@ -418,7 +418,14 @@ impl Containers {
                 &dir.join("empty"),
             )
             .map_err(vm::LaunchError::Failed)?;
-            let result = vm::launch(&cfg, &launch_spec);
+            let mut result = vm::launch(&cfg, &launch_spec);
+            if let Err(vm::LaunchError::BootReset(why)) = &result {
+                // Seen about once in a hundred boots inside the emulated virtualization host
+                // (QEMU TCG), never with a word on the console; the container has not run
+                // yet, so booting again changes nothing it could observe.
+                log::warn!("{why}; booting the VM once more");
+                result = vm::launch(&cfg, &launch_spec);
+            }
             if result.is_err() {
                 vm::unmount_rootfs(&launch_spec.rootfs);
                 let _ = std::fs::remove_dir_all(&launch_spec.run_dir);
@@ -446,7 +453,7 @@ impl Containers {
                                 "failed to create task for container: {message}"
                             ))
                         }
-                        vm::LaunchError::Failed(message) => {
+                        vm::LaunchError::Failed(message) | vm::LaunchError::BootReset(message) => {
                             r.state.error = message.clone();
                             EngineError::Internal(format!(
                                 "cannot start container {}: {message}",

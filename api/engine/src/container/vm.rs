@@ -36,6 +36,10 @@ pub enum LaunchError {
     /// Anything else: the VM did not boot, the agent failed.
     #[error("{0}")]
     Failed(String),
+    /// The guest reset itself (the VMM exited cleanly) before its agent was ready: a boot
+    /// that died without a word, worth one more try (see `Containers::start`).
+    #[error("{0}")]
+    BootReset(String),
 }
 
 /// What to boot and run.
@@ -273,10 +277,11 @@ pub fn launch(cfg: &EngineConfig, spec: &LaunchSpec) -> Result<(Vm, Streams, u32
             Err(_) => {}
         }
         if let Ok(Some(status)) = vmm.try_wait() {
-            return Err(vm_failed(
-                &mut vmm,
-                format!("the VM stopped while booting ({status})"),
-            ));
+            let message = format!("the VM stopped while booting ({status})");
+            if status.success() {
+                return Err(LaunchError::BootReset(message));
+            }
+            return Err(vm_failed(&mut vmm, message));
         }
     }
 
