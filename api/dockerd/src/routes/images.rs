@@ -427,7 +427,20 @@ async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiRes
         }
     }
     let tag = ImageStore::repo_tag(q.get("repo").unwrap_or(""), q.get("tag").unwrap_or(""))?;
-    let config = import_config(q.all("changes"))?;
+    let config = match import_config(q.all("changes")) {
+        Ok(config) => config,
+        Err(e) => {
+            // Read the upload first, so the client sees the error rather than a broken pipe.
+            use http_body_util::BodyExt;
+            let mut body = req.into_body();
+            while let Some(frame) = body.frame().await {
+                if frame.is_err() {
+                    break;
+                }
+            }
+            return Err(e.into());
+        }
+    };
     let comment = q
         .get("message")
         .filter(|m| !m.is_empty())
