@@ -92,17 +92,15 @@ pub async fn route(
         }
         (Method::POST, ["containers", id, "attach"]) => attach(state, req, id, &q, version).await,
         (Method::GET, ["containers", id, "logs"]) => logs(state, id, &q).await,
-        (_, ["containers", id, what, ..]) if UNSUPPORTED.iter().any(|(w, _)| w == what) => {
-            // Known endpoints of later versions: a clear error, never a fake success.
+        (_, ["containers", id, what, ..]) => {
+            // Docker endpoints berth does not implement: refused by name, never faked.
+            let Some((_, command)) = UNSUPPORTED.iter().find(|(w, _)| w == what) else {
+                return Err(not_found());
+            };
             state.engine.containers.get(id).await?;
-            let why = UNSUPPORTED
-                .iter()
-                .find(|(w, _)| w == what)
-                .map(|(_, why)| *why)
-                .unwrap_or("");
             Err(ApiError::new(
                 StatusCode::NOT_IMPLEMENTED,
-                format!("berth does not support {why} yet"),
+                format!("berth does not support {command} yet"),
             ))
         }
         _ => Err(not_found()),
