@@ -123,6 +123,9 @@ struct Connection {
     guest_done_receiving: bool,
     /// The host stream reached EOF; the guest was told with SHUTDOWN SEND.
     host_eof: bool,
+    /// The guest reset the connection after its SHUTDOWN SEND, with data of its still
+    /// buffered here: that data is delivered, and the guest hears nothing more.
+    guest_reset: bool,
     /// We already asked the guest for credit and are waiting.
     credit_requested: bool,
     /// Set while waiting for the guest's RESPONSE after it got our REQUEST.
@@ -147,6 +150,7 @@ impl Connection {
             guest_done_sending: false,
             guest_done_receiving: false,
             host_eof: false,
+            guest_reset: false,
             credit_requested: false,
             deadline: None,
             early_data: Vec::new(),
@@ -366,7 +370,13 @@ impl Muxer {
     }
 
     fn finish_if_done(&mut self, key: Key, w: &mut dyn Watcher) {
-        if self.conns.get(&key).is_some_and(Connection::finished) {
+        if self
+            .conns
+            .get(&key)
+            .is_some_and(|c| c.finished() && c.guest_reset)
+        {
+            self.remove(key, w);
+        } else if self.conns.get(&key).is_some_and(Connection::finished) {
             // Both directions are over; a RST frees the guest's socket without its linger.
             self.kill(key, w);
         } else {
@@ -592,6 +602,17 @@ impl Muxer {
                 } else {
                     self.update_watch(key, w);
                 }
+            }
+            (op::RST, State::Established)
+                if conn.guest_done_sending && !conn.to_host.is_empty() =>
+            {
+                // Linux resets a socket closed after its SHUTDOWN once its close timeout
+                // passes (8 s): a host reader slower than that must still get every byte
+                // the guest sent before it shut down.
+                conn.guest_reset = true;
+                conn.guest_done_receiving = true;
+                self.rx_ready.retain(|k| *k != key);
+                self.update_watch(key, w);
             }
             (op::RST, _) => self.remove(key, w),
             (op::RW, State::Established) => {
@@ -1128,6 +1149,61 @@ mod tests {
     }
 
     #[test]
+    fn data_buffered_for_a_slow_host_survives_the_guests_reset() {
+        let mut f = Fixture::new("slowreader");
+        let listener = UnixListener::bind(format!("{}_1025", f.mux.uds_path().display())).unwrap();
+        f.guest(op::REQUEST, 5000, 1025, &[]);
+        assert_eq!(f.rx()[0].0.op, op::RESPONSE);
+        let (mut host, _) = listener.accept().unwrap();
+        // More than a Unix socket buffers, so some stays in the muxer until the host reads.
+        let chunk: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+        let mut sent = Vec::new();
+        for _ in 0..4 {
+            f.guest(op::RW, 5000, 1025, &chunk);
+            sent.extend_from_slice(&chunk);
+        }
+        let key = *f.mux.conns.keys().next().unwrap();
+        assert!(
+            !f.mux.conns[&key].to_host.is_empty(),
+            "the test needs data held back"
+        );
+        let mut h = Header {
+            src_cid: GUEST,
+            dst_cid: HOST_CID,
+            src_port: 5000,
+            dst_port: 1025,
+            type_: TYPE_STREAM,
+            op: op::SHUTDOWN,
+            flags: shutdown::SEND | shutdown::RCV,
+            ..Default::default()
+        };
+        f.mux.handle_guest_packet(&h, &[], &mut f.w);
+        h.op = op::RST;
+        h.flags = 0;
+        f.mux.handle_guest_packet(&h, &[], &mut f.w);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            host.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            host.read_to_end(&mut got).map(|_| got)
+        });
+        for _ in 0..1000 {
+            if f.mux.connection_count() == 0 {
+                break;
+            }
+            f.pump_fds();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(f.mux.connection_count(), 0, "closed once delivered");
+        let got = reader.join().unwrap().unwrap();
+        assert!(got == sent, "{} of {} bytes arrived", got.len(), sent.len());
+        assert!(
+            f.rx().iter().all(|(h, _)| h.op != op::RST),
+            "no reset answers the guest's reset"
+        );
+    }
+
+    #[test]
     fn unanswered_requests_time_out() {
         let mut f = Fixture::new("timeout");
         let mut host = UnixStream::connect(f.mux.uds_path()).unwrap();
@@ -1191,6 +1267,7 @@ mod tests {
         s.set_nonblocking(false).unwrap();
         let mut got = vec![];
         s.read_to_end(&mut got).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(got, b"hello");
     }
 }
