@@ -18,8 +18,12 @@ use agent_protocol::{ContainerSpec, FsSource};
 use crate::EngineConfig;
 
 /// How long a guest may take to boot to its agent. Inside the emulated virtualization host
-/// a boot takes seconds; this bounds a hung one.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// a boot takes seconds (median ~3 s); this bounds a hung one.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// The first boot's bound: a boot that has not reached its agent by then (tens of times the
+/// slowest seen under emulation, hundreds of times on hardware) is stalled, and is tried once
+/// more with [`BOOT_TIMEOUT`].
+pub const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(45);
 /// The virtio-fs tag of the container's root filesystem.
 pub const ROOTFS_TAG: &str = "rootfs";
 /// The agent's id for the container's main process.
@@ -36,8 +40,9 @@ pub enum LaunchError {
     /// Anything else: the VM did not boot, the agent failed.
     #[error("{0}")]
     Failed(String),
-    /// The guest reset itself (the VMM exited cleanly) before its agent was ready: a boot
-    /// that died without a word, worth one more try (see `Containers::start`).
+    /// The guest reset itself (the VMM exited cleanly) before its agent was ready, or its
+    /// agent did not come up within the boot timeout: a boot that died or stalled without a
+    /// word, worth one more try (see `Containers::start`). The VMM is gone.
     #[error("{0}")]
     BootReset(String),
 }
@@ -201,7 +206,11 @@ pub fn run_dir(exec_root: &Path, id: &str) -> PathBuf {
 pub const MAX_EXEC_ROOT_LEN: usize = 107 - 1 - RUN_DIR_ID_LEN - LONGEST_SOCKET_NAME;
 
 /// Boots the VM, sets the container up in it and starts its process.
-pub fn launch(cfg: &EngineConfig, spec: &LaunchSpec) -> Result<(Vm, Streams, u32), LaunchError> {
+pub fn launch(
+    cfg: &EngineConfig,
+    spec: &LaunchSpec,
+    boot_timeout: Duration,
+) -> Result<(Vm, Streams, u32), LaunchError> {
     let failed =
         |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
     std::fs::create_dir_all(&spec.run_dir)
@@ -256,24 +265,28 @@ pub fn launch(cfg: &EngineConfig, spec: &LaunchSpec) -> Result<(Vm, Streams, u32
     // The listener waits on its own thread so this one can watch the VMM.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(ready.wait(BOOT_TIMEOUT));
+        let _ = tx.send(ready.wait(boot_timeout));
     });
-    let deadline = Instant::now() + BOOT_TIMEOUT + Duration::from_secs(5);
+    let deadline = Instant::now() + boot_timeout + Duration::from_secs(5);
+    let stalled = |vmm: &mut Child| {
+        let _ = vmm.kill();
+        let _ = vmm.wait();
+        LaunchError::BootReset(format!(
+            "the guest agent did not come up within {} s",
+            boot_timeout.as_secs()
+        ))
+    };
     loop {
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(Ok(_)) => break,
+            Ok(Err(agent_client::ClientError::Timeout { .. })) => return Err(stalled(&mut vmm)),
             Ok(Err(e)) => {
                 return Err(vm_failed(
                     &mut vmm,
                     format!("the guest agent did not come up: {e}"),
                 ))
             }
-            Err(_) if Instant::now() > deadline => {
-                return Err(vm_failed(
-                    &mut vmm,
-                    "the guest agent did not come up".into(),
-                ))
-            }
+            Err(_) if Instant::now() > deadline => return Err(stalled(&mut vmm)),
             Err(_) => {}
         }
         if let Ok(Some(status)) = vmm.try_wait() {
