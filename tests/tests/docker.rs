@@ -16,7 +16,8 @@ fn ready() -> bool {
 fn daemon() -> &'static Berthd {
     static DAEMON: OnceLock<Berthd> = OnceLock::new();
     DAEMON.get_or_init(|| {
-        let d = Berthd::start();
+        // Debug logging: a test that hangs prints the daemon's log (Daemon::docker).
+        let d = Berthd::start_with(&["--debug"]);
         let archive = busybox_image("archive");
         d.docker_ok(&["load", "-i", archive.to_str().expect("utf-8 path")]);
         d
@@ -486,4 +487,71 @@ fn the_writable_layer_persists_across_restarts_of_a_container() {
     let out = d.docker(&["run", "--rm", "busybox", "cat", "/count"]);
     assert_ne!(out.code(), 0, "another container does not see it: {out:?}");
     d.docker_ok(&["rm", &name]);
+}
+
+#[test]
+fn a_failed_removal_leaves_a_dead_container_and_tells_whoever_waits_for_it() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("dead");
+    let id = d.docker_ok(&["create", "--name", &name, "busybox", "true"]);
+    let id = id.trim().to_string();
+    // A mount inside the container's directory (a stray one, as an operator might leave)
+    // makes deleting it fail.
+    let held = d.data_root().join("containers").join(&id).join("held");
+    std::fs::create_dir(&held).expect("can create a directory in the container's");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "berth-test"])
+        .arg(&held)
+        .status()
+        .expect("can run mount");
+    assert!(mounted.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let unmount = Unmount(held);
+
+    // What `docker run --rm` does: wait for the removal.
+    let wait_path = format!("/v1.41/containers/{id}/wait?condition=removed");
+    let (tx, waiter) = std::sync::mpsc::channel();
+    {
+        let socket = d.socket().to_path_buf();
+        let path = wait_path.clone();
+        std::thread::spawn(move || tx.send(http_unix(&socket, "POST", &path, "", b"")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.log().contains(&format!("POST {wait_path} -> 200")) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = d.docker(&["rm", &name]);
+    assert_ne!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("cannot remove container"), "{out:?}");
+    let reply = waiter
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the wait for removal ends when the removal fails")
+        .expect("the wait request");
+    assert_eq!(reply.status, 200);
+    assert!(
+        reply.text().contains("error removing container"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &name])
+            .trim(),
+        "dead"
+    );
+    assert!(d
+        .docker_ok(&["ps", "-a", "--filter", &format!("name={name}")])
+        .contains("Dead"));
+    drop(unmount);
+    d.docker_ok(&["rm", &name]);
+    assert_ne!(d.docker(&["inspect", &name]).code(), 0);
 }

@@ -42,6 +42,8 @@ pub struct Lifecycle {
     pub exits: u64,
     pub exit_code: i32,
     pub removed: bool,
+    /// Removals that failed: a client waiting for removal gets the error, as from dockerd.
+    pub removal_failures: u64,
 }
 
 /// Docker's wait conditions.
@@ -83,6 +85,7 @@ impl Container {
             exits: 0,
             exit_code: record.state.exit_code,
             removed: false,
+            removal_failures: 0,
         };
         Arc::new(Container {
             id: record.id.clone(),
@@ -418,13 +421,20 @@ impl Containers {
                 &dir.join("empty"),
             )
             .map_err(vm::LaunchError::Failed)?;
-            let mut result = vm::launch(&cfg, &launch_spec);
+            let mut result = vm::launch(&cfg, &launch_spec, vm::FIRST_BOOT_TIMEOUT);
             if let Err(vm::LaunchError::BootReset(why)) = &result {
-                // Seen about once in a hundred boots inside the emulated virtualization host
-                // (QEMU TCG), never with a word on the console; the container has not run
-                // yet, so booting again changes nothing it could observe.
-                log::warn!("{why}; booting the VM once more");
-                result = vm::launch(&cfg, &launch_spec);
+                // Resets are seen about once in a hundred boots inside the emulated
+                // virtualization host (QEMU TCG), never with a word on the console; the
+                // container has not run yet, so booting again changes nothing it could
+                // observe.
+                let console = std::fs::read_to_string(&launch_spec.console_log);
+                let console = console.unwrap_or_default();
+                let tail: Vec<&str> = console.lines().rev().take(10).collect();
+                log::warn!(
+                    "{why}; booting the VM once more (its console ended: {:?})",
+                    tail.into_iter().rev().collect::<Vec<_>>()
+                );
+                result = vm::launch(&cfg, &launch_spec, vm::BOOT_TIMEOUT);
             }
             if result.is_err() {
                 vm::unmount_rootfs(&launch_spec.rootfs);
@@ -515,6 +525,7 @@ impl Containers {
             vmm_pid,
         });
         container.lifecycle.send_modify(|l| l.running = true);
+        log::debug!("container {}: running in VM {vmm_pid}", container.id);
 
         // Output: the log file, and every attached client.
         let log = LogWriter::open(&container.log_path())
@@ -557,9 +568,11 @@ impl Containers {
             let status =
                 tokio::task::spawn_blocking(move || wait_control.wait_process(vm::INIT_PROCESS))
                     .await;
+            log::debug!("container {}: its process exited: {status:?}", c.id);
             for p in pumps {
                 let _ = p.await;
             }
+            log::debug!("container {}: its output is drained", c.id);
             let (exit_code, error) = match status {
                 Ok(Ok(s)) => (s.code, String::new()),
                 Ok(Err(e)) => (137, format!("the container's VM stopped unexpectedly: {e}")),
@@ -594,6 +607,7 @@ impl Containers {
                 let _ = std::fs::remove_dir_all(&run_dir);
             })
             .await;
+            log::debug!("container {}: its VM is off", c.id);
             drop(op);
             if auto_remove {
                 if let Err(e) = remove_stopped(&registry, &images, &c).await {
@@ -728,6 +742,16 @@ impl Containers {
         let start = *lifecycle.borrow();
         loop {
             let now = *lifecycle.borrow_and_update();
+            if condition == WaitCondition::Removed
+                && now.removal_failures > start.removal_failures
+                && !now.removed
+            {
+                // Without this a `docker run --rm` whose removal failed would wait forever.
+                return Err(EngineError::Internal(format!(
+                    "error removing container {}: see the daemon's log; `docker rm` retries",
+                    c.id
+                )));
+            }
             let done = match condition {
                 WaitCondition::NotRunning => !now.running || now.exits > start.exits,
                 WaitCondition::NextExit => now.exits > start.exits,
@@ -833,15 +857,8 @@ async fn remove_stopped(
         r.state.status = Status::Removing;
         r.name.clone()
     };
-    {
-        let mut reg = registry.write().await;
-        reg.by_id.remove(&c.id);
-        if reg.names.get(&name) == Some(&c.id) {
-            reg.names.remove(&name);
-        }
-    }
     let dir = c.dir.clone();
-    tokio::task::spawn_blocking(move || {
+    let deleted = tokio::task::spawn_blocking(move || {
         vm::unmount_rootfs(&dir.join("rootfs"));
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -849,9 +866,33 @@ async fn remove_stopped(
         }
     })
     .await
-    .map_err(|e| EngineError::internal("remover", e))?
-    .map_err(|e| EngineError::internal(format!("cannot remove container {}", c.id), e))?;
+    .map_err(|e| EngineError::internal("remover", e))
+    .and_then(|r| {
+        r.map_err(|e| EngineError::internal(format!("cannot remove container {}", c.id), e))
+    });
+    if let Err(e) = deleted {
+        // As dockerd: the container stays, marked dead, for `docker rm` to retry; waiters
+        // for its removal hear of the failure.
+        log::error!("{e}");
+        {
+            let mut r = c.record.lock().await;
+            r.state.status = Status::Dead;
+            if let Err(e) = c.save(&r).await {
+                log::warn!("container {}: {e}", c.id);
+            }
+        }
+        c.lifecycle.send_modify(|l| l.removal_failures += 1);
+        return Err(e);
+    }
+    {
+        let mut reg = registry.write().await;
+        reg.by_id.remove(&c.id);
+        if reg.names.get(&name) == Some(&c.id) {
+            reg.names.remove(&name);
+        }
+    }
     c.lifecycle.send_modify(|l| l.removed = true);
+    log::debug!("container {}: removed", c.id);
     // An image hidden by `rmi -f` may have lost its last container.
     let in_use: HashSet<String> = {
         let reg = registry.read().await;
