@@ -162,7 +162,15 @@ impl Finished {
 }
 
 /// Runs `cmd` with stdin from `input`, killing it after `timeout` (a test failure).
-pub fn run(mut cmd: Command, input: &[u8], timeout: Duration) -> Finished {
+pub fn run(cmd: Command, input: &[u8], timeout: Duration) -> Finished {
+    let shown = format!("{cmd:?}");
+    run_within(cmd, input, timeout).unwrap_or_else(|stderr| {
+        panic!("{shown} did not finish within {timeout:?}; stderr: {stderr}")
+    })
+}
+
+/// Runs `cmd` with stdin from `input`; after `timeout` kills it and returns its stderr.
+pub fn run_within(mut cmd: Command, input: &[u8], timeout: Duration) -> Result<Finished, String> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -181,18 +189,21 @@ pub fn run(mut cmd: Command, input: &[u8], timeout: Duration) -> Finished {
     let Some(status) = wait_timeout(&mut child, timeout) else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!(
-            "{cmd:?} did not finish within {timeout:?}; stderr: {}",
-            String::from_utf8_lossy(&stderr.join().unwrap_or_default())
-        );
+        return Err(String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned());
     };
     let _ = writer.join();
-    Finished {
+    Ok(Finished {
         status,
         stdout: String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned(),
         stderr: String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned(),
         elapsed: start.elapsed(),
-    }
+    })
+}
+
+/// The last `n` lines of `text`.
+pub fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn reader(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
@@ -550,9 +561,31 @@ impl Daemon {
         self.docker_with_input(args, b"")
     }
 
-    /// Runs `docker ARGS` with `input` on stdin.
+    /// Runs `docker ARGS` with `input` on stdin. A command that hangs fails the test with
+    /// what the daemon and its containers' consoles said last: a hang seen once in CI must
+    /// be diagnosable from the log.
     pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Finished {
-        run(self.docker_command(args), input, Duration::from_secs(120))
+        let timeout = Duration::from_secs(120);
+        run_within(self.docker_command(args), input, timeout).unwrap_or_else(|stderr| {
+            let mut consoles = String::new();
+            if let Ok(entries) = std::fs::read_dir(self.data_root().join("containers")) {
+                for e in entries.flatten() {
+                    let console = std::fs::read_to_string(e.path().join("console.log"));
+                    let console = console.unwrap_or_default();
+                    consoles += &format!(
+                        "\n--- console of {}:\n{}",
+                        e.file_name().to_string_lossy(),
+                        last_lines(&console, 15)
+                    );
+                }
+            }
+            panic!(
+                "docker {args:?} did not finish within {timeout:?}; stderr: {stderr}\n\
+                 --- {} log (last 80 lines):\n{}{consoles}",
+                self.name,
+                last_lines(&self.log(), 80)
+            )
+        })
     }
 
     /// Runs `docker ARGS`, which must succeed; returns its stdout.
