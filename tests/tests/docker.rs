@@ -407,6 +407,23 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("CapDrop"), "{}", r.text());
+    // Options the CLI sends as maps with empty values, or as plain flags, are refused too.
+    for (flag, value, named) in [
+        ("--tmpfs", Some("/x"), "Tmpfs"),
+        ("-v", Some("/data"), "Volumes"),
+        ("--privileged", None, "--privileged"),
+        ("--init", None, "--init"),
+    ] {
+        let mut args = vec!["create", flag];
+        args.extend(value);
+        args.extend(["busybox", "true"]);
+        let out = d.docker(&args);
+        assert_eq!(out.code(), 1, "{flag}: {out:?}");
+        assert!(
+            out.stderr.contains("berth does not support") && out.stderr.contains(named),
+            "{flag}: {out:?}"
+        );
+    }
     let r = d.api("GET", "/_ping", b"");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("api-version"), Some("1.41"));

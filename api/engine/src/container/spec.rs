@@ -30,6 +30,25 @@ fn is_unset(v: &Value) -> bool {
     }
 }
 
+/// Fields whose value is a map: any key sets them, whatever its value (`-v /data` is
+/// `"Volumes": {"/data": {}}`, `--tmpfs /x` is `"Tmpfs": {"/x": ""}`).
+const MAP_FIELDS: &[&str] = &[
+    "Volumes",
+    "Tmpfs",
+    "Sysctls",
+    "StorageOpt",
+    "PortBindings",
+    "Annotations",
+];
+
+/// Whether the request sets `field`.
+fn is_set(field: &str, v: &Value) -> bool {
+    match v {
+        Value::Object(o) if MAP_FIELDS.contains(&field) => !o.is_empty(),
+        _ => !is_unset(v),
+    }
+}
+
 fn unsupported(what: &str, why: &str) -> EngineError {
     EngineError::InvalidArgument(format!("berth does not support {what}: {why}"))
 }
@@ -171,7 +190,7 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
         EngineError::InvalidArgument("the request body is not a JSON object".into())
     })?;
     for (k, v) in obj {
-        if !CONFIG_FIELDS.contains(&k.as_str()) && !is_unset(v) {
+        if !CONFIG_FIELDS.contains(&k.as_str()) && is_set(k, v) {
             return Err(unsupported(&format!("Config.{k}"), refusal(k)));
         }
     }
@@ -246,6 +265,10 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
             {
                 return Err(unsupported("networks", refusal("PortBindings")));
             }
+            // --ip, --ip6, --network-alias, --link-local-ip and the like.
+            if endpoints.values().any(|e| !is_unset(e)) {
+                return Err(unsupported("endpoint settings", refusal("PortBindings")));
+            }
         }
     }
     Ok(CreateRequest {
@@ -265,15 +288,15 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         });
     };
     for (k, v) in hc {
-        if HOST_CONFIG_FIELDS.contains(&k.as_str()) || is_unset(v) {
+        if HOST_CONFIG_FIELDS.contains(&k.as_str()) || !is_set(k, v) {
             continue;
         }
         // The CLI sends a few non-zero defaults of its own.
         let default_ok = match (k.as_str(), v) {
             ("MemorySwappiness", Value::Number(n)) => n.as_i64() == Some(-1),
-            ("OomScoreAdj", _) | ("CgroupnsMode", Value::String(_)) => {
-                is_unset(v) || k == "CgroupnsMode"
-            }
+            ("OomScoreAdj", _) => is_unset(v),
+            // The agent always gives a container its own cgroup namespace.
+            ("CgroupnsMode", Value::String(s)) => s == "private",
             ("IpcMode", Value::String(s)) => s == "private" || s == "shareable",
             ("PidMode" | "UTSMode" | "UsernsMode" | "Cgroup", Value::String(s)) => s.is_empty(),
             _ => false,
@@ -360,12 +383,25 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         Some(Value::Bool(b)) => Some(*b),
         _ => None,
     };
+    if init == Some(true) {
+        return Err(unsupported(
+            "--init",
+            "there is no init process to inject into the guest yet",
+        ));
+    }
+    let privileged = boolean(hc.get("Privileged"), "Privileged")?;
+    if privileged {
+        return Err(unsupported(
+            "--privileged",
+            "the container's own VM is its boundary, but full capabilities and devices inside it are not implemented yet",
+        ));
+    }
     Ok(HostConfig {
         auto_remove: boolean(hc.get("AutoRemove"), "AutoRemove")?,
         network_mode,
         memory,
         nano_cpus,
-        privileged: boolean(hc.get("Privileged"), "Privileged")?,
+        privileged,
         init,
         console_size,
         restart_policy,
@@ -524,11 +560,24 @@ mod tests {
                 "--restart always",
             ),
             ("/Domainname", json!("example.com"), "domainname"),
+            // Maps whose values are empty are still set.
+            ("/HostConfig/Tmpfs", json!({"/x": ""}), "Tmpfs"),
+            ("/Volumes", json!({"/data": {}}), "Volumes"),
+            ("/HostConfig/Privileged", json!(true), "--privileged"),
+            ("/HostConfig/Init", json!(true), "--init"),
+            ("/HostConfig/CgroupnsMode", json!("host"), "CgroupnsMode"),
+            (
+                "/NetworkingConfig/EndpointsConfig",
+                json!({"default": {"IPAMConfig": {"IPv4Address": "10.0.0.2"}}}),
+                "endpoint settings",
+            ),
         ] {
             let mut body = cli_body();
-            *body
-                .pointer_mut(path)
-                .expect("the CLI sends every field tested") = value;
+            let (parent, field) = path.rsplit_once('/').expect("a path");
+            body.pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .expect("the CLI sends every object tested")
+                .insert(field.to_string(), value);
             let e = parse(&body).unwrap_err().to_string();
             assert!(e.contains(expect), "{path}: {e}");
         }
