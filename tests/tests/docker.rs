@@ -253,6 +253,29 @@ fn stop_kill_and_rm_force() {
     d.docker_ok(&["kill", "-s", "USR1", &trap]);
     assert_eq!(d.docker_ok(&["wait", &trap]).trim(), "7");
     assert!(d.docker_ok(&["logs", &trap]).contains("got usr1"));
+    // stop -t -1 waits for the stop signal's effect however long it takes: no SIGKILL.
+    let term = unique("term");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &term,
+        "busybox",
+        "sh",
+        "-c",
+        "trap 'sleep 2; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.docker_ok(&["logs", &term]).contains("ready") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.docker_ok(&["stop", "-t", "-1", &term]);
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &term])
+            .trim(),
+        "3"
+    );
+    d.docker_ok(&["rm", &term]);
     // rm of a running container needs -f.
     let running = unique("running");
     d.docker_ok(&["run", "-d", "--name", &running, "busybox", "sleep", "1000"]);

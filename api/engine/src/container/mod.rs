@@ -650,8 +650,12 @@ impl Containers {
         if timeout != 0 {
             let _ = c.agent(move |a| a.signal(vm::INIT_PROCESS, signal)).await;
         }
-        if timeout >= 0
-            && wait_exit_change(&mut lifecycle, exits, Duration::from_secs(timeout as u64)).await
+        if timeout < 0 {
+            // Docker's -1: wait for the process however long it takes.
+            if wait_exit_change(&mut lifecycle, exits, Duration::MAX).await {
+                return Ok(());
+            }
+        } else if wait_exit_change(&mut lifecycle, exits, Duration::from_secs(timeout as u64)).await
         {
             return Ok(());
         }
