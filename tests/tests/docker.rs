@@ -430,6 +430,16 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("CapDrop"), "{}", r.text());
+    // Commands berth does not have yet are refused by name.
+    for (method, path) in [
+        ("POST", "/v1.41/commit?container=nope"),
+        ("GET", "/v1.41/events"),
+        ("GET", "/v1.41/system/df"),
+    ] {
+        let r = d.api(method, path, b"");
+        assert_eq!(r.status, 501, "{path}: {}", r.text());
+        assert!(r.text().contains("berth does not support"), "{path}");
+    }
     // Options the CLI sends as maps with empty values, or as plain flags, are refused too.
     for (flag, value, named) in [
         ("--tmpfs", Some("/x"), "Tmpfs"),

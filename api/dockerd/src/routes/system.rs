@@ -35,6 +35,13 @@ pub fn ping(req: &Request<Incoming>) -> ApiResult {
     Ok(r)
 }
 
+fn not_yet(command: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!("berth does not support {command} yet"),
+    )
+}
+
 pub async fn route(
     state: &Arc<State>,
     req: Request<Incoming>,
@@ -71,6 +78,10 @@ pub async fn route(
         (Method::POST, ["volumes", "create"]) => {
             Err(ApiError::bad_request("berth does not support volumes yet"))
         }
+        // Commands berth does not have yet: refused by name, never a bare 404.
+        (Method::POST, ["commit"]) => Err(not_yet("docker commit")),
+        (Method::GET, ["events"]) => Err(not_yet("docker events")),
+        (Method::GET, ["system", "df"]) => Err(not_yet("docker system df")),
         (Method::GET, ["plugins"]) => json(StatusCode::OK, &Vec::<()>::new()),
         (Method::GET, ["plugins", name, "json"]) => Err(ApiError::not_found(format!(
             "plugin {} not found",
