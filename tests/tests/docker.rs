@@ -335,6 +335,35 @@ fn ps_filters_and_formats_inspect_rename() {
         ]),
         vec![b.clone()]
     );
+    // before and since: by creation, relative to a container named by name or id.
+    let ours = |args: &[&str]| -> Vec<String> {
+        names(args)
+            .into_iter()
+            .filter(|n| *n == a || *n == b)
+            .collect()
+    };
+    assert_eq!(
+        ours(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("before={b}"),
+            "--format",
+            "{{.Names}}"
+        ]),
+        vec![a.clone()]
+    );
+    assert_eq!(
+        ours(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("since={a}"),
+            "--format",
+            "{{.Names}}"
+        ]),
+        vec![b.clone()]
+    );
     assert!(names(&[
         "ps",
         "-a",
@@ -430,6 +459,13 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("CapDrop"), "{}", r.text());
+    // `rm --link` names a link: it must not remove the container.
+    let kept = unique("kept");
+    d.docker_ok(&["create", "--name", &kept, "busybox", "true"]);
+    let out = d.docker(&["rm", "--link", &kept]);
+    assert_ne!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("links"), "{out:?}");
+    d.docker_ok(&["rm", &kept]);
     // Commands berth does not have yet are refused by name.
     for (method, path) in [
         ("POST", "/v1.41/commit?container=nope"),
@@ -527,13 +563,34 @@ fn the_writable_layer_persists_across_restarts_of_a_container() {
     }
     let d = daemon();
     let name = unique("layer");
-    let script = "cat /count 2>/dev/null; echo x >> /count";
+    let script = "cat /count 2>/dev/null; echo x >> /count; head -c 100000 /dev/zero > /big";
     assert_eq!(
         d.docker_ok(&["run", "--name", &name, "busybox", "sh", "-c", script]),
         ""
     );
     assert_eq!(d.docker_ok(&["start", "-a", &name]), "x\n");
     assert_eq!(d.docker_ok(&["start", "-a", &name]), "x\nx\n");
+    // The writable layer's size, as ps -s and inspect -s report it.
+    let sizes = d.docker_ok(&["inspect", "-s", "-f", "{{.SizeRw}} {{.SizeRootFs}}", &name]);
+    let sizes: Vec<u64> = sizes
+        .split_whitespace()
+        .map(|n| n.parse().expect("a number"))
+        .collect();
+    assert!((100_006..110_000).contains(&sizes[0]), "SizeRw {sizes:?}");
+    assert!(sizes[1] > sizes[0] + 1_000_000, "SizeRootFs {sizes:?}");
+    let listed = d.docker_ok(&[
+        "ps",
+        "-a",
+        "-s",
+        "--filter",
+        &format!("name={name}"),
+        "--format",
+        "{{.Size}}",
+    ]);
+    assert!(
+        listed.starts_with("10") && listed.contains("kB (virtual"),
+        "{listed}"
+    );
     let out = d.docker(&["run", "--rm", "busybox", "cat", "/count"]);
     assert_ne!(out.code(), 0, "another container does not see it: {out:?}");
     d.docker_ok(&["rm", &name]);

@@ -37,6 +37,29 @@ pub fn atomic_write_json<T: serde::Serialize>(path: &Path, value: &T) -> std::io
     atomic_write(path, &bytes)
 }
 
+/// Bytes in the files below `root` (not following symlinks, each hard-linked file once),
+/// as dockerd counts a writable layer; what cannot be read counts as nothing.
+pub fn tree_size(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0u64;
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            } else if meta.nlink() <= 1 || seen.insert((meta.dev(), meta.ino())) {
+                total = total.saturating_add(meta.size());
+            }
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,6 +77,21 @@ mod tests {
             1,
             "no temporary file left"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tree_size_counts_files_once_and_follows_no_links() {
+        let dir = std::env::temp_dir().join(format!("berth-treesize-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sub")).unwrap();
+        fs::write(dir.join("ten"), [0u8; 10]).unwrap();
+        fs::write(dir.join("twenty"), [0u8; 20]).unwrap();
+        fs::hard_link(dir.join("twenty"), dir.join("sub/again")).unwrap();
+        fs::write(dir.join("sub/five"), [0u8; 5]).unwrap();
+        std::os::unix::fs::symlink("/usr", dir.join("link")).unwrap();
+        assert_eq!(tree_size(&dir), 10 + 20 + 5 + "/usr".len() as u64);
+        assert_eq!(tree_size(&dir.join("missing")), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -40,7 +40,7 @@ pub async fn route(
         (Method::POST, ["containers", "create"]) => create(state, req, &q).await,
         (Method::GET, ["containers", "json"]) => list(state, &q).await,
         (Method::POST, ["containers", "prune"]) => prune(state).await,
-        (Method::GET, ["containers", id, "json"]) => inspect(state, id).await,
+        (Method::GET, ["containers", id, "json"]) => inspect(state, id, q.flag("size")).await,
         (Method::POST, ["containers", id, "start"]) => {
             match state.engine.containers.start(id).await {
                 Ok(()) => Ok(status(StatusCode::NO_CONTENT)),
@@ -71,6 +71,12 @@ pub async fn route(
         }
         (Method::POST, ["containers", id, "wait"]) => wait(state, id, &q).await,
         (Method::DELETE, ["containers", id]) => {
+            if q.flag("link") {
+                // `docker rm --link` removes a link, never the container it names.
+                return Err(ApiError::bad_request(
+                    "berth does not support links: containers have no network yet",
+                ));
+            }
             state.engine.containers.remove(id, q.flag("force")).await?;
             Ok(status(StatusCode::NO_CONTENT))
         }
@@ -185,9 +191,33 @@ fn command_text(r: &Record) -> String {
         .join(" ")
 }
 
-fn matches_filters(r: &Record, filters: &HashMap<String, Vec<String>>) -> Result<bool, ApiError> {
+/// The creation times `before` and `since` filters name (containers by name or id).
+type Bounds = (Option<SystemTime>, Option<SystemTime>);
+
+async fn filter_bounds(
+    state: &Arc<State>,
+    filters: &HashMap<String, Vec<String>>,
+) -> Result<Bounds, ApiError> {
+    let mut bounds = (None, None);
+    for (key, slot) in [("before", &mut bounds.0), ("since", &mut bounds.1)] {
+        if let Some(reference) = filters.get(key).and_then(|v| v.last()) {
+            let c = state.engine.containers.get(reference).await?;
+            *slot = Some(c.record().await.created);
+        }
+    }
+    Ok(bounds)
+}
+
+fn matches_filters(
+    r: &Record,
+    filters: &HashMap<String, Vec<String>>,
+    (before, since): Bounds,
+) -> Result<bool, ApiError> {
+    if before.is_some_and(|t| r.created >= t) || since.is_some_and(|t| r.created <= t) {
+        return Ok(false);
+    }
     for (key, values) in filters {
-        if values.is_empty() {
+        if values.is_empty() || key == "before" || key == "since" {
             continue;
         }
         let any = |f: &dyn Fn(&str) -> bool| values.iter().any(|v| f(v));
@@ -246,6 +276,7 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
     let all = q.flag("all");
     let limit = q.int::<i64>("limit")?.filter(|l| *l > 0);
     let with_size = q.flag("size");
+    let bounds = filter_bounds(state, &filters).await?;
     let mut records = Vec::new();
     for c in state.engine.containers.all().await {
         let r = c.record().await;
@@ -253,7 +284,7 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
         if !all && limit.is_none() && !explicit_status && r.state.status != Status::Running {
             continue;
         }
-        if !matches_filters(&r, &filters)? {
+        if !matches_filters(&r, &filters, bounds)? {
             continue;
         }
         records.push(r);
@@ -261,6 +292,12 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
     records.sort_by_key(|r| std::cmp::Reverse(r.created));
     if let Some(l) = limit {
         records.truncate(l as usize);
+    }
+    let mut sizes = HashMap::new();
+    if with_size {
+        for r in &records {
+            sizes.insert(r.id.clone(), state.engine.containers.sizes(&r.id).await?);
+        }
     }
     let out: Vec<Value> = records
         .iter()
@@ -280,9 +317,9 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
                 "NetworkSettings": { "Networks": {} },
                 "Mounts": [],
             });
-            if with_size {
-                v["SizeRw"] = json!(0);
-                v["SizeRootFs"] = json!(0);
+            if let Some((rw, root)) = sizes.get(&r.id) {
+                v["SizeRw"] = json!(rw);
+                v["SizeRootFs"] = json!(root);
             }
             v
         })
@@ -294,14 +331,12 @@ fn time_or_zero(t: Option<SystemTime>) -> String {
     t.map(rfc3339).unwrap_or_else(|| ZERO_TIME.to_string())
 }
 
-async fn inspect(state: &Arc<State>, id: &str) -> ApiResult {
+async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
     let c = state.engine.containers.get(id).await?;
     let r = c.record().await;
     let argv = r.config.argv();
     let st = &r.state;
-    json(
-        StatusCode::OK,
-        &json!({
+    let mut v = json!({
             "Id": r.id,
             "Created": rfc3339(r.created),
             "Path": argv.first().cloned().unwrap_or_default(),
@@ -399,8 +434,13 @@ async fn inspect(state: &Arc<State>, id: &str) -> ApiResult {
                     }
                 }
             }
-        }),
-    )
+    });
+    if with_size {
+        let (rw, root) = state.engine.containers.sizes(&r.id).await?;
+        v["SizeRw"] = json!(rw);
+        v["SizeRootFs"] = json!(root);
+    }
+    json(StatusCode::OK, &v)
 }
 
 async fn wait(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {

@@ -739,6 +739,29 @@ impl Containers {
         }
     }
 
+    /// Docker's SizeRw and SizeRootFs: the bytes in the container's writable layer, and
+    /// those plus its image's.
+    pub async fn sizes(&self, name_or_id: &str) -> Result<(u64, u64)> {
+        let c = self.get(name_or_id).await?;
+        let image_id = c.record.lock().await.image_id.clone();
+        let upper = c.dir.join("upper");
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || {
+            let rw = crate::fsutil::tree_size(&upper);
+            // An image hidden by `rmi -f` is still this container's: measure its layers.
+            let image = match images.inspect(&image_id) {
+                Ok(details) => details.size,
+                Err(_) => images
+                    .resolve_for_container(&image_id)
+                    .map(|r| r.layers.iter().map(|l| crate::fsutil::tree_size(l)).sum())
+                    .unwrap_or(0),
+            };
+            (rw, rw.saturating_add(image))
+        })
+        .await
+        .map_err(|e| EngineError::internal("size", e))
+    }
+
     /// Waits for a condition; returns the exit code.
     pub async fn wait(&self, name_or_id: &str, condition: WaitCondition) -> Result<i32> {
         let c = self.get(name_or_id).await?;
