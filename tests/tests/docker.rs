@@ -41,6 +41,20 @@ fn run_sh(d: &Daemon, flags: &[&str], script: &str) -> Finished {
     d.docker(&args)
 }
 
+/// Starts a detached container whose shell runs `handler` on `signal`, and waits until the
+/// trap is set. Returns its name.
+fn run_trapping(d: &Daemon, signal: &str, handler: &str) -> String {
+    let name = unique("trap");
+    let script = format!("trap '{handler}' {signal}; echo ready; while true; do sleep 0.1; done");
+    let out = run_sh(d, &["-d", "--name", &name], &script);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.docker_ok(&["logs", &name]).contains("ready") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    name
+}
+
 #[test]
 fn run_echo_and_exit_codes() {
     if !ready() {
@@ -235,40 +249,12 @@ fn stop_kill_and_rm_force() {
     assert_ne!(out.code(), 0);
     d.docker_ok(&["kill", &name]);
     assert_eq!(d.docker_ok(&["wait", &name]).trim(), "137");
-    let trap = unique("trap");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &trap,
-        "busybox",
-        "sh",
-        "-c",
-        "trap 'echo got usr1; exit 7' USR1; echo ready; while true; do sleep 0.1; done",
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !d.docker_ok(&["logs", &trap]).contains("ready") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let trap = run_trapping(d, "USR1", "echo got usr1; exit 7");
     d.docker_ok(&["kill", "-s", "USR1", &trap]);
     assert_eq!(d.docker_ok(&["wait", &trap]).trim(), "7");
     assert!(d.docker_ok(&["logs", &trap]).contains("got usr1"));
     // stop -t -1 waits for the stop signal's effect however long it takes: no SIGKILL.
-    let term = unique("term");
-    d.docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &term,
-        "busybox",
-        "sh",
-        "-c",
-        "trap 'sleep 2; exit 3' TERM; echo ready; while true; do sleep 0.1; done",
-    ]);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !d.docker_ok(&["logs", &term]).contains("ready") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let term = run_trapping(d, "TERM", "sleep 2; exit 3");
     d.docker_ok(&["stop", "-t", "-1", &term]);
     assert_eq!(
         d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &term])
