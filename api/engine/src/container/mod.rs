@@ -422,7 +422,7 @@ impl Containers {
             )
             .map_err(vm::LaunchError::Failed)?;
             let mut result = vm::launch(&cfg, &launch_spec, vm::FIRST_BOOT_TIMEOUT);
-            if let Err(vm::LaunchError::BootReset(why)) = &result {
+            if let Err(vm::LaunchError::SilentBootFailure(why)) = &result {
                 // Resets are seen about once in a hundred boots inside the emulated
                 // virtualization host (QEMU TCG), never with a word on the console; the
                 // container has not run yet, so booting again changes nothing it could
@@ -463,7 +463,8 @@ impl Containers {
                                 "failed to create task for container: {message}"
                             ))
                         }
-                        vm::LaunchError::Failed(message) | vm::LaunchError::BootReset(message) => {
+                        vm::LaunchError::Failed(message)
+                        | vm::LaunchError::SilentBootFailure(message) => {
                             r.state.error = message.clone();
                             EngineError::Internal(format!(
                                 "cannot start container {}: {message}",
@@ -650,13 +651,9 @@ impl Containers {
         if timeout != 0 {
             let _ = c.agent(move |a| a.signal(vm::INIT_PROCESS, signal)).await;
         }
-        if timeout < 0 {
-            // Docker's -1: wait for the process however long it takes.
-            if wait_exit_change(&mut lifecycle, exits, Duration::MAX).await {
-                return Ok(());
-            }
-        } else if wait_exit_change(&mut lifecycle, exits, Duration::from_secs(timeout as u64)).await
-        {
+        // Docker's -1: wait for the process however long it takes.
+        let limit = u64::try_from(timeout).map_or(Duration::MAX, Duration::from_secs);
+        if wait_exit_change(&mut lifecycle, exits, limit).await {
             return Ok(());
         }
         self.kill_hard(&c, &mut lifecycle, exits).await

@@ -44,7 +44,7 @@ pub enum LaunchError {
     /// agent did not come up within the boot timeout: a boot that died or stalled without a
     /// word, worth one more try (see `Containers::start`). The VMM is gone.
     #[error("{0}")]
-    BootReset(String),
+    SilentBootFailure(String),
 }
 
 /// What to boot and run.
@@ -271,7 +271,7 @@ pub fn launch(
     let stalled = |vmm: &mut Child| {
         let _ = vmm.kill();
         let _ = vmm.wait();
-        LaunchError::BootReset(format!(
+        LaunchError::SilentBootFailure(format!(
             "the guest agent did not come up within {} s",
             boot_timeout.as_secs()
         ))
@@ -292,7 +292,7 @@ pub fn launch(
         if let Ok(Some(status)) = vmm.try_wait() {
             let message = format!("the VM stopped while booting ({status})");
             if status.success() {
-                return Err(LaunchError::BootReset(message));
+                return Err(LaunchError::SilentBootFailure(message));
             }
             return Err(vm_failed(&mut vmm, message));
         }
