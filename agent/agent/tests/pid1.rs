@@ -6,21 +6,13 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use agent_client::{AgentClient, Endpoint, ExitStatus, ProcessSpec, ReadyListener, StdioStream};
 
 const T: Duration = Duration::from_secs(30);
-
-/// Skips with a reason, or fails under CI where the capability is expected.
-fn skip(reason: &str) {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("cannot run the PID 1 test: {reason}");
-    }
-    eprintln!("skipping the PID 1 test: {reason}");
-}
 
 struct Namespace {
     unshare: Child,
@@ -65,12 +57,12 @@ const OK: ExitStatus = ExitStatus {
 
 #[test]
 fn agent_as_pid1_in_a_pid_namespace() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return skip("needs root");
-    }
-    if !Path::new("/usr/bin/unshare").exists() || !Path::new("/usr/lib64").exists() {
-        return skip("needs unshare(1) and a merged-/usr host");
+    let host = test_gate::and(test_gate::root(), || {
+        test_gate::exists("/usr/bin/unshare", "util-linux")?;
+        test_gate::exists("/usr/lib64", "a merged-/usr host")
+    });
+    if !test_gate::require(host, "the PID 1 test") {
+        return;
     }
     let root = std::env::temp_dir().join(format!("berth-agent-pid1-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);

@@ -423,9 +423,7 @@ fn env_cwd_rlimits_and_identity() {
     }];
     let o = run(&mut c, "env", spec, None);
     assert_eq!(o.stdout, "bar baz\n/tmp\n123\n456\n");
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping the identity check: needs root");
+    if !test_gate::require(test_gate::root(), "the identity check") {
         return;
     }
     let mut spec = sh("id -u; id -g; id -G");

@@ -589,8 +589,7 @@ fn refuses_malformed_archives_without_leaving_anything() {
 /// Mounts overlayfs over unpacked layers (whiteouts, opaque dirs) and reads the result.
 #[test]
 fn overlayfs_reads_unpacked_layers() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: overlayfs mounts need root");
+    if !test_gate::require(test_gate::root(), "mounting overlayfs") {
         return;
     }
     let t = TempDir::new("overlay");
