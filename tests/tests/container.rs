@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use agent_client::{
     AgentClient, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry, MountSpec,
-    ProcessSpec, ReadyListener, StdioStream,
+    ProcessSpec, StdioStream,
 };
 use berth_tests::*;
+use vmm_launcher::{BootSpec, Console, LaunchError, Share, VmmExit};
 
 const TIMEOUT: Duration = Duration::from_secs(300);
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -42,29 +43,40 @@ impl Vm {
     fn boot(shares: &[(&str, &Path)]) -> Vm {
         let dir = Scratch::new("container-vm");
         let uds = dir.path("vsock.sock");
-        let ready = ReadyListener::bind(&uds).unwrap();
-        let mut cmd = Command::new(bin("berth-vmm"));
-        cmd.arg("boot")
-            .arg("--kernel")
-            .arg(guest_dir().join("vmlinux"))
-            .arg("--initrd")
-            .arg(guest_dir().join("initramfs.cpio"))
-            .args(["--cpus", "2", "--mem", "256"])
-            .arg("--console")
-            .arg(dir.path("console.log"))
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
+        let mut spec = BootSpec::new(guest_dir().join("vmlinux"), 2, 256);
+        spec.initrd = Some(guest_dir().join("initramfs.cpio"));
+        spec.console = Console::File(dir.path("console.log"));
+        spec.vsock_uds = Some(uds.clone());
         for (tag, path) in shares {
-            cmd.arg("--fs").arg(format!("{tag}={}", path.display()));
+            spec.shares.push(Share {
+                tag: tag.to_string(),
+                dir: path.to_path_buf(),
+                read_only: false,
+                nosuid: false,
+            });
         }
-        let vmm = cmd.spawn().expect("berth-vmm starts");
-        let vm = Vm { vmm, dir, uds };
-        if let Err(e) = ready.wait(TIMEOUT) {
-            panic!("the agent did not come up: {e}\nconsole:\n{}", vm.console());
-        }
-        vm
+        let mut attempt = 0;
+        let vmm = loop {
+            let mut cmd = spec.command(&bin("berth-vmm"));
+            cmd.stdin(Stdio::null()).stdout(Stdio::null());
+            match vmm_launcher::launch(&mut cmd, &uds, TIMEOUT) {
+                Ok(vmm) => break vmm,
+                Err(
+                    e @ (LaunchError::Exited(VmmExit::GuestShutdown) | LaunchError::Stalled(_)),
+                ) if attempt < boot_retries() => {
+                    attempt += 1;
+                    note_retry(&format!("boot of a container VM: {e}"));
+                }
+                Err(e) => {
+                    let console = std::fs::read_to_string(dir.path("console.log"));
+                    panic!(
+                        "the agent did not come up: {e}\nconsole:\n{}",
+                        console.unwrap_or_default()
+                    );
+                }
+            }
+        };
+        Vm { vmm, dir, uds }
     }
 
     fn client(&self) -> AgentClient {
@@ -82,8 +94,8 @@ impl Vm {
         self.client()
             .shutdown(Some(Duration::from_secs(1)))
             .unwrap();
-        let status = wait_timeout(&mut self.vmm, TIMEOUT).expect("the VMM exits");
-        assert!(status.success(), "VMM: {status}\n{}", self.console());
+        let exit = vmm_launcher::wait_exit(&mut self.vmm, TIMEOUT).expect("the VMM exits");
+        assert_eq!(exit, VmmExit::GuestShutdown, "{}", self.console());
     }
 }
 

@@ -18,6 +18,7 @@ fn ready() -> bool {
 fn run_cmd(tmp: &Scratch, opts: &[&str], command: &[&str]) -> Command {
     let mut cmd = Command::new(bin("berth-vmm"));
     cmd.arg("run")
+        .args(["--boot-retries", &boot_retries().to_string()])
         .args(opts)
         .arg("--")
         .args(command)
@@ -28,6 +29,7 @@ fn run_cmd(tmp: &Scratch, opts: &[&str], command: &[&str]) -> Command {
 fn vm(opts: &[&str], command: &[&str], input: &[u8]) -> Finished {
     let tmp = Scratch::new("microvm");
     let out = run(run_cmd(&tmp, opts, command), input, TIMEOUT);
+    note_run_retries(&out.stderr);
     if !out.stderr.is_empty() {
         // A failed run keeps its directory: say why before the leftovers check does.
         eprintln!("berth-vmm run's stderr: {}", out.stderr);
@@ -230,4 +232,30 @@ fn a_missing_or_corrupt_kernel_is_a_clear_error() {
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr.contains("not a bootable ELF kernel"), "{out:?}");
     assert!(out.elapsed < Duration::from_secs(60), "{out:?}");
+}
+
+/// A triple fault that no reset request came before is a crash, never a clean shutdown
+/// (berth's tiny test guest; it needs hardware-style KVM: kvm_pvm cannot run its `lidt`).
+#[test]
+fn a_triple_fault_is_a_guest_crash() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new("triple");
+    let kernel = test_guest::write_to(&s.0, "triple.elf", test_guest::TRIPLE).unwrap();
+    let log = s.path("console.log");
+    let mut cmd = Command::new(bin("berth-vmm"));
+    cmd.args(["boot", "--mem", "16", "--kernel"])
+        .arg(&kernel)
+        .arg("--console")
+        .arg(&log);
+    let out = run(cmd, b"", Duration::from_secs(60));
+    assert_eq!(out.code(), 5, "{out:?}");
+    assert!(
+        out.stderr.contains("guest crashed: triple fault on vCPU 0"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains(&log.display().to_string()), "{out:?}");
+    let console = std::fs::read_to_string(&log).unwrap();
+    assert!(console.contains(test_guest::GREETING), "{console:?}");
 }

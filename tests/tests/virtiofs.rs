@@ -23,11 +23,14 @@ fn vm(shares: &[String], script: &str) -> Finished {
     let runs = Scratch::new("virtiofs-run");
     let mut cmd = Command::new(bin("berth-vmm"));
     cmd.arg("run").args(["--mem", "256"]);
+    cmd.args(["--boot-retries", &boot_retries().to_string()]);
     for share in shares {
         cmd.arg("--fs").arg(share);
     }
     cmd.args(["--", "sh", "-c", script]).env("TMPDIR", &runs.0);
-    run(cmd, b"", TIMEOUT)
+    let out = run(cmd, b"", TIMEOUT);
+    note_run_retries(&out.stderr);
+    out
 }
 
 /// A share under a base directory, with a secret beside it that no guest may read.

@@ -5,7 +5,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const VARIANTS: &[&str] = &["HELLO", "IDLE", "PANIC", "FLOOD"];
+const VARIANTS: &[&str] = &["HELLO", "IDLE", "PANIC", "FLOOD", "TRIPLE"];
 
 fn run(cmd: &mut Command) {
     let status = cmd

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
-              [--vmm PATH] [--kernel PATH] [--initrd PATH] [--debug]";
+              [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N] [--debug]";
 
 /// berthd's command line.
 struct Options {
@@ -37,6 +37,7 @@ fn parse_options() -> Result<Options> {
     let mut kernel = beside_binary("../guest/vmlinux");
     let mut initrd = beside_binary("../guest/initramfs.cpio");
     let mut debug = false;
+    let mut boot_retries = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -62,6 +63,12 @@ fn parse_options() -> Result<Options> {
             "--vmm" => vmm = PathBuf::from(value()?),
             "--kernel" => kernel = PathBuf::from(value()?),
             "--initrd" => initrd = PathBuf::from(value()?),
+            "--boot-retries" => {
+                let v = value()?;
+                boot_retries = v
+                    .parse()
+                    .with_context(|| format!("--boot-retries {v:?}: a number expected"))?;
+            }
             "-D" | "--debug" => debug = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -78,6 +85,7 @@ fn parse_options() -> Result<Options> {
             vmm,
             kernel,
             initrd,
+            boot_retries,
         },
         debug,
     })

@@ -34,6 +34,9 @@ pub struct EngineConfig {
     pub kernel: PathBuf,
     /// The guest initramfs (the agent).
     pub initrd: PathBuf,
+    /// How many times a boot that dies or stalls before its agent is ready is tried again
+    /// (0: never; each retry is logged). For test hosts whose emulation loses boots.
+    pub boot_retries: u32,
 }
 
 /// What the engine runs containers with, for `docker version` and `docker info`.

@@ -3,22 +3,21 @@
 //! `--fs TAG=DIR[:ro][,nosuid]` (repeatable) adds a virtio-fs device sharing DIR under TAG;
 //! `ro` refuses every change, `nosuid` keeps the guest from creating set-id files.
 //!
-//! Exit codes: 0 the guest shut down; 1 the VM could not be built or the VMM failed;
-//! 2 usage; 3 the guest kernel panicked; 4 KVM could not run the guest (fatal exit);
-//! 128+N stopped by signal N.
+//! Exit codes (`vmm_launcher::VmmExit`, which supervisors read them back with): 0 the guest
+//! reset or powered itself off in order; 1 the VM could not be built or the VMM failed;
+//! 2 usage; 3 the guest kernel panicked; 4 KVM could not run the guest (fatal exit); 5 the
+//! guest crashed (a triple fault with no reset requested); 128+N stopped by signal N.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use vmm::config::FsShareConfig;
 use vmm::{ConsoleOutput, ExitReason, VmConfig, Vmm, VsockConfig};
+use vmm_launcher::VmmExit;
 
 use crate::args::{Args, Spec};
 
-pub const EXIT_VMM_ERROR: u8 = 1;
-pub const EXIT_USAGE: u8 = 2;
-pub const EXIT_GUEST_PANIC: u8 = 3;
-pub const EXIT_KVM_FATAL: u8 = 4;
+pub const EXIT_USAGE: u8 = VmmExit::Usage.code();
 
 const SPEC: Spec = Spec {
     valued: &[
@@ -145,21 +144,25 @@ pub fn main(argv: &[String]) -> ExitCode {
         Ok(reason) => reason,
         Err(e) => {
             eprintln!("berth-vmm: {e}");
-            return ExitCode::from(EXIT_VMM_ERROR);
+            return ExitCode::from(VmmExit::VmmError.code());
         }
     };
-    report(&reason, &args)
+    ExitCode::from(report(&reason, &args).code())
 }
 
-fn report(reason: &ExitReason, args: &Args) -> ExitCode {
+fn report(reason: &ExitReason, args: &Args) -> VmmExit {
     match reason {
-        ExitReason::GuestShutdown { .. } => ExitCode::SUCCESS,
+        ExitReason::GuestShutdown { .. } => VmmExit::GuestShutdown,
         ExitReason::GuestPanic => {
             eprintln!(
                 "berth-vmm: the guest kernel panicked; see {}",
                 console_place(args)
             );
-            ExitCode::from(EXIT_GUEST_PANIC)
+            VmmExit::GuestPanic
+        }
+        ExitReason::GuestCrash { .. } => {
+            eprintln!("berth-vmm: {reason}; see {}", console_place(args));
+            VmmExit::GuestCrash
         }
         ExitReason::InternalError { .. }
         | ExitReason::FailEntry { .. }
@@ -172,8 +175,8 @@ fn report(reason: &ExitReason, args: &Args) -> ExitCode {
                 "berth-vmm: the guest's console is in {}",
                 console_place(args)
             );
-            ExitCode::from(EXIT_KVM_FATAL)
+            VmmExit::KvmFatal
         }
-        ExitReason::HostSignal(sig) => ExitCode::from(128u8.saturating_add(*sig as u8)),
+        ExitReason::HostSignal(sig) => VmmExit::Signal(*sig),
     }
 }

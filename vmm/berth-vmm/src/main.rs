@@ -23,7 +23,8 @@ const USAGE: &str = "usage:
                  [--fs TAG=DIR[:ro][,nosuid]]...
   berth-vmm run [--cpus N] [--mem MIB] [--kernel PATH] [--initrd PATH] [-t|--tty]
                 [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--console PATH]
-                [--boot-timeout SECS] [--fs TAG=DIR[:ro][,nosuid]]... -- CMD [ARGS...]";
+                [--boot-timeout SECS] [--boot-retries N] [--watchdog SECS]
+                [--fs TAG=DIR[:ro][,nosuid]]... -- CMD [ARGS...]";
 
 fn main() -> ExitCode {
     logger::init();

@@ -11,19 +11,27 @@
 //! virtio-fs; the command mounts it (`mount -t virtiofs TAG /mnt`).
 //!
 //! Exit codes: the command's own; 125 when berth could not run it (the VM did not boot, the
-//! agent failed); 126 when the command is not executable; 127 when it was not found.
+//! agent failed, the guest crashed, reset itself or stopped answering: each said by name,
+//! with the console's last lines); 126 when the command is not executable; 127 when it was
+//! not found.
+//!
+//! `--boot-retries N` boots again, up to N times, when a boot fails before the command runs
+//! (said on stderr each time; default 0: a failed boot is a failure). `--watchdog SECS`
+//! (default 120, 0 = off): a guest whose agent does not answer for that long has stopped
+//! answering, and its VM is killed and reported.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use agent_client::{AgentClient, ErrorCode, ProcessSpec, ReadyListener, StdioStream, TtySize};
+use agent_client::{AgentClient, ErrorCode, ProcessSpec, StdioStream, TtySize};
+use vmm_launcher::{BootSpec, Console, LaunchError, Share, VmmExit};
 
 use crate::args::{Args, Spec};
 
@@ -48,6 +56,8 @@ const SPEC: Spec = Spec {
         "-u",
         "--console",
         "--boot-timeout",
+        "--boot-retries",
+        "--watchdog",
         "--cmdline",
         "--fs",
     ],
@@ -151,22 +161,20 @@ impl Drop for RunDir {
     }
 }
 
-/// Why a VM's agent did not come up.
-enum NotReady {
-    /// The guest reset itself cleanly before its agent was ready.
-    Reset(String),
-    Failed(String),
-}
-
 struct Run {
     dir: RunDir,
     vmm: Child,
     uds: PathBuf,
     console: PathBuf,
+    /// Set once this process has asked the guest to shut down: only then is the guest's own
+    /// end an orderly one.
+    asked_to_stop: bool,
+    /// Set by the watchdog when the guest stopped answering (and its VMM was killed).
+    unresponsive: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Run {
-    /// Creates the run directory and starts the VMM.
+    /// Creates the run directory, starts the VMM and waits for its agent.
     fn new(args: &Args) -> Result<Run, Failure> {
         let kernel = args
             .value("--kernel")
@@ -187,6 +195,9 @@ impl Run {
         }
         let cpus: u8 = args.number("--cpus", 1).map_err(Failure::new)?;
         let mem: u64 = args.number("--mem", 256).map_err(Failure::new)?;
+        let boot_timeout =
+            Duration::from_secs(args.number("--boot-timeout", 300).map_err(Failure::new)?);
+        let retries: u32 = args.number("--boot-retries", 0).map_err(Failure::new)?;
 
         let dir = RunDir::create()?;
         let uds = dir.path.join("vsock.sock");
@@ -194,136 +205,109 @@ impl Run {
             Some(path) => PathBuf::from(path),
             None => dir.path.join("console.log"),
         };
-        let exe = std::env::current_exe()?;
-        let mut cmd = Command::new(exe);
-        cmd.arg("boot")
-            .arg("--kernel")
-            .arg(&kernel)
-            .arg("--initrd")
-            .arg(&initrd)
-            .arg("--cpus")
-            .arg(cpus.to_string())
-            .arg("--mem")
-            .arg(mem.to_string())
-            .arg("--console")
-            .arg(&console)
-            .arg("--vsock-uds")
-            .arg(&uds)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            // The VMM only speaks up about failures; its words go straight to the user.
-            .stderr(Stdio::inherit());
-        if let Some(extra) = args.value("--cmdline") {
-            cmd.arg("--cmdline").arg(extra);
-        }
-        // Shares go to the VMM as given; it checks them (and says what is wrong) at start.
+        let mut spec = BootSpec::new(kernel, cpus, mem);
+        spec.initrd = Some(initrd);
+        spec.console = Console::File(console.clone());
+        spec.vsock_uds = Some(uds.clone());
+        spec.cmdline = args.value("--cmdline").map(str::to_string);
         for share in args.values("--fs") {
-            cmd.arg("--fs").arg(share);
-        }
-        // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-        // which is async-signal-safe; it touches no memory shared with the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                // The VM must not outlive this process, however it ends.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+            // Checked here so that a bad one is a usage error, not a failed boot.
+            let share: vmm::config::FsShareConfig = share.parse().map_err(|e| Failure {
+                message: format!("--fs {e}"),
+                code: crate::boot::EXIT_USAGE,
+            })?;
+            spec.shares.push(Share {
+                tag: share.tag,
+                dir: share.dir,
+                read_only: share.read_only,
+                nosuid: share.nosuid,
             });
         }
-        let boot_timeout =
-            Duration::from_secs(args.number("--boot-timeout", 300).map_err(Failure::new)?);
-        // The agent announces itself on the ready socket: bind it before the VM starts.
-        let ready = ReadyListener::bind(&uds)?;
-        let vmm = cmd
-            .spawn()
-            .map_err(|e| Failure::new(format!("cannot start the VMM: {e}")))?;
-        let mut run = Run {
-            dir,
-            vmm,
-            uds,
-            console,
-        };
-        match run.wait_ready(ready, boot_timeout) {
-            Ok(()) => return Ok(run),
-            Err(NotReady::Failed(message)) => return Err(run.fail(message)),
-            Err(NotReady::Reset(message)) => {
-                // Seen about once in a hundred boots inside the emulated virtualization host
-                // (QEMU TCG), silent on the console; the command has not run yet, so a second
-                // boot changes nothing it could observe. Once only: a guest that resets
-                // every time is broken, and says so below.
-                eprintln!("berth-vmm run: {message}; booting it once more");
-            }
-        }
-        let _ = std::fs::remove_file(&run.uds);
-        let ready = ReadyListener::bind(&run.uds)?;
-        run.vmm = cmd
-            .spawn()
-            .map_err(|e| Failure::new(format!("cannot start the VMM: {e}")))?;
-        match run.wait_ready(ready, boot_timeout) {
-            Ok(()) => Ok(run),
-            Err(NotReady::Failed(message) | NotReady::Reset(message)) => Err(run.fail(message)),
-        }
-    }
-
-    /// Waits for the agent's ready notification, or for the VMM to die trying.
-    fn wait_ready(&mut self, ready: ReadyListener, timeout: Duration) -> Result<(), NotReady> {
-        // The listener waits on its own thread so that this one can watch the VMM.
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(ready.wait(timeout));
-        });
+        let exe = std::env::current_exe()?;
+        let mut attempt = 0;
         loop {
-            match rx.recv_timeout(Duration::from_millis(20)) {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => {
-                    return Err(NotReady::Failed(format!(
-                        "the guest agent did not come up within {timeout:?}: {}",
-                        Failure::from(e).message
-                    )))
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(NotReady::Failed("the ready listener failed".to_string()))
-                }
-            }
-            if let Ok(Some(status)) = self.vmm.try_wait() {
-                let message = format!("the VM stopped before its agent was ready (VMM {status})");
-                return Err(if status.success() {
-                    NotReady::Reset(message)
-                } else {
-                    NotReady::Failed(message)
+            let mut cmd = spec.command(&exe);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                // The VMM only speaks up about failures; its words go straight to the user.
+                .stderr(Stdio::inherit());
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // prctl(2), which is async-signal-safe; it touches no memory shared with the
+            // parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // The VM must not outlive this process, however it ends.
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
                 });
             }
+            // A boot that died or stalled without a word (reset, triple fault, silence) may
+            // be tried again; a panic, KVM's refusal or a VMM error may not.
+            let (why, silent) = match vmm_launcher::launch(&mut cmd, &uds, boot_timeout) {
+                Ok(vmm) => {
+                    return Ok(Run {
+                        dir,
+                        vmm,
+                        uds,
+                        console,
+                        asked_to_stop: false,
+                        unresponsive: Arc::default(),
+                    })
+                }
+                Err(LaunchError::Exited(VmmExit::GuestShutdown)) => (
+                    "the guest reset itself before its agent was ready (nobody asked it to)"
+                        .to_string(),
+                    true,
+                ),
+                Err(e @ (LaunchError::Exited(VmmExit::GuestCrash) | LaunchError::Stalled(_))) => {
+                    (Failure::from(e).message, true)
+                }
+                Err(e) => (Failure::from(e).message, false),
+            };
+            if !silent || attempt >= retries {
+                let mut dir = dir;
+                return Err(failure_with_console(&mut dir, &console, why));
+            }
+            // Only on request (--boot-retries, which the tests give inside the emulated
+            // host, where about one boot in a hundred dies silently): the command has not
+            // run yet, so a second boot changes nothing it could observe. Said, every time.
+            attempt += 1;
+            eprintln!("berth-vmm run: {why}; boot retry {attempt} of {retries}");
+            let _ = std::fs::remove_file(&uds);
         }
     }
 
-    /// Records a failure: the VM is killed, the console log kept and pointed at.
+    /// Records a failure: the VM is killed if it still runs, and what it ended with, its
+    /// console log's place and last lines are told.
     fn fail(&mut self, message: String) -> Failure {
         let vmm_state = match self.vmm.try_wait() {
-            Ok(Some(status)) => format!("the VMM had exited ({status})"),
-            _ => "the VMM was still running and was killed".to_string(),
+            Ok(Some(status)) => VmmExit::from_status(status).to_string(),
+            _ => {
+                let _ = self.vmm.kill();
+                let _ = self.vmm.wait();
+                "the VMM was still running and was killed".to_string()
+            }
         };
-        let _ = self.vmm.kill();
-        let _ = self.vmm.wait();
         let message = format!("{message} ({vmm_state})");
-        self.dir.keep = true;
-        // The console's last lines, so a failure reported far away (a CI log) says why.
-        let tail: String = std::fs::read(&self.console)
-            .map(|bytes| {
-                let text = String::from_utf8_lossy(&bytes);
-                let lines: Vec<&str> = text.lines().collect();
-                let start = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
-                lines[start..]
-                    .iter()
-                    .map(|l| format!("\nberth-vmm run:   {l}"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Failure::new(format!(
-            "{message}\nberth-vmm run: the guest console log is {}\nberth-vmm run: its last lines:{tail}",
-            self.console.display()
-        ))
+        failure_with_console(&mut self.dir, &self.console, message)
+    }
+
+    /// What ended the VM while the command ran, when the agent's connection broke. Waits a
+    /// little for the VMM: the guest's end and the connection's end race.
+    fn vm_ended(&mut self) -> Option<String> {
+        if let Some(why) = self.unresponsive.lock().ok().and_then(|w| w.clone()) {
+            let _ = self.vmm.wait();
+            return Some(why);
+        }
+        let exit = vmm_launcher::wait_exit(&mut self.vmm, Duration::from_secs(5))?;
+        Some(match exit {
+            VmmExit::GuestShutdown if !self.asked_to_stop => {
+                "the guest reset itself while the command ran (nobody asked it to)".to_string()
+            }
+            other => format!("the VM stopped while the command ran: {other}"),
+        })
     }
 
     fn execute(mut self, args: &Args) -> Result<u8, Failure> {
@@ -331,11 +315,15 @@ impl Run {
         let code = match outcome {
             Ok(code) => code,
             Err(failure) => {
-                let message = failure.message;
                 let code = failure.code;
                 if code == EXIT_BERTH_FAILED {
+                    let message = match self.vm_ended() {
+                        Some(ended) => format!("{ended}; {}", failure.message),
+                        None => failure.message,
+                    };
                     return Err(self.fail(message));
                 }
+                let message = failure.message;
                 // Not found / not executable: the VM is fine; shut it down normally.
                 eprintln!("berth-vmm run: {message}");
                 code
@@ -391,8 +379,19 @@ impl Run {
             std::thread::spawn(move || pump(&mut stream, &mut std::io::stderr()))
         });
         let forwarder = SignalForwarder::start(control.open_control()?, tty);
+        let watchdog = match args.number("--watchdog", 120).map_err(Failure::new)? {
+            0 => None,
+            secs => Some(Watchdog::start(
+                self.uds.clone(),
+                self.vmm.id(),
+                Duration::from_secs(secs),
+                self.unresponsive.clone(),
+            )),
+        };
 
-        let status = control.wait_process(PROCESS_ID)?;
+        let status = control.wait_process(PROCESS_ID);
+        drop(watchdog);
+        let status = status?;
         // The agent closes the output streams before it reports the exit: these end now.
         let _ = stdout_pump.join();
         if let Some(p) = stderr_pump {
@@ -403,28 +402,39 @@ impl Run {
         Ok(status.code.clamp(0, 255) as u8)
     }
 
-    /// Asks the agent to power the VM off and waits for the VMM to exit.
+    /// Asks the agent to power the VM off and waits for the VMM to exit: only an orderly
+    /// end of the guest is a clean one.
     fn shutdown(mut self) -> Result<(), Failure> {
+        self.asked_to_stop = true;
         let result = AgentClient::connect(&self.uds, Duration::from_secs(10))
             .and_then(|c| c.shutdown(Some(Duration::from_secs(2))));
         if let Err(e) = result {
-            return Err(self.fail(format!("cannot shut the VM down: {e}")));
+            let message = match self.vm_ended() {
+                Some(ended) => format!("{ended}; cannot shut the VM down: {e}"),
+                None => format!("cannot shut the VM down: {}", Failure::from(e).message),
+            };
+            return Err(self.fail(message));
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match self.vmm.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
-                    return Err(self.fail(format!("the VMM exited with {status} during shutdown")));
-                }
-                Ok(None) if Instant::now() >= deadline => {
-                    return Err(self.fail("the VM did not power off within 30 s".to_string()));
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Err(e) => return Err(self.fail(format!("cannot wait for the VMM: {e}"))),
-            }
+        match vmm_launcher::wait_exit(&mut self.vmm, Duration::from_secs(30)) {
+            Some(VmmExit::GuestShutdown) => Ok(()),
+            Some(other) => Err(self.fail(format!("the VM did not shut down in order: {other}"))),
+            None => Err(self.fail("the VM did not power off within 30 s".to_string())),
         }
     }
+}
+
+/// A failure that keeps the run directory and tells where the console log is and how it
+/// ended, so a failure reported far away (a CI log) says why.
+fn failure_with_console(dir: &mut RunDir, console: &Path, message: String) -> Failure {
+    dir.keep = true;
+    let tail: String = vmm_launcher::console_tail(console, CONSOLE_TAIL_LINES)
+        .iter()
+        .map(|l| format!("\nberth-vmm run:   {l}"))
+        .collect();
+    Failure::new(format!(
+        "{message}\nberth-vmm run: the guest console log is {}\nberth-vmm run: its last lines:{tail}",
+        console.display()
+    ))
 }
 
 fn pump(from: &mut impl Read, to: &mut impl Write) -> std::io::Result<u64> {
@@ -524,6 +534,73 @@ impl Drop for RawMode {
     fn drop(&mut self) {
         use nix::sys::termios::{tcsetattr, SetArg};
         let _ = tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// Asks the agent, every few seconds while the command runs, whether it still answers (a
+/// fresh connection and its handshake). A guest that does not answer within the limit has
+/// stopped answering: its VMM is killed, which ends the wait for the command, and the
+/// reason is left for the failure message.
+struct Watchdog {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    const PERIOD: Duration = Duration::from_secs(10);
+
+    fn start(
+        uds: PathBuf,
+        vmm_pid: u32,
+        limit: Duration,
+        verdict: Arc<std::sync::Mutex<Option<String>>>,
+    ) -> Watchdog {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("watchdog".into())
+            .spawn(move || {
+                let stopped = || stop_flag.load(std::sync::atomic::Ordering::Relaxed);
+                loop {
+                    let mut waited = Duration::ZERO;
+                    while waited < Self::PERIOD {
+                        if stopped() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                        waited += Duration::from_millis(100);
+                    }
+                    let Err(e) = AgentClient::connect(&uds, limit) else {
+                        continue;
+                    };
+                    // The command may have ended meanwhile and the VM gone with it.
+                    if stopped() {
+                        return;
+                    }
+                    if let Ok(mut slot) = verdict.lock() {
+                        *slot = Some(format!(
+                            "the guest stopped answering: its agent did not answer for {} s ({}); the VMM was killed",
+                            limit.as_secs(),
+                            Failure::from(e).message
+                        ));
+                    }
+                    // SAFETY: kill(2) on our own child VMM, which has not been reaped yet (Run
+                    // holds it and reaps it only after this thread is stopped).
+                    unsafe { libc::kill(vmm_pid as i32, libc::SIGKILL) };
+                    return;
+                }
+            })
+            .ok();
+        Watchdog { stop, thread }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 

@@ -10,6 +10,8 @@
  *   IDLE   write one line, then halt forever with interrupts off (for memory measurement)
  *   PANIC  write a Linux-style panic line, then reset (the VMM must report a panic)
  *   FLOOD  write to COM1 forever (the VMM must rate-limit the console log)
+ *   TRIPLE write one line, then triple-fault (an empty IDT and a breakpoint): a crash with
+ *          no reset requested, which the VMM must report as one
  */
     .code32
     .section .text, "ax"
@@ -31,6 +33,11 @@ flood:
 idle:
     hlt
     jmp idle
+#elif defined(VARIANT_TRIPLE)
+    /* #BP with no IDT raises #GP, then #DF, then the triple fault. */
+    lidt empty_idt
+    int3
+    jmp .
 #else
     /* Pulse the CPU reset line through the keyboard controller: Linux's reboot=k path. */
     mov $0xfe, %al
@@ -51,6 +58,9 @@ print:
 2:  ret
 
     .section .rodata, "a"
+empty_idt:
+    .word 0             /* limit */
+    .long 0             /* base */
 message:
 #if defined(VARIANT_PANIC)
     .asciz "Kernel panic - not syncing: berth test guest panics on purpose\n"

@@ -15,6 +15,8 @@ pub const IDLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/idle.elf"));
 pub const PANIC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/panic.elf"));
 /// Writes to COM1 without end.
 pub const FLOOD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flood.elf"));
+/// Writes one line, then triple-faults without asking for a reset: a guest crash.
+pub const TRIPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/triple.elf"));
 
 /// The line HELLO and IDLE print.
 pub const GREETING: &str = "berth-test-guest: hello from the guest";
@@ -33,7 +35,7 @@ mod tests {
 
     #[test]
     fn guests_are_elf64_with_a_pvh_note() {
-        for image in [HELLO, IDLE, PANIC, FLOOD] {
+        for image in [HELLO, IDLE, PANIC, FLOOD, TRIPLE] {
             assert_eq!(&image[..4], b"\x7fELF");
             assert_eq!(image[4], 2, "ELFCLASS64");
             // The note's name and type travel together: "Xen\0" preceded by type 18.

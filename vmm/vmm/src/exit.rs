@@ -7,10 +7,14 @@ use vmm_sys_util::eventfd::EventFd;
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExitReason {
-    /// The guest reset or powered off (i8042 reset, KVM system event, triple fault).
+    /// The guest reset or powered itself off in an orderly way (i8042 reset, KVM system
+    /// event).
     GuestShutdown { how: &'static str },
     /// The guest kernel printed a panic, then reset.
     GuestPanic,
+    /// The guest crashed without a word: a triple fault with no reset request before it.
+    /// `rip` is where the vCPU was, as far as KVM still knows.
+    GuestCrash { vcpu: u8, rip: Option<u64> },
     /// KVM could not run the guest (KVM_EXIT_INTERNAL_ERROR).
     InternalError {
         vcpu: u8,
@@ -38,6 +42,13 @@ impl std::fmt::Display for ExitReason {
         match self {
             ExitReason::GuestShutdown { how } => write!(f, "guest shut down ({how})"),
             ExitReason::GuestPanic => write!(f, "guest kernel panicked"),
+            ExitReason::GuestCrash { vcpu, rip } => {
+                write!(f, "guest crashed: triple fault on vCPU {vcpu}")?;
+                if let Some(rip) = rip {
+                    write!(f, " (rip {rip:#x})")?;
+                }
+                write!(f, " with no reset requested")
+            }
             ExitReason::InternalError {
                 vcpu,
                 suberror,

@@ -82,16 +82,18 @@ impl Vcpu {
                 }
                 Step::TripleFault => {
                     // Linux's reboot writes the i8042 reset, waits a little, then falls
-                    // back to a triple fault. A triple fault without a reset request is a
-                    // crash, but is still reported as a shutdown: making it a failure made
-                    // VM shutdowns inside the emulated host fail intermittently, for a
-                    // reason not found yet (see the note on issue 8).
-                    let how = if self.reset_pending() {
-                        "i8042 reset"
+                    // back to a triple fault, which can beat the event loop to the reset
+                    // event: after a reset request it is the reset. Without one it is a
+                    // crash, and is reported as one.
+                    let reason = if self.reset_pending() {
+                        ExitReason::GuestShutdown { how: "i8042 reset" }
                     } else {
-                        "triple fault"
+                        ExitReason::GuestCrash {
+                            vcpu: self.index,
+                            rip: self.fd.get_regs().ok().map(|r| r.rip),
+                        }
                     };
-                    self.exit.raise(ExitReason::GuestShutdown { how });
+                    self.exit.raise(reason);
                     return;
                 }
             }

@@ -9,11 +9,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
-use agent_client::{AgentClient, ErrorCode, ProcessSpec, ReadyListener, StdioStream};
+use agent_client::{AgentClient, ErrorCode, ProcessSpec, StdioStream};
 use agent_protocol::{ContainerSpec, FsSource};
+use vmm_launcher::{BootSpec, Console, Share, VmmExit};
 
 use crate::EngineConfig;
 
@@ -24,6 +25,10 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 /// slowest seen under emulation, hundreds of times on hardware) is stalled, and is tried once
 /// more with [`BOOT_TIMEOUT`].
 pub const FIRST_BOOT_TIMEOUT: Duration = Duration::from_secs(45);
+/// The longest the engine waits for the agent to answer one request (a signal, a resize,
+/// setting the container up). Inside the emulated virtualization host with several VMs
+/// busy, answers take well under a second.
+pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The virtio-fs tag of the container's root filesystem.
 pub const ROOTFS_TAG: &str = "rootfs";
 /// The agent's id for the container's main process.
@@ -40,9 +45,10 @@ pub enum LaunchError {
     /// Anything else: the VM did not boot, the agent failed.
     #[error("{0}")]
     Failed(String),
-    /// The guest reset itself (the VMM exited cleanly) before its agent was ready, or its
-    /// agent did not come up within the boot timeout: a boot that died or stalled without a
-    /// word, worth one more try (see `Containers::start`). The VMM is gone.
+    /// The guest reset itself (nobody asked it to) or triple-faulted before its agent was
+    /// ready, or its agent did not come up within the boot timeout: a boot that died or
+    /// stalled without a word.
+    /// Nothing of the container ran; `--boot-retries` boots again. The VMM is gone.
     #[error("{0}")]
     SilentBootFailure(String),
 }
@@ -217,86 +223,57 @@ pub fn launch(
         .map_err(|e| failed("cannot create the VM's run directory", &e))?;
     let uds = spec.run_dir.join("vsock.sock");
     let _ = std::fs::remove_file(&uds);
-    let ready = ReadyListener::bind(&uds).map_err(|e| {
-        let cause = std::error::Error::source(&e).map(|s| format!(": {s}"));
-        failed(
-            "cannot listen for the agent",
-            &format!("{e}{}", cause.unwrap_or_default()),
-        )
-    })?;
     let vmm_log = std::fs::File::create(spec.run_dir.join("vmm.log"))
         .map_err(|e| failed("cannot create the VMM log", &e))?;
-    let mut cmd = Command::new(&cfg.vmm);
-    cmd.arg("boot")
-        .arg("--kernel")
-        .arg(&cfg.kernel)
-        .arg("--initrd")
-        .arg(&cfg.initrd)
-        .arg("--cpus")
-        .arg(spec.vcpus.to_string())
-        .arg("--mem")
-        .arg(spec.mem_mib.to_string())
-        .arg("--console")
-        .arg(&spec.console_log)
-        .arg("--vsock-uds")
-        .arg(&uds)
-        .arg("--fs")
-        .arg(format!("{ROOTFS_TAG}={}", spec.rootfs.display()))
-        .stdin(Stdio::null())
+    let mut boot = BootSpec::new(&cfg.kernel, spec.vcpus, spec.mem_mib);
+    boot.initrd = Some(cfg.initrd.clone());
+    boot.console = Console::File(spec.console_log.clone());
+    boot.vsock_uds = Some(uds.clone());
+    boot.shares.push(Share {
+        tag: ROOTFS_TAG.to_string(),
+        dir: spec.rootfs.clone(),
+        read_only: false,
+        nosuid: false,
+    });
+    let mut cmd = boot.command(&cfg.vmm);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log);
     // Its own process group: a Ctrl-C aimed at berthd in a terminal must not reach VMs.
     cmd.process_group(0);
-    let mut vmm = cmd
-        .spawn()
-        .map_err(|e| failed(&format!("cannot start {}", cfg.vmm.display()), &e))?;
+    let vmm_said = || {
+        let log = std::fs::read_to_string(spec.run_dir.join("vmm.log")).unwrap_or_default();
+        let log = log.trim();
+        if log.is_empty() {
+            String::new()
+        } else {
+            format!(": {log}")
+        }
+    };
+    let mut vmm = match vmm_launcher::launch(&mut cmd, &uds, boot_timeout) {
+        Ok(vmm) => vmm,
+        Err(vmm_launcher::LaunchError::Exited(VmmExit::GuestShutdown)) => {
+            return Err(LaunchError::SilentBootFailure(
+                "the guest reset itself before its agent was ready (nobody asked it to)"
+                    .to_string(),
+            ))
+        }
+        Err(
+            e @ (vmm_launcher::LaunchError::Stalled(_)
+            | vmm_launcher::LaunchError::Exited(VmmExit::GuestCrash)),
+        ) => return Err(LaunchError::SilentBootFailure(e.to_string())),
+        Err(e) => {
+            let cause = std::error::Error::source(&e)
+                .map(|s| format!(": {s}"))
+                .unwrap_or_default();
+            return Err(LaunchError::Failed(format!("{e}{cause}{}", vmm_said())));
+        }
+    };
     let vm_failed = |vmm: &mut Child, message: String| -> LaunchError {
         let _ = vmm.kill();
         let _ = vmm.wait();
-        let log = std::fs::read_to_string(spec.run_dir.join("vmm.log")).unwrap_or_default();
-        let log = log.trim();
-        LaunchError::Failed(if log.is_empty() {
-            message
-        } else {
-            format!("{message}: {log}")
-        })
+        LaunchError::Failed(format!("{message}{}", vmm_said()))
     };
-
-    // The listener waits on its own thread so this one can watch the VMM.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(ready.wait(boot_timeout));
-    });
-    let deadline = Instant::now() + boot_timeout + Duration::from_secs(5);
-    let stalled = |vmm: &mut Child| {
-        let _ = vmm.kill();
-        let _ = vmm.wait();
-        LaunchError::SilentBootFailure(format!(
-            "the guest agent did not come up within {} s",
-            boot_timeout.as_secs()
-        ))
-    };
-    loop {
-        match rx.recv_timeout(Duration::from_millis(20)) {
-            Ok(Ok(_)) => break,
-            Ok(Err(agent_client::ClientError::Timeout { .. })) => return Err(stalled(&mut vmm)),
-            Ok(Err(e)) => {
-                return Err(vm_failed(
-                    &mut vmm,
-                    format!("the guest agent did not come up: {e}"),
-                ))
-            }
-            Err(_) if Instant::now() > deadline => return Err(stalled(&mut vmm)),
-            Err(_) => {}
-        }
-        if let Ok(Some(status)) = vmm.try_wait() {
-            let message = format!("the VM stopped while booting ({status})");
-            if status.success() {
-                return Err(LaunchError::SilentBootFailure(message));
-            }
-            return Err(vm_failed(&mut vmm, message));
-        }
-    }
 
     let mut control = match AgentClient::connect(&uds, Duration::from_secs(30)) {
         Ok(c) => c,
@@ -307,12 +284,18 @@ pub fn launch(
             ))
         }
     };
+    // A guest that stops answering must not hold a `docker stop`, `kill` or `start` forever:
+    // every request on this connection is bounded (the exit watcher's wait is not).
+    control.set_request_timeout(Some(AGENT_REQUEST_TIMEOUT));
     let started = setup_and_start(&mut control, spec);
     match started {
         Ok((streams, pid)) => Ok((Vm { vmm, uds, control }, streams, pid)),
         Err(e) => {
             let _ = control.shutdown(Some(Duration::from_millis(100)));
-            let _ = wait_exit(&mut vmm, Duration::from_secs(10));
+            if vmm_launcher::wait_exit(&mut vmm, Duration::from_secs(10)).is_none() {
+                let _ = vmm.kill();
+                let _ = vmm.wait();
+            }
             Err(e)
         }
     }
@@ -376,20 +359,8 @@ fn setup_and_start(
     }
 }
 
-/// Waits for the VMM to exit, up to `timeout`; false when it is still running.
-pub fn wait_exit(vmm: &mut Child, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match vmm.try_wait() {
-            Ok(Some(_)) => return true,
-            Ok(None) if Instant::now() >= deadline => return false,
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(_) => return true,
-        }
-    }
-}
-
-/// Powers the VM off through the agent, killing the VMM if it does not exit in time.
+/// Powers the VM off through the agent, killing the VMM if it does not exit in time. A VM
+/// that does not end in order is logged by what ended it.
 pub fn shutdown(vmm: &mut Child, uds: &Path) {
     if let Ok(Some(_)) = vmm.try_wait() {
         return;
@@ -397,10 +368,44 @@ pub fn shutdown(vmm: &mut Child, uds: &Path) {
     if let Ok(c) = AgentClient::connect(uds, Duration::from_secs(2)) {
         let _ = c.shutdown(Some(Duration::from_millis(500)));
     }
-    if !wait_exit(vmm, Duration::from_secs(10)) {
-        log::warn!("VMM {} did not exit after shutdown; killing it", vmm.id());
-        let _ = vmm.kill();
-        let _ = vmm.wait();
+    match vmm_launcher::wait_exit(vmm, Duration::from_secs(10)) {
+        Some(VmmExit::GuestShutdown) => {}
+        Some(other) => log::warn!(
+            "VMM {}: the VM did not shut down in order: {other}",
+            vmm.id()
+        ),
+        None => {
+            log::warn!("VMM {} did not exit after shutdown; killing it", vmm.id());
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+        }
+    }
+}
+
+/// Lines of the guest console kept in a VM's failure report.
+const CONSOLE_TAIL_LINES: usize = 8;
+
+/// What ended a VM whose agent connection broke while its process ran: how the VMM exited
+/// (waited for a little: the connection's end and the VMM's race) and the guest console's
+/// last lines. A VMM that still runs has a guest that stopped answering; it is killed.
+pub fn how_it_ended(vmm: &mut Child, console: &Path) -> String {
+    let what = match vmm_launcher::wait_exit(vmm, Duration::from_secs(5)) {
+        Some(VmmExit::GuestShutdown) => {
+            "the guest reset itself while the container ran (nobody asked it to)".to_string()
+        }
+        Some(exit) => format!("the container's VM stopped: {exit}"),
+        None => {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            "the guest stopped answering (its agent connection broke); its VM was killed"
+                .to_string()
+        }
+    };
+    let tail = vmm_launcher::console_tail(console, CONSOLE_TAIL_LINES);
+    if tail.is_empty() {
+        what
+    } else {
+        format!("{what}; its console ended: {}", tail.join(" | "))
     }
 }
 
@@ -408,16 +413,10 @@ pub fn shutdown(vmm: &mut Child, uds: &Path) {
 mod tests {
     use super::*;
 
-    fn is_root() -> bool {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        unsafe { libc::geteuid() == 0 }
-    }
-
     /// 125 layers (Docker's most) with long paths: more than one page of mount options.
     #[test]
     fn deep_images_mount_through_held_descriptors() {
-        if !is_root() {
-            eprintln!("skipped: mounting overlayfs needs root");
+        if !test_gate::require(test_gate::root(), "mounting overlayfs") {
             return;
         }
         let base = std::env::temp_dir().join(format!("berth-deep-{}", std::process::id()));

@@ -1,0 +1,192 @@
+//! The one way to start a `berth-vmm boot` process and to learn how it ended, shared by the
+//! engine and `berth-vmm run`: a typed [`BootSpec`] becomes the VMM's argument list, the
+//! VMM's exit status becomes a [`VmmExit`] (the producer, `berth-vmm boot`, uses the same
+//! enum), and [`launch`] starts the VMM and waits for its guest agent's ready call while
+//! watching the VMM. Nobody parses a VMM's stderr to learn what happened.
+//!
+//! It holds no policy: whether a failed boot is tried again, and how a failure is worded for
+//! a user, belong to the callers. It depends on nothing of the VMM (the engine must not).
+
+mod exit;
+mod spec;
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use agent_client::{ClientError, ReadyListener};
+
+pub use exit::VmmExit;
+pub use spec::{BootSpec, Console, Share};
+
+/// Why a VM's agent did not come up. The VMM is gone in every case (killed if need be).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("cannot listen for the guest agent")]
+    Listen(#[source] ClientError),
+    #[error("cannot start the VMM {path}")]
+    Spawn {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The VMM ended before the agent called: how it ended says why.
+    #[error("the VM stopped before its agent was ready: {0}")]
+    Exited(VmmExit),
+    /// The agent did not call within the time allowed; the VMM was killed.
+    #[error("the guest agent did not come up within {} s", .0.as_secs())]
+    Stalled(Duration),
+    #[error("the guest agent's ready call failed")]
+    Ready(#[source] ClientError),
+}
+
+/// How often the VMM is checked while the agent is awaited.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Starts `cmd` (a `berth-vmm boot` whose vsock socket is `uds`) and waits up to `timeout`
+/// for its guest agent's ready call, which arrives on the socket beside `uds` (bound here,
+/// before the VMM starts, so the call cannot be missed). Returns the running VMM.
+pub fn launch(cmd: &mut Command, uds: &Path, timeout: Duration) -> Result<Child, LaunchError> {
+    let ready = ReadyListener::bind(uds).map_err(LaunchError::Listen)?;
+    let mut vmm = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        path: PathBuf::from(cmd.get_program()),
+        source,
+    })?;
+    // The listener waits on its own thread so this one can watch the VMM.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("agent-ready".into())
+        .spawn(move || {
+            let _ = tx.send(ready.wait(timeout));
+        })
+        .map_err(|source| {
+            kill(&mut vmm);
+            LaunchError::Spawn {
+                path: PathBuf::from("an agent-ready thread"),
+                source,
+            }
+        })?;
+    // A last word from the listener thread beyond its own deadline is not awaited.
+    let deadline = Instant::now() + timeout + Duration::from_secs(5);
+    loop {
+        match rx.recv_timeout(POLL) {
+            Ok(Ok(_)) => return Ok(vmm),
+            Ok(Err(ClientError::Timeout { .. })) => {
+                return Err(ended_or(&mut vmm, LaunchError::Stalled(timeout)))
+            }
+            Ok(Err(e)) => return Err(ended_or(&mut vmm, LaunchError::Ready(e))),
+            Err(_) if Instant::now() > deadline => {
+                return Err(ended_or(&mut vmm, LaunchError::Stalled(timeout)))
+            }
+            Err(_) => {}
+        }
+        if let Ok(Some(status)) = vmm.try_wait() {
+            return Err(LaunchError::Exited(VmmExit::from_status(status)));
+        }
+    }
+}
+
+/// The VMM's own end if it has ended by now (it says more), else `otherwise` with the VMM
+/// killed.
+fn ended_or(vmm: &mut Child, otherwise: LaunchError) -> LaunchError {
+    if let Ok(Some(status)) = vmm.try_wait() {
+        return LaunchError::Exited(VmmExit::from_status(status));
+    }
+    kill(vmm);
+    otherwise
+}
+
+fn kill(vmm: &mut Child) {
+    let _ = vmm.kill();
+    let _ = vmm.wait();
+}
+
+/// Waits up to `timeout` for the VMM to exit; `None` if it still runs.
+pub fn wait_exit(vmm: &mut Child, timeout: Duration) -> Option<VmmExit> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match vmm.try_wait() {
+            Ok(Some(status)) => return Some(VmmExit::from_status(status)),
+            Ok(None) if Instant::now() >= deadline => return None,
+            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+            Err(_) => return Some(VmmExit::Unknown(-1)),
+        }
+    }
+}
+
+/// The last `lines` lines of a console log, for messages that must say why far from it (a
+/// CI log). Empty when there is none.
+pub fn console_tail(console: &Path, lines: usize) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(console) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("berth-launcher-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_vmm_that_ends_before_the_agent_calls_says_how() {
+        let dir = scratch("exits");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "exit 5"]);
+        let err = launch(&mut cmd, &dir.join("vsock.sock"), Duration::from_secs(30)).unwrap_err();
+        assert!(
+            matches!(err, LaunchError::Exited(VmmExit::GuestCrash)),
+            "{err:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_silent_vmm_is_killed_at_the_deadline() {
+        let dir = scratch("stalls");
+        let mut cmd = Command::new("sleep");
+        cmd.arg("600");
+        let started = Instant::now();
+        let err = launch(
+            &mut cmd,
+            &dir.join("vsock.sock"),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(matches!(err, LaunchError::Stalled(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_missing_vmm_is_a_spawn_error() {
+        let dir = scratch("missing");
+        let mut cmd = Command::new(dir.join("no-such-vmm"));
+        let err = launch(&mut cmd, &dir.join("vsock.sock"), Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(err, LaunchError::Spawn { .. }), "{err:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn console_tails_keep_the_last_lines() {
+        let dir = scratch("tail");
+        let log = dir.join("console.log");
+        std::fs::write(&log, "a\r\nb\nc\n").unwrap();
+        assert_eq!(console_tail(&log, 2), ["b", "c"]);
+        assert!(console_tail(&dir.join("none"), 2).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

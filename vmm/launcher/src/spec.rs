@@ -1,0 +1,189 @@
+//! What a VMM boots, as the `berth-vmm boot` argument list.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A host directory shared with the guest over virtio-fs (`--fs TAG=DIR[:ro][,nosuid]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub dir: PathBuf,
+    pub read_only: bool,
+    pub nosuid: bool,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// The VMM's standard output.
+    Stdout,
+    /// A log file the VMM creates.
+    File(PathBuf),
+}
+
+/// One VM to boot.
+#[derive(Clone, Debug)]
+pub struct BootSpec {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub console: Console,
+    /// The VM's hybrid-vsock socket; its agent calls back on `<socket>_1025`.
+    pub vsock_uds: Option<PathBuf>,
+    pub shares: Vec<Share>,
+    /// Kernel arguments after berth's own.
+    pub cmdline: Option<String>,
+}
+
+impl BootSpec {
+    /// A VM of `vcpus` and `mem_mib` booting `kernel` with no devices beyond the defaults.
+    pub fn new(kernel: impl Into<PathBuf>, vcpus: u8, mem_mib: u64) -> BootSpec {
+        BootSpec {
+            kernel: kernel.into(),
+            initrd: None,
+            vcpus,
+            mem_mib,
+            console: Console::Stdout,
+            vsock_uds: None,
+            shares: Vec::new(),
+            cmdline: None,
+        }
+    }
+
+    /// The arguments of `berth-vmm`, from `boot` on.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["boot".into(), "--kernel".into()];
+        args.push(self.kernel.clone().into());
+        if let Some(initrd) = &self.initrd {
+            args.push("--initrd".into());
+            args.push(initrd.clone().into());
+        }
+        args.push("--cpus".into());
+        args.push(self.vcpus.to_string().into());
+        args.push("--mem".into());
+        args.push(self.mem_mib.to_string().into());
+        args.push("--console".into());
+        args.push(match &self.console {
+            Console::Stdout => "-".into(),
+            Console::File(path) => path.clone().into(),
+        });
+        if let Some(uds) = &self.vsock_uds {
+            args.push("--vsock-uds".into());
+            args.push(uds.clone().into());
+        }
+        for share in &self.shares {
+            let mut spec = OsString::from(format!("{}=", share.tag));
+            spec.push(&share.dir);
+            let options: Vec<&str> = [(share.read_only, "ro"), (share.nosuid, "nosuid")]
+                .into_iter()
+                .filter_map(|(on, word)| on.then_some(word))
+                .collect();
+            if !options.is_empty() {
+                spec.push(format!(":{}", options.join(",")));
+            } else if share.dir.as_os_str().as_encoded_bytes().contains(&b':') {
+                // A directory like `/x:ro` must not read as `/x` with options.
+                spec.push(":rw");
+            }
+            args.push("--fs".into());
+            args.push(spec);
+        }
+        if let Some(cmdline) = self.cmdline.as_ref().filter(|c| !c.trim().is_empty()) {
+            args.push("--cmdline".into());
+            args.push(cmdline.into());
+        }
+        args
+    }
+
+    /// `vmm boot ...`: the command, its stdio left to the caller.
+    pub fn command(&self, vmm: &Path) -> Command {
+        let mut cmd = Command::new(vmm);
+        cmd.args(self.args());
+        cmd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_setting_reaches_the_argument_list() {
+        let mut spec = BootSpec::new("/k/vmlinux", 2, 512);
+        spec.initrd = Some("/k/initramfs.cpio".into());
+        spec.console = Console::File("/run/c/console.log".into());
+        spec.vsock_uds = Some("/run/c/vsock.sock".into());
+        spec.shares = vec![
+            Share {
+                tag: "rootfs".into(),
+                dir: "/var/lib/berth/c/rootfs".into(),
+                read_only: false,
+                nosuid: false,
+            },
+            Share {
+                tag: "data".into(),
+                dir: "/srv/a:b".into(),
+                read_only: true,
+                nosuid: true,
+            },
+            Share {
+                tag: "odd".into(),
+                dir: "/srv/x:ro".into(),
+                read_only: false,
+                nosuid: false,
+            },
+        ];
+        spec.cmdline = Some("loglevel=7".into());
+        let args: Vec<String> = spec
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "boot",
+                "--kernel",
+                "/k/vmlinux",
+                "--initrd",
+                "/k/initramfs.cpio",
+                "--cpus",
+                "2",
+                "--mem",
+                "512",
+                "--console",
+                "/run/c/console.log",
+                "--vsock-uds",
+                "/run/c/vsock.sock",
+                "--fs",
+                "rootfs=/var/lib/berth/c/rootfs",
+                "--fs",
+                "data=/srv/a:b:ro,nosuid",
+                "--fs",
+                "odd=/srv/x:ro:rw",
+                "--cmdline",
+                "loglevel=7",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_defaults_leave_out_what_is_not_set() {
+        let args = BootSpec::new("/k", 1, 128).args();
+        assert_eq!(
+            args,
+            [
+                "boot",
+                "--kernel",
+                "/k",
+                "--cpus",
+                "1",
+                "--mem",
+                "128",
+                "--console",
+                "-"
+            ]
+        );
+    }
+}
