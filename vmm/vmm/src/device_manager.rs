@@ -12,7 +12,7 @@ use devices::bus::{Bus, BusError};
 use devices::legacy::i8042::{I8042, I8042_BASE, I8042_LEN};
 use devices::legacy::serial::{SerialDevice, COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::legacy::EventFdTrigger;
-use devices::virtio::mmio::{MmioTransport, MMIO_LEN};
+use devices::virtio::mmio::{Describe, MmioTransport, MMIO_LEN};
 use devices::virtio::{IrqTrigger, VirtioDevice};
 use devices::GuestMemoryMmap;
 
@@ -45,6 +45,8 @@ pub struct DeviceManager {
     pub mmio: Bus,
     pub subscribers: Vec<Subscriber>,
     pub cmdline: Vec<String>,
+    /// Every virtio transport, for the state dump on SIGUSR1.
+    pub transports: Vec<Arc<Mutex<dyn Describe>>>,
     next_virtio: u32,
 }
 
@@ -56,6 +58,7 @@ impl DeviceManager {
             mmio: Bus::new(),
             subscribers: Vec::new(),
             cmdline: Vec::new(),
+            transports: Vec::new(),
             next_virtio: 0,
         }
     }
@@ -126,6 +129,7 @@ impl DeviceManager {
         )));
         self.mmio.insert(transport.clone(), base, MMIO_LEN)?;
         self.subscribers.push(transport.clone());
+        self.transports.push(transport.clone());
         self.cmdline
             .push(format!("virtio_mmio.device=4K@{base:#x}:{irq}"));
         Ok(transport)

@@ -219,6 +219,7 @@ impl Vmm {
             event_manager.add_subscriber(subscriber);
         }
         let control = Arc::new(Mutex::new(Control {
+            transports: std::mem::take(&mut self.devices.transports),
             exit: self.exit.clone(),
             reset_evt: self.reset_evt.try_clone().map_err(|source| VmmError::Os {
                 what: "the reset event",
@@ -269,7 +270,10 @@ impl Vmm {
         devices::bus::lock(&self.serial).flush();
         let reason = outcome?;
         Ok(match reason {
-            ExitReason::GuestShutdown { .. } if self.panicked.load(Ordering::SeqCst) => {
+            // A panic's reboot ends like an orderly reset, or in a triple fault.
+            ExitReason::GuestShutdown { .. } | ExitReason::GuestCrash { .. }
+                if self.panicked.load(Ordering::SeqCst) =>
+            {
                 ExitReason::GuestPanic
             }
             other => other,
@@ -313,8 +317,8 @@ fn console_writer(console: &ConsoleOutput) -> Result<Box<dyn Write + Send>, VmmE
     })
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and the threads it will start) and
-/// returns a signalfd that reports them.
+/// Blocks SIGTERM, SIGINT, SIGHUP and SIGUSR1 in this thread (and the threads it will
+/// start) and returns a signalfd that reports them.
 fn termination_signalfd() -> Result<OwnedFd, VmmError> {
     let os = |what| move |source| VmmError::Os { what, source };
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before any other use.
@@ -325,6 +329,7 @@ fn termination_signalfd() -> Result<OwnedFd, VmmError> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
     }
     // SAFETY: `set` is initialised; a null old-set pointer is allowed.
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -340,8 +345,10 @@ fn termination_signalfd() -> Result<OwnedFd, VmmError> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The loop's own events: the exit signal, the i8042 reset, termination signals.
+/// The loop's own events: the exit signal, the i8042 reset, termination signals, and the
+/// diagnostic dump (SIGUSR1: every virtio queue's state, to stderr).
 struct Control {
+    transports: Vec<Arc<Mutex<dyn devices::virtio::mmio::Describe>>>,
     exit: Arc<ExitSignal>,
     reset_evt: EventFd,
     signal_fd: OwnedFd,
@@ -378,7 +385,25 @@ impl MutEventSubscriber for Control {
                 };
                 if n == info.len() as isize {
                     let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]);
-                    self.exit.raise(ExitReason::HostSignal(signo as i32));
+                    if signo as i32 == libc::SIGUSR1 {
+                        // On a thread of its own: a device whose worker holds its queues
+                        // (a request that never ends) must not stall the loop; its line is
+                        // then the one that never comes.
+                        let transports = self.transports.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("dump".into())
+                            .spawn(move || {
+                                eprintln!(
+                                    "berth-vmm: state of {} virtio devices:",
+                                    transports.len()
+                                );
+                                for t in &transports {
+                                    eprintln!("berth-vmm: {}", devices::bus::lock(t).describe());
+                                }
+                            });
+                    } else {
+                        self.exit.raise(ExitReason::HostSignal(signo as i32));
+                    }
                 }
             }
             _ => {}

@@ -122,6 +122,46 @@ impl<D: VirtioDevice> MmioTransport<D> {
         }
     }
 
+    /// One line per queue of what the device and the driver see: the device's positions
+    /// and the rings' indexes and event fields as they are in guest memory, the interrupt
+    /// status and how many interrupts were raised. For diagnosing a stalled device (the
+    /// VMM writes it on SIGUSR1); read without stopping anything, so only a snapshot.
+    pub fn describe(&self) -> String {
+        use vm_memory::{Bytes, GuestAddress};
+        let read_u16 = |addr: u64| -> String {
+            self.mem
+                .read_obj::<u16>(GuestAddress(addr))
+                .map_or_else(|_| "?".to_string(), |v| v.to_string())
+        };
+        let mut out = format!(
+            "virtio device type {} status {:#x} interrupt status {:#x} interrupts raised {}",
+            self.device.device_type(),
+            self.device_status,
+            self.irq.status(),
+            self.irq.raised()
+        );
+        for (i, q) in self.device.queue_snapshots().iter().enumerate() {
+            if !q.ready {
+                continue;
+            }
+            let size = u64::from(q.size);
+            out.push_str(&format!(
+                "\n  queue {i}: size {} next_avail {} next_used {} event_idx {}; guest: avail.flags {} avail.idx {} used_event {}; used.flags {} used.idx {} avail_event {}",
+                q.size,
+                q.next_avail,
+                q.next_used,
+                q.event_idx,
+                read_u16(q.avail_ring),
+                read_u16(q.avail_ring + 2),
+                read_u16(q.avail_ring + 4 + 2 * size),
+                read_u16(q.used_ring),
+                read_u16(q.used_ring + 2),
+                read_u16(q.used_ring + 4 + 8 * size),
+            ));
+        }
+        out
+    }
+
     fn offered_features(&self) -> u64 {
         self.device.avail_features() | features::VERSION_1
     }
@@ -306,6 +346,17 @@ impl<D: VirtioDevice> MmioTransport<D> {
             }),
             _ => crate::warn_limited!("virtio-mmio: write of register {offset:#x}; ignored"),
         }
+    }
+}
+
+/// A transport of any device, for the VMM's diagnostics.
+pub trait Describe: Send {
+    fn describe(&self) -> String;
+}
+
+impl<D: VirtioDevice> Describe for MmioTransport<D> {
+    fn describe(&self) -> String {
+        MmioTransport::describe(self)
     }
 }
 

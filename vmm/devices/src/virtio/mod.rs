@@ -10,7 +10,7 @@ pub mod mmio;
 pub mod rng;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use event_manager::MutEventSubscriber;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,7 @@ pub const INT_CONFIG: u32 = 2;
 pub struct IrqTrigger {
     status: AtomicU32,
     evt: EventFd,
+    raised: AtomicU64,
 }
 
 impl IrqTrigger {
@@ -56,15 +57,22 @@ impl IrqTrigger {
         IrqTrigger {
             status: AtomicU32::new(0),
             evt,
+            raised: AtomicU64::new(0),
         }
     }
 
     /// Sets `bits` in the interrupt status and raises the interrupt.
     pub fn trigger(&self, bits: u32) {
         self.status.fetch_or(bits, Ordering::SeqCst);
+        self.raised.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.evt.write(1) {
             crate::warn_limited!("virtio: cannot raise an interrupt: {e}");
         }
+    }
+
+    /// How many times the interrupt was raised (diagnostics).
+    pub fn raised(&self) -> u64 {
+        self.raised.load(Ordering::Relaxed)
     }
 
     /// The interrupt status register.
