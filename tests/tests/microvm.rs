@@ -259,3 +259,76 @@ fn a_triple_fault_is_a_guest_crash() {
     let console = std::fs::read_to_string(&log).unwrap();
     assert!(console.contains(test_guest::GREETING), "{console:?}");
 }
+
+/// A guest that resets itself while the command runs is a failure named as such, with the
+/// console kept, never a clean end (its VMM exits 0: the guest's reset looks orderly).
+#[test]
+fn a_reset_nobody_asked_for_is_a_failure() {
+    if !ready() {
+        return;
+    }
+    let tmp = Scratch::new("reset");
+    let out = run(
+        run_cmd(
+            &tmp,
+            &[],
+            &["sh", "-c", "echo before; reboot -f; sleep 100"],
+        ),
+        b"",
+        TIMEOUT,
+    );
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stdout.contains("before"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("the guest reset itself while the command ran (nobody asked it to)"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("the guest console log is"), "{out:?}");
+}
+
+/// A guest that stops answering (here: its whole VMM frozen with SIGSTOP) is found by
+/// `berth-vmm run`'s watchdog, killed and reported as such, with its devices' state.
+#[test]
+fn a_guest_that_stops_answering_is_named() {
+    if !ready() {
+        return;
+    }
+    let tmp = Scratch::new("frozen");
+    let mut cmd = run_cmd(
+        &tmp,
+        &["--watchdog", "10"],
+        &["sh", "-c", "echo started; sleep 600"],
+    );
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 8];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"started\n");
+    // The VMM is `berth-vmm boot` with this run's directory (under TMPDIR) in its arguments.
+    let needle = tmp.0.display().to_string();
+    let vmm = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .find(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            cmdline.contains(&needle) && cmdline.contains("\0boot\0")
+        })
+        .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .expect("the VMM process");
+    // SAFETY: kill(2) on a pid just read from /proc; SIGSTOP only stops it.
+    unsafe { libc::kill(vmm, libc::SIGSTOP) };
+    let status = wait_timeout(&mut child, Duration::from_secs(120)).expect("the watchdog ends it");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(125), "{stderr}");
+    assert!(
+        stderr.contains("the guest stopped answering: its agent did not answer for 10 s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the guest console log is"), "{stderr}");
+}

@@ -584,8 +584,13 @@ impl Watchdog {
                             Failure::from(e).message
                         ));
                     }
+                    // The VMM writes its devices' queue states to our stderr first: what the
+                    // guest was waiting for, if it was waiting on a device.
                     // SAFETY: kill(2) on our own child VMM, which has not been reaped yet (Run
                     // holds it and reaps it only after this thread is stopped).
+                    unsafe { libc::kill(vmm_pid as i32, libc::SIGUSR1) };
+                    std::thread::sleep(Duration::from_secs(1));
+                    // SAFETY: as above.
                     unsafe { libc::kill(vmm_pid as i32, libc::SIGKILL) };
                     return;
                 }

@@ -87,14 +87,30 @@ pub fn launch(cmd: &mut Command, uds: &Path, timeout: Duration) -> Result<Child,
     }
 }
 
-/// The VMM's own end if it has ended by now (it says more), else `otherwise` with the VMM
-/// killed.
+/// How long a VMM gets to end after its agent's connection broke: a guest that resets
+/// breaks the connection first, and its VMM exits a moment later.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// The VMM's own end if it ends within [`EXIT_GRACE`] (it says more), else `otherwise`
+/// with the VMM killed.
 fn ended_or(vmm: &mut Child, otherwise: LaunchError) -> LaunchError {
-    if let Ok(Some(status)) = vmm.try_wait() {
-        return LaunchError::Exited(VmmExit::from_status(status));
+    if let Some(exit) = wait_exit(vmm, EXIT_GRACE) {
+        return LaunchError::Exited(exit);
     }
     kill(vmm);
     otherwise
+}
+
+/// An error and every cause under it, on one line (`a: b: c`).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
 }
 
 fn kill(vmm: &mut Child) {

@@ -602,6 +602,7 @@ impl Containers {
         let images = self.images.clone();
         let c = container.clone();
         let console = container.console_path();
+        let watcher_run_dir = run_dir.clone();
         tokio::spawn(async move {
             let mut wait_control = wait_control;
             let waited = tokio::task::spawn_blocking(move || {
@@ -610,7 +611,7 @@ impl Containers {
                 // VMM ended says which.
                 let ended = status
                     .is_err()
-                    .then(|| vm::how_it_ended(&mut vmm, &console));
+                    .then(|| vm::how_it_ended(&mut vmm, &console, &watcher_run_dir));
                 (status, ended, vmm)
             })
             .await;
@@ -634,8 +635,8 @@ impl Containers {
                     "the guest did not answer a kill; its VM was killed".to_string(),
                 ),
                 (Err(e), ended) => {
-                    let ended = ended.unwrap_or_default();
-                    log::warn!("container {}: {ended} ({e})", c.id);
+                    let (ended, vmm_log) = ended.unwrap_or_default();
+                    log::warn!("container {}: {ended} ({e}); its VMM said: {vmm_log}", c.id);
                     // As dockerd reports a container whose runtime vanished.
                     (255, ended)
                 }

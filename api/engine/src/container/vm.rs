@@ -263,10 +263,12 @@ pub fn launch(
             | vmm_launcher::LaunchError::Exited(VmmExit::GuestCrash)),
         ) => return Err(LaunchError::SilentBootFailure(e.to_string())),
         Err(e) => {
-            let cause = std::error::Error::source(&e)
-                .map(|s| format!(": {s}"))
-                .unwrap_or_default();
-            return Err(LaunchError::Failed(format!("{e}{cause}{}", vmm_said())));
+            let tail = vmm_launcher::console_tail(&spec.console_log, 5).join(" | ");
+            return Err(LaunchError::Failed(format!(
+                "{}{}; its console ended: {tail}",
+                vmm_launcher::chain(&e),
+                vmm_said()
+            )));
         }
     };
     let vm_failed = |vmm: &mut Child, message: String| -> LaunchError {
@@ -387,14 +389,19 @@ const CONSOLE_TAIL_LINES: usize = 8;
 
 /// What ended a VM whose agent connection broke while its process ran: how the VMM exited
 /// (waited for a little: the connection's end and the VMM's race) and the guest console's
-/// last lines. A VMM that still runs has a guest that stopped answering; it is killed.
-pub fn how_it_ended(vmm: &mut Child, console: &Path) -> String {
+/// last lines, for the container's record; and the VMM's own last words (its log), for the
+/// daemon's. A VMM that still runs has a guest that stopped answering: it writes its
+/// devices' state to its log (SIGUSR1) and is killed.
+pub fn how_it_ended(vmm: &mut Child, console: &Path, run_dir: &Path) -> (String, String) {
     let what = match vmm_launcher::wait_exit(vmm, Duration::from_secs(5)) {
         Some(VmmExit::GuestShutdown) => {
             "the guest reset itself while the container ran (nobody asked it to)".to_string()
         }
         Some(exit) => format!("the container's VM stopped: {exit}"),
         None => {
+            // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
+            unsafe { libc::kill(vmm.id() as i32, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_secs(1));
             let _ = vmm.kill();
             let _ = vmm.wait();
             "the guest stopped answering (its agent connection broke); its VM was killed"
@@ -402,16 +409,60 @@ pub fn how_it_ended(vmm: &mut Child, console: &Path) -> String {
         }
     };
     let tail = vmm_launcher::console_tail(console, CONSOLE_TAIL_LINES);
-    if tail.is_empty() {
+    let what = if tail.is_empty() {
         what
     } else {
         format!("{what}; its console ended: {}", tail.join(" | "))
-    }
+    };
+    let vmm_log = vmm_launcher::console_tail(&run_dir.join("vmm.log"), 20).join("\n");
+    (what, vmm_log)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// How a VM ended, for the container's record: every end named, none of them clean.
+    #[test]
+    fn a_vm_that_ends_under_a_running_container_is_named() {
+        let dir = std::env::temp_dir().join(format!("berth-ended-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = dir.join("console.log");
+        std::fs::write(&console, "line 1\nBUG: something\n").unwrap();
+        std::fs::write(
+            dir.join("vmm.log"),
+            "berth-vmm: guest crashed: triple fault\n",
+        )
+        .unwrap();
+        let ended = |script: &str| {
+            let mut child = std::process::Command::new("sh")
+                .args(["-c", script])
+                .spawn()
+                .unwrap();
+            how_it_ended(&mut child, &console, &dir)
+        };
+        let (what, vmm_log) = ended("exit 5");
+        assert_eq!(
+            what,
+            "the container's VM stopped: the guest crashed (triple fault); its console ended: line 1 | BUG: something"
+        );
+        assert_eq!(vmm_log, "berth-vmm: guest crashed: triple fault");
+        let (what, _) = ended("exit 0");
+        assert!(
+            what.starts_with("the guest reset itself while the container ran (nobody asked it to)"),
+            "{what}"
+        );
+        let (what, _) = ended("exit 3");
+        assert!(
+            what.starts_with("the container's VM stopped: the guest kernel panicked"),
+            "{what}"
+        );
+        let started = std::time::Instant::now();
+        let (what, _) = ended("sleep 600");
+        assert!(what.starts_with("the guest stopped answering"), "{what}");
+        assert!(started.elapsed() < Duration::from_secs(60));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// 125 layers (Docker's most) with long paths: more than one page of mount options.
     #[test]
