@@ -97,8 +97,20 @@ fn ended_or(vmm: &mut Child, otherwise: LaunchError) -> LaunchError {
     if let Some(exit) = wait_exit(vmm, EXIT_GRACE) {
         return LaunchError::Exited(exit);
     }
-    kill(vmm);
+    dump_and_kill(vmm);
     otherwise
+}
+
+/// Kills a VMM that is stuck, after asking it to write its devices' state to its stderr
+/// (SIGUSR1; berth-vmm does it from a thread of its own): what the guest was waiting for,
+/// if it waited on a device, is then in the VMM's log.
+pub fn dump_and_kill(vmm: &mut Child) {
+    if let Ok(None) = vmm.try_wait() {
+        // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
+        unsafe { libc::kill(vmm.id() as i32, libc::SIGUSR1) };
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kill(vmm);
 }
 
 /// An error and every cause under it, on one line (`a: b: c`).

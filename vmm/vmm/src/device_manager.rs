@@ -47,6 +47,8 @@ pub struct DeviceManager {
     pub cmdline: Vec<String>,
     /// Every virtio transport, for the state dump on SIGUSR1.
     pub transports: Vec<Arc<Mutex<dyn Describe>>>,
+    /// Every virtio interrupt line, re-asserted while the guest leaves it unacknowledged.
+    pub irqs: Vec<Arc<IrqTrigger>>,
     next_virtio: u32,
 }
 
@@ -59,6 +61,7 @@ impl DeviceManager {
             subscribers: Vec::new(),
             cmdline: Vec::new(),
             transports: Vec::new(),
+            irqs: Vec::new(),
             next_virtio: 0,
         }
     }
@@ -122,10 +125,12 @@ impl DeviceManager {
                 source,
             })?;
         }
+        let irq_trigger = Arc::new(IrqTrigger::new(irq_evt));
+        self.irqs.push(irq_trigger.clone());
         let transport = Arc::new(Mutex::new(MmioTransport::new(
             device,
             mem.clone(),
-            Arc::new(IrqTrigger::new(irq_evt)),
+            irq_trigger,
         )));
         self.mmio.insert(transport.clone(), base, MMIO_LEN)?;
         self.subscribers.push(transport.clone());

@@ -218,7 +218,20 @@ impl Vmm {
         for subscriber in self.devices.subscribers.drain(..) {
             event_manager.add_subscriber(subscriber);
         }
+        let mut irq_timer =
+            vmm_sys_util::timerfd::TimerFd::new().map_err(|source| VmmError::Os {
+                what: "the interrupt timer",
+                source: std::io::Error::from_raw_os_error(source.errno()),
+            })?;
+        irq_timer
+            .reset(IRQ_CHECK_PERIOD, Some(IRQ_CHECK_PERIOD))
+            .map_err(|source| VmmError::Os {
+                what: "the interrupt timer",
+                source: std::io::Error::from_raw_os_error(source.errno()),
+            })?;
         let control = Arc::new(Mutex::new(Control {
+            irqs: std::mem::take(&mut self.devices.irqs),
+            irq_timer,
             transports: std::mem::take(&mut self.devices.transports),
             exit: self.exit.clone(),
             reset_evt: self.reset_evt.try_clone().map_err(|source| VmmError::Os {
@@ -348,6 +361,8 @@ fn termination_signalfd() -> Result<OwnedFd, VmmError> {
 /// The loop's own events: the exit signal, the i8042 reset, termination signals, and the
 /// diagnostic dump (SIGUSR1: every virtio queue's state, to stderr).
 struct Control {
+    irqs: Vec<Arc<devices::virtio::IrqTrigger>>,
+    irq_timer: vmm_sys_util::timerfd::TimerFd,
     transports: Vec<Arc<Mutex<dyn devices::virtio::mmio::Describe>>>,
     exit: Arc<ExitSignal>,
     reset_evt: EventFd,
@@ -357,6 +372,12 @@ struct Control {
 const EXIT_TOKEN: u32 = 0;
 const RESET_TOKEN: u32 = 1;
 const SIGNAL_TOKEN: u32 = 2;
+const IRQ_TIMER_TOKEN: u32 = 3;
+
+/// How often a virtio interrupt left unacknowledged is raised again: a guest acknowledges
+/// within microseconds on hardware (tens of milliseconds under emulation), so only a lost
+/// interrupt waits this long.
+const IRQ_CHECK_PERIOD: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl MutEventSubscriber for Control {
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
@@ -371,6 +392,16 @@ impl MutEventSubscriber for Control {
                 self.exit
                     .raise(ExitReason::GuestShutdown { how: "i8042 reset" });
                 let _ = self.reset_evt.read();
+            }
+            IRQ_TIMER_TOKEN => {
+                let _ = self.irq_timer.wait();
+                for irq in &self.irqs {
+                    if irq.reassert_if_stale() {
+                        devices::warn_limited!(
+                            "virtio: an interrupt left unacknowledged for {IRQ_CHECK_PERIOD:?} was raised again"
+                        );
+                    }
+                }
             }
             SIGNAL_TOKEN => {
                 let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
@@ -415,6 +446,7 @@ impl MutEventSubscriber for Control {
             Events::with_data(self.exit.eventfd(), EXIT_TOKEN, EventSet::IN),
             Events::with_data(&self.reset_evt, RESET_TOKEN, EventSet::IN),
             Events::with_data(&self.signal_fd, SIGNAL_TOKEN, EventSet::IN),
+            Events::with_data(&self.irq_timer, IRQ_TIMER_TOKEN, EventSet::IN),
         ];
         for source in sources {
             if let Err(e) = ops.add(source) {

@@ -272,9 +272,12 @@ pub fn launch(
         }
     };
     let vm_failed = |vmm: &mut Child, message: String| -> LaunchError {
-        let _ = vmm.kill();
-        let _ = vmm.wait();
-        LaunchError::Failed(format!("{message}{}", vmm_said()))
+        vmm_launcher::dump_and_kill(vmm);
+        let tail = vmm_launcher::console_tail(&spec.console_log, 5).join(" | ");
+        LaunchError::Failed(format!(
+            "{message}{}; its console ended: {tail}",
+            vmm_said()
+        ))
     };
 
     let mut control = match AgentClient::connect(&uds, Duration::from_secs(30)) {
@@ -399,11 +402,7 @@ pub fn how_it_ended(vmm: &mut Child, console: &Path, run_dir: &Path) -> (String,
         }
         Some(exit) => format!("the container's VM stopped: {exit}"),
         None => {
-            // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
-            unsafe { libc::kill(vmm.id() as i32, libc::SIGUSR1) };
-            std::thread::sleep(Duration::from_secs(1));
-            let _ = vmm.kill();
-            let _ = vmm.wait();
+            vmm_launcher::dump_and_kill(vmm);
             "the guest stopped answering (its agent connection broke); its VM was killed"
                 .to_string()
         }

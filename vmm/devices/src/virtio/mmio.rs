@@ -134,11 +134,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 .map_or_else(|_| "?".to_string(), |v| v.to_string())
         };
         let mut out = format!(
-            "virtio device type {} status {:#x} interrupt status {:#x} interrupts raised {}",
+            "virtio device type {} status {:#x} interrupt status {:#x} interrupts raised {} (again after no ack: {})",
             self.device.device_type(),
             self.device_status,
             self.irq.status(),
-            self.irq.raised()
+            self.irq.raised(),
+            self.irq.reasserted()
         );
         for (i, q) in self.device.queue_snapshots().iter().enumerate() {
             if !q.ready {

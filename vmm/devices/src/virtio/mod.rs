@@ -44,11 +44,19 @@ pub const INT_CONFIG: u32 = 2;
 
 /// A device's interrupt line: the status register the guest reads and acknowledges, and the
 /// eventfd that the VMM registers as an irqfd.
+///
+/// The line is an edge (an irqfd pulse) but virtio-mmio's interrupt means "asserted while the
+/// status is not zero": [`IrqTrigger::reassert_if_stale`], called periodically, raises it
+/// again when the status has stayed set with no new interrupt since the last call, so an
+/// interrupt lost on its way to the guest cannot leave a device waiting for good.
 #[derive(Debug)]
 pub struct IrqTrigger {
     status: AtomicU32,
     evt: EventFd,
     raised: AtomicU64,
+    /// `raised` at the previous check, and re-assertions made.
+    seen: AtomicU64,
+    reasserted: AtomicU64,
 }
 
 impl IrqTrigger {
@@ -58,7 +66,30 @@ impl IrqTrigger {
             status: AtomicU32::new(0),
             evt,
             raised: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
+            reasserted: AtomicU64::new(0),
         }
+    }
+
+    /// Raises the interrupt again if the status has been set since the previous call with no
+    /// interrupt raised in between (the guest has not acknowledged it for a whole period).
+    /// Returns whether it did.
+    pub fn reassert_if_stale(&self) -> bool {
+        let raised = self.raised.load(Ordering::SeqCst);
+        let previous = self.seen.swap(raised, Ordering::SeqCst);
+        if self.status() == 0 || raised != previous {
+            return false;
+        }
+        self.reasserted.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.evt.write(1) {
+            crate::warn_limited!("virtio: cannot raise an interrupt: {e}");
+        }
+        true
+    }
+
+    /// How many times [`IrqTrigger::reassert_if_stale`] raised the interrupt again.
+    pub fn reasserted(&self) -> u64 {
+        self.reasserted.load(Ordering::Relaxed)
     }
 
     /// Sets `bits` in the interrupt status and raises the interrupt.
@@ -186,4 +217,35 @@ pub fn new_queue_events(count: usize) -> std::io::Result<Vec<EventFd>> {
     (0..count)
         .map(|_| EventFd::new(libc::EFD_NONBLOCK))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulses(evt: &EventFd) -> u64 {
+        evt.read().unwrap_or(0)
+    }
+
+    #[test]
+    fn an_unacknowledged_interrupt_is_raised_again_once_a_period_has_passed() {
+        let irq = IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let evt = irq.eventfd().try_clone().unwrap();
+        // Nothing pending: nothing to raise.
+        assert!(!irq.reassert_if_stale());
+        irq.trigger(INT_VRING);
+        assert_eq!(pulses(&evt), 1);
+        // Raised since the last check: the guest gets its period to acknowledge it.
+        assert!(!irq.reassert_if_stale());
+        // A whole period without an acknowledgement or a new interrupt: raised again.
+        assert!(irq.reassert_if_stale());
+        assert_eq!(pulses(&evt), 1);
+        assert!(irq.reassert_if_stale());
+        assert_eq!(irq.reasserted(), 2);
+        // Acknowledged: quiet again.
+        irq.ack(INT_VRING);
+        assert!(!irq.reassert_if_stale());
+        assert_eq!(pulses(&evt), 1);
+        assert_eq!(irq.raised(), 1);
+    }
 }
