@@ -304,6 +304,9 @@ pub fn busybox_image(kind: &str) -> PathBuf {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
     });
     let out = cache_dir().join(format!("images/busybox-{kind}-{hash:016x}.tar"));
+    // Tests of one binary ask at once: one of them builds it.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
     if out.exists() {
         return out;
     }

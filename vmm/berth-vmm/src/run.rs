@@ -72,6 +72,8 @@ const PROCESS_ID: &str = "main";
 struct Failure {
     message: String,
     code: u8,
+    /// An exchange with the agent broke (not a refusal): the VM itself may be gone.
+    vm_lost: bool,
 }
 
 impl Failure {
@@ -79,6 +81,32 @@ impl Failure {
         Failure {
             message: message.into(),
             code: EXIT_BERTH_FAILED,
+            vm_lost: false,
+        }
+    }
+
+    /// A command line this process cannot take.
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: crate::boot::EXIT_USAGE,
+            ..Failure::new(message)
+        }
+    }
+
+    /// A failed exchange with the agent: a refusal leaves the VM usable; anything else
+    /// (a broken connection, a timeout) is looked into as the VM's end.
+    fn agent(e: agent_client::ClientError) -> Self {
+        use agent_client::ClientError as E;
+        let vm_lost = !matches!(
+            e,
+            E::Agent { .. }
+                | E::InvalidRequest { .. }
+                | E::AgentTooOld { .. }
+                | E::IncompatibleVersion { .. }
+        );
+        Failure {
+            vm_lost,
+            ..Failure::from(e)
         }
     }
 }
@@ -212,10 +240,9 @@ impl Run {
         spec.cmdline = args.value("--cmdline").map(str::to_string);
         for share in args.values("--fs") {
             // Checked here so that a bad one is a usage error, not a failed boot.
-            let share: vmm::config::FsShareConfig = share.parse().map_err(|e| Failure {
-                message: format!("--fs {e}"),
-                code: crate::boot::EXIT_USAGE,
-            })?;
+            let share: vmm::config::FsShareConfig = share
+                .parse()
+                .map_err(|e| Failure::usage(format!("--fs {e}")))?;
             spec.shares.push(Share {
                 tag: share.tag,
                 dir: share.dir,
@@ -294,20 +321,25 @@ impl Run {
         failure_with_console(&mut self.dir, &self.console, message)
     }
 
-    /// What ended the VM while the command ran, when the agent's connection broke. Waits a
-    /// little for the VMM: the guest's end and the connection's end race.
-    fn vm_ended(&mut self) -> Option<String> {
+    /// What ended the VM, or made it unusable, when an exchange with its agent failed.
+    /// Waits a little for the VMM: the guest's end and the connection's end race. A VMM
+    /// that still runs then has a guest that stopped answering: it writes its devices'
+    /// state to stderr and is killed.
+    fn vm_ended(&mut self) -> String {
         if let Some(why) = self.unresponsive.lock().ok().and_then(|w| w.clone()) {
             let _ = self.vmm.wait();
-            return Some(why);
+            return why;
         }
-        let exit = vmm_launcher::wait_exit(&mut self.vmm, Duration::from_secs(5))?;
-        Some(match exit {
-            VmmExit::GuestShutdown if !self.asked_to_stop => {
+        match vmm_launcher::wait_exit(&mut self.vmm, Duration::from_secs(5)) {
+            Some(VmmExit::GuestShutdown) if !self.asked_to_stop => {
                 "the guest reset itself while the command ran (nobody asked it to)".to_string()
             }
-            other => format!("the VM stopped while the command ran: {other}"),
-        })
+            Some(other) => format!("the VM stopped while the command ran: {other}"),
+            None => {
+                let threads = vmm_launcher::dump_and_kill(&mut self.vmm);
+                format!("the guest stopped answering; the VMM was killed (its threads: {threads})")
+            }
+        }
     }
 
     fn execute(mut self, args: &Args) -> Result<u8, Failure> {
@@ -316,12 +348,12 @@ impl Run {
             Ok(code) => code,
             Err(failure) => {
                 let code = failure.code;
-                if code == EXIT_BERTH_FAILED {
-                    let message = match self.vm_ended() {
-                        Some(ended) => format!("{ended}; {}", failure.message),
-                        None => failure.message,
-                    };
+                if failure.vm_lost {
+                    let message = format!("{}; {}", self.vm_ended(), failure.message);
                     return Err(self.fail(message));
+                }
+                if code == EXIT_BERTH_FAILED {
+                    return Err(self.fail(failure.message));
                 }
                 let message = failure.message;
                 // Not found / not executable: the VM is fine; shut it down normally.
@@ -334,17 +366,28 @@ impl Run {
     }
 
     fn run_command(&mut self, args: &Args) -> Result<u8, Failure> {
-        let mut control = AgentClient::connect(&self.uds, Duration::from_secs(30))?;
+        let mut control =
+            AgentClient::connect(&self.uds, Duration::from_secs(30)).map_err(Failure::agent)?;
         let tty = args.flag("-t") || args.flag("--tty");
         let spec = process_spec(args, tty)?;
-        control.create_process(PROCESS_ID, &spec)?;
+        control
+            .create_process(PROCESS_ID, &spec)
+            .map_err(Failure::agent)?;
 
-        let stdin_stream = control.attach(PROCESS_ID, StdioStream::Stdin)?;
-        let stdout_stream = control.attach(PROCESS_ID, StdioStream::Stdout)?;
+        let stdin_stream = control
+            .attach(PROCESS_ID, StdioStream::Stdin)
+            .map_err(Failure::agent)?;
+        let stdout_stream = control
+            .attach(PROCESS_ID, StdioStream::Stdout)
+            .map_err(Failure::agent)?;
         let stderr_stream = if tty {
             None
         } else {
-            Some(control.attach(PROCESS_ID, StdioStream::Stderr)?)
+            Some(
+                control
+                    .attach(PROCESS_ID, StdioStream::Stderr)
+                    .map_err(Failure::agent)?,
+            )
         };
         let raw_mode = if tty { RawMode::enable() } else { None };
 
@@ -353,16 +396,28 @@ impl Run {
             let argv0 = spec.argv.first().cloned().unwrap_or_default();
             return Err(match e.code() {
                 Some(ErrorCode::NotFound) => Failure {
-                    message: format!("{argv0}: executable file not found"),
                     code: EXIT_NOT_FOUND,
+                    ..Failure::new(format!("{argv0}: executable file not found"))
                 },
                 Some(ErrorCode::PermissionDenied) => Failure {
-                    message: format!("{argv0}: permission denied"),
                     code: EXIT_NOT_EXECUTABLE,
+                    ..Failure::new(format!("{argv0}: permission denied"))
                 },
-                _ => Failure::from(e),
+                _ => Failure::agent(e),
             });
         }
+
+        // From here on the guest runs the command: a guest that stops answering is found and
+        // named, whatever this process is waiting for.
+        let watchdog = match args.number("--watchdog", 120).map_err(Failure::new)? {
+            0 => None,
+            secs => Some(Watchdog::start(
+                self.uds.clone(),
+                self.vmm.id(),
+                Duration::from_secs(secs),
+                self.unresponsive.clone(),
+            )),
+        };
 
         // stdin is copied until it ends; a command that exits first leaves this thread
         // blocked in read, which is fine: the process is about to exit.
@@ -378,20 +433,12 @@ impl Run {
         let stderr_pump = stderr_stream.map(|mut stream| {
             std::thread::spawn(move || pump(&mut stream, &mut std::io::stderr()))
         });
-        let forwarder = SignalForwarder::start(control.open_control()?, tty);
-        let watchdog = match args.number("--watchdog", 120).map_err(Failure::new)? {
-            0 => None,
-            secs => Some(Watchdog::start(
-                self.uds.clone(),
-                self.vmm.id(),
-                Duration::from_secs(secs),
-                self.unresponsive.clone(),
-            )),
-        };
+        let forwarder =
+            SignalForwarder::start(control.open_control().map_err(Failure::agent)?, tty);
 
         let status = control.wait_process(PROCESS_ID);
         drop(watchdog);
-        let status = status?;
+        let status = status.map_err(Failure::agent)?;
         // The agent closes the output streams before it reports the exit: these end now.
         let _ = stdout_pump.join();
         if let Some(p) = stderr_pump {
@@ -409,10 +456,11 @@ impl Run {
         let result = AgentClient::connect(&self.uds, Duration::from_secs(10))
             .and_then(|c| c.shutdown(Some(Duration::from_secs(2))));
         if let Err(e) = result {
-            let message = match self.vm_ended() {
-                Some(ended) => format!("{ended}; cannot shut the VM down: {e}"),
-                None => format!("cannot shut the VM down: {}", Failure::from(e).message),
-            };
+            let message = format!(
+                "{}; cannot shut the VM down: {}",
+                self.vm_ended(),
+                Failure::from(e).message
+            );
             return Err(self.fail(message));
         }
         match vmm_launcher::wait_exit(&mut self.vmm, Duration::from_secs(30)) {
@@ -462,10 +510,7 @@ fn process_spec(args: &Args, tty: bool) -> Result<ProcessSpec, Failure> {
     }
     for var in args.values("--env").iter().chain(args.values("-e")) {
         if !var.contains('=') {
-            return Err(Failure {
-                message: format!("--env {var:?}: expected KEY=VALUE"),
-                code: crate::boot::EXIT_USAGE,
-            });
+            return Err(Failure::usage(format!("--env {var:?}: expected KEY=VALUE")));
         }
         let key = var.split('=').next().unwrap_or_default();
         env.retain(|e| e.split('=').next() != Some(key));
@@ -481,10 +526,8 @@ fn process_spec(args: &Args, tty: bool) -> Result<ProcessSpec, Failure> {
             None => (user, None),
         };
         let parse = |s: &str| {
-            s.parse::<u32>().map_err(|_| Failure {
-                message: format!("--user {user:?}: numeric UID[:GID] expected"),
-                code: crate::boot::EXIT_USAGE,
-            })
+            s.parse::<u32>()
+                .map_err(|_| Failure::usage(format!("--user {user:?}: numeric UID[:GID] expected")))
         };
         spec.uid = parse(uid)?;
         spec.gid = match gid {

@@ -97,20 +97,59 @@ fn ended_or(vmm: &mut Child, otherwise: LaunchError) -> LaunchError {
     if let Some(exit) = wait_exit(vmm, EXIT_GRACE) {
         return LaunchError::Exited(exit);
     }
-    dump_and_kill(vmm);
+    let threads = dump_and_kill(vmm);
+    if !threads.is_empty() {
+        eprintln!("vmm-launcher: the VMM's threads when it was killed: {threads}");
+    }
     otherwise
 }
 
 /// Kills a VMM that is stuck, after asking it to write its devices' state to its stderr
 /// (SIGUSR1; berth-vmm does it from a thread of its own): what the guest was waiting for,
-/// if it waited on a device, is then in the VMM's log.
-pub fn dump_and_kill(vmm: &mut Child) {
+/// if it waited on a device, is then in the VMM's log. Returns where each of the VMM's
+/// threads was (name, state, kernel wait channel, system call), for the caller's log: a
+/// VMM too stuck to write its own state still shows where it is.
+pub fn dump_and_kill(vmm: &mut Child) -> String {
+    let mut threads = String::new();
     if let Ok(None) = vmm.try_wait() {
         // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
         unsafe { libc::kill(vmm.id() as i32, libc::SIGUSR1) };
         std::thread::sleep(Duration::from_millis(500));
+        threads = thread_states(vmm.id());
     }
     kill(vmm);
+    threads
+}
+
+/// One line per thread of `pid`: `name state wchan syscall`.
+fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let mut lines = Vec::new();
+    for task in tasks.flatten() {
+        let read = |name: &str| {
+            std::fs::read_to_string(task.path().join(name))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default()
+        };
+        let stat = read("stat");
+        // The state is the first field after the ")" that ends the name.
+        let state = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .unwrap_or("?")
+            .to_string();
+        let syscall = read("syscall");
+        let syscall = syscall.split(' ').next().unwrap_or("").to_string();
+        lines.push(format!(
+            "{} {state} wchan={} syscall={syscall}",
+            read("comm"),
+            read("wchan")
+        ));
+    }
+    lines.sort();
+    lines.join("; ")
 }
 
 /// An error and every cause under it, on one line (`a: b: c`).

@@ -272,7 +272,13 @@ pub fn launch(
         }
     };
     let vm_failed = |vmm: &mut Child, message: String| -> LaunchError {
-        vmm_launcher::dump_and_kill(vmm);
+        let threads = vmm_launcher::dump_and_kill(vmm);
+        if !threads.is_empty() {
+            log::warn!(
+                "VMM {}: its threads when it was killed: {threads}",
+                vmm.id()
+            );
+        }
         let tail = vmm_launcher::console_tail(&spec.console_log, 5).join(" | ");
         LaunchError::Failed(format!(
             "{message}{}; its console ended: {tail}",
@@ -402,7 +408,11 @@ pub fn how_it_ended(vmm: &mut Child, console: &Path, run_dir: &Path) -> (String,
         }
         Some(exit) => format!("the container's VM stopped: {exit}"),
         None => {
-            vmm_launcher::dump_and_kill(vmm);
+            let threads = vmm_launcher::dump_and_kill(vmm);
+            log::warn!(
+                "VMM {}: its threads when it was killed: {threads}",
+                vmm.id()
+            );
             "the guest stopped answering (its agent connection broke); its VM was killed"
                 .to_string()
         }
