@@ -616,10 +616,15 @@ impl Containers {
             })
             .await;
             let (status, ended, mut vmm) = match waited {
-                Ok(w) => w,
+                Ok((status, ended, vmm)) => (status.map_err(|e| e.to_string()), ended, Some(vmm)),
                 Err(e) => {
+                    // The waiting thread is gone, and the VMM handle with it: kill the VMM by
+                    // its pid and record the failure, so the container does not stay running.
                     log::error!("container {}: the exit watcher failed: {e}", c.id);
-                    return;
+                    // SAFETY: kill(2) on the pid of our own VMM child, recorded at its start.
+                    unsafe { libc::kill(vmm_pid as i32, libc::SIGKILL) };
+                    let why = format!("the exit watcher failed: {e}");
+                    (Err(why.clone()), Some((why, String::new())), None)
                 }
             };
             log::debug!("container {}: its process exited: {status:?}", c.id);
@@ -665,7 +670,9 @@ impl Containers {
             let rootfs = c.rootfs();
             let run_dir = vm::run_dir(&engine_cfg.exec_root, &c.id);
             let _ = tokio::task::spawn_blocking(move || {
-                vm::shutdown(&mut vmm, &uds);
+                if let Some(vmm) = vmm.as_mut() {
+                    vm::shutdown(vmm, &uds);
+                }
                 vm::unmount_rootfs(&rootfs);
                 let _ = std::fs::remove_dir_all(&run_dir);
             })
