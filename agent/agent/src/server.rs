@@ -288,14 +288,32 @@ impl RateLimitedWarning {
     }
 }
 
-/// Connects once to the host and says the agent is ready. Nobody listening is normal.
+/// How long one connect to the host's ready port may go unanswered, and how many times an
+/// unanswered one is tried. The host answers at once when nobody listens (a reset); only a
+/// host too busy to answer in time makes it wait.
+const READY_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+const READY_CONNECT_ATTEMPTS: u32 = 3;
+
+/// Connects to the host and says the agent is ready. Nobody listening is normal. A connect
+/// the host did not answer in time is tried again: the host may have completed it late and
+/// then seen it reset, and waits for another.
 pub fn announce_ready(target: &ReadyTarget) {
-    let mut conn = match target.connect() {
-        Ok(Some(c)) => c,
-        Ok(None) => return,
-        Err(e) => {
-            log::info!("no host listening for the ready notification ({e})");
-            return;
+    let mut attempt = 1;
+    let mut conn = loop {
+        match target.connect(READY_CONNECT_TIMEOUT) {
+            Ok(Some(c)) => break c,
+            Ok(None) => return,
+            Err(e)
+                if e.raw_os_error() == Some(libc::ETIMEDOUT)
+                    && attempt < READY_CONNECT_ATTEMPTS =>
+            {
+                log::info!("the host did not answer the ready connection ({e}); trying again");
+                attempt += 1;
+            }
+            Err(e) => {
+                log::info!("no host listening for the ready notification ({e})");
+                return;
+            }
         }
     };
     let ready = Notification::Ready {

@@ -290,8 +290,9 @@ pub fn vsock_listen(port: u32) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Connects a vsock stream socket to (`cid`, `port`), close-on-exec.
-pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
+/// Connects a vsock stream socket to (`cid`, `port`), close-on-exec, giving up after
+/// `timeout` without an answer (ETIMEDOUT).
+pub fn vsock_connect(cid: u32, port: u32, timeout: std::time::Duration) -> io::Result<OwnedFd> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType};
     let fd = socket(
         AddressFamily::Vsock,
@@ -300,14 +301,34 @@ pub fn vsock_connect(cid: u32, port: u32) -> io::Result<OwnedFd> {
         None,
     )
     .map_err(nix_err)?;
-    let addr = nix::sys::socket::VsockAddr::new(cid, port);
-    loop {
-        match connect(fd.as_raw_fd(), &addr) {
-            Err(Errno::EINTR) => {}
-            r => return r.map(|()| fd).map_err(nix_err),
-        }
+    // Linux gives up on an unanswered vsock connect after 2 s; a busy host can take
+    // longer to answer, and the connection it then completes would be reset.
+    let tv = libc::timeval {
+        tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+    };
+    // SAFETY: a valid timeval of the size given, on a socket this function owns; the result
+    // is checked.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::AF_VSOCK,
+            SO_VM_SOCKETS_CONNECT_TIMEOUT_OLD,
+            std::ptr::addr_of!(tv).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
     }
+    let addr = nix::sys::socket::VsockAddr::new(cid, port);
+    // Every signal is blocked in the agent's threads: connect is not interrupted.
+    connect(fd.as_raw_fd(), &addr).map(|()| fd).map_err(nix_err)
 }
+
+/// linux/vm_sockets.h: the connect timeout, as a `struct timeval` (the "old" 64-bit one,
+/// which every kernel takes).
+const SO_VM_SOCKETS_CONNECT_TIMEOUT_OLD: libc::c_int = 6;
 
 /// `accept4` with close-on-exec, retried on EINTR.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {

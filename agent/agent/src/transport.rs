@@ -141,10 +141,11 @@ pub enum ReadyTarget {
 
 impl ReadyTarget {
     /// Opens the connection the Ready frame goes on; `Ok(None)` when there is no target.
-    pub fn connect(&self) -> io::Result<Option<Conn>> {
+    /// A vsock connect unanswered for `timeout` fails with ETIMEDOUT.
+    pub fn connect(&self, timeout: std::time::Duration) -> io::Result<Option<Conn>> {
         match self {
             ReadyTarget::Vsock { cid, port } => {
-                sys::vsock_connect(*cid, *port).map(|fd| Some(Conn(fd)))
+                sys::vsock_connect(*cid, *port, timeout).map(|fd| Some(Conn(fd)))
             }
             ReadyTarget::Unix(path) => {
                 UnixStream::connect(path).map(|s| Some(Conn(OwnedFd::from(s))))
@@ -181,6 +182,9 @@ mod tests {
 
     #[test]
     fn ready_target_none_connects_nowhere() {
-        assert!(ReadyTarget::None.connect().unwrap().is_none());
+        assert!(ReadyTarget::None
+            .connect(std::time::Duration::from_secs(1))
+            .unwrap()
+            .is_none());
     }
 }

@@ -6,11 +6,11 @@
 use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_protocol::{read_frame, Notification, READY_PORT};
+use agent_protocol::{read_frame, FrameError, Notification, READY_PORT};
 
 use crate::{AgentInfo, ClientError};
 
@@ -57,42 +57,41 @@ impl ReadyListener {
         &self.path
     }
 
-    /// Waits for the agent's `Ready` frame.
+    /// Waits for the agent's `Ready` frame. A connection that closes before its frame is
+    /// not the answer: the agent gives up on a connect the VMM answered too late (its end
+    /// is then reset) and connects again.
     pub fn wait(&self, timeout: Duration) -> Result<AgentInfo, ClientError> {
         let deadline = Instant::now() + timeout;
-        let mut stream = loop {
-            match self.listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err("accepting the agent's ready connection failed")(e)),
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(ClientError::Timeout {
-                    timeout,
+        let mut last: Option<ClientError> = None;
+        let n: Notification = loop {
+            let mut stream = self.accept(deadline).map_err(|e| match e {
+                ClientError::Timeout {
+                    timeout: _,
                     last: None,
-                });
+                } => ClientError::Timeout {
+                    timeout,
+                    last: last.take().map(Box::new),
+                },
+                e => e,
+            })?;
+            let remaining = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            stream
+                .set_nonblocking(false)
+                .and_then(|()| stream.set_read_timeout(Some(remaining)))
+                .map_err(io_err("cannot configure the ready connection"))?;
+            match read_frame(&mut stream) {
+                Ok(n) => break n,
+                Err(e @ (FrameError::Closed | FrameError::Truncated { .. })) => {
+                    last = Some(ClientError::Frame(e));
+                }
+                Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    last = Some(ClientError::Frame(FrameError::Io(e)));
+                }
+                Err(e) => return Err(ClientError::Frame(e)),
             }
-            let ms =
-                libc::c_int::try_from(remaining.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
-            let mut pfd = libc::pollfd {
-                fd: self.listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd for the duration of the call. Its result is not
-            // needed: the accept above tells what happened.
-            unsafe { libc::poll(&mut pfd, 1, ms) };
         };
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        stream
-            .set_nonblocking(false)
-            .and_then(|()| stream.set_read_timeout(Some(remaining)))
-            .map_err(io_err("cannot configure the ready connection"))?;
-        let n: Notification = read_frame(&mut stream).map_err(ClientError::Frame)?;
         n.validate().map_err(|source| ClientError::InvalidReply {
             request: "ready",
             source,
@@ -111,6 +110,35 @@ impl ReadyListener {
             protocol_version,
             agent_version,
         })
+    }
+
+    /// Accepts the next connection, or times out (with no `last`) at `deadline`.
+    fn accept(&self, deadline: Instant) -> Result<UnixStream, ClientError> {
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => return Ok(s),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("accepting the agent's ready connection failed")(e)),
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(ClientError::Timeout {
+                    timeout: Duration::ZERO,
+                    last: None,
+                });
+            }
+            let ms =
+                libc::c_int::try_from(remaining.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+            let mut pfd = libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call. Its result is not
+            // needed: the accept above tells what happened.
+            unsafe { libc::poll(&mut pfd, 1, ms) };
+        }
     }
 }
 

@@ -4,8 +4,8 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 
 use agent_protocol::{
-    read_frame, write_frame, ConnectionHeader, Notification, Request, Response, MAX_FRAME_LEN,
-    PROTOCOL_VERSION,
+    read_frame, write_frame, ConnectionHeader, FrameError, Notification, Request, Response,
+    MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 use super::*;
@@ -306,6 +306,48 @@ fn ready_listener_receives_the_notification() {
     let path = ready.path().to_owned();
     drop(ready);
     assert!(!path.exists());
+}
+
+#[test]
+fn a_ready_connection_reset_before_its_frame_is_not_the_answer() {
+    // The agent gave up on a connect the VMM completed late: that connection closes empty
+    // (or with half a frame), and the agent's next one carries the notification.
+    let dir = temp_dir("ready-again");
+    let uds = dir.join("vm.sock");
+    let ready = ReadyListener::bind(&uds).unwrap();
+    let path = ready.path().to_owned();
+    let t = std::thread::spawn(move || {
+        drop(UnixStream::connect(&path).unwrap());
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(&framed(br#"{"type":"ready""#)[..6]).unwrap();
+        drop(s);
+        let mut s = UnixStream::connect(&path).unwrap();
+        write_frame(
+            &mut s,
+            &Notification::Ready {
+                protocol_version: PROTOCOL_VERSION,
+                agent_version: "0.1.0".into(),
+            },
+        )
+        .unwrap();
+    });
+    let info = ready.wait(Duration::from_secs(10)).unwrap();
+    assert_eq!(info.agent_version, "0.1.0");
+    t.join().unwrap();
+    // With no second connection, the wait times out and says what the last one did.
+    let path = ready.path().to_owned();
+    drop(UnixStream::connect(&path).unwrap());
+    let e = ready.wait(Duration::from_millis(300)).unwrap_err();
+    let ClientError::Timeout {
+        last: Some(last), ..
+    } = &e
+    else {
+        panic!("{e:?}");
+    };
+    assert!(
+        matches!(**last, ClientError::Frame(FrameError::Closed)),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -218,11 +218,10 @@ impl Vmm {
         for subscriber in self.devices.subscribers.drain(..) {
             event_manager.add_subscriber(subscriber);
         }
-        let mut irq_timer =
-            vmm_sys_util::timerfd::TimerFd::new().map_err(|source| VmmError::Os {
-                what: "the interrupt timer",
-                source: std::io::Error::from_raw_os_error(source.errno()),
-            })?;
+        let mut irq_timer = devices::nonblocking_timer().map_err(|source| VmmError::Os {
+            what: "the interrupt timer",
+            source,
+        })?;
         irq_timer
             .reset(IRQ_CHECK_PERIOD, Some(IRQ_CHECK_PERIOD))
             .map_err(|source| VmmError::Os {

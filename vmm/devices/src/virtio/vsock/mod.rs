@@ -91,8 +91,7 @@ impl Vsock {
             acked_features: 0,
             active: None,
             muxer: Muxer::new(guest_cid, uds_path)?,
-            timer: TimerFd::new()
-                .map_err(|e| VsockError::Events(std::io::Error::from_raw_os_error(e.errno())))?,
+            timer: crate::nonblocking_timer().map_err(VsockError::Events)?,
             timer_armed: false,
             payload: Vec::with_capacity(MAX_PAYLOAD),
             broken: false,
@@ -286,6 +285,7 @@ impl MutEventSubscriber for Vsock {
                 let _ = self.queue_events[t as usize].read();
             }
             TIMER_TOKEN => {
+                // Non-blocking: a queue event earlier in this batch may have disarmed it.
                 let _ = self.timer.wait();
             }
             _ => self.muxer.handle_event(token, events.event_set(), ops),

@@ -34,8 +34,10 @@ const MAX_PENDING_HOST: usize = 64;
 const MAX_CONTROL_BACKLOG: usize = 4 * MAX_CONNECTIONS;
 /// How long a host connection may take to send `CONNECT <port>\n`.
 const CONNECT_LINE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the guest may take to answer a connection request once it has it.
-const GUEST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the guest may take to answer a connection request once it has it: a guest that
+/// does not listen answers at once (a reset); a busy one, or one in an emulated host, can
+/// take seconds.
+const GUEST_RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// First port the host side uses for its own end of host-initiated connections.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
