@@ -281,6 +281,19 @@ fn shutdown_accepts_a_vanishing_vm() {
     vmm.join();
 }
 
+/// What the agent does once it listens: connect to the ready socket and say so.
+fn send_ready(path: &std::path::Path) {
+    let mut s = UnixStream::connect(path).unwrap();
+    write_frame(
+        &mut s,
+        &Notification::Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: "0.1.0".into(),
+        },
+    )
+    .unwrap();
+}
+
 #[test]
 fn ready_listener_receives_the_notification() {
     let dir = temp_dir("ready");
@@ -290,15 +303,7 @@ fn ready_listener_receives_the_notification() {
     let path = ready.path().to_owned();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
-        let mut s = UnixStream::connect(&path).unwrap();
-        write_frame(
-            &mut s,
-            &Notification::Ready {
-                protocol_version: PROTOCOL_VERSION,
-                agent_version: "0.1.0".into(),
-            },
-        )
-        .unwrap();
+        send_ready(&path);
     });
     let info = ready.wait(Duration::from_secs(10)).unwrap();
     assert_eq!(info.agent_version, "0.1.0");
@@ -321,15 +326,7 @@ fn a_ready_connection_reset_before_its_frame_is_not_the_answer() {
         let mut s = UnixStream::connect(&path).unwrap();
         s.write_all(&framed(br#"{"type":"ready""#)[..6]).unwrap();
         drop(s);
-        let mut s = UnixStream::connect(&path).unwrap();
-        write_frame(
-            &mut s,
-            &Notification::Ready {
-                protocol_version: PROTOCOL_VERSION,
-                agent_version: "0.1.0".into(),
-            },
-        )
-        .unwrap();
+        send_ready(&path);
     });
     let info = ready.wait(Duration::from_secs(10)).unwrap();
     assert_eq!(info.agent_version, "0.1.0");
