@@ -465,7 +465,7 @@ impl Containers {
             }
             if result.is_err() {
                 vm::unmount_rootfs(&launch_spec.rootfs);
-                let _ = std::fs::remove_dir_all(&launch_spec.run_dir);
+                let _ = crate::fsutil::remove_tree(&launch_spec.run_dir);
             }
             result
         })
@@ -537,7 +537,7 @@ impl Containers {
                 let _ = tokio::task::spawn_blocking(move || {
                     vm::shutdown(&mut vmm, &uds);
                     vm::unmount_rootfs(&rootfs);
-                    let _ = std::fs::remove_dir_all(&run_dir);
+                    let _ = crate::fsutil::remove_tree(&run_dir);
                 })
                 .await;
                 return Err(e);
@@ -674,7 +674,7 @@ impl Containers {
                     vm::shutdown(vmm, &uds);
                 }
                 vm::unmount_rootfs(&rootfs);
-                let _ = std::fs::remove_dir_all(&run_dir);
+                let _ = crate::fsutil::remove_tree(&run_dir);
             })
             .await;
             log::debug!("container {}: its VM is off", c.id);
@@ -966,7 +966,7 @@ async fn remove_stopped(
     let dir = c.dir.clone();
     let deleted = tokio::task::spawn_blocking(move || {
         vm::unmount_rootfs(&dir.join("rootfs"));
-        match std::fs::remove_dir_all(&dir) {
+        match crate::fsutil::remove_tree(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
@@ -1092,7 +1092,7 @@ fn recover_stale(config: &EngineConfig, dir: &Path, r: &mut Record) {
         unsafe { libc::kill(r.state.pid as i32, libc::SIGKILL) };
     }
     vm::unmount_rootfs(&dir.join("rootfs"));
-    let _ = std::fs::remove_dir_all(vm::run_dir(&config.exec_root, &r.id));
+    let _ = crate::fsutil::remove_tree(&vm::run_dir(&config.exec_root, &r.id));
     r.state.status = Status::Exited;
     r.state.pid = 0;
     r.state.exit_code = 255;

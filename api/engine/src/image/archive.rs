@@ -78,11 +78,12 @@ struct Spool {
 
 /// Normalises an archive path; `..` is refused.
 fn norm(raw: &[u8]) -> Result<Vec<String>> {
-    let comps = super::unpack::components(raw).map_err(|_| {
-        invalid(format!(
+    let comps = super::unpack::components(raw).map_err(|e| match e {
+        super::unpack::UnpackError::Escape(_) => invalid(format!(
             "invalid archive: entry {:?} points outside the archive",
             String::from_utf8_lossy(raw)
-        ))
+        )),
+        e => invalid(format!("invalid archive: {e}")),
     })?;
     Ok(comps
         .into_iter()
@@ -348,7 +349,7 @@ impl ImageStore {
                 ))
             }
         })();
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = crate::fsutil::remove_tree(&dir);
         result
     }
 

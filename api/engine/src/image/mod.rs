@@ -302,6 +302,23 @@ impl ImageStore {
         &self.root
     }
 
+    /// An anonymous file in the store's scratch directory (unlinked at once: it goes when
+    /// closed, whatever happens), for an upload to land in before it is processed.
+    pub fn scratch_file(&self) -> Result<std::fs::File> {
+        let path = self
+            .root
+            .join("tmp")
+            .join(format!("upload-{}", ids::new_id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| internal("cannot create a file for an upload", e))?;
+        let _ = std::fs::remove_file(&path);
+        Ok(file)
+    }
+
     fn blob_path(&self, digest: &str) -> PathBuf {
         self.root.join("blobs/sha256").join(hex_of(digest))
     }
@@ -1453,7 +1470,7 @@ pub fn glob_match(pattern: &str, name: &str) -> Option<bool> {
             _ => i += 1,
         }
     }
-    Some(glob_at(&p, 0, &n, 0))
+    Some(glob_at(&p, &n))
 }
 
 /// Index after the class starting at `p[start] == '['`.
@@ -1510,47 +1527,101 @@ fn class_matches(p: &[char], start: usize, c: char) -> bool {
     matched != negate
 }
 
-fn glob_at(p: &[char], pi: usize, n: &[char], ni: usize) -> bool {
-    if pi == p.len() {
-        return ni == n.len();
-    }
-    match p[pi] {
-        '*' => {
-            let mut k = ni;
-            loop {
-                if glob_at(p, pi + 1, n, k) {
-                    return true;
-                }
-                if k == n.len() || n[k] == '/' {
-                    return false;
-                }
-                k += 1;
+/// Go's own algorithm: the pattern is a run of chunks, each after an optional run of stars;
+/// a chunk's items are one character wide each, so it matches at the leftmost place it can
+/// (a star never crossing `/`), and the last chunk must end the name. A loop, not recursion
+/// or backtracking: a client's pattern costs at most its length times the name's.
+fn glob_at(p: &[char], n: &[char]) -> bool {
+    let mut pi = 0;
+    let mut ni = 0;
+    while pi < p.len() {
+        let mut star = false;
+        while p.get(pi) == Some(&'*') {
+            star = true;
+            pi += 1;
+        }
+        let start = pi;
+        while pi < p.len() && p[pi] != '*' {
+            pi = match p[pi] {
+                '\\' => pi + 2,
+                '[' => class_end(p, pi).unwrap_or(p.len()),
+                _ => pi + 1,
+            }
+            .min(p.len());
+        }
+        let chunk = &p[start..pi];
+        let last = pi == p.len();
+        if star && chunk.is_empty() {
+            // A trailing star takes the rest, unless it has a `/`.
+            return !n[ni..].contains(&'/');
+        }
+        if let Some(t) = match_chunk(chunk, n, ni) {
+            if t == n.len() || !last {
+                ni = t;
+                continue;
             }
         }
-        '?' => ni < n.len() && n[ni] != '/' && glob_at(p, pi + 1, n, ni + 1),
-        '[' => {
-            let Some(end) = class_end(p, pi) else {
-                return false;
-            };
-            ni < n.len()
-                && n[ni] != '/'
-                && class_matches(p, pi, n[ni])
-                && glob_at(p, end, n, ni + 1)
+        if !star {
+            return false;
         }
-        '\\' => {
-            pi + 1 < p.len() && ni < n.len() && p[pi + 1] == n[ni] && glob_at(p, pi + 2, n, ni + 1)
+        let mut k = ni;
+        let found = loop {
+            if k == n.len() || n[k] == '/' {
+                break None;
+            }
+            k += 1;
+            match match_chunk(chunk, n, k) {
+                Some(t) if t == n.len() || !last => break Some(t),
+                _ => {}
+            }
+        };
+        match found {
+            Some(t) => ni = t,
+            None => return false,
         }
-        c => ni < n.len() && n[ni] == c && glob_at(p, pi + 1, n, ni + 1),
     }
+    ni == n.len()
+}
+
+/// Matches a chunk (no stars) at `n[ni..]`; returns where the match ends.
+fn match_chunk(chunk: &[char], n: &[char], mut ni: usize) -> Option<usize> {
+    let mut i = 0;
+    while i < chunk.len() {
+        let c = *n.get(ni)?;
+        match chunk[i] {
+            '?' => {
+                if c == '/' {
+                    return None;
+                }
+                i += 1;
+            }
+            '[' => {
+                let end = class_end(chunk, i)?;
+                if c == '/' || !class_matches(chunk, i, c) {
+                    return None;
+                }
+                i = end;
+            }
+            '\\' => {
+                if chunk.get(i + 1) != Some(&c) {
+                    return None;
+                }
+                i += 2;
+            }
+            lit => {
+                if lit != c {
+                    return None;
+                }
+                i += 1;
+            }
+        }
+        ni += 1;
+    }
+    Some(ni)
 }
 
 fn remove_any(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
+    crate::fsutil::remove_tree(path)
 }
 
 fn sync_dir(dir: &Path) {

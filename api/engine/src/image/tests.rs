@@ -661,6 +661,23 @@ fn globs_match_like_go_path_match() {
     assert_eq!(glob_match("\\*", "*"), Some(true));
     assert_eq!(glob_match("[", "x"), None);
     assert_eq!(glob_match("a\\", "a"), None);
+    assert_eq!(glob_match("*x*y", "axbxy"), Some(true));
+    assert_eq!(glob_match("*x*y", "axbxyz"), Some(false));
+    assert_eq!(glob_match("a*/b?", "abc/bd"), Some(true));
+    assert_eq!(glob_match("a*", "ab/c"), Some(false));
+    assert_eq!(glob_match("*[0-9]", "v12"), Some(true));
+    assert_eq!(glob_match("\\[x*", "[xyz"), Some(true));
+    assert_eq!(glob_match("", ""), Some(true));
+    assert_eq!(glob_match("a?", "a/"), Some(false));
+    // A client's pattern is bounded in cost: no recursion on its length, no backtracking
+    // blow-up on its stars.
+    let long = "?".repeat(200_000);
+    let name = "a".repeat(200_000);
+    assert_eq!(glob_match(&long, &name), Some(true));
+    let stars = "*a".repeat(5_000) + "b";
+    let started = std::time::Instant::now();
+    assert_eq!(glob_match(&stars, &"a".repeat(5_000)), Some(false));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
 #[test]

@@ -56,6 +56,12 @@ pub enum UnpackError {
     Kind { path: String, kind: u8 },
     #[error("layer entry {path:?} has an invalid name")]
     BadName { path: String },
+    #[error("layer entry {path:?} has more {what} than the limit of {limit}")]
+    Limit {
+        path: String,
+        what: &'static str,
+        limit: usize,
+    },
     #[error("{0}-compressed layers are not supported (plain and gzip tar are)")]
     Compression(&'static str),
     #[error("invalid tar stream: {0}")]
@@ -216,7 +222,20 @@ fn tree_size(dir: &Path) -> io::Result<u64> {
 
 /// Splits a tar path into components: no `..`, no empty or `.` parts, absolute paths taken
 /// relative to the root. An empty result names the root itself.
+/// Paths longer than these are refused: Linux's PATH_MAX, and a depth no real image comes
+/// near. Every entry is opened one component at a time, so depth is also the work per
+/// entry, and a client's tarball sets it.
+pub const MAX_PATH_LEN: usize = 4095;
+pub const MAX_PATH_DEPTH: usize = 1024;
+
 pub fn components(raw: &[u8]) -> Result<Vec<OsString>, UnpackError> {
+    if raw.len() > MAX_PATH_LEN {
+        return Err(UnpackError::Limit {
+            path: shortened(raw),
+            what: "bytes in its path",
+            limit: MAX_PATH_LEN,
+        });
+    }
     let mut out = Vec::new();
     for part in raw.split(|&b| b == b'/') {
         match part {
@@ -228,8 +247,24 @@ pub fn components(raw: &[u8]) -> Result<Vec<OsString>, UnpackError> {
             }
             p => out.push(OsString::from_vec(p.to_vec())),
         }
+        if out.len() > MAX_PATH_DEPTH {
+            return Err(UnpackError::Limit {
+                path: shortened(raw),
+                what: "directories in its path",
+                limit: MAX_PATH_DEPTH,
+            });
+        }
     }
     Ok(out)
+}
+
+/// The start of an over-long path, for an error message.
+fn shortened(raw: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(&raw[..raw.len().min(100)]).into_owned();
+    if raw.len() > 100 {
+        s.push_str("...");
+    }
+    s
 }
 
 fn display(comps: &[OsString]) -> String {
@@ -253,7 +288,7 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
 struct Unpacker {
     root: OwnedFd,
     /// Directories whose mtime is set at the end (adding entries changes it).
-    dir_times: Vec<(Vec<OsString>, i64)>,
+    dir_times: Vec<(Vec<u8>, i64)>,
     chown: bool,
     stats: Unpacked,
 }
@@ -337,7 +372,7 @@ impl Unpacker {
                     &comps,
                     &meta,
                 )?;
-                self.dir_times.push((comps, mtime));
+                self.dir_times.push((raw_path, mtime));
                 return Ok(());
             }
             return Err(UnpackError::BadName {
@@ -367,7 +402,8 @@ impl Unpacker {
             }
             let hidden = OsStr::from_bytes(hidden);
             let dir = self.open_dir(parent, &comps, true)?;
-            remove_at(&dir, hidden).map_err(io_err(&comps, "replace an entry with a whiteout"))?;
+            crate::fsutil::remove_at(&dir, hidden)
+                .map_err(io_err(&comps, "replace an entry with a whiteout"))?;
             nix::sys::stat::mknodat(
                 &dir,
                 hidden,
@@ -386,7 +422,8 @@ impl Unpacker {
                 match stat_at(&dir, name) {
                     Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
                     Some(_) => {
-                        remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
+                        crate::fsutil::remove_at(&dir, name)
+                            .map_err(io_err(&comps, "replace an entry"))?;
                         mkdir(&dir, name, &comps)?;
                     }
                     None => mkdir(&dir, name, &comps)?,
@@ -395,11 +432,11 @@ impl Unpacker {
                     .map_err(io_err(&comps, "open the new directory"))?;
                 self.apply_dir_meta(&fd, &comps, &meta)?;
                 self.set_xattrs(entry, &fd)?;
-                self.dir_times.push((comps, mtime));
+                self.dir_times.push((raw_path, mtime));
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let dir = self.open_dir(parent, &comps, true)?;
-                remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
+                crate::fsutil::remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
                 let fd = nix::fcntl::openat(
                     &dir,
                     name.as_os_str(),
@@ -438,7 +475,7 @@ impl Unpacker {
                     });
                 }
                 let dir = self.open_dir(parent, &comps, true)?;
-                remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
+                crate::fsutil::remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
                 nix::unistd::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str())
                     .map_err(io_err(&comps, "create a symlink"))?;
                 self.chown_at(&dir, name, &meta, &comps)?;
@@ -477,7 +514,7 @@ impl Unpacker {
                     _ => return Err(hardlink_err()),
                 }
                 let dir = self.open_dir(parent, &comps, true)?;
-                remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
+                crate::fsutil::remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
                 nix::unistd::linkat(
                     &tdir,
                     tname.as_os_str(),
@@ -489,7 +526,7 @@ impl Unpacker {
             }
             tar::EntryType::Fifo => {
                 let dir = self.open_dir(parent, &comps, true)?;
-                remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
+                crate::fsutil::remove_at(&dir, name).map_err(io_err(&comps, "replace an entry"))?;
                 nix::sys::stat::mknodat(
                     &dir,
                     name.as_os_str(),
@@ -588,7 +625,11 @@ impl Unpacker {
 
     /// Sets directory mtimes last, deepest first, through the same confined walk.
     fn finish_dirs(&mut self) {
-        let mut dirs = std::mem::take(&mut self.dir_times);
+        // Kept as the raw paths (the tar stream's own bytes bound them), split again here.
+        let mut dirs: Vec<(Vec<OsString>, i64)> = std::mem::take(&mut self.dir_times)
+            .into_iter()
+            .filter_map(|(raw, mtime)| components(&raw).ok().map(|c| (c, mtime)))
+            .collect();
         dirs.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
         for (comps, mtime) in dirs {
             if let Ok(fd) = self.open_dir(&comps, &comps, false) {
@@ -620,31 +661,6 @@ fn mkdir(dir: &OwnedFd, name: &OsStr, comps: &[OsString]) -> Result<(), UnpackEr
 
 fn stat_at(dir: &impl AsFd, name: &OsStr) -> Option<libc::stat> {
     nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()
-}
-
-/// Removes whatever is at `name` in `dir` (recursively for a directory), never following
-/// a symlink. Nothing there is fine.
-pub(crate) fn remove_at(dir: &impl AsFd, name: &OsStr) -> Result<(), Errno> {
-    let Some(st) = stat_at(dir, name) else {
-        return Ok(());
-    };
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        let fd = nix::fcntl::openat(dir, name, DIR_FLAGS, Mode::empty())?;
-        let sub = fd.try_clone().map_err(|_| Errno::EMFILE)?;
-        let mut entries = nix::dir::Dir::from_fd(fd)?;
-        let names: Vec<OsString> = entries
-            .iter()
-            .filter_map(|e| e.ok())
-            .map(|e| OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
-            .filter(|n| n != "." && n != "..")
-            .collect();
-        for n in names {
-            remove_at(&sub, n.as_os_str())?;
-        }
-        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
-    } else {
-        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)
-    }
 }
 
 fn set_xattr(fd: &impl AsFd, name: &str, value: &[u8]) -> io::Result<()> {
@@ -1040,6 +1056,42 @@ pub(crate) mod tests {
         let f = t.0.join("layer/f");
         assert_eq!(get_xattr(&f, "trusted.overlay.redirect"), None);
         assert_eq!(get_xattr(&f, "user.ok").as_deref(), Some(&b"1"[..]));
+    }
+
+    /// A tar of one directory `depth` levels deep (GNU long names), as `docker import` of a
+    /// hostile client's file would bring it.
+    fn deep_tar(depth: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let path = vec!["a"; depth].join("/");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, &path, std::io::empty()).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn deep_and_long_paths_are_refused_by_name_of_the_limit() {
+        for (depth, what) in [
+            (15_000, "bytes in its path"),
+            (MAX_PATH_DEPTH + 1, "directories in its path"),
+        ] {
+            let (t, r) = unpack_in(&deep_tar(depth));
+            let e = r.unwrap_err();
+            assert!(matches!(e, UnpackError::Limit { .. }), "{e:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(what), "{msg}");
+            assert!(msg.len() < 300, "the message stays short: {msg}");
+            assert_outside_untouched(&t);
+        }
+        // At the limit it unpacks, and goes again however deep.
+        let (t, r) = unpack_in(&deep_tar(MAX_PATH_DEPTH));
+        r.unwrap();
+        crate::fsutil::remove_tree(&t.0.join("layer")).unwrap();
     }
 
     #[test]
