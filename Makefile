@@ -101,10 +101,10 @@ test-deps:
 	tests/deps/ensure test
 	$(DONE)
 
-# The image store and the image API through the Docker CLI, with dockerd as the anchor
-# (no VM needed: runs on this host directly).
+# The image store and the image API through the Docker CLI, with dockerd as the anchor, and
+# berthd under hostile clients (no VM needed: runs on this host directly).
 test-images: build test-deps
-	$(CARGO) test --release -p berth-tests --test images
+	$(CARGO) test --release -p berth-tests --test images --test hostile
 	$(DONE)
 
 # Unit tests beside the code (no VM needed).

@@ -429,6 +429,8 @@ pub struct Daemon {
     log: PathBuf,
     /// Keep the directory (set `BERTH_KEEP_TEST_DIRS=1` to look at it after a test).
     keep: bool,
+    /// A descriptor limit (soft and hard) to start the daemon with.
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -458,6 +460,7 @@ impl Daemon {
             dir,
             socket,
             keep: std::env::var("BERTH_KEEP_TEST_DIRS").is_ok_and(|v| v == "1"),
+            nofile: None,
         }
     }
 
@@ -474,6 +477,24 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("can dup the log"))
             .stderr(log);
+        if let Some(n) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `lim`, copied into the
+            // closure; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.program.display()));
@@ -660,7 +681,13 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.stop();
         if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            // A daemon that failed may leave trees deeper than std's recursive removal can
+            // take on a test thread's stack: rm(1) walks them without recursion.
+            let _ = Command::new("rm")
+                .arg("-rf")
+                .arg("--")
+                .arg(&self.dir)
+                .status();
         }
     }
 }
@@ -678,10 +705,17 @@ impl Berthd {
     /// Starts a fresh berthd with extra arguments (e.g. `--debug`), and the harness's
     /// `--boot-retries` ([`boot_retries`]).
     pub fn start_with(extra: &[&str]) -> Berthd {
+        Berthd::start_limited(extra, None)
+    }
+
+    /// Starts a fresh berthd with extra arguments and, when given, a descriptor limit (soft
+    /// and hard, so it cannot raise it).
+    pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> Berthd {
         let retries = boot_retries().to_string();
         let mut args = vec!["--boot-retries", &retries];
         args.extend_from_slice(extra);
         let mut d = Daemon::new("berthd", bin("berthd"), &args);
+        d.nofile = nofile;
         d.start();
         Berthd(d)
     }

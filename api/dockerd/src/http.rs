@@ -1,10 +1,12 @@
 //! HTTP plumbing shared by every route: the response body type, JSON and error responses in
-//! Docker's format, query strings, request bodies, and bridges between async bodies and the
-//! engine's blocking readers and writers.
+//! Docker's format, query strings, request bodies (bounded in time and size; uploads
+//! received into a scratch file before the engine reads them), and the bridge from the
+//! engine's blocking writers to streamed response bodies.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -208,15 +210,42 @@ impl Query {
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 16 << 20;
 
-/// Reads a whole (bounded) request body.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => Err(ApiError::bad_request(format!(
-            "cannot read the request body: {e}"
+/// How long a client may go without sending a byte of a request body it announced. A
+/// stalled upload then ends in an error instead of holding its request (and whatever the
+/// request holds) for good.
+pub const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The next frame of `body`, or an error when the client sent nothing for
+/// [`BODY_STALL_TIMEOUT`].
+async fn next_frame(body: &mut Incoming) -> Option<Result<Frame<Bytes>, std::io::Error>> {
+    match tokio::time::timeout(BODY_STALL_TIMEOUT, body.frame()).await {
+        Ok(frame) => frame.map(|f| f.map_err(std::io::Error::other)),
+        Err(_) => Some(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the client sent nothing of the request body for {} s",
+                BODY_STALL_TIMEOUT.as_secs()
+            ),
         ))),
     }
+}
+
+/// Reads a whole (bounded) request body.
+pub async fn read_body(mut body: Incoming, limit: usize) -> Result<Bytes, ApiError> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = next_frame(&mut body).await {
+        let frame = frame
+            .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return Err(ApiError::bad_request(format!(
+                    "cannot read the request body: it is larger than {limit} bytes"
+                )));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
 }
 
 /// Parses a JSON request body; an empty body is `T::default()` when allowed.
@@ -226,62 +255,22 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(body: Incoming) -> Result
         .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))
 }
 
-/// A blocking `Read` fed by an async request body (for the engine's tar readers, run on a
-/// blocking thread). Chunked bodies arrive as they come.
-pub struct BodyReader {
-    rx: std::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
-    current: Bytes,
-}
-
-impl BodyReader {
-    /// Starts pumping `body` into a reader.
-    pub fn new(mut body: Incoming) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel(16);
-        tokio::spawn(async move {
-            loop {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Ok(data) = frame.into_data() {
-                            let tx = tx.clone();
-                            // A full channel means the reader is slower: wait off the runtime.
-                            let sent =
-                                tokio::task::spawn_blocking(move || tx.send(Ok(data)).is_ok())
-                                    .await
-                                    .unwrap_or(false);
-                            if !sent {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Err(e)) => {
-                        let _ = tx.send(Err(std::io::Error::other(e)));
-                        return;
-                    }
-                    None => return,
-                }
-            }
-        });
-        BodyReader {
-            rx,
-            current: Bytes::new(),
+/// Receives a whole request body into `file` (then rewound), waiting on the client without
+/// holding a thread: what reads it afterwards on a blocking thread never waits on a client,
+/// so clients that stall cannot take the blocking threads everyone else needs.
+pub async fn spool_body(mut body: Incoming, file: std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::fs::File::from_std(file);
+    while let Some(frame) = next_frame(&mut body).await {
+        if let Ok(data) = frame?.into_data() {
+            out.write_all(&data).await?;
         }
     }
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => self.current = chunk,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        self.current = self.current.slice(n..);
-        Ok(n)
-    }
+    out.flush().await?;
+    let mut file = out.into_std().await;
+    file.rewind()?;
+    Ok(file)
 }
 
 /// A blocking `Write` whose bytes become a streamed response body.

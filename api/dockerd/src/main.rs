@@ -3,6 +3,7 @@
 //! berthd: the Docker Engine API on a Unix socket, in front of berth's engine. The
 //! unmodified Docker CLI and SDKs drive it; every container runs in its own microVM.
 
+mod conns;
 mod http;
 mod router;
 mod routes;
@@ -160,36 +161,67 @@ async fn serve(options: Options) -> Result<()> {
         options.engine.data_root.display(),
         options.engine.exec_root.display()
     );
+    let nofile = conns::raise_nofile_limit();
+    let cap = conns::cap_for(nofile);
+    log::debug!("serving up to {cap} connections (descriptor limit {nofile})");
+    let table = conns::Table::new(cap);
+    let mut accept_errors = conns::Limited::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("accept failed: {e}");
-                        continue;
-                    }
-                };
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let service = hyper::service::service_fn(move |req| {
-                        router::handle(state.clone(), req)
-                    });
-                    if let Err(e) = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .with_upgrades()
-                        .await
-                    {
-                        log::debug!("connection ended: {e}");
-                    }
-                });
-            }
+        // Room first, then the connection: while berthd is full, clients wait in the
+        // listen backlog, costing it nothing.
+        let slot = tokio::select! {
+            slot = table.slot() => slot,
             _ = term.recv() => break,
             _ = int.recv() => break,
-        }
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                accept_errors.warn(format_args!(
+                    "cannot accept a connection ({} being served): {e}",
+                    table.len()
+                ));
+                drop(slot);
+                tokio::time::sleep(conns::accept_backoff(&e)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let conn = slot.conn.clone();
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| {
+                let busy = conn.busy();
+                let state = state.clone();
+                async move {
+                    let resp = router::handle(state, req).await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| conns::guarded(b, busy)))
+                }
+            });
+            let serving = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(conns::HEADER_TIMEOUT)
+                .serve_connection(io, service)
+                .with_upgrades();
+            tokio::select! {
+                r = serving => {
+                    if let Err(e) = r {
+                        log::debug!("connection ended: {e}");
+                    }
+                }
+                _ = slot.conn.asked_to_close() => {
+                    log::debug!("an idle connection was closed to make room");
+                }
+            }
+            drop(slot);
+        });
     }
     log::info!("berthd shutting down");
     drop(listener);

@@ -15,7 +15,7 @@ use engine::image::{DeleteItem, ImageDetails, ImageStore, ImageUsers, ListOption
 use engine::EngineError;
 
 use crate::http::{
-    full, json, percent_decode, streamed_body, ApiError, ApiResult, BodyReader, Query,
+    full, json, percent_decode, spool_body, streamed_body, ApiError, ApiResult, BodyWriter, Query,
 };
 use crate::router::{not_found, State, Version};
 
@@ -336,10 +336,34 @@ fn error_line(message: &str) -> Value {
 /// dockerd.
 fn load(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
     let quiet = quiet(q);
-    let reader = BodyReader::new(req.into_body());
+    let scratch = state.engine.images.scratch_file()?;
+    let upload = req.into_body();
     let (body, mut writer) = streamed_body();
     let st = state.clone();
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
+        let input = match spool_body(upload, scratch).await {
+            Ok(file) => file,
+            Err(e) => {
+                log::info!("docker load failed: cannot receive the archive: {e}");
+                let message = format!("cannot receive the archive: {e}");
+                let _ = tokio::task::spawn_blocking(move || {
+                    json_line(&mut writer, &error_line(&message))
+                })
+                .await;
+                return;
+            }
+        };
+        let _ = tokio::task::spawn_blocking(move || load_spooled(&st, input, quiet, writer)).await;
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(r)
+}
+
+/// The blocking half of `docker load`, on an archive already received.
+fn load_spooled(st: &State, input: std::fs::File, quiet: bool, mut writer: BodyWriter) {
+    {
         let result = {
             let mut emit = |e: LoadEvent| {
                 let v = match e {
@@ -355,17 +379,15 @@ fn load(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
                 // A client that went away stops seeing progress; the load goes on.
                 let _ = json_line(&mut writer, &v);
             };
-            st.engine.images.load(reader, &mut emit)
+            st.engine
+                .images
+                .load(std::io::BufReader::new(input), &mut emit)
         };
         if let Err(e) = result {
             log::info!("docker load failed: {e}");
             let _ = json_line(&mut writer, &error_line(&e.to_string()));
         }
-    });
-    let mut r = Response::new(body);
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    Ok(r)
+    }
 }
 
 /// `docker save`: names are checked before the archive starts streaming.
@@ -451,9 +473,17 @@ async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiRes
         comment,
         config,
     };
-    let reader = BodyReader::new(req.into_body());
+    let scratch = state.engine.images.scratch_file()?;
+    let input = spool_body(req.into_body(), scratch)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot receive the archive: {e}")))?;
     let st = state.clone();
-    let id = blocking(move || st.engine.images.import(reader, &opts)).await?;
+    let id = blocking(move || {
+        st.engine
+            .images
+            .import(std::io::BufReader::new(input), &opts)
+    })
+    .await?;
     let mut body = serde_json::to_vec(&json!({ "status": id })).unwrap_or_default();
     body.extend_from_slice(b"\r\n");
     let mut r = Response::new(full(body));

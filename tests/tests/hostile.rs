@@ -1,0 +1,167 @@
+//! berthd under hostile clients: whatever one client sends, the daemon stays up and keeps
+//! answering the others. No VM is involved: these run on the host (as root).
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use berth_tests::{busybox_image, http_unix, Berthd, Daemon};
+
+/// `/_ping` answers 200 within `limit`, on a connection of its own.
+fn ping_within(d: &Daemon, limit: Duration, when: &str) {
+    let started = Instant::now();
+    let r = http_unix(d.socket(), "GET", "/_ping", "", b"")
+        .unwrap_or_else(|e| panic!("{when}: /_ping failed: {e}\n{}", d.log()));
+    assert_eq!(r.status, 200, "{when}: {}", r.text());
+    assert!(
+        started.elapsed() < limit,
+        "{when}: /_ping took {:?}",
+        started.elapsed()
+    );
+}
+
+/// A tar of one directory `depth` levels deep (its name in a GNU long-name entry).
+fn deep_tar(depth: usize) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    b.append_data(&mut h, vec!["d"; depth].join("/"), std::io::empty())
+        .unwrap();
+    b.into_inner().unwrap()
+}
+
+/// The test process's own descriptor limit, raised to its hard limit (it holds hundreds of
+/// client connections).
+fn raise_own_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on one rlimit that outlives the calls.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+#[test]
+fn deep_layers_and_long_patterns_are_refused_and_the_daemon_stays_up() {
+    let mut d = Berthd::start();
+    // 15 000 levels once took the daemon down (a recursive removal of what was unpacked).
+    for (depth, limit) in [
+        (15_000, "bytes in its path than the limit of 4095"),
+        (1_025, "directories in its path than the limit of 1024"),
+    ] {
+        let out = d.docker_with_input(&["import", "-", "deep:latest"], &deep_tar(depth));
+        assert_ne!(out.code(), 0, "a {depth}-deep layer was imported");
+        assert!(out.stderr.contains(limit), "{depth}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains(&d.data_root().display().to_string()),
+            "the error shows the data root: {}",
+            out.stderr
+        );
+        ping_within(&d, Duration::from_secs(1), "after a deep import");
+    }
+    // At the limit it is an image like any other, and removing it is no harder.
+    let deepest = deep_tar(1_024);
+    let out = d.docker_with_input(&["import", "-", "deep:ok"], &deepest);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    // A reference filter of 25 000 stars, each before a `?`, matched against that image's
+    // names: no backtracking blow-up (it tried every way to share a name among the stars).
+    let pattern = "*?".repeat(25_000);
+    let filters = format!("%7B%22reference%22%3A%5B%22{pattern}%22%5D%7D");
+    let started = Instant::now();
+    let r = d.api("GET", &format!("/images/json?filters={filters}"), b"");
+    assert!(
+        r.status == 200 || r.status == 400 || r.status == 431 || r.status == 414,
+        "{} {}",
+        r.status,
+        r.text()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(d.alive(), "berthd died: {}", d.log());
+    ping_within(&d, Duration::from_secs(1), "after a long pattern");
+    d.docker_ok(&["rmi", "deep:ok"]);
+}
+
+#[test]
+fn idle_and_half_open_connections_do_not_keep_others_out() {
+    raise_own_nofile();
+    // 256 descriptors: berthd serves at most 128 connections.
+    let mut d = Berthd::start_limited(&[], Some(256));
+    let mut held = Vec::new();
+    for i in 0..1_000 {
+        let Ok(mut s) = UnixStream::connect(d.socket()) else {
+            break;
+        };
+        // Some send half a request's headers and stop.
+        if i % 3 == 0 {
+            let _ = s.write_all(b"GET /_ping HTTP/1.1\r\nHost: x\r\n");
+        }
+        held.push(s);
+    }
+    assert!(held.len() >= 500, "only {} connections", held.len());
+    for i in 0..5 {
+        ping_within(
+            &d,
+            Duration::from_secs(1),
+            &format!("ping {i} with 1000 held"),
+        );
+    }
+    let images = d.docker(&["images"]);
+    assert_eq!(images.code(), 0, "{}", images.stderr);
+    assert!(d.alive(), "berthd died: {}", d.log());
+    let log = d.log();
+    assert!(log.len() < 64 << 10, "the log grew to {} bytes", log.len());
+    drop(held);
+}
+
+#[test]
+fn stalled_uploads_do_not_hold_up_other_clients() {
+    raise_own_nofile();
+    let mut d = Berthd::start();
+    let mut h = tar::Header::new_gnu();
+    h.set_path("manifest.json").unwrap();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(900_000_000);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h.set_cksum();
+    let big_file_header = h.as_bytes().to_vec();
+    let mut stalled = Vec::new();
+    // More than tokio's 512 blocking threads: each once held one while it waited.
+    for _ in 0..600 {
+        let mut s = UnixStream::connect(d.socket()).unwrap();
+        s.write_all(
+            b"POST /images/load?quiet=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-tar\r\nContent-Length: 1000000000\r\n\r\n",
+        )
+        .unwrap();
+        // A tar header announcing a big file, then nothing: the archive reader waits.
+        s.write_all(&big_file_header).unwrap();
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let archive = std::fs::read(busybox_image("archive")).unwrap();
+    let out = d.docker_with_input(&["load"], &archive);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    d.docker_ok(&["create", "--name", "beside-stalled", "busybox", "true"]);
+    d.docker_ok(&["rm", "beside-stalled"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "load and create beside 600 stalled uploads took {:?}",
+        started.elapsed()
+    );
+    ping_within(&d, Duration::from_secs(1), "beside stalled uploads");
+    assert!(d.alive(), "berthd died: {}", d.log());
+    drop(stalled);
+}
