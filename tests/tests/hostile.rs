@@ -165,3 +165,67 @@ fn stalled_uploads_do_not_hold_up_other_clients() {
     assert!(d.alive(), "berthd died: {}", d.log());
     drop(stalled);
 }
+
+#[test]
+fn wrongly_typed_fields_are_refused_by_name_and_unknown_ones_ignored() {
+    let mut d = Berthd::start();
+    let archive = std::fs::read(busybox_image("archive")).unwrap();
+    let out = d.docker_with_input(&["load"], &archive);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    // Each was answered 201 and the field ignored; dockerd answers 400.
+    for (body, field) in [
+        (r#""HostConfig": []"#, "HostConfig must be an object"),
+        (r#""HostConfig": "x""#, "HostConfig must be an object"),
+        (
+            r#""HostConfig": {"RestartPolicy": "always"}"#,
+            "HostConfig.RestartPolicy must be an object",
+        ),
+        (
+            r#""HostConfig": {"LogConfig": "syslog"}"#,
+            "HostConfig.LogConfig must be an object",
+        ),
+        (
+            r#""HostConfig": {"Init": "true"}"#,
+            "HostConfig.Init must be a boolean",
+        ),
+        (
+            r#""ExposedPorts": ["80/tcp"]"#,
+            "ExposedPorts must be an object",
+        ),
+        (
+            r#""NetworkingConfig": "x""#,
+            "NetworkingConfig must be an object",
+        ),
+        (
+            r#""NetworkingConfig": {"EndpointsConfig": ["web"]}"#,
+            "NetworkingConfig.EndpointsConfig must be an object",
+        ),
+        // What berth refuses cannot come in under a wrongly typed parent...
+        (
+            r#""HostConfig": [{"Binds": ["/:/host"]}]"#,
+            "HostConfig must be an object",
+        ),
+        // ...nor under another spelling, which dockerd's decoder matches.
+        (
+            r#""hostconfig": {"binds": ["/:/host"]}"#,
+            "HostConfig.Binds",
+        ),
+    ] {
+        let json = format!(r#"{{"Image": "busybox", "Cmd": ["true"], {body}}}"#);
+        let r = d.api("POST", "/v1.41/containers/create", json.as_bytes());
+        assert_eq!(r.status, 400, "{json}: {}", r.text());
+        let message: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+        let message = message["message"].as_str().unwrap_or_default();
+        assert!(message.contains(field), "{json}: {message}");
+    }
+    // Fields of newer API versions are ignored, as dockerd ignores them.
+    let r = d.api(
+        "POST",
+        "/v1.41/containers/create?name=future",
+        br#"{"Image": "busybox", "Cmd": ["true"], "FutureField": [1], "HostConfig": {"FutureOption": {"a": 1}}}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    d.docker_ok(&["rm", "future"]);
+    assert!(d.alive(), "berthd died: {}", d.log());
+    assert_eq!(d.docker_ok(&["ps", "-aq"]).trim(), "");
+}

@@ -189,17 +189,28 @@ impl Query {
             .ok_or_else(|| ApiError::bad_request("invalid filter: not an object"))?;
         let mut out = HashMap::new();
         for (k, v) in obj {
+            // A value of another type is refused, as dockerd refuses it, rather than dropped
+            // (a dropped value would widen the filter).
+            let invalid = || {
+                ApiError::bad_request(format!(
+                    "invalid filter {k:?}: expected a list of strings or an object of booleans"
+                ))
+            };
             let values: Vec<String> = match v {
                 serde_json::Value::Array(a) => a
                     .iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect(),
-                serde_json::Value::Object(o) => o
-                    .iter()
-                    .filter(|(_, on)| on.as_bool().unwrap_or(false))
-                    .map(|(s, _)| s.clone())
-                    .collect(),
-                _ => return Err(ApiError::bad_request(format!("invalid filter {k:?}"))),
+                    .map(|x| x.as_str().map(String::from).ok_or_else(invalid))
+                    .collect::<Result<_, _>>()?,
+                serde_json::Value::Object(o) => {
+                    let mut on = Vec::new();
+                    for (s, b) in o {
+                        if b.as_bool().ok_or_else(invalid)? {
+                            on.push(s.clone());
+                        }
+                    }
+                    on
+                }
+                _ => return Err(invalid()),
             };
             out.insert(k.clone(), values);
         }

@@ -10,6 +10,7 @@ pub mod logs;
 pub mod record;
 pub mod spec;
 pub mod vm;
+mod wire;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -124,7 +124,7 @@ fn string_map(v: Option<&Value>, field: &str) -> Result<BTreeMap<String, String>
     }
 }
 
-/// Config fields berth reads; anything else must be unset.
+/// Config fields berth reads; any other field Docker knows must be unset.
 const CONFIG_FIELDS: &[&str] = &[
     "Hostname",
     "Domainname",
@@ -153,7 +153,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "NetworkDisabled",
 ];
 
-/// HostConfig fields berth reads; anything else must be unset.
+/// HostConfig fields berth reads; any other field Docker knows must be unset.
 const HOST_CONFIG_FIELDS: &[&str] = &[
     "AutoRemove",
     "NetworkMode",
@@ -186,6 +186,8 @@ fn refusal(field: &str) -> &'static str {
 
 /// Reads a create request body.
 pub fn parse(body: &Value) -> Result<CreateRequest> {
+    // From here on every field is one Docker knows, under its own name, of its own type.
+    let body = super::wire::canonical(body)?;
     let obj = body.as_object().ok_or_else(|| {
         EngineError::InvalidArgument("the request body is not a JSON object".into())
     })?;

@@ -21,8 +21,11 @@ use super::reference::{self, Reference};
 use super::{hex_of, internal, not_found, ImageStore};
 use crate::{ids, time, EngineError, Result};
 
-/// Largest JSON document (config, manifest, index) read from an archive.
-const MAX_JSON: u64 = 16 << 20;
+/// Largest manifest or index read from an archive: what registries must accept (OCI
+/// distribution), and what dockerd accepts from them.
+const MAX_MANIFEST: u64 = 4 << 20;
+/// Largest image config read from an archive (a config lists every layer's history).
+const MAX_CONFIG: u64 = 8 << 20;
 /// How often layer progress is reported.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -143,6 +146,12 @@ impl Spool {
                         .link_name_bytes()
                         .map(|t| t.into_owned())
                         .unwrap_or_default();
+                    if target.len() > super::unpack::MAX_PATH_LEN {
+                        return Err(invalid(format!(
+                            "invalid archive: the target of symlink {key:?} has more bytes than the limit of {}",
+                            super::unpack::MAX_PATH_LEN
+                        )));
+                    }
                     let mut resolved: Vec<String> = if target.starts_with(b"/") {
                         Vec::new()
                     } else {
@@ -182,18 +191,28 @@ impl Spool {
     fn find(&self, path: &str) -> Option<&SpoolFile> {
         let mut comps = norm(path.as_bytes()).ok()?;
         for _ in 0..40 {
-            let mut replaced = false;
-            for i in 1..=comps.len() {
-                if let Some(target) = self.links.get(&comps[..i].join("/")) {
-                    let mut next = target.clone();
-                    next.extend_from_slice(&comps[i..]);
-                    comps = next;
-                    replaced = true;
+            // Each prefix is built on the last: linear in the path, however deep.
+            let mut prefix = String::new();
+            let mut hit = None;
+            for (i, c) in comps.iter().enumerate() {
+                if i > 0 {
+                    prefix.push('/');
+                }
+                prefix.push_str(c);
+                if let Some(target) = self.links.get(&prefix) {
+                    hit = Some((i, target));
                     break;
                 }
             }
-            if !replaced {
+            let Some((i, target)) = hit else {
                 return self.files.get(&comps.join("/"));
+            };
+            let mut next = target.clone();
+            next.extend_from_slice(&comps[i + 1..]);
+            comps = next;
+            // Targets are bounded, so 40 of them are too; past a real path's depth, stop.
+            if comps.len() > super::unpack::MAX_PATH_DEPTH {
+                return None;
             }
         }
         None
@@ -205,9 +224,14 @@ impl Spool {
             .ok_or_else(|| invalid(format!("invalid archive: {what} {path:?} is missing")))
     }
 
-    fn read_small(&self, f: &SpoolFile) -> Result<Vec<u8>> {
-        if f.size > MAX_JSON {
-            return Err(invalid("invalid archive: a JSON document is too large"));
+    /// A JSON document `what` of at most `limit` bytes; the refusal names the archive's
+    /// document, never where berth spooled it.
+    fn read_small(&self, f: &SpoolFile, what: &str, limit: u64) -> Result<Vec<u8>> {
+        if f.size > limit {
+            return Err(invalid(format!(
+                "invalid archive: {what} has {} bytes, more than the limit of {limit}",
+                f.size
+            )));
         }
         std::fs::read(&f.path).map_err(|e| internal("cannot read the spooled archive", e))
     }
@@ -319,7 +343,7 @@ impl ImageStore {
         let result = (|| {
             let spool = Spool::read(input, &dir)?;
             if let Some(m) = spool.find("manifest.json") {
-                let bytes = spool.read_small(m)?;
+                let bytes = spool.read_small(m, "manifest.json", MAX_MANIFEST)?;
                 let items: Option<Vec<ManifestItem>> =
                     serde_json::from_slice(&bytes).map_err(|e| {
                         invalid(format!(
@@ -334,7 +358,7 @@ impl ImageStore {
                 }
                 Ok(())
             } else if let Some(index) = spool.find("index.json") {
-                let bytes = spool.read_small(index)?;
+                let bytes = spool.read_small(index, "index.json", MAX_MANIFEST)?;
                 let index: OciIndex = serde_json::from_slice(&bytes).map_err(|e| {
                     invalid(format!("invalid archive: failed to decode index.json: {e}"))
                 })?;
@@ -414,7 +438,11 @@ impl ImageStore {
         item: &ManifestItem,
         events: &mut dyn FnMut(LoadEvent),
     ) -> Result<()> {
-        let config_bytes = spool.read_small(spool.need(&item.config, "config")?)?;
+        let config_bytes = spool.read_small(
+            spool.need(&item.config, "config")?,
+            &format!("config {:?}", item.config),
+            MAX_CONFIG,
+        )?;
         let config = ImageConfig::parse(&config_bytes).map_err(|e| invalid(e.to_string()))?;
         if item.layers.len() != config.rootfs.diff_ids.len() {
             return Err(invalid(format!(
@@ -460,7 +488,11 @@ impl ImageStore {
         if depth > 4 {
             return Err(invalid("invalid archive: image indexes nested too deeply"));
         }
-        let bytes = spool.read_small(spool.blob(&desc.digest)?)?;
+        let bytes = spool.read_small(
+            spool.blob(&desc.digest)?,
+            &format!("manifest {}", desc.digest),
+            MAX_MANIFEST,
+        )?;
         let manifest: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| invalid(format!("invalid archive: manifest {}: {e}", desc.digest)))?;
         let media_type = if desc.media_type.is_empty() {
@@ -501,7 +533,11 @@ impl ImageStore {
             )));
         }
         let _ = manifest.media_type;
-        let config_bytes = spool.read_small(spool.blob(&manifest.config.digest)?)?;
+        let config_bytes = spool.read_small(
+            spool.blob(&manifest.config.digest)?,
+            &format!("config {}", manifest.config.digest),
+            MAX_CONFIG,
+        )?;
         let config = ImageConfig::parse(&config_bytes).map_err(|e| invalid(e.to_string()))?;
         if manifest.layers.len() != config.rootfs.diff_ids.len() {
             return Err(invalid(format!(

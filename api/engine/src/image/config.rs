@@ -217,7 +217,13 @@ pub enum ConfigError {
     DiffId(String),
     #[error("cannot load {0} image on linux")]
     Os(String),
+    #[error("invalid image config: the image has {0} layers, more than the limit of {MAX_LAYERS}")]
+    Layers(usize),
 }
+
+/// The most layers an image may have: dockerd's limit, which every image of the field
+/// respects, and what bounds the overlay of layers each container's root stands on.
+pub const MAX_LAYERS: usize = 125;
 
 impl ImageConfig {
     /// Parses and checks a config from untrusted bytes.
@@ -225,6 +231,9 @@ impl ImageConfig {
         let config: ImageConfig = serde_json::from_slice(bytes).map_err(ConfigError::Json)?;
         if config.rootfs.kind != "layers" {
             return Err(ConfigError::RootFsType(config.rootfs.kind.clone()));
+        }
+        if config.rootfs.diff_ids.len() > MAX_LAYERS {
+            return Err(ConfigError::Layers(config.rootfs.diff_ids.len()));
         }
         for d in &config.rootfs.diff_ids {
             match d.strip_prefix("sha256:") {
@@ -279,6 +288,17 @@ mod tests {
         assert_eq!(
             ImageConfig::parse(win).unwrap_err().to_string(),
             "cannot load windows image on linux"
+        );
+        let layers = |n: usize| {
+            let ids = vec![format!("\"sha256:{}\"", "a".repeat(64)); n].join(",");
+            format!(r#"{{"rootfs":{{"type":"layers","diff_ids":[{ids}]}}}}"#)
+        };
+        assert!(ImageConfig::parse(layers(MAX_LAYERS).as_bytes()).is_ok());
+        assert_eq!(
+            ImageConfig::parse(layers(126).as_bytes())
+                .unwrap_err()
+                .to_string(),
+            "invalid image config: the image has 126 layers, more than the limit of 125"
         );
     }
 }

@@ -551,6 +551,39 @@ fn refuses_malformed_archives_without_leaving_anything() {
             archive(&[("manifest.json", br#"[{"Config":"../c.json","Layers":[]}]"#)]),
             "points outside the archive",
         ),
+        // dockerd's limits, each named.
+        (
+            archive(&[
+                ("manifest.json", manifest),
+                ("c.json", &vec![b' '; (8 << 20) + 1]),
+            ]),
+            "config \"c.json\" has 8388609 bytes, more than the limit of 8388608",
+        ),
+        (
+            archive(&[("manifest.json", &vec![b' '; (4 << 20) + 1])]),
+            "manifest.json has 4194305 bytes, more than the limit of 4194304",
+        ),
+        (
+            archive(&[
+                (
+                    "manifest.json",
+                    format!(
+                        r#"[{{"Config":"c.json","Layers":[{}]}}]"#,
+                        vec!["\"l.tar\""; 126].join(",")
+                    )
+                    .as_bytes(),
+                ),
+                (
+                    "c.json",
+                    &serde_json::to_vec(&serde_json::json!({
+                        "rootfs": {"type": "layers", "diff_ids": vec![&good_diff; 126]}
+                    }))
+                    .unwrap(),
+                ),
+                ("l.tar", &layer),
+            ]),
+            "126 layers, more than the limit of 125",
+        ),
     ];
     for (bytes, want) in cases {
         let e = s.load(&bytes[..], &mut |_| {}).unwrap_err();
@@ -566,6 +599,22 @@ fn refuses_malformed_archives_without_leaving_anything() {
             0
         );
     }
+    // A symlink whose target is longer than any path: refused before it is followed.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "manifest.json", "a/".repeat(3000))
+        .unwrap();
+    let e = s
+        .load(&b.into_inner().unwrap()[..], &mut |_| {})
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "the target of symlink \"manifest.json\" has more bytes than the limit of 4095"
+        ),
+        "{e}"
+    );
     // A hostile layer inside a well-formed archive: refused, nothing stored.
     let evil = RawTar::new()
         .symlink("x", "/")
