@@ -21,7 +21,7 @@ export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm lint bench-boot clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot clean
 
 # Each stage says when it ended, in seconds since make started: CI's wall time split.
 T0 := $(shell date +%s)
@@ -75,6 +75,7 @@ run-vm: build
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(DONE)
 
@@ -82,7 +83,7 @@ lint:
 # a boot the emulation lost) is appended here and tallied at the end: none may hide a failure.
 export BERTH_RETRY_LOG := $(CURDIR)/target/test-retries.log
 
-test: test-deps build test-retries-reset test-unit test-kvm test-microvm test-images
+test: test-deps build test-retries-reset test-unit test-kvm test-microvm test-images test-fuzz
 	@n=$$(cat $(BERTH_RETRY_LOG) 2>/dev/null | wc -l); \
 	echo "make test: passed, with $$n retries allowed by the harness$$([ $$n -gt 0 ] && echo :)"; \
 	cat $(BERTH_RETRY_LOG) 2>/dev/null | sed 's/^/  /' || true
@@ -105,6 +106,18 @@ test-deps:
 # berthd under hostile clients (no VM needed: runs on this host directly).
 test-images: build test-deps
 	$(CARGO) test --release -p berth-tests --test images --test hostile
+	$(DONE)
+
+# Every parser of untrusted input under libFuzzer with AddressSanitizer (fuzz/README.md): in
+# `make test`, FUZZ_CI_SECONDS per target on its corpus; `make fuzz` runs FUZZ_SECONDS each.
+FUZZ_CI_SECONDS ?= 15
+FUZZ_SECONDS ?= 600
+test-fuzz:
+	fuzz/run $(FUZZ_CI_SECONDS)
+	$(DONE)
+
+fuzz:
+	fuzz/run $(FUZZ_SECONDS)
 	$(DONE)
 
 # Unit tests beside the code (no VM needed).

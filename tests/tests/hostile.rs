@@ -229,3 +229,86 @@ fn wrongly_typed_fields_are_refused_by_name_and_unknown_ones_ignored() {
     assert!(d.alive(), "berthd died: {}", d.log());
     assert_eq!(d.docker_ok(&["ps", "-aq"]).trim(), "");
 }
+
+/// Sends an attach request asking to upgrade the connection; returns the status code.
+fn attach_upgrade(s: &mut UnixStream, container: &str) -> u16 {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /v1.41/containers/{container}/attach?stream=1&stdout=1&stderr=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            other => panic!(
+                "no answer to an attach ({other:?}): {}",
+                String::from_utf8_lossy(&head)
+            ),
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn attached_streams_are_capped_and_do_not_take_every_descriptor() {
+    raise_own_nofile();
+    // 256 descriptors: at most 64 attached streams (upgraded connections leave the table
+    // of connections, which once let them take every descriptor berthd had).
+    let mut d = Berthd::start_limited(&[], Some(256));
+    let archive = std::fs::read(busybox_image("archive")).unwrap();
+    let out = d.docker_with_input(&["load"], &archive);
+    assert_eq!(out.code(), 0, "{}", out.stderr);
+    // A created container: an attached stream waits for its first run.
+    d.docker_ok(&["create", "--name", "holder", "busybox", "true"]);
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut s = UnixStream::connect(d.socket()).unwrap();
+        match attach_upgrade(&mut s, "holder") {
+            101 => streams.push(s),
+            503 => refused += 1,
+            other => panic!("attach answered {other}"),
+        }
+    }
+    assert_eq!(streams.len(), 64, "{refused} refused");
+    assert_eq!(refused, 300 - 64);
+    for i in 0..5 {
+        ping_within(
+            &d,
+            Duration::from_secs(1),
+            &format!("ping {i} with 64 streams"),
+        );
+    }
+    let images = d.docker(&["images"]);
+    assert_eq!(images.code(), 0, "{}", images.stderr);
+    // Clients that hang up give their permits back, within the second berthd takes to see
+    // it (a stream waiting on a created container has nothing to write that would fail).
+    drop(streams);
+    let hung_up = Instant::now();
+    let mut again = Vec::new();
+    while again.len() < 64 && hung_up.elapsed() < Duration::from_secs(5) {
+        let mut s = UnixStream::connect(d.socket()).unwrap();
+        if attach_upgrade(&mut s, "holder") == 101 {
+            again.push(s);
+        } else {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert_eq!(
+        again.len(),
+        64,
+        "permits back after {:?}",
+        hung_up.elapsed()
+    );
+    drop(again);
+    d.docker_ok(&["rm", "holder"]);
+    assert!(d.alive(), "berthd died: {}", d.log());
+}

@@ -36,6 +36,16 @@ pub fn cap_for(nofile: u64) -> usize {
         .clamp(16, 16 << 10)
 }
 
+/// The cap on upgraded streams (attach) for a descriptor limit of `nofile`: a quarter of it.
+/// An upgraded connection leaves the connection table (hyper hands its socket to the stream),
+/// so without a cap of their own, clients could hold streams until berthd ran out of
+/// descriptors.
+pub fn stream_cap_for(nofile: u64) -> usize {
+    usize::try_from(nofile / 4)
+        .unwrap_or(usize::MAX)
+        .clamp(8, 8 << 10)
+}
+
 /// Raises the soft descriptor limit to the hard one (as dockerd's service does) and returns
 /// the limit in force.
 pub fn raise_nofile_limit() -> u64 {

@@ -153,7 +153,7 @@ async fn serve(options: Options) -> Result<()> {
     let engine = engine::Engine::open(options.engine.clone())
         .await
         .context("cannot open the engine")?;
-    let state = Arc::new(router::State::new(engine));
+
     let listener = bind(&options.socket)?;
     log::info!(
         "berthd listening on unix://{} (data root {}, exec root {})",
@@ -163,7 +163,11 @@ async fn serve(options: Options) -> Result<()> {
     );
     let nofile = conns::raise_nofile_limit();
     let cap = conns::cap_for(nofile);
-    log::debug!("serving up to {cap} connections (descriptor limit {nofile})");
+    let stream_cap = conns::stream_cap_for(nofile);
+    log::debug!(
+        "serving up to {cap} connections and {stream_cap} attached streams (descriptor limit {nofile})"
+    );
+    let state = Arc::new(router::State::new(engine, stream_cap));
     let table = conns::Table::new(cap);
     let mut accept_errors = conns::Limited::new();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -20,11 +20,18 @@ pub const MIN_API_VERSION: &str = "1.24";
 /// What every handler can reach.
 pub struct State {
     pub engine: engine::Engine,
+    /// Permits for upgraded (attach) streams, each held until its stream ends.
+    pub streams: Arc<tokio::sync::Semaphore>,
+    pub stream_cap: usize,
 }
 
 impl State {
-    pub fn new(engine: engine::Engine) -> Self {
-        State { engine }
+    pub fn new(engine: engine::Engine, stream_cap: usize) -> Self {
+        State {
+            engine,
+            streams: Arc::new(tokio::sync::Semaphore::new(stream_cap)),
+            stream_cap,
+        }
     }
 }
 

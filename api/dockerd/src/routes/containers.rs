@@ -598,10 +598,22 @@ async fn attach(
         return Ok(resp);
     }
 
+    // The stream will hold its socket outside the connection table: it takes a permit of
+    // its own first, or the client hears why not.
+    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "berthd already serves its limit of attached streams ({}); try again when one ends",
+                state.stream_cap
+            ),
+        )
+    })?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let stdin_once = r.config.stdin_once;
     let container = c.clone();
     tokio::spawn(async move {
+        let _permit = permit;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -609,8 +621,19 @@ async fn attach(
                 return;
             }
         };
-        let io = TokioIo::new(upgraded);
-        let (mut reader, mut writer) = tokio::io::split(io);
+        // The socket itself, to see a client hang up (the Docker CLI shuts its sending side
+        // at once when it has no input, so end of input says nothing).
+        let (stream, early) = match upgraded.downcast::<TokioIo<tokio::net::UnixStream>>() {
+            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
+            Err(_) => {
+                log::error!("attach: the upgraded connection is not a Unix stream");
+                return;
+            }
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let (reader, mut writer) = stream.into_split();
+        // Input the client sent with its request comes first.
+        let mut reader = std::io::Cursor::new(early).chain(reader);
         // Input stops with the output: when the container is gone (or never started) there
         // is nothing left to feed.
         let pump = want_stdin.then(|| {
@@ -629,7 +652,14 @@ async fn attach(
             }
         }
         if let Some(mut rx) = output {
-            while let Some(chunk) = rx.recv().await {
+            loop {
+                // A client that hangs up while there is no output (a created container it
+                // waits on) ends the stream and gives its permit back.
+                let chunk = tokio::select! {
+                    chunk = rx.recv() => chunk,
+                    () = hung_up(fd) => None,
+                };
+                let Some(chunk) = chunk else { break };
                 if want(chunk.stream)
                     && writer
                         .write_all(&encode(tty, chunk.stream, &chunk.data))
@@ -650,6 +680,28 @@ async fn attach(
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     h.insert(UPGRADE, HeaderValue::from_static("tcp"));
     Ok(resp)
+}
+
+/// How often an attached stream with nothing to send checks that its client is still there.
+const HANG_UP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Returns once the peer of socket `fd` has closed it entirely (POLLHUP: both directions shut,
+/// where a client that only ended its input gives POLLRDHUP alone).
+async fn hung_up(fd: std::os::fd::RawFd) {
+    loop {
+        tokio::time::sleep(HANG_UP_CHECK).await;
+        let mut p = libc::pollfd {
+            fd,
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: poll(2) with a zero timeout on one pollfd that outlives the call; `fd` is
+        // the caller's open socket (it holds the stream's write half throughout).
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return;
+        }
+    }
 }
 
 /// Aborts a task when dropped.

@@ -231,17 +231,81 @@ impl Vsock {
     }
 }
 
+/// The event loop for fuzzing: poll(2) over what the device asked to watch, so that a fuzz
+/// target drives host sockets (accepts, data, hang-ups) as well as the queues.
+#[cfg(feature = "fuzzing")]
+#[derive(Default)]
+pub struct FuzzLoop {
+    watched: std::collections::BTreeMap<u32, (std::os::fd::RawFd, EventSet)>,
+}
+
+#[cfg(feature = "fuzzing")]
+impl Watcher for FuzzLoop {
+    fn add(&mut self, fd: std::os::fd::RawFd, token: u32, events: EventSet) {
+        self.watched.insert(token, (fd, events));
+    }
+    fn modify(&mut self, fd: std::os::fd::RawFd, token: u32, events: EventSet) {
+        self.watched.insert(token, (fd, events));
+    }
+    fn remove(&mut self, _: std::os::fd::RawFd, token: u32) {
+        self.watched.remove(&token);
+    }
+}
+
 #[cfg(feature = "fuzzing")]
 impl Vsock {
-    /// Processes both queues as the event loop would, with no event loop: for fuzzing.
-    pub fn run_queues_for_fuzzing(&mut self) {
-        struct NoWatch;
-        impl Watcher for NoWatch {
-            fn add(&mut self, _: std::os::fd::RawFd, _: u32, _: EventSet) {}
-            fn modify(&mut self, _: std::os::fd::RawFd, _: u32, _: EventSet) {}
-            fn remove(&mut self, _: std::os::fd::RawFd, _: u32) {}
+    /// Starts watching the device's host sockets, as `init` does under the event loop.
+    pub fn init_for_fuzzing(&mut self, lp: &mut FuzzLoop) {
+        self.muxer.init(lp);
+    }
+
+    /// One turn of the event loop: the queues, then every watched host socket that is ready
+    /// now (each followed by the queues, as `process` does), then the connection timer.
+    pub fn run_for_fuzzing(&mut self, lp: &mut FuzzLoop) {
+        self.run_queues(lp);
+        let mut fds: Vec<libc::pollfd> = lp
+            .watched
+            .values()
+            .map(|&(fd, events)| libc::pollfd {
+                fd,
+                events: (if events.contains(EventSet::IN) {
+                    libc::POLLIN
+                } else {
+                    0
+                }) | (if events.contains(EventSet::OUT) {
+                    libc::POLLOUT
+                } else {
+                    0
+                }),
+                revents: 0,
+            })
+            .collect();
+        let tokens: Vec<u32> = lp.watched.keys().copied().collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd structs for the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 0) };
+        if n > 0 {
+            for (pfd, token) in fds.iter().zip(tokens) {
+                let mut set = EventSet::empty();
+                if pfd.revents & libc::POLLIN != 0 {
+                    set |= EventSet::IN;
+                }
+                if pfd.revents & libc::POLLOUT != 0 {
+                    set |= EventSet::OUT;
+                }
+                if pfd.revents & libc::POLLHUP != 0 {
+                    set |= EventSet::HANG_UP;
+                }
+                if pfd.revents & libc::POLLERR != 0 {
+                    set |= EventSet::ERROR;
+                }
+                // Skip what an earlier handler in this turn stopped watching.
+                if !set.is_empty() && lp.watched.contains_key(&token) {
+                    self.muxer.handle_event(token, set, lp);
+                    self.run_queues(lp);
+                }
+            }
         }
-        self.run_queues(&mut NoWatch);
+        self.muxer.sweep(Instant::now(), lp);
     }
 }
 

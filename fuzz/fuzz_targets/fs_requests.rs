@@ -1,0 +1,167 @@
+//! The virtio-fs request path, the most security-critical code berth owns: a session of FUSE
+//! requests from a hostile guest, in descriptor chains on the request queue, served by the
+//! confined server over a shared directory. Nothing panics, and nothing outside the share
+//! changes: the share holds a symlink to a sentinel file beside it, which no request may
+//! write, link, rename, truncate or change the mode of.
+//!
+//! Input: records of [opcode, node, flags, length] then `length` body bytes. The harness
+//! writes each request's FUSE header (so the fuzzer spends its effort on bodies), except
+//! with flag 0x80, when the body is the whole request, header included.
+#![no_main]
+
+#[path = "scratch.rs"]
+mod scratch;
+
+use std::sync::atomic::AtomicBool;
+
+use devices::virtio::fs::request::process_queue;
+use devices::virtio::fs::{ConfinedFs, ShareOptions};
+use devices::GuestMemoryMmap;
+use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, Opcode};
+use fuse_backend_rs::api::server::Server;
+use libfuzzer_sys::fuzz_target;
+use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
+
+const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+const QUEUE_LEN: u16 = 256;
+const DESC_TABLE: u64 = 0;
+const AVAIL_RING: u64 = 0x1000;
+const USED_RING: u64 = 0x2000;
+const REQUESTS: u64 = 0x10000;
+const REQUEST_ROOM: u64 = 0x1000;
+const REPLIES: u64 = 0x100000;
+const REPLY_ROOM: u64 = 0x4000;
+const MAX_REQUESTS: usize = 64;
+const MEM: usize = 0x200000;
+
+struct Session {
+    mem: GuestMemoryMmap,
+    next_desc: u16,
+    chains: u16,
+}
+
+impl Session {
+    /// Puts a request and its reply buffer on the ring as one chain (the request split in
+    /// two buffers when `split`; a reply buffer of `reply_len` bytes).
+    fn add(&mut self, request: &[u8], split: bool, reply_len: u32) {
+        let slot = u64::from(self.chains);
+        let at = REQUESTS + slot * REQUEST_ROOM;
+        let request = &request[..request.len().min(REQUEST_ROOM as usize)];
+        self.mem.write_slice(request, GuestAddress(at)).unwrap();
+        let len = request.len() as u32;
+        let mut bufs = Vec::new();
+        if split && len > 1 {
+            bufs.push((at, len / 2, false));
+            bufs.push((at + u64::from(len / 2), len - len / 2, false));
+        } else {
+            bufs.push((at, len, false));
+        }
+        bufs.push((REPLIES + slot * REPLY_ROOM, reply_len, true));
+        let head = self.next_desc;
+        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
+            let last = i + 1 == bufs.len();
+            let flags = if write { WRITE } else { 0 } | if last { 0 } else { NEXT };
+            let next = if last { 0 } else { head + i as u16 + 1 };
+            let desc = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
+            let at = GuestAddress(DESC_TABLE + 16 * u64::from(head + i as u16));
+            self.mem.write_obj(desc, at).unwrap();
+        }
+        self.next_desc += bufs.len() as u16;
+        let avail = GuestAddress(AVAIL_RING);
+        self.mem
+            .write_obj(head, avail.unchecked_add(4 + 2 * u64::from(self.chains)))
+            .unwrap();
+        self.chains += 1;
+        self.mem
+            .write_obj(self.chains, avail.unchecked_add(2))
+            .unwrap();
+    }
+}
+
+fn message(opcode: u32, unique: u64, nodeid: u64, body: &[u8]) -> Vec<u8> {
+    let header = InHeader {
+        len: (std::mem::size_of::<InHeader>() + body.len()) as u32,
+        opcode,
+        unique,
+        nodeid,
+        uid: 0,
+        gid: 0,
+        pid: 1,
+        padding: 0,
+    };
+    let mut msg = header.as_slice().to_vec();
+    msg.extend_from_slice(body);
+    msg
+}
+
+fuzz_target!(|data: &[u8]| {
+    let scratch = scratch::Scratch::get("virtiofs");
+    let share = scratch.inside();
+    // Something to find: a directory with a file, and a way out that must stay shut.
+    std::fs::create_dir(share.join("dir")).unwrap();
+    std::fs::write(share.join("dir/file"), b"inside").unwrap();
+    std::os::unix::fs::symlink("../outside/sentinel", share.join("escape")).unwrap();
+    {
+        let fs = ConfinedFs::new(
+            share,
+            ShareOptions {
+                read_only: false,
+                nosuid: true,
+            },
+        )
+        .expect("a share");
+        let server = Server::new(fs);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        let mut queue = Queue::new(QUEUE_LEN).unwrap();
+        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
+        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
+        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_ready(true);
+        let mut session = Session {
+            mem,
+            next_desc: 0,
+            chains: 0,
+        };
+        let init = InitIn {
+            major: 7,
+            minor: 31,
+            max_readahead: 128 << 10,
+            flags: u32::from_le_bytes(
+                data.get(..4)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or_default(),
+            ),
+        };
+        session.add(
+            &message(Opcode::Init as u32, 1, 0, init.as_slice()),
+            false,
+            REPLY_ROOM as u32,
+        );
+        let mut rest = data.get(4..).unwrap_or_default();
+        let mut unique = 1;
+        while rest.len() >= 4 && usize::from(session.chains) < MAX_REQUESTS {
+            let (opcode, node, flags) = (rest[0], rest[1], rest[2]);
+            let len = usize::from(rest[3]) * 4;
+            let body = &rest[4..(4 + len).min(rest.len())];
+            rest = &rest[4 + body.len()..];
+            unique += 1;
+            let request = if flags & 0x80 != 0 {
+                body.to_vec()
+            } else {
+                // Opcodes 1 to 52 and a few past FUSE's last.
+                message(u32::from(opcode % 56) + 1, unique, u64::from(node), body)
+            };
+            let reply_len = if flags & 0x40 != 0 {
+                u32::from(flags & 0x3f)
+            } else {
+                REPLY_ROOM as u32
+            };
+            session.add(&request, flags & 0x20 != 0, reply_len);
+        }
+        let _ = process_queue(&mut queue, &session.mem, &server, &AtomicBool::new(false));
+    }
+    scratch.check_and_clear();
+});
