@@ -163,6 +163,7 @@ impl ConsoleSink {
 
 /// The serial device's guest-visible state, for snapshots.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SerialDeviceState {
     pub baud_divisor_low: u8,
     pub baud_divisor_high: u8,
@@ -193,6 +194,30 @@ impl From<SerialState> for SerialDeviceState {
     }
 }
 
+impl From<&SerialDeviceState> for SerialState {
+    fn from(s: &SerialDeviceState) -> Self {
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+}
+
+/// Why a serial device cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("the serial state's receive buffer holds {0} bytes, more than its FIFO holds")]
+    FullFifo(usize),
+}
+
 /// COM1 on the port I/O bus.
 pub struct SerialDevice {
     inner: Serial<EventFdTrigger, NoEvents, ConsoleSink>,
@@ -206,11 +231,6 @@ impl SerialDevice {
         }
     }
 
-    /// The guest-visible register state.
-    pub fn state(&self) -> SerialDeviceState {
-        self.inner.state().into()
-    }
-
     /// Writes out a partial last line (at VMM exit).
     pub fn flush(&mut self) {
         if let Err(e) = self.inner.writer_mut().finish() {
@@ -221,6 +241,26 @@ impl SerialDevice {
     /// Lets `flag` be set when the console first writes something out.
     pub fn set_first_output_flag(&mut self, flag: Arc<AtomicBool>) {
         self.inner.writer_mut().first_output = Some(flag);
+    }
+}
+
+impl snapshot::Persist for SerialDevice {
+    type State = SerialDeviceState;
+    /// The restored VM's interrupt line and console.
+    type Resources = (EventFdTrigger, ConsoleSink);
+    type Error = SerialError;
+
+    fn save(&self) -> SerialDeviceState {
+        self.inner.state().into()
+    }
+
+    fn restore(
+        (irq, sink): (EventFdTrigger, ConsoleSink),
+        state: &SerialDeviceState,
+    ) -> Result<Self, SerialError> {
+        let inner = Serial::from_state(&state.into(), irq, NoEvents, sink)
+            .map_err(|_| SerialError::FullFifo(state.in_buffer.len()))?;
+        Ok(SerialDevice { inner })
     }
 }
 
@@ -271,6 +311,40 @@ mod tests {
         for &b in text {
             dev.write(0, &[b]);
         }
+    }
+
+    #[test]
+    fn state_survives_save_restore_save() {
+        use snapshot::Persist;
+        let (mut dev, _, _) = device(ConsoleLimit::default());
+        // The guest's driver set things up: line control, divisor, scratch, interrupts.
+        dev.write(3, &[0x80]); // DLAB on
+        dev.write(0, &[0x0c]);
+        dev.write(1, &[0x00]);
+        dev.write(3, &[0x03]); // 8n1, DLAB off
+        dev.write(1, &[0x01]); // receive interrupts
+        dev.write(7, &[0x5a]);
+        let saved = dev.save();
+        assert_eq!(saved.scratch, 0x5a);
+        assert_eq!(saved.baud_divisor_low, 0x0c);
+        let out = Shared::default();
+        let sink = ConsoleSink::new(Box::new(out.clone()), ConsoleLimit::default());
+        let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let mut restored = SerialDevice::restore((irq, sink), &saved).unwrap();
+        assert_eq!(restored.save(), saved);
+        let mut scratch = [0u8];
+        restored.read(7, &mut scratch);
+        assert_eq!(scratch[0], 0x5a);
+        // The restored device writes to the restored VM's console.
+        type_text(&mut restored, b"after\n");
+        assert_eq!(&out.0.lock().unwrap()[..], b"after\n");
+        let too_full = SerialDeviceState {
+            in_buffer: vec![0; 65],
+            ..saved
+        };
+        let irq = EventFdTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let sink = ConsoleSink::new(Box::new(io::sink()), ConsoleLimit::default());
+        assert!(SerialDevice::restore((irq, sink), &too_full).is_err());
     }
 
     #[test]

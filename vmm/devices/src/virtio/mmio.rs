@@ -51,9 +51,14 @@ mod reg {
     pub const CONFIG_GENERATION: u64 = 0x0fc;
 }
 
-/// The transport's guest-visible state, for snapshots.
+/// The transport's state in a snapshot, with its device's inside: the transport alone owns
+/// the negotiated features, the status and the queues (a device's own state holds only what
+/// is its own: its config space and backend settings).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MmioTransportState {
+#[serde(deny_unknown_fields)]
+pub struct MmioTransportState<S> {
+    /// The virtio device ID: a restore into a device of another type is refused.
+    pub device_type: u32,
     pub device_status: u32,
     pub device_features_sel: u32,
     pub driver_features_sel: u32,
@@ -62,6 +67,42 @@ pub struct MmioTransportState {
     pub interrupt_status: u32,
     pub config_generation: u32,
     pub queues: Vec<QueueSnapshot>,
+    pub device: S,
+}
+
+/// What restoring a transport needs: the restored VM's memory and interrupt line, and its
+/// device's own resources.
+pub struct MmioTransportResources<R> {
+    pub mem: GuestMemoryMmap,
+    pub irq: Arc<IrqTrigger>,
+    pub device: R,
+}
+
+/// Why a transport cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioRestoreError {
+    #[error(
+        "the snapshot holds a virtio device of type {found} where this VM has type {expected}"
+    )]
+    DeviceType { expected: u32, found: u32 },
+    #[error("the snapshot's virtio device of type {device_type} has {found} queues; the device has {expected}")]
+    QueueCount {
+        device_type: u32,
+        expected: usize,
+        found: usize,
+    },
+    #[error(
+        "queue {index} of virtio device type {device_type} is invalid in the snapshot: {reason}"
+    )]
+    Queue {
+        device_type: u32,
+        index: usize,
+        reason: String,
+    },
+    #[error("virtio device type {device_type} accepted features {features:#x} it does not offer")]
+    Features { device_type: u32, features: u64 },
+    #[error("virtio device type {device_type}: {reason}")]
+    Device { device_type: u32, reason: String },
 }
 
 /// A virtio device behind its virtio-mmio register window.
@@ -106,20 +147,6 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// The interrupt line, for irqfd registration.
     pub fn irq(&self) -> &Arc<IrqTrigger> {
         &self.irq
-    }
-
-    /// The transport's guest-visible state.
-    pub fn state(&self) -> MmioTransportState {
-        MmioTransportState {
-            device_status: self.device_status,
-            device_features_sel: self.device_features_sel,
-            driver_features_sel: self.driver_features_sel,
-            acked_features: self.acked_features,
-            queue_sel: self.queue_sel,
-            interrupt_status: self.irq.status(),
-            config_generation: self.config_generation,
-            queues: self.device.queue_snapshots(),
-        }
     }
 
     /// One line per queue of what the device and the driver see: the device's positions
@@ -358,6 +385,100 @@ pub trait Describe: Send {
 impl<D: VirtioDevice> Describe for MmioTransport<D> {
     fn describe(&self) -> String {
         MmioTransport::describe(self)
+    }
+}
+
+impl<D> snapshot::Persist for MmioTransport<D>
+where
+    D: VirtioDevice + snapshot::Persist,
+    D::Error: std::fmt::Display,
+{
+    type State = MmioTransportState<D::State>;
+    type Resources = MmioTransportResources<D::Resources>;
+    type Error = MmioRestoreError;
+
+    fn save(&self) -> Self::State {
+        MmioTransportState {
+            device_type: self.device.device_type(),
+            device_status: self.device_status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            acked_features: self.acked_features,
+            queue_sel: self.queue_sel,
+            interrupt_status: self.irq.status(),
+            config_generation: self.config_generation,
+            queues: self.device.queue_snapshots(),
+            device: self.device.save(),
+        }
+    }
+
+    fn restore(res: Self::Resources, state: &Self::State) -> Result<Self, MmioRestoreError> {
+        let mut device =
+            D::restore(res.device, &state.device).map_err(|e| MmioRestoreError::Device {
+                device_type: state.device_type,
+                reason: e.to_string(),
+            })?;
+        let device_type = device.device_type();
+        if device_type != state.device_type {
+            return Err(MmioRestoreError::DeviceType {
+                expected: device_type,
+                found: state.device_type,
+            });
+        }
+        if device.queues().len() != state.queues.len() {
+            return Err(MmioRestoreError::QueueCount {
+                device_type,
+                expected: device.queues().len(),
+                found: state.queues.len(),
+            });
+        }
+        for (index, (q, snap)) in device
+            .queues_mut()
+            .iter_mut()
+            .zip(&state.queues)
+            .enumerate()
+        {
+            let invalid = |reason: String| MmioRestoreError::Queue {
+                device_type,
+                index,
+                reason,
+            };
+            if snap.max_size != q.max_size() {
+                return Err(invalid(format!(
+                    "its maximum size is {} where the device's is {}",
+                    snap.max_size,
+                    q.max_size()
+                )));
+            }
+            *q = snap.to_queue().map_err(|e| invalid(e.to_string()))?;
+        }
+        let mut t = MmioTransport::new(device, res.mem, res.irq);
+        if state.acked_features & !t.offered_features() != 0 {
+            return Err(MmioRestoreError::Features {
+                device_type,
+                features: state.acked_features,
+            });
+        }
+        t.device_status = state.device_status;
+        t.device_features_sel = state.device_features_sel;
+        t.driver_features_sel = state.driver_features_sel;
+        t.acked_features = state.acked_features;
+        t.queue_sel = state.queue_sel;
+        t.config_generation = state.config_generation;
+        t.irq.set_status(state.interrupt_status);
+        if t.device_status & status::FEATURES_OK != 0 {
+            t.device.set_acked_features(t.acked_features);
+        }
+        // A device the driver started runs again; one that failed waits for its reset.
+        if t.device_status & status::DRIVER_OK != 0
+            && t.device_status & (status::DEVICE_NEEDS_RESET | status::FAILED) == 0
+        {
+            t.activate().map_err(|e| MmioRestoreError::Device {
+                device_type,
+                reason: format!("cannot be activated again: {e}"),
+            })?;
+        }
+        Ok(t)
     }
 }
 
@@ -616,5 +737,109 @@ pub(crate) mod tests {
         let mut t = transport();
         w(&mut t, reg::QUEUE_NOTIFY, 1);
         assert_eq!(t.device().queue_events()[1].read().unwrap(), 1);
+    }
+
+    /// An entropy device the way the guest's driver leaves it: features negotiated, its
+    /// queue configured, DRIVER_OK, an interrupt pending.
+    fn running_rng(mem: &GuestMemoryMmap) -> MmioTransport<crate::virtio::rng::Rng> {
+        let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let mut t = MmioTransport::new(crate::virtio::rng::Rng::new().unwrap(), mem.clone(), irq);
+        let w = |t: &mut MmioTransport<_>, off: u64, v: u32| t.write(off, &v.to_le_bytes());
+        w(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        w(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        w(&mut t, reg::DRIVER_FEATURES, 1);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        w(&mut t, reg::QUEUE_SEL, 0);
+        w(&mut t, reg::QUEUE_NUM, 64);
+        w(&mut t, reg::QUEUE_DESC_LOW, 0x1000);
+        w(&mut t, reg::QUEUE_DRIVER_LOW, 0x2000);
+        w(&mut t, reg::QUEUE_DEVICE_LOW, 0x3000);
+        w(&mut t, reg::QUEUE_READY, 1);
+        w(
+            &mut t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert!(t.device().is_activated());
+        t.irq().trigger(super::super::INT_VRING);
+        t
+    }
+
+    #[test]
+    fn state_survives_save_restore_save() {
+        use snapshot::Persist;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let t = running_rng(&mem);
+        let mut saved = t.save();
+        assert_eq!(saved.device_type, 4);
+        assert_eq!(saved.acked_features, features::VERSION_1);
+        assert_eq!(saved.interrupt_status, super::super::INT_VRING);
+        assert_eq!(saved.queues[0].size, 64);
+        // Positions part-way round the ring.
+        saved.queues[0].next_avail = 7;
+        saved.queues[0].next_used = 5;
+        let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        let restored = MmioTransport::<crate::virtio::rng::Rng>::restore(
+            MmioTransportResources {
+                mem: mem.clone(),
+                irq: irq.clone(),
+                device: (),
+            },
+            &saved,
+        )
+        .unwrap();
+        assert_eq!(restored.save(), saved);
+        assert!(
+            restored.device().is_activated(),
+            "the driver had started it"
+        );
+        assert_eq!(
+            irq.status(),
+            super::super::INT_VRING,
+            "the pending interrupt"
+        );
+        assert_eq!(restored.device().queues()[0].next_avail(), 7);
+    }
+
+    #[test]
+    fn a_snapshot_of_another_layout_is_refused_by_name() {
+        use snapshot::Persist;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
+        let saved = running_rng(&mem).save();
+        let restore = |state: &MmioTransportState<crate::virtio::rng::RngState>| {
+            let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+            let res = MmioTransportResources {
+                mem: mem.clone(),
+                irq,
+                device: (),
+            };
+            MmioTransport::<crate::virtio::rng::Rng>::restore(res, state)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        let mut other = saved.clone();
+        other.device_type = 19;
+        assert!(restore(&other).contains("type 19 where this VM has type 4"));
+        let mut queues = saved.clone();
+        queues.queues.push(queues.queues[0]);
+        assert!(restore(&queues).contains("has 2 queues; the device has 1"));
+        let mut size = saved.clone();
+        size.queues[0].size = 3;
+        assert!(restore(&size).contains("queue 0 of virtio device type 4 is invalid"));
+        let mut max = saved.clone();
+        max.queues[0].max_size = 1024;
+        assert!(restore(&max).contains("maximum size is 1024"));
+        let mut features = saved.clone();
+        features.acked_features |= 1 << 40;
+        assert!(restore(&features).contains("features"));
+        // A queue outside guest memory: the device cannot start again.
+        let mut outside = saved;
+        outside.queues[0].desc_table = 0x4000_0000;
+        assert!(restore(&outside).contains("cannot be activated again"));
     }
 }

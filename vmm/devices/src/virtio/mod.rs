@@ -175,6 +175,7 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
 
 /// A queue's configuration and position, for snapshots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct QueueSnapshot {
     pub max_size: u16,
     pub size: u16,
@@ -188,6 +189,22 @@ pub struct QueueSnapshot {
 }
 
 impl QueueSnapshot {
+    /// The queue this snapshot describes, checked as virtio-queue checks a queue's state
+    /// (size a power of two within the maximum, rings aligned).
+    pub fn to_queue(&self) -> Result<Queue, virtio_queue::Error> {
+        Queue::try_from(virtio_queue::QueueState {
+            max_size: self.max_size,
+            next_avail: self.next_avail,
+            next_used: self.next_used,
+            event_idx_enabled: self.event_idx,
+            size: self.size,
+            ready: self.ready,
+            desc_table: self.desc_table,
+            avail_ring: self.avail_ring,
+            used_ring: self.used_ring,
+        })
+    }
+
     /// Captures `q`.
     pub fn of(q: &Queue) -> Self {
         QueueSnapshot {

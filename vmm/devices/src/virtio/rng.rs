@@ -12,8 +12,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
-    features, new_queue_events, new_queues, ActivateError, IrqTrigger, QueueSnapshot, VirtioDevice,
-    INT_VRING,
+    features, new_queue_events, new_queues, ActivateError, IrqTrigger, VirtioDevice, INT_VRING,
 };
 use crate::GuestMemoryMmap;
 
@@ -37,13 +36,11 @@ pub enum RngError {
     Entropy(#[source] std::io::Error),
 }
 
-/// The device's guest-visible state, for snapshots.
+/// The device's own state in a snapshot: nothing. An entropy device has no config space and
+/// no backend setting; its queue and features belong to the transport's state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RngState {
-    pub acked_features: u64,
-    pub activated: bool,
-    pub queue: Option<QueueSnapshot>,
-}
+#[serde(deny_unknown_fields)]
+pub struct RngState {}
 
 /// Fills `buf` from the host's getrandom(2).
 pub fn host_entropy(buf: &mut [u8]) -> std::io::Result<()> {
@@ -133,15 +130,6 @@ impl Rng {
         })
     }
 
-    /// The device's guest-visible state.
-    pub fn state(&self) -> RngState {
-        RngState {
-            acked_features: self.acked_features,
-            activated: self.active.is_some(),
-            queue: self.queues.first().map(QueueSnapshot::of),
-        }
-    }
-
     fn process_queue(&mut self) {
         let Some((mem, irq)) = &self.active else {
             return;
@@ -174,6 +162,21 @@ impl MutEventSubscriber for Rng {
         if let Err(e) = ops.add(Events::new(&self.queue_events[0], EventSet::IN)) {
             log::error!("virtio-rng: cannot watch the queue event: {e}");
         }
+    }
+}
+
+impl snapshot::Persist for Rng {
+    type State = RngState;
+    type Resources = ();
+    type Error = std::io::Error;
+
+    fn save(&self) -> RngState {
+        RngState {}
+    }
+
+    /// A new device: the transport restores its queue and activates it.
+    fn restore((): (), _: &RngState) -> std::io::Result<Self> {
+        Rng::new()
     }
 }
 

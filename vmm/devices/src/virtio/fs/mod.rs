@@ -18,7 +18,7 @@ pub mod request;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -59,6 +59,13 @@ pub enum FsError {
     /// Eventfds cannot be created.
     #[error("cannot create the device's event sources: {0}")]
     Events(#[source] std::io::Error),
+    /// A snapshot's share differs from the restored VM's.
+    #[error("the snapshot's virtio-fs share has {what} {snapshot}, this VM's has {vm}")]
+    Layout {
+        what: &'static str,
+        snapshot: String,
+        vm: String,
+    },
 }
 
 /// One share: what the guest mounts (`mount -t virtiofs TAG DIR`), the host directory it
@@ -70,18 +77,18 @@ pub struct FsConfig {
     pub options: ShareOptions,
 }
 
-/// The device's guest-visible state, for snapshots.
+/// The device's own state in a snapshot: the share's identity and policy (its queues and
+/// features are the transport's). No FUSE session state is in it: berth snapshots a VM before
+/// its guest mounts the share (ARCHITECTURE.md, "Snapshots"), and a restored device starts a
+/// new session over the restored VM's own directory. A queue that had failed fails again at
+/// the same place in the restored guest's memory.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FsState {
     pub tag: String,
     pub num_request_queues: u32,
     pub read_only: bool,
     pub nosuid: bool,
-    pub acked_features: u64,
-    pub activated: bool,
-    /// A queue failed and the device waits for a reset.
-    pub broken: bool,
-    pub queues: Vec<QueueSnapshot>,
 }
 
 struct Active {
@@ -169,28 +176,51 @@ impl Fs {
         &self.dir
     }
 
-    /// The device's guest-visible state; queue positions are the worker's, read between
-    /// two batches of requests.
-    pub fn state(&self) -> FsState {
+    fn stop_worker(&mut self) {
+        if let Some(mut active) = self.active.take() {
+            active.worker.stop();
+        }
+    }
+}
+
+impl snapshot::Persist for Fs {
+    type State = FsState;
+    /// The restored VM's own share: same tag and policy, its own directory.
+    type Resources = FsConfig;
+    type Error = FsError;
+
+    fn save(&self) -> FsState {
         FsState {
             tag: self.tag.clone(),
             num_request_queues: REQUEST_QUEUES as u32,
             read_only: self.options.read_only,
             nosuid: self.options.nosuid,
-            acked_features: self.acked_features,
-            activated: self.active.is_some(),
-            broken: self
-                .active
-                .as_ref()
-                .is_some_and(|a| a.shared.broken.load(Ordering::SeqCst)),
-            queues: self.queue_snapshots(),
         }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(mut active) = self.active.take() {
-            active.worker.stop();
+    fn restore(config: FsConfig, state: &FsState) -> Result<Self, FsError> {
+        let fs = Fs::new(&config)?;
+        let vm = fs.save();
+        let differs = |what, snapshot: &dyn ToString, vm: &dyn ToString| FsError::Layout {
+            what,
+            snapshot: snapshot.to_string(),
+            vm: vm.to_string(),
+        };
+        if state.tag != vm.tag {
+            return Err(differs("tag", &state.tag, &vm.tag));
         }
+        if state.num_request_queues != vm.num_request_queues {
+            return Err(differs(
+                "request queue count",
+                &state.num_request_queues,
+                &vm.num_request_queues,
+            ));
+        }
+        if (state.read_only, state.nosuid) != (vm.read_only, vm.nosuid) {
+            let policy = |s: &FsState| format!("read_only={} nosuid={}", s.read_only, s.nosuid);
+            return Err(differs("policy", &policy(state), &policy(&vm)));
+        }
+        Ok(fs)
     }
 }
 

@@ -863,13 +863,16 @@ fn the_device_serves_requests_on_its_worker_thread() {
     assert_eq!(irq.eventfd().read().unwrap(), 1);
     let out: OutHeader = m.read_obj(GuestAddress(DATA_START + 0x1000)).unwrap();
     assert_eq!((out.unique, out.error), (5, 0));
-    let state = fs.state();
-    assert!(state.activated && !state.broken);
-    assert_eq!(state.queues[1].next_used, 1);
+    assert!(fs.is_activated());
+    assert_eq!(
+        fs.queue_snapshots()[1].next_used,
+        1,
+        "the worker's position"
+    );
     // Reset stops the worker and drops the session.
     fs.reset();
     assert!(!fs.is_activated());
-    assert_eq!(fs.state().tag, "t");
+    assert_eq!(fs.tag(), "t");
 }
 
 /// The names in a READDIRPLUS reply, with the offset of the last entry.
@@ -937,4 +940,116 @@ fn listing_while_deleting_sees_every_entry_on_tmpfs() {
     }
     assert_eq!(seen, 300);
     assert_eq!(std::fs::read_dir(&many).unwrap().count(), 0);
+}
+
+#[test]
+fn a_restored_device_serves_the_restored_vms_own_directory() {
+    use crate::virtio::mmio::{MmioTransport, MmioTransportResources};
+    use snapshot::Persist;
+    let m = mem();
+    let template_dir = share();
+    std::fs::write(template_dir.as_path().join("only-in-template"), b"").unwrap();
+    let clone_dir = share();
+    std::fs::write(clone_dir.as_path().join("only-in-clone"), b"").unwrap();
+    let config = |dir: &TempDir| FsConfig {
+        tag: "root".into(),
+        dir: dir.as_path().to_path_buf(),
+        options: ShareOptions::default(),
+    };
+    let mut fs = Fs::new(&config(&template_dir)).unwrap();
+    let vq = MockSplitQueue::new(&m, 256);
+    let hiprio = MockSplitQueue::create(&m, GuestAddress(0x40000), 16);
+    for (q, mock, size) in [(0, &hiprio, 16), (1, &vq, 256)] {
+        let q = &mut fs.queues_mut()[q];
+        q.set_size(size);
+        q.set_desc_table_address(Some(mock.desc_table_addr().0 as u32), Some(0));
+        q.set_avail_ring_address(Some(mock.avail_addr().0 as u32), Some(0));
+        q.set_used_ring_address(Some(mock.used_addr().0 as u32), Some(0));
+        q.set_ready(true);
+    }
+    let irq = Arc::new(IrqTrigger::new(EventFd::new(0).unwrap()));
+    let template = MmioTransport::new(fs, m.clone(), irq);
+    let mut saved = template.save();
+    // What the guest's driver had negotiated before the template was snapshotted.
+    saved.acked_features = crate::virtio::features::VERSION_1;
+    saved.device_status = crate::virtio::status::ACKNOWLEDGE
+        | crate::virtio::status::DRIVER
+        | crate::virtio::status::FEATURES_OK
+        | crate::virtio::status::DRIVER_OK;
+    drop(template);
+    let irq = Arc::new(IrqTrigger::new(EventFd::new(0).unwrap()));
+    let restored = MmioTransport::<Fs>::restore(
+        MmioTransportResources {
+            mem: m.clone(),
+            irq: irq.clone(),
+            device: config(&clone_dir),
+        },
+        &saved,
+    )
+    .unwrap();
+    assert!(restored.device().is_activated());
+    assert_eq!(restored.save(), saved);
+    // The guest mounts the share: a new session, over the clone's directory.
+    let request = |unique: u64, opcode: Opcode, nodeid: u64, body: &[u8]| -> OutHeader {
+        let header = InHeader {
+            len: (40 + body.len()) as u32,
+            opcode: opcode as u32,
+            unique,
+            nodeid,
+            ..Default::default()
+        };
+        let mut msg = header.as_slice().to_vec();
+        msg.extend_from_slice(body);
+        let at = DATA_START + unique * 0x2000;
+        m.write_slice(&msg, GuestAddress(at)).unwrap();
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(at, msg.len() as u32, NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(at + 0x1000, 4096, WRITE, 0)),
+        ];
+        vq.add_desc_chains(&descs, 0).unwrap();
+        restored.device().queue_events()[1].write(1).unwrap();
+        assert_eq!(irq.eventfd().read().unwrap(), 1);
+        m.read_obj(GuestAddress(at + 0x1000)).unwrap()
+    };
+    let init = InitIn {
+        major: 7,
+        minor: 31,
+        max_readahead: 0,
+        flags: 0,
+    };
+    assert_eq!(request(1, Opcode::Init, 0, init.as_slice()).error, 0);
+    assert_eq!(
+        request(2, Opcode::Lookup, ROOT_ID, b"only-in-clone\0").error,
+        0
+    );
+    assert_eq!(
+        -request(3, Opcode::Lookup, ROOT_ID, b"only-in-template\0").error,
+        libc::ENOENT
+    );
+    // Another layout: refused by name.
+    for (change, want) in [
+        (
+            FsConfig {
+                tag: "data".into(),
+                ..config(&clone_dir)
+            },
+            "has tag root, this VM's has data",
+        ),
+        (
+            FsConfig {
+                options: ShareOptions {
+                    read_only: true,
+                    nosuid: false,
+                },
+                ..config(&clone_dir)
+            },
+            "policy",
+        ),
+    ] {
+        let e = Fs::restore(change, &saved.device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{e}");
+    }
 }

@@ -22,8 +22,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::{
-    features, new_queue_events, new_queues, ActivateError, IrqTrigger, QueueSnapshot, VirtioDevice,
-    INT_VRING,
+    features, new_queue_events, new_queues, ActivateError, IrqTrigger, VirtioDevice, INT_VRING,
 };
 use crate::GuestMemoryMmap;
 use muxer::{Muxer, MuxerError, Watcher};
@@ -51,15 +50,18 @@ pub enum VsockError {
     ReservedCid(u64),
 }
 
-/// The device's guest-visible state, for snapshots. Connections are not part of it: after a
-/// restore the guest is told its transport was reset.
+/// The device's own state in a snapshot (its queues and features are the transport's).
+/// Connections are not part of it: they belong to host sockets of the VM that was
+/// snapshotted; a restored device tells the guest its transport was reset, so the guest's
+/// sockets of that time fail and no clone shares a connection with its template.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VsockState {
     pub guest_cid: u64,
-    pub acked_features: u64,
-    pub activated: bool,
-    pub queues: Vec<QueueSnapshot>,
 }
+
+/// The event ID of a transport reset (virtio 1.2, 5.10.6.5).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 
 /// The virtio-vsock device.
 pub struct Vsock {
@@ -76,6 +78,9 @@ pub struct Vsock {
     broken: bool,
     /// The driver reset the device; the muxer drops its connections at the next event.
     pending_reset: bool,
+    /// Restored from a snapshot: the guest must hear of a transport reset, as soon as it
+    /// has an event buffer for it.
+    transport_reset_due: bool,
 }
 
 impl Vsock {
@@ -96,16 +101,44 @@ impl Vsock {
             payload: Vec::with_capacity(MAX_PAYLOAD),
             broken: false,
             pending_reset: false,
+            transport_reset_due: false,
         })
     }
 
-    /// The device's guest-visible state.
-    pub fn state(&self) -> VsockState {
-        VsockState {
-            guest_cid: self.guest_cid,
-            acked_features: self.acked_features,
-            activated: self.active.is_some(),
-            queues: self.queues.iter().map(QueueSnapshot::of).collect(),
+    /// Puts a transport reset event in the guest's event queue (see `transport_reset_due`);
+    /// without a buffer there yet, it goes when the guest adds one.
+    fn send_transport_reset(&mut self) {
+        let Some((mem, irq)) = &self.active else {
+            return;
+        };
+        let (mem, irq) = (mem.clone(), irq.clone());
+        let sent = (|| -> Result<bool, virtio_queue::Error> {
+            let Some(chain) = self.queues[EVQ].iter(&mem)?.next() else {
+                return Ok(false);
+            };
+            let head = chain.head_index();
+            let written = match chain.writer(&mem) {
+                Ok(mut w) if w.available_bytes() >= 4 => {
+                    w.write_all(&EVENT_TRANSPORT_RESET.to_le_bytes()).is_ok()
+                }
+                _ => false,
+            };
+            self.queues[EVQ].add_used(&mem, head, if written { 4 } else { 0 })?;
+            Ok(written)
+        })();
+        match sent {
+            Ok(true) => {
+                log::debug!("vsock: told the guest its transport was reset");
+                self.transport_reset_due = false;
+                irq.trigger(INT_VRING);
+            }
+            Ok(false) => {}
+            Err(e) => {
+                crate::warn_limited!(
+                    "vsock: event queue unusable ({e}); device stopped until reset"
+                );
+                self.broken = true;
+            }
         }
     }
 
@@ -193,6 +226,9 @@ impl Vsock {
     }
 
     fn run_queues(&mut self, w: &mut dyn Watcher) {
+        if self.transport_reset_due {
+            self.send_transport_reset();
+        }
         if self.broken {
             return;
         }
@@ -335,6 +371,25 @@ fn read_packet(
     Ok(header)
 }
 
+impl snapshot::Persist for Vsock {
+    type State = VsockState;
+    /// The restored VM's own Unix socket for its host side.
+    type Resources = std::path::PathBuf;
+    type Error = VsockError;
+
+    fn save(&self) -> VsockState {
+        VsockState {
+            guest_cid: self.guest_cid,
+        }
+    }
+
+    fn restore(uds_path: std::path::PathBuf, state: &VsockState) -> Result<Self, VsockError> {
+        let mut dev = Vsock::new(state.guest_cid, &uds_path)?;
+        dev.transport_reset_due = true;
+        Ok(dev)
+    }
+}
+
 impl MutEventSubscriber for Vsock {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         if self.pending_reset {
@@ -405,6 +460,9 @@ impl VirtioDevice for Vsock {
         log::debug!("vsock: activated (guest CID {})", self.guest_cid);
         self.active = Some((mem, irq));
         self.broken = false;
+        if self.transport_reset_due {
+            self.send_transport_reset();
+        }
         Ok(())
     }
     fn reset(&mut self) {
@@ -479,6 +537,39 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+
+    #[test]
+    fn a_restored_device_tells_the_guest_its_transport_was_reset() {
+        use snapshot::Persist;
+        let rig = Rig::new("restore");
+        let saved = rig.dev.save();
+        assert_eq!(saved, VsockState { guest_cid: 3 });
+        // The clone's own socket, not the template's.
+        let clone_sock = rig.dir.join("clone.sock");
+        let mut dev = Vsock::restore(clone_sock.clone(), &saved).unwrap();
+        assert_eq!(dev.save(), saved);
+        assert_eq!(dev.muxer.uds_path(), clone_sock);
+        let evq = MockSplitQueue::create(&rig.mem, GuestAddress(0x10_0000), 16);
+        // The guest has no event buffer yet when the device starts again: the event waits.
+        dev.queues[EVQ] = evq.create_queue().unwrap();
+        let irq = Arc::new(IrqTrigger::new(EventFd::new(libc::EFD_NONBLOCK).unwrap()));
+        dev.activate(rig.mem.clone(), irq.clone()).unwrap();
+        assert_eq!(irq.status(), 0);
+        rig.mem
+            .write_obj(0xffff_ffffu32, GuestAddress(0x30_0000))
+            .unwrap();
+        evq.add_desc_chains(&[desc(0x30_0000, 8, WRITE, 0)], 0)
+            .unwrap();
+        dev.run_queues(&mut NullWatcher);
+        assert_eq!(dev.queues[EVQ].next_used(), 1);
+        let event: u32 = rig.mem.read_obj(GuestAddress(0x30_0000)).unwrap();
+        assert_eq!(event, EVENT_TRANSPORT_RESET);
+        assert_eq!(irq.status() & INT_VRING, INT_VRING);
+        // Once only.
+        dev.run_queues(&mut NullWatcher);
+        assert_eq!(dev.queues[EVQ].next_used(), 1);
+        assert!(Vsock::restore(clone_sock, &VsockState { guest_cid: 2 }).is_err());
     }
 
     #[test]
