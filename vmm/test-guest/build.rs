@@ -5,7 +5,7 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const VARIANTS: &[&str] = &["HELLO", "IDLE", "PANIC", "FLOOD", "TRIPLE"];
+const VARIANTS: &[&str] = &["HELLO", "IDLE", "PANIC", "FLOOD", "TRIPLE", "COUNT"];
 
 fn run(cmd: &mut Command) {
     let status = cmd

@@ -12,6 +12,9 @@
  *   FLOOD  write to COM1 forever (the VMM must rate-limit the console log)
  *   TRIPLE write one line, then triple-fault (an empty IDT and a breakpoint): a crash with
  *          no reset requested, which the VMM must report as one
+ *   COUNT  write one line, then count forever, one line per count in hex ("00000001"),
+ *          the count held in a register: a snapshot restored into a new VM must go on
+ *          from where it was, never from 1
  */
     .code32
     .section .text, "ax"
@@ -25,6 +28,19 @@ flood:
     mov $message, %esi
     call print
     jmp flood
+#elif defined(VARIANT_COUNT)
+    mov $message, %esi
+    call print
+    xor %ebx, %ebx
+count:
+    inc %ebx
+    mov %ebx, %eax
+    call print_hex
+    /* A pause between lines: on kvm_pvm about 50 ms (a loop iteration there takes some
+     * hundreds of nanoseconds), so a second holds tens of lines, not millions. */
+    mov $0x10000, %ecx
+3:  loop 3b
+    jmp count
 #else
     mov $message, %esi
     call print
@@ -46,6 +62,24 @@ stuck:
     hlt
     jmp stuck
 #endif
+
+/* Writes %eax to COM1 as eight hex digits and a newline. */
+print_hex:
+    mov $8, %ecx
+    mov $0x3f8, %dx
+4:  rol $4, %eax
+    push %eax
+    and $0xf, %al
+    cmp $10, %al
+    jb 5f
+    add $('a' - '0' - 10), %al
+5:  add $'0', %al
+    out %al, %dx
+    pop %eax
+    loop 4b
+    mov $'\n', %al
+    out %al, %dx
+    ret
 
 /* Writes the NUL-terminated string at %esi to COM1's transmit register. */
 print:

@@ -17,6 +17,8 @@ pub const PANIC: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/panic.elf"));
 pub const FLOOD: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/flood.elf"));
 /// Writes one line, then triple-faults without asking for a reset: a guest crash.
 pub const TRIPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/triple.elf"));
+/// Counts forever, a line per count in hex: the state a snapshot must carry across.
+pub const COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/count.elf"));
 
 /// The line HELLO and IDLE print.
 pub const GREETING: &str = "berth-test-guest: hello from the guest";

@@ -86,6 +86,32 @@ impl DeviceManager {
         Ok(serial)
     }
 
+    /// COM1 restored from a snapshot's `state`, writing to `sink`.
+    pub fn restore_serial(
+        &mut self,
+        vm: &VmFd,
+        sink: devices::legacy::serial::ConsoleSink,
+        state: &devices::legacy::serial::SerialDeviceState,
+    ) -> Result<Arc<Mutex<SerialDevice>>, crate::snapshot::VmSnapshotError> {
+        use crate::snapshot::VmSnapshotError;
+        use snapshot::Persist;
+        let attach = |reason: String| VmSnapshotError::Attach {
+            what: "serial device",
+            reason,
+        };
+        let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| attach(e.to_string()))?;
+        vm.register_irqfd(&irq, COM1_IRQ)
+            .map_err(|e| attach(format!("KVM refused its irqfd: {e}")))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::restore(
+            (EventFdTrigger::new(irq), sink),
+            state,
+        )?));
+        self.pio
+            .insert(serial.clone(), COM1_BASE, COM1_LEN)
+            .map_err(|e| attach(e.to_string()))?;
+        Ok(serial)
+    }
+
     /// The i8042, its reset line signalling `reset`.
     pub fn add_i8042(&mut self, reset: EventFd) -> Result<(), DeviceError> {
         let dev = Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset))));

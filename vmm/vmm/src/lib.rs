@@ -18,9 +18,12 @@ pub mod device_manager;
 pub mod exit;
 pub mod hostcheck;
 pub mod memory;
+pub mod persist;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vmm;
 
 pub use config::{ConsoleOutput, VmConfig, VsockConfig};
 pub use exit::ExitReason;
+pub use snapshot::{VmHandle, VmSnapshotError};
 pub use vmm::{Vmm, VmmError};

@@ -2,7 +2,7 @@
 //! buses. A fatal exit raises the VM's exit signal with a reason that names the exit.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,162 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
 }
 
+/// Parks every vCPU outside KVM_RUN and lets them go again. While parked, each vCPU saves
+/// its own state on its own thread when asked (KVM's vCPU ioctls belong to the thread that
+/// runs the vCPU).
+pub struct Pause {
+    /// Checked by the vCPU loops after every exit; the lock is taken only to park.
+    requested: AtomicBool,
+    inner: Mutex<PauseInner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PauseInner {
+    /// The vCPU threads, to kick out of KVM_RUN.
+    threads: Vec<libc::pthread_t>,
+    parked: Vec<bool>,
+    /// Each vCPU's state, saved while parked when `save` was asked.
+    saved: Vec<Option<Result<crate::persist::VcpuState, crate::persist::PersistError>>>,
+    save: bool,
+    msr_index: Vec<u32>,
+    /// The VM is stopping: nothing stays parked.
+    released: bool,
+}
+
+/// Why the vCPUs could not be paused.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error("vCPU {0} did not leave KVM_RUN within {PAUSE_TIMEOUT:?}")]
+    Timeout(usize),
+    #[error("the VM is stopping")]
+    Stopping,
+    #[error(transparent)]
+    Save(#[from] crate::persist::PersistError),
+}
+
+/// How long a pause waits for every vCPU to park.
+pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl Pause {
+    /// For `vcpus` vCPUs whose saved state takes the MSRs in `msr_index`.
+    pub fn new(vcpus: usize, msr_index: Vec<u32>) -> Self {
+        Pause {
+            requested: AtomicBool::new(false),
+            inner: Mutex::new(PauseInner {
+                parked: vec![false; vcpus],
+                saved: (0..vcpus).map(|_| None).collect(),
+                msr_index,
+                ..PauseInner::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PauseInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the vCPU threads once they run.
+    pub fn set_threads(&self, threads: Vec<libc::pthread_t>) {
+        self.lock().threads = threads;
+    }
+
+    /// Parks every vCPU, each saving its state first when `save`; returns once all are
+    /// parked (acknowledged), with the states when saved.
+    pub fn pause(&self, save: bool) -> Result<Vec<crate::persist::VcpuState>, PauseError> {
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        let mut inner = self.lock();
+        if inner.released {
+            return Err(PauseError::Stopping);
+        }
+        inner.save = save;
+        inner.saved.iter_mut().for_each(|s| *s = None);
+        self.requested.store(true, Ordering::Release);
+        loop {
+            if let Some(i) = inner.parked.iter().position(|p| !p) {
+                if inner.released {
+                    return Err(PauseError::Stopping);
+                }
+                if Instant::now() >= deadline {
+                    drop(inner);
+                    self.resume();
+                    return Err(PauseError::Timeout(i));
+                }
+                // A kick can land just before KVM_RUN and be lost: kick again until parked.
+                for (&thread, _) in inner
+                    .threads
+                    .iter()
+                    .zip(&inner.parked)
+                    .filter(|(_, p)| !**p)
+                {
+                    // SAFETY: the pthread_t is a vCPU thread of this VM, joined only after
+                    // `release`, which happens before any join; the kick signal has a handler.
+                    unsafe { libc::pthread_kill(thread, kick_signal()) };
+                }
+                inner = self
+                    .changed
+                    .wait_timeout(inner, Duration::from_millis(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            break;
+        }
+        if !save {
+            return Ok(Vec::new());
+        }
+        inner
+            .saved
+            .iter_mut()
+            .map(|s| s.take().expect("every parked vCPU saved its state"))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(PauseError::Save)
+    }
+
+    /// Lets every parked vCPU run again.
+    pub fn resume(&self) {
+        let _inner = self.lock();
+        self.requested.store(false, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// The VM stops: parked vCPUs go, and no pause starts again.
+    pub fn release(&self) {
+        let mut inner = self.lock();
+        inner.released = true;
+        self.requested.store(false, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// Called by vCPU `index` when a pause is requested: saves its state if asked, parks
+    /// until resumed or released.
+    fn park(&self, index: usize, fd: &mut VcpuFd) {
+        let mut inner = self.lock();
+        if !self.requested.load(Ordering::Acquire) || inner.released {
+            return;
+        }
+        if inner.save {
+            // The last exit may have left work for the next KVM_RUN (the value of a port
+            // read goes into RAX on entry): KVM_RUN with immediate_exit completes it and
+            // returns at once, so the registers saved are the ones the guest would see.
+            fd.set_kvm_immediate_exit(1);
+            let _ = fd.run();
+            fd.set_kvm_immediate_exit(0);
+            let msr_index = std::mem::take(&mut inner.msr_index);
+            let state = crate::persist::save_vcpu(fd, index as u8, &msr_index);
+            inner.msr_index = msr_index;
+            inner.saved[index] = Some(state);
+        }
+        inner.parked[index] = true;
+        self.changed.notify_all();
+        while self.requested.load(Ordering::Acquire) && !inner.released {
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
+        }
+        inner.parked[index] = false;
+    }
+}
+
 /// A vCPU ready to run.
 pub struct Vcpu {
     pub index: u8,
@@ -39,6 +195,7 @@ pub struct Vcpu {
     /// The i8042 reset event (the event loop consumes it): pending means the guest asked
     /// for a reset.
     pub reset_evt: vmm_sys_util::eventfd::EventFd,
+    pub pause: Arc<Pause>,
 }
 
 /// What one exit means for the loop.
@@ -64,6 +221,10 @@ impl Vcpu {
         loop {
             if self.stop.load(Ordering::Acquire) {
                 return;
+            }
+            if self.pause.requested.load(Ordering::Acquire) {
+                self.pause.park(usize::from(self.index), &mut self.fd);
+                continue;
             }
             let step = self.step();
             match step {
@@ -194,9 +355,10 @@ impl Vcpu {
 
 /// Stops vCPU threads: sets their stop flag and kicks each until it has left KVM_RUN.
 /// A kick can land just before a thread re-enters KVM_RUN and be lost, hence the retries.
-pub fn stop_all(stop: &AtomicBool, threads: Vec<JoinHandle<()>>) {
+pub fn stop_all(stop: &AtomicBool, pause: &Pause, threads: Vec<JoinHandle<()>>) {
     use std::os::unix::thread::JoinHandleExt;
     stop.store(true, Ordering::Release);
+    pause.release();
     let deadline = Instant::now() + Duration::from_secs(2);
     for handle in threads {
         while !handle.is_finished() && Instant::now() < deadline {

@@ -11,6 +11,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +27,8 @@ use crate::config::{ConsoleOutput, VmConfig, BASE_CMDLINE};
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{self, MemoryError};
-use crate::vcpu::{self, Vcpu};
+use crate::snapshot::{VmHandle, VmSnapshotError};
+use crate::vcpu::{self, Pause, Vcpu};
 use devices::legacy::serial::{ConsoleLimit, ConsoleSink, SerialDevice};
 use devices::virtio::fs::{Fs, FsConfig, FsError, ShareOptions};
 use devices::virtio::rng::Rng;
@@ -66,6 +68,8 @@ pub enum VmmError {
     },
     #[error("event loop: {0}")]
     EventLoop(String),
+    #[error(transparent)]
+    Snapshot(#[from] VmSnapshotError),
     #[error("cannot set up {what}: {source}")]
     Os {
         what: &'static str,
@@ -87,9 +91,64 @@ pub struct Vmm {
     panicked: Arc<AtomicBool>,
     reset_evt: EventFd,
     exit: Arc<ExitSignal>,
-    _vm: VmFd,
-    _mem: GuestMemoryMmap,
+    pause: Arc<Pause>,
+    virtio_devices: usize,
+    mem_mib: u64,
+    vm: Arc<VmFd>,
+    mem: GuestMemoryMmap,
     _kvm: Kvm,
+}
+
+/// The parts every VM has, built the same way for a boot and for a restore.
+struct Base {
+    kvm: Kvm,
+    vm: VmFd,
+    devices: DeviceManager,
+    panicked: Arc<AtomicBool>,
+    reset_evt: EventFd,
+    supported_cpuid: kvm_bindings::CpuId,
+    msr_list: Vec<u32>,
+}
+
+/// Opens KVM, creates the VM with `mem` as its RAM, its in-kernel interrupt controllers and
+/// PIT, and the i8042 (the serial device is the caller's: booted new or restored).
+fn base(mem: &GuestMemoryMmap, kvm: Kvm, vm: VmFd) -> Result<Base, VmmError> {
+    register_memory(&vm, mem)?;
+    vm.set_tss_address(layout::KVM_TSS_ADDR)
+        .map_err(kvm_err("the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("an in-kernel interrupt controller"))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(kvm_err("an in-kernel PIT"))?;
+    let mut devices = DeviceManager::new();
+    let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Os {
+        what: "the reset event",
+        source,
+    })?;
+    devices.add_i8042(reset_evt.try_clone().map_err(|source| VmmError::Os {
+        what: "the reset event",
+        source,
+    })?)?;
+    let supported_cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("listing supported CPUID"))?;
+    let msr_list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("listing MSRs"))?
+        .as_slice()
+        .to_vec();
+    Ok(Base {
+        kvm,
+        vm,
+        devices,
+        panicked: Arc::new(AtomicBool::new(false)),
+        reset_evt,
+        supported_cpuid,
+        msr_list,
+    })
 }
 
 impl Vmm {
@@ -101,39 +160,23 @@ impl Vmm {
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("creating a VM"))?;
         let mem = memory::create(config.mem_mib)?;
-        register_memory(&vm, &mem)?;
-
-        vm.set_tss_address(layout::KVM_TSS_ADDR)
-            .map_err(kvm_err("the TSS address"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("an in-kernel interrupt controller"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("an in-kernel PIT"))?;
-
-        let mut devices = DeviceManager::new();
+        let mut b = base(&mem, kvm, vm)?;
         let sink = ConsoleSink::new(console_writer(&config.console)?, ConsoleLimit::default());
-        let panicked = sink.panic_flag();
-        let serial = devices.add_serial(&vm, sink)?;
-        let reset_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Os {
-            what: "the reset event",
-            source,
-        })?;
-        devices.add_i8042(reset_evt.try_clone().map_err(|source| VmmError::Os {
-            what: "the reset event",
-            source,
-        })?)?;
+        b.panicked = sink.panic_flag();
+        let serial = b.devices.add_serial(&b.vm, sink)?;
+        let mut virtio_devices = 0;
         if config.rng {
             let rng = Rng::new().map_err(|source| VmmError::Os {
                 what: "virtio-rng",
                 source,
             })?;
-            devices.add_virtio(&vm, &mem, rng)?;
+            b.devices.add_virtio(&b.vm, &mem, rng)?;
+            virtio_devices += 1;
         }
         if let Some(vsock) = &config.vsock {
-            devices.add_virtio(&vm, &mem, Vsock::new(vsock.guest_cid, &vsock.uds_path)?)?;
+            b.devices
+                .add_virtio(&b.vm, &mem, Vsock::new(vsock.guest_cid, &vsock.uds_path)?)?;
+            virtio_devices += 1;
         }
         for share in &config.shares {
             let fs = Fs::new(&FsConfig {
@@ -144,11 +187,12 @@ impl Vmm {
                     nosuid: share.nosuid,
                 },
             })?;
-            devices.add_virtio(&vm, &mem, fs)?;
+            b.devices.add_virtio(&b.vm, &mem, fs)?;
+            virtio_devices += 1;
         }
 
         let mut cmdline = BASE_CMDLINE.to_string();
-        for arg in &devices.cmdline {
+        for arg in &b.devices.cmdline {
             cmdline.push(' ');
             cmdline.push_str(arg);
         }
@@ -164,38 +208,97 @@ impl Vmm {
             config.vcpus,
         )?;
 
-        let supported = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("listing supported CPUID"))?;
-        let msr_list = kvm.get_msr_index_list().map_err(kvm_err("listing MSRs"))?;
         let mut vcpus = Vec::with_capacity(config.vcpus as usize);
         for index in 0..config.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(index))
-                .map_err(kvm_err("creating a vCPU"))?;
-            fd.set_cpuid2(&cpuid::for_vcpu(&supported, index, config.vcpus))
-                .map_err(kvm_err("the vCPU's CPUID"))?;
-            regs::setup_common(&fd, msr_list.as_slice())?;
+            let fd = create_vcpu(&b, index, config.vcpus)?;
+            regs::setup_common(&fd, &b.msr_list)?;
             if index == 0 {
                 regs::setup_boot_vcpu(&fd, entry.pvh_entry)?;
             }
             vcpus.push(fd);
         }
+        Self::assemble(b, serial, vcpus, mem, config.mem_mib, virtio_devices)
+    }
 
+    /// Builds a VM from a snapshot (`snapshot::VmHandle::snapshot`): `config` describes the
+    /// same VM (vCPUs, memory, no virtio devices yet) with its own console; its RAM is
+    /// `memory` mapped privately, its vCPUs and devices are the snapshot's. Nothing of a
+    /// kernel is loaded: the guest goes on where it was paused.
+    pub fn restore(config: VmConfig, state: &Path, memory: &Path) -> Result<Self, VmmError> {
+        let snap = crate::snapshot::read_state(state)?;
+        if snap.vcpus.len() != usize::from(config.vcpus) {
+            return Err(VmSnapshotError::VcpuCount {
+                found: snap.vcpus.len(),
+                configured: config.vcpus,
+            }
+            .into());
+        }
+        if snap.mem_mib != config.mem_mib {
+            return Err(VmSnapshotError::MemSize {
+                found: snap.mem_mib,
+                configured: config.mem_mib,
+            }
+            .into());
+        }
+        let virtio =
+            usize::from(config.rng) + usize::from(config.vsock.is_some()) + config.shares.len();
+        if virtio > 0 {
+            return Err(VmSnapshotError::VirtioDevices(virtio).into());
+        }
+        let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+        let vm = kvm.create_vm().map_err(kvm_err("creating a VM"))?;
+        let mem = crate::snapshot::map_memory_file(memory, &memory::ram_ranges(config.mem_mib))?;
+        let mut b = base(&mem, kvm, vm)?;
+        let sink = ConsoleSink::new(console_writer(&config.console)?, ConsoleLimit::default());
+        b.panicked = sink.panic_flag();
+        let serial = b.devices.restore_serial(&b.vm, sink, &snap.serial)?;
+        crate::persist::restore_vm(&b.vm, &snap.vm).map_err(VmSnapshotError::from)?;
+        let mut vcpus = Vec::with_capacity(snap.vcpus.len());
+        for (index, state) in snap.vcpus.iter().enumerate() {
+            let fd = create_vcpu(&b, index as u8, config.vcpus)?;
+            crate::persist::restore_vcpu(&fd, index as u8, state).map_err(VmSnapshotError::from)?;
+            vcpus.push(fd);
+        }
+        Self::assemble(b, serial, vcpus, mem, config.mem_mib, 0)
+    }
+
+    fn assemble(
+        b: Base,
+        serial: Arc<Mutex<SerialDevice>>,
+        vcpus: Vec<VcpuFd>,
+        mem: GuestMemoryMmap,
+        mem_mib: u64,
+        virtio_devices: usize,
+    ) -> Result<Self, VmmError> {
         Ok(Vmm {
+            pause: Arc::new(Pause::new(vcpus.len(), b.msr_list)),
             vcpus,
-            devices,
+            devices: b.devices,
             serial,
-            panicked,
-            reset_evt,
+            panicked: b.panicked,
+            reset_evt: b.reset_evt,
             exit: Arc::new(ExitSignal::new().map_err(|source| VmmError::Os {
                 what: "the exit event",
                 source,
             })?),
-            _vm: vm,
-            _mem: mem,
-            _kvm: kvm,
+            virtio_devices,
+            mem_mib,
+            vm: Arc::new(b.vm),
+            mem,
+            _kvm: b.kvm,
         })
+    }
+
+    /// The VM's controls (pause, resume, snapshot), for another thread while it runs.
+    pub fn handle(&self) -> VmHandle {
+        VmHandle {
+            vm: self.vm.clone(),
+            mem: self.mem.clone(),
+            mem_mib: self.mem_mib,
+            pause: self.pause.clone(),
+            serial: self.serial.clone(),
+            virtio_devices: self.virtio_devices,
+        }
     }
 
     /// A handle that stops the VM from another thread.
@@ -257,11 +360,12 @@ impl Vmm {
                     what: "the reset event",
                     source,
                 })?,
+                pause: self.pause.clone(),
             };
             match vcpu.spawn() {
                 Ok(handle) => threads.push(handle),
                 Err(source) => {
-                    vcpu::stop_all(&stop, threads);
+                    vcpu::stop_all(&stop, &self.pause, threads);
                     return Err(VmmError::Os {
                         what: "a vCPU thread",
                         source,
@@ -270,6 +374,11 @@ impl Vmm {
             }
         }
 
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            self.pause
+                .set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+        }
         let outcome = loop {
             if let Some(reason) = self.exit.reason() {
                 break Ok(reason);
@@ -278,7 +387,7 @@ impl Vmm {
                 break Err(VmmError::EventLoop(e.to_string()));
             }
         };
-        vcpu::stop_all(&stop, threads);
+        vcpu::stop_all(&stop, &self.pause, threads);
         devices::bus::lock(&self.serial).flush();
         let reason = outcome?;
         Ok(match reason {
@@ -291,6 +400,16 @@ impl Vmm {
             other => other,
         })
     }
+}
+
+/// Creates vCPU `index` of `count` with its CPUID.
+fn create_vcpu(b: &Base, index: u8, count: u8) -> Result<VcpuFd, VmmError> {
+    let fd =
+        b.vm.create_vcpu(u64::from(index))
+            .map_err(kvm_err("creating a vCPU"))?;
+    fd.set_cpuid2(&cpuid::for_vcpu(&b.supported_cpuid, index, count))
+        .map_err(kvm_err("the vCPU's CPUID"))?;
+    Ok(fd)
 }
 
 fn register_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), VmmError> {
