@@ -217,3 +217,155 @@ fn check_agrees_with_the_host() {
         assert!(out.stdout.starts_with("ok: "), "{out:?}");
     }
 }
+
+/// The counts the counting guest wrote to `console`, in order.
+fn counts(console: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(console)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+fn wait_counts(console: &std::path::Path, n: usize, what: &str) -> Vec<u32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = counts(console);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} counts after 30 s",
+            c.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_socket(path: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no control socket {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
+    use vmm_launcher::control::{request, ControlError, Request};
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("snapshot");
+    let kernel = guest(&s, "count.elf", test_guest::COUNT);
+    let (first_log, second_log) = (s.path("first.log"), s.path("second.log"));
+    let (state, memory) = (s.path("vm.state"), s.path("vm.mem"));
+    let control = s.path("control.sock");
+    let ctl = |r: Request| request(&control, &r, Duration::from_secs(10));
+
+    let mut first = vmm()
+        .args(["boot", "--mem", "16", "--no-rng", "--kernel"])
+        .arg(&kernel)
+        .arg("--console")
+        .arg(&first_log)
+        .arg("--control")
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    wait_socket(&control);
+    wait_counts(&first_log, 5, "the booted VM");
+    ctl(Request::Pause).unwrap();
+    let paused = counts(&first_log);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counts(&first_log), paused, "a paused VM went on counting");
+    ctl(Request::Resume).unwrap();
+    wait_counts(&first_log, paused.len() + 3, "the resumed VM");
+    ctl(Request::Snapshot {
+        state: state.clone(),
+        memory: memory.clone(),
+    })
+    .unwrap();
+    let last = *counts(&first_log).last().unwrap();
+    // Hostile or confused clients get an error reply; the VMM carries on.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&control).unwrap();
+        c.write_all(b"{\"version\":7,\"request\":\"pause\"}\n")
+            .unwrap();
+        let mut reply = String::new();
+        c.read_to_string(&mut reply).unwrap();
+        assert!(reply.contains("version 7 is not spoken here"), "{reply}");
+    }
+    ctl(Request::Shutdown).unwrap();
+    let status = wait_timeout(&mut first, Duration::from_secs(10)).expect("the VMM stopped");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a requested shutdown is an orderly exit"
+    );
+    assert!(!control.exists(), "the control socket is removed at exit");
+
+    let mut second = vmm()
+        .args(["restore", "--mem", "16", "--state"])
+        .arg(&state)
+        .arg("--memory")
+        .arg(&memory)
+        .arg("--console")
+        .arg(&second_log)
+        .arg("--control")
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    wait_socket(&control);
+    let restored = wait_counts(&second_log, 5, "the restored VM");
+    ctl(Request::Shutdown).unwrap();
+    let status = wait_timeout(&mut second, Duration::from_secs(10)).expect("the VMM stopped");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        restored[0],
+        last + 1,
+        "the restored VM goes on from {last}: {restored:?}"
+    );
+    assert!(!std::fs::read_to_string(&second_log)
+        .unwrap()
+        .contains(test_guest::GREETING));
+    // A VM with virtio devices is refused by name, and keeps running.
+    let mut third = vmm()
+        .args(["boot", "--mem", "16", "--kernel"])
+        .arg(&kernel)
+        .arg("--console")
+        .arg(s.path("third.log"))
+        .arg("--control")
+        .arg(&control)
+        .spawn()
+        .unwrap();
+    wait_socket(&control);
+    match ctl(Request::Snapshot {
+        state: s.path("x.state"),
+        memory: s.path("x.mem"),
+    }) {
+        Err(ControlError::Refused(why)) => assert!(why.contains("virtio devices"), "{why}"),
+        other => panic!("snapshot with virtio-rng: {other:?}"),
+    }
+    ctl(Request::Shutdown).unwrap();
+    assert_eq!(
+        wait_timeout(&mut third, Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    // A damaged state file: a clear error, exit 1.
+    let bytes = std::fs::read(&state).unwrap();
+    std::fs::write(&state, &bytes[..bytes.len() - 3]).unwrap();
+    let mut cmd = vmm();
+    cmd.args(["restore", "--mem", "16", "--state"])
+        .arg(&state)
+        .arg("--memory")
+        .arg(&memory);
+    let out = run(cmd, b"", Duration::from_secs(20));
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(out.stderr.contains("truncated"), "{}", out.stderr);
+}

@@ -3,13 +3,20 @@
 //! `--fs TAG=DIR[:ro][,nosuid]` (repeatable) adds a virtio-fs device sharing DIR under TAG;
 //! `ro` refuses every change, `nosuid` keeps the guest from creating set-id files.
 //!
+//! `--control PATH` listens there for the control protocol (`vmm_launcher::control`: pause,
+//! resume, snapshot, shutdown). `berth-vmm restore --state S --memory M` builds the VM from a
+//! snapshot instead of booting a kernel, and goes on where it was paused.
+//!
 //! Exit codes (`vmm_launcher::VmmExit`, which supervisors read them back with): 0 the guest
-//! reset or powered itself off in order; 1 the VM could not be built or the VMM failed;
+//! reset or powered itself off in order, or the controller asked for a shutdown; 1 the VM could not be built or the VMM failed;
 //! 2 usage; 3 the guest kernel panicked; 4 KVM could not run the guest (fatal exit); 5 the
 //! guest crashed (a triple fault with no reset requested); 128+N stopped by signal N.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use vmm::config::FsShareConfig;
 use vmm::{ConsoleOutput, ExitReason, VmConfig, Vmm, VsockConfig};
@@ -30,8 +37,21 @@ const SPEC: Spec = Spec {
         "--vsock-uds",
         "--vsock-cid",
         "--fs",
+        "--control",
     ],
     flags: &["--no-rng"],
+};
+
+const RESTORE_SPEC: Spec = Spec {
+    valued: &[
+        "--state",
+        "--memory",
+        "--cpus",
+        "--mem",
+        "--console",
+        "--control",
+    ],
+    flags: &[],
 };
 
 /// Default guest CID (the first one that is not reserved).
@@ -135,11 +155,116 @@ pub fn main(argv: &[String]) -> ExitCode {
         raise_fd_limit();
     }
     let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
-    let outcome = Vmm::new(config).and_then(Vmm::run);
+    let outcome = Vmm::new(config).and_then(|vmm| run_controlled(vmm, &args));
     if let Some(path) = vsock_path {
         // The vsock device removes its socket when dropped; make sure of it on every path.
         let _ = std::fs::remove_file(path);
     }
+    finish(outcome, &args)
+}
+
+/// `berth-vmm restore`: a VM built from a snapshot (no virtio devices yet).
+pub fn restore_main(argv: &[String]) -> ExitCode {
+    let args = match Args::parse(argv, &RESTORE_SPEC) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-vmm restore: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let paths = (args.value("--state"), args.value("--memory"));
+    let (Some(state), Some(memory)) = paths else {
+        eprintln!("berth-vmm restore: --state and --memory are required");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let numbers = (args.number("--cpus", 1), args.number("--mem", 128));
+    let (Ok(vcpus), Ok(mem_mib)) = numbers else {
+        eprintln!("berth-vmm restore: --cpus and --mem take numbers");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = VmConfig {
+        vcpus,
+        mem_mib,
+        // Nothing is loaded: the snapshot's memory holds the guest.
+        kernel: PathBuf::new(),
+        initrd: None,
+        extra_cmdline: String::new(),
+        console: match args.value("--console") {
+            None | Some("-") => ConsoleOutput::Stdout,
+            Some(path) => ConsoleOutput::File(PathBuf::from(path)),
+        },
+        vsock: None,
+        rng: false,
+        shares: Vec::new(),
+    };
+    let outcome = Vmm::restore(config, Path::new(state), Path::new(memory))
+        .and_then(|vmm| run_controlled(vmm, &args));
+    finish(outcome, &args)
+}
+
+/// Runs `vmm`, serving its control socket when `--control` names one.
+fn run_controlled(vmm: Vmm, args: &Args) -> Result<ExitReason, vmm::VmmError> {
+    let socket = args.value("--control").map(PathBuf::from);
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(|source| vmm::VmmError::Os {
+            what: "the control socket",
+            source,
+        })?;
+        let handle = vmm.handle();
+        let exit = vmm.exit_signal();
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve_control(listener, handle, exit))
+            .map_err(|source| vmm::VmmError::Os {
+                what: "the control thread",
+                source,
+            })?;
+    }
+    let outcome = vmm.run();
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
+    outcome
+}
+
+/// Answers control requests, one connection at a time, until the process ends. Whatever a
+/// client sends gets a reply; nothing it sends reaches the VM but a well-formed request.
+fn serve_control(
+    listener: UnixListener,
+    handle: vmm::VmHandle,
+    exit: std::sync::Arc<vmm::exit::ExitSignal>,
+) {
+    use vmm_launcher::control::{decode_request, encode_reply, read_line, Reply, Request};
+    for conn in listener.incoming() {
+        let Ok(mut conn) = conn else { continue };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let reply = match read_line(&mut conn) {
+            Ok(None) => continue,
+            Err(e) => Reply::error(format!("cannot read the request: {e}")),
+            Ok(Some(line)) => match decode_request(&line) {
+                Err(e) => Reply::error(e),
+                Ok(Request::Pause) => handle
+                    .pause()
+                    .map_or_else(|e| Reply::error(e.to_string()), |()| Reply::ok()),
+                Ok(Request::Resume) => {
+                    handle.resume();
+                    Reply::ok()
+                }
+                Ok(Request::Snapshot { state, memory }) => handle
+                    .snapshot(&state, &memory)
+                    .map_or_else(|e| Reply::error(e.to_string()), |()| Reply::ok()),
+                Ok(Request::Shutdown) => {
+                    exit.raise(ExitReason::Stopped);
+                    Reply::ok()
+                }
+            },
+        };
+        let _ = conn.write_all(encode_reply(&reply).as_bytes());
+    }
+}
+
+fn finish(outcome: Result<ExitReason, vmm::VmmError>, args: &Args) -> ExitCode {
     let reason = match outcome {
         Ok(reason) => reason,
         Err(e) => {
@@ -147,12 +272,12 @@ pub fn main(argv: &[String]) -> ExitCode {
             return ExitCode::from(VmmExit::VmmError.code());
         }
     };
-    ExitCode::from(report(&reason, &args).code())
+    ExitCode::from(report(&reason, args).code())
 }
 
 fn report(reason: &ExitReason, args: &Args) -> VmmExit {
     match reason {
-        ExitReason::GuestShutdown { .. } => VmmExit::GuestShutdown,
+        ExitReason::GuestShutdown { .. } | ExitReason::Stopped => VmmExit::GuestShutdown,
         ExitReason::GuestPanic => {
             eprintln!(
                 "berth-vmm: the guest kernel panicked; see {}",

@@ -3,6 +3,8 @@
 //! - `berth-vmm check`: can this host's KVM run a Linux guest? (exit 0, or 1 with the reason)
 //! - `berth-vmm boot ...`: the VMM itself: boots a kernel with the given devices and runs
 //!   until the guest shuts down.
+//! - `berth-vmm restore --state S --memory M ...`: the VMM, built from a snapshot (taken over
+//!   `--control`), going on where the snapshotted VM paused.
 //! - `berth-vmm run ... -- CMD ARGS...`: boots a VM in a child `berth-vmm boot` process and
 //!   runs CMD in it through the guest agent, with stdio streamed and the exit code returned.
 //!
@@ -20,7 +22,9 @@ const USAGE: &str = "usage:
   berth-vmm check
   berth-vmm boot --kernel PATH [--initrd PATH] [--cpus N] [--mem MIB] [--cmdline ARGS]
                  [--console PATH|-] [--vsock-uds PATH] [--vsock-cid CID] [--no-rng]
-                 [--fs TAG=DIR[:ro][,nosuid]]...
+                 [--fs TAG=DIR[:ro][,nosuid]]... [--control PATH]
+  berth-vmm restore --state PATH --memory PATH [--cpus N] [--mem MIB] [--console PATH|-]
+                 [--control PATH]
   berth-vmm run [--cpus N] [--mem MIB] [--kernel PATH] [--initrd PATH] [-t|--tty]
                 [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--console PATH]
                 [--boot-timeout SECS] [--boot-retries N] [--watchdog SECS]
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
             }
         },
         "boot" => boot::main(&rest),
+        "restore" => boot::restore_main(&rest),
         "run" => run::main(&rest),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");

@@ -7,6 +7,7 @@
 //! It holds no policy: whether a failed boot is tried again, and how a failure is worded for
 //! a user, belong to the callers. It depends on nothing of the VMM (the engine must not).
 
+pub mod control;
 mod exit;
 mod spec;
 

@@ -28,6 +28,8 @@ pub enum ExitReason {
     VcpuFault { vcpu: u8, what: String },
     /// The host asked the VMM to stop (SIGTERM, SIGINT, SIGHUP).
     HostSignal(i32),
+    /// Its controller asked the VMM to stop (the control socket's `shutdown`).
+    Stopped,
 }
 
 impl ExitReason {
@@ -78,6 +80,7 @@ impl std::fmt::Display for ExitReason {
             ),
             ExitReason::VcpuFault { vcpu, what } => write!(f, "vCPU {vcpu}: {what}"),
             ExitReason::HostSignal(sig) => write!(f, "stopped by signal {sig}"),
+            ExitReason::Stopped => write!(f, "stopped by its controller"),
         }
     }
 }
