@@ -9,6 +9,8 @@
 //! with flag 0x80, when the body is the whole request, header included.
 #![no_main]
 
+#[path = "ring.rs"]
+mod ring;
 #[path = "scratch.rs"]
 mod scratch;
 
@@ -20,16 +22,10 @@ use devices::GuestMemoryMmap;
 use fuse_backend_rs::abi::fuse_abi::{InHeader, InitIn, Opcode};
 use fuse_backend_rs::api::server::Server;
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use ring::{Ring, QUEUE_LEN};
 use virtio_queue::{Queue, QueueT};
-use vm_memory::{Address, ByteValued, Bytes, GuestAddress};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
-const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
-const QUEUE_LEN: u16 = 256;
-const DESC_TABLE: u64 = 0;
-const AVAIL_RING: u64 = 0x1000;
-const USED_RING: u64 = 0x2000;
 const REQUESTS: u64 = 0x10000;
 const REQUEST_ROOM: u64 = 0x1000;
 const REPLIES: u64 = 0x100000;
@@ -39,15 +35,14 @@ const MEM: usize = 0x200000;
 
 struct Session {
     mem: GuestMemoryMmap,
-    next_desc: u16,
-    chains: u16,
+    ring: Ring,
 }
 
 impl Session {
     /// Puts a request and its reply buffer on the ring as one chain (the request split in
     /// two buffers when `split`; a reply buffer of `reply_len` bytes).
     fn add(&mut self, request: &[u8], split: bool, reply_len: u32) {
-        let slot = u64::from(self.chains);
+        let slot = u64::from(self.ring.chains);
         let at = REQUESTS + slot * REQUEST_ROOM;
         let request = &request[..request.len().min(REQUEST_ROOM as usize)];
         self.mem.write_slice(request, GuestAddress(at)).unwrap();
@@ -60,24 +55,7 @@ impl Session {
             bufs.push((at, len, false));
         }
         bufs.push((REPLIES + slot * REPLY_ROOM, reply_len, true));
-        let head = self.next_desc;
-        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
-            let last = i + 1 == bufs.len();
-            let flags = if write { WRITE } else { 0 } | if last { 0 } else { NEXT };
-            let next = if last { 0 } else { head + i as u16 + 1 };
-            let desc = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-            let at = GuestAddress(DESC_TABLE + 16 * u64::from(head + i as u16));
-            self.mem.write_obj(desc, at).unwrap();
-        }
-        self.next_desc += bufs.len() as u16;
-        let avail = GuestAddress(AVAIL_RING);
-        self.mem
-            .write_obj(head, avail.unchecked_add(4 + 2 * u64::from(self.chains)))
-            .unwrap();
-        self.chains += 1;
-        self.mem
-            .write_obj(self.chains, avail.unchecked_add(2))
-            .unwrap();
+        self.ring.add(&self.mem, &bufs);
     }
 }
 
@@ -115,16 +93,13 @@ fuzz_target!(|data: &[u8]| {
         .expect("a share");
         let server = Server::new(fs);
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
+        let ring = Ring::new(0);
         let mut queue = Queue::new(QUEUE_LEN).unwrap();
-        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_desc_table_address(Some(ring.desc_table() as u32), Some(0));
+        queue.set_avail_ring_address(Some(ring.avail() as u32), Some(0));
+        queue.set_used_ring_address(Some(ring.used() as u32), Some(0));
         queue.set_ready(true);
-        let mut session = Session {
-            mem,
-            next_desc: 0,
-            chains: 0,
-        };
+        let mut session = Session { mem, ring };
         let init = InitIn {
             major: 7,
             minor: 31,
@@ -142,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
         );
         let mut rest = data.get(4..).unwrap_or_default();
         let mut unique = 1;
-        while rest.len() >= 4 && usize::from(session.chains) < MAX_REQUESTS {
+        while rest.len() >= 4 && usize::from(session.ring.chains) < MAX_REQUESTS {
             let (opcode, node, flags) = (rest[0], rest[1], rest[2]);
             let len = usize::from(rest[3]) * 4;
             let body = &rest[4..(4 + len).min(rest.len())];

@@ -7,6 +7,9 @@
 //! Input: one byte of set-up, then records of [kind, a, b, c, length] and `length` bytes.
 #![no_main]
 
+#[path = "ring.rs"]
+mod ring;
+
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -16,15 +19,12 @@ use devices::virtio::vsock::{FuzzLoop, Vsock};
 use devices::virtio::{IrqTrigger, VirtioDevice};
 use devices::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+use ring::{Ring, QUEUE_LEN};
 use virtio_queue::QueueT;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
-const WRITE: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
 const MEM: usize = 4 << 20;
-const QUEUE_LEN: u16 = 256;
 const GUEST_CID: u64 = 3;
 /// Ports with a host listener, then one without.
 const PORTS: [u32; 4] = [1024, 1025, 52, 9];
@@ -33,49 +33,6 @@ const PACKET_ROOM: u64 = 0x1000;
 const RX_BUFFERS: u64 = 0x200000;
 const RX_ROOM: u64 = 0x1000;
 const HEADER_LEN: usize = 44;
-
-/// One queue's rings, placed at `base`: descriptors, then the available and used rings.
-struct Ring {
-    base: u64,
-    next_desc: u16,
-    chains: u16,
-}
-
-impl Ring {
-    fn desc_table(&self) -> u64 {
-        self.base
-    }
-    fn avail(&self) -> u64 {
-        self.base + 0x1000
-    }
-    fn used(&self) -> u64 {
-        self.base + 0x2000
-    }
-
-    /// Puts a chain of (address, length, device-writable) buffers on the ring; false when
-    /// the ring is full (it never wraps within one input).
-    fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[(u64, u32, bool)]) -> bool {
-        if usize::from(self.next_desc) + bufs.len() > usize::from(QUEUE_LEN) {
-            return false;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, write)) in bufs.iter().enumerate() {
-            let last = i + 1 == bufs.len();
-            let flags = if write { WRITE } else { 0 } | if last { 0 } else { NEXT };
-            let next = if last { 0 } else { head + i as u16 + 1 };
-            let desc = RawDescriptor::from(Descriptor::new(addr, len, flags, next));
-            let at = GuestAddress(self.desc_table() + 16 * u64::from(head + i as u16));
-            mem.write_obj(desc, at).unwrap();
-        }
-        self.next_desc += bufs.len() as u16;
-        let avail = GuestAddress(self.avail());
-        mem.write_obj(head, avail.unchecked_add(4 + 2 * u64::from(self.chains)))
-            .unwrap();
-        self.chains += 1;
-        mem.write_obj(self.chains, avail.unchecked_add(2)).unwrap();
-        true
-    }
-}
 
 fn header(op: u16, src_port: u32, dst_port: u32, len: u32, extra: &[u8]) -> Vec<u8> {
     let word = |i: usize| {
@@ -118,13 +75,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM)]).unwrap();
     let mut dev = Vsock::new(GUEST_CID, &sock).unwrap();
-    let mut rings: Vec<Ring> = (0..3)
-        .map(|i| Ring {
-            base: 0x4000 * i as u64,
-            next_desc: 0,
-            chains: 0,
-        })
-        .collect();
+    let mut rings: Vec<Ring> = (0..3).map(|i| Ring::new(0x4000 * i as u64)).collect();
     for (q, r) in dev.queues_mut().iter_mut().zip(&rings) {
         q.set_size(QUEUE_LEN);
         q.set_desc_table_address(Some(r.desc_table() as u32), Some(0));

@@ -220,27 +220,7 @@ fn check_agrees_with_the_host() {
 
 /// The counts the counting guest wrote to `console`, in order.
 fn counts(console: &std::path::Path) -> Vec<u32> {
-    std::fs::read_to_string(console)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
-        .collect()
-}
-
-fn wait_counts(console: &std::path::Path, n: usize, what: &str) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = counts(console);
-        if c.len() >= n {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} counts after 30 s",
-            c.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    test_guest::counts(&std::fs::read_to_string(console).unwrap_or_default())
 }
 
 fn wait_socket(path: &std::path::Path) {
@@ -278,13 +258,13 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .spawn()
         .unwrap();
     wait_socket(&control);
-    wait_counts(&first_log, 5, "the booted VM");
+    test_guest::wait_for_counts(&first_log, 5, "the booted VM");
     ctl(Request::Pause).unwrap();
     let paused = counts(&first_log);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(counts(&first_log), paused, "a paused VM went on counting");
     ctl(Request::Resume).unwrap();
-    wait_counts(&first_log, paused.len() + 3, "the resumed VM");
+    test_guest::wait_for_counts(&first_log, paused.len() + 3, "the resumed VM");
     ctl(Request::Snapshot {
         state: state.clone(),
         memory: memory.clone(),
@@ -322,7 +302,7 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .spawn()
         .unwrap();
     wait_socket(&control);
-    let restored = wait_counts(&second_log, 5, "the restored VM");
+    let restored = test_guest::wait_for_counts(&second_log, 5, "the restored VM");
     ctl(Request::Shutdown).unwrap();
     let status = wait_timeout(&mut second, Duration::from_secs(10)).expect("the VMM stopped");
     assert_eq!(status.code(), Some(0));

@@ -20,6 +20,33 @@ pub const TRIPLE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/triple.elf")
 /// Counts forever, a line per count in hex: the state a snapshot must carry across.
 pub const COUNT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/count.elf"));
 
+/// The counts a [`COUNT`] guest wrote to its console, in order.
+pub fn counts(console: &str) -> Vec<u32> {
+    console
+        .lines()
+        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
+        .collect()
+}
+
+/// Waits up to 30 s until the [`COUNT`] guest's console log `log` holds `n` counts, and
+/// returns them; panics naming `what` otherwise (for tests).
+pub fn wait_for_counts(log: &Path, n: usize, what: &str) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let c = counts(&text);
+        if c.len() >= n {
+            return c;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {} counts after 30 s: {text:?}",
+            c.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The line HELLO and IDLE print.
 pub const GREETING: &str = "berth-test-guest: hello from the guest";
 

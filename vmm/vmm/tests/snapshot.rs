@@ -5,7 +5,7 @@
 //! file (the file does not change).
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vmm::{ConsoleOutput, ExitReason, VmConfig, Vmm};
 
@@ -40,30 +40,9 @@ fn config(kernel: &Path, console: &Path, vcpus: u8) -> VmConfig {
     }
 }
 
-/// The counts the guest wrote to `console` (hex lines), in order.
+/// The counts the counting guest wrote to `console`, in order.
 fn counts(console: &Path) -> Vec<u32> {
-    std::fs::read_to_string(console)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| u32::from_str_radix(l.trim(), 16).ok())
-        .collect()
-}
-
-fn wait_for(console: &Path, n: usize, what: &str) -> Vec<u32> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let c = counts(console);
-        if c.len() >= n {
-            return c;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {} counts after 30 s: {:?}",
-            c.len(),
-            std::fs::read_to_string(console).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    test_guest::counts(&std::fs::read_to_string(console).unwrap_or_default())
 }
 
 /// Runs `vmm` on its own thread; returns its handle and the thread.
@@ -101,7 +80,7 @@ fn snapshot_and_restore(vcpus: u8) {
     let (state, memory) = (dir.0.join("vm.state"), dir.0.join("vm.mem"));
 
     let (handle, exit, thread) = start(Vmm::new(config(&kernel, &first_console)).unwrap());
-    wait_for(&first_console, 5, "the first VM");
+    test_guest::wait_for_counts(&first_console, 5, "the first VM");
     // Paused: nothing more is written.
     handle.pause().unwrap();
     let paused = counts(&first_console);
@@ -112,7 +91,7 @@ fn snapshot_and_restore(vcpus: u8) {
         "a paused VM went on counting"
     );
     handle.resume();
-    wait_for(
+    test_guest::wait_for_counts(
         &first_console,
         paused.len() + 3,
         "the first VM after resume",
@@ -125,7 +104,7 @@ fn snapshot_and_restore(vcpus: u8) {
 
     let (_handle, exit, thread) =
         start(Vmm::restore(config(&kernel, &second_console), &state, &memory).unwrap());
-    let restored = wait_for(&second_console, 5, "the restored VM");
+    let restored = test_guest::wait_for_counts(&second_console, 5, "the restored VM");
     exit.raise(ExitReason::HostSignal(15));
     thread.join().unwrap().unwrap();
     // The banner is not written again: the guest did not boot, it went on.
