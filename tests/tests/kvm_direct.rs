@@ -258,6 +258,15 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .spawn()
         .unwrap();
     wait_socket(&control);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&control).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "the control socket is for its owner alone: {mode:o}"
+        );
+    }
     test_guest::wait_for_counts(&first_log, 5, "the booted VM");
     ctl(Request::Pause).unwrap();
     let paused = counts(&first_log);

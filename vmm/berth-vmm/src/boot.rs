@@ -207,7 +207,15 @@ fn run_controlled(vmm: Vmm, args: &Args) -> Result<ExitReason, vmm::VmmError> {
     let socket = args.value("--control").map(PathBuf::from);
     if let Some(path) = &socket {
         let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path).map_err(|source| vmm::VmmError::Os {
+        // Whoever can connect controls the VM (and where its snapshots are written): the
+        // socket is created for this user alone. Only this thread runs yet, so the umask
+        // change cannot race another file's creation.
+        // SAFETY: umask(2) has no memory effects; the old mask is restored right after.
+        let old_mask = unsafe { libc::umask(0o077) };
+        let bound = UnixListener::bind(path);
+        // SAFETY: as above.
+        unsafe { libc::umask(old_mask) };
+        let listener = bound.map_err(|source| vmm::VmmError::Os {
             what: "the control socket",
             source,
         })?;
