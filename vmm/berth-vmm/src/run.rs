@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use agent_client::{AgentClient, ErrorCode, ProcessSpec, StdioStream, TtySize};
 use vmm_launcher::{BootSpec, Console, LaunchError, Share, VmmExit};
@@ -389,6 +389,10 @@ impl Run {
                     .map_err(Failure::agent)?,
             )
         };
+        // The connection that forwards signals is opened before the process starts: opened
+        // after, it raced a guest that stopped answering right away (its connect timed out
+        // before the watchdog named the guest, and the run failed with a bare timeout).
+        let forwarder_conn = control.open_control().map_err(Failure::agent)?;
         let raw_mode = if tty { RawMode::enable() } else { None };
 
         if let Err(e) = control.start_process(PROCESS_ID) {
@@ -433,8 +437,7 @@ impl Run {
         let stderr_pump = stderr_stream.map(|mut stream| {
             std::thread::spawn(move || pump(&mut stream, &mut std::io::stderr()))
         });
-        let forwarder =
-            SignalForwarder::start(control.open_control().map_err(Failure::agent)?, tty);
+        let forwarder = SignalForwarder::start(forwarder_conn, tty);
 
         let status = control.wait_process(PROCESS_ID);
         drop(watchdog);
@@ -605,13 +608,14 @@ impl Watchdog {
             .spawn(move || {
                 let stopped = || stop_flag.load(std::sync::atomic::Ordering::Relaxed);
                 loop {
-                    let mut waited = Duration::ZERO;
-                    while waited < Self::PERIOD {
+                    // Wall-clock time: on a loaded host a 100 ms sleep can take far longer,
+                    // and a period counted in sleeps would stretch with it.
+                    let period_end = Instant::now() + Self::PERIOD;
+                    while Instant::now() < period_end {
                         if stopped() {
                             return;
                         }
                         std::thread::sleep(Duration::from_millis(100));
-                        waited += Duration::from_millis(100);
                     }
                     let Err(e) = AgentClient::connect(&uds, limit) else {
                         continue;
