@@ -263,8 +263,12 @@ fn serve_control(
                     .snapshot(&state, &memory)
                     .map_or_else(|e| Reply::error(e.to_string()), |()| Reply::ok()),
                 Ok(Request::Shutdown) => {
+                    // The reply goes out before the exit is raised: once raised, the
+                    // process may end before this thread writes another byte.
+                    let _ = conn.write_all(encode_reply(&Reply::ok()).as_bytes());
+                    drop(conn);
                     exit.raise(ExitReason::Stopped);
-                    Reply::ok()
+                    continue;
                 }
             },
         };
