@@ -327,3 +327,68 @@ fn a_guest_that_stops_answering_is_named() {
     );
     assert!(stderr.contains("the guest console log is"), "{stderr}");
 }
+
+/// A template is built once (a boot until the agent is up, then a snapshot); each run
+/// after is a clone restored from it in a fresh VMM, with its own share behind the same
+/// virtio-fs device, its own vsock socket, and the agent of the template answering.
+#[test]
+fn clones_of_a_template_each_serve_their_own_share() {
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new("template");
+    let template = s.path("template");
+    let template_arg = template.to_str().unwrap().to_string();
+    let mut dirs = vec![];
+    for i in 0..3 {
+        let dir = s.path(&format!("share-{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("id"), format!("clone {i}\n")).unwrap();
+        dirs.push(dir);
+    }
+    let script = "mount -t virtiofs data /mnt && cat /mnt/id && echo from-the-guest > /mnt/back \
+                  && umount /mnt && cat /proc/uptime";
+    let mut uptimes = vec![];
+    for (i, dir) in dirs.iter().enumerate() {
+        let share = format!("data={}", dir.display());
+        let out = vm(
+            &["--template", &template_arg, "--fs", &share],
+            &["sh", "-c", script],
+            b"",
+        );
+        assert_eq!(out.code(), 0, "clone {i}: {out:?}");
+        let mut lines = out.stdout.lines();
+        assert_eq!(lines.next(), Some(format!("clone {i}").as_str()), "{out:?}");
+        uptimes.push(lines.next().unwrap_or_default().to_string());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("back")).unwrap(),
+            "from-the-guest\n"
+        );
+        if i == 0 {
+            // Built by the first run, and kept.
+            assert!(template.join("vm.state").is_file());
+            assert!(template.join("vm.mem").is_file());
+        }
+    }
+    // Every clone's guest started from the template's moment: the same kernel, booted once.
+    let booted_for = |u: &str| -> f64 {
+        u.split(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(uptimes.iter().all(|u| booted_for(u) > 0.0), "{uptimes:?}");
+    // A template of another device layout is refused by name, not booted around.
+    let tmp = Scratch::new("refused");
+    let out = run(
+        run_cmd(&tmp, &["--template", &template_arg], &["true"]),
+        b"",
+        TIMEOUT,
+    );
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(
+        out.stderr.contains("which this VM is not given"),
+        "{}",
+        out.stderr
+    );
+}

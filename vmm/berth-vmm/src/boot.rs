@@ -5,7 +5,9 @@
 //!
 //! `--control PATH` listens there for the control protocol (`vmm_launcher::control`: pause,
 //! resume, snapshot, shutdown). `berth-vmm restore --state S --memory M` builds the VM from a
-//! snapshot instead of booting a kernel, and goes on where it was paused.
+//! snapshot instead of booting a kernel, and goes on where it was paused; it takes the
+//! boot's device options (`--vsock-uds`, `--fs`, `--no-rng`) for the restored VM's own host
+//! side of the snapshot's devices, which must be the same devices.
 //!
 //! Exit codes (`vmm_launcher::VmmExit`, which supervisors read them back with): 0 the guest
 //! reset or powered itself off in order, or the controller asked for a shutdown; 1 the VM could not be built or the VMM failed;
@@ -42,6 +44,9 @@ const SPEC: Spec = Spec {
     flags: &["--no-rng"],
 };
 
+/// A restore takes the same device options as the boot whose snapshot it restores (the
+/// devices must be the snapshot's; their host sides are the restored VM's own), but no
+/// kernel and no vsock CID (the guest's CID is in the snapshot).
 const RESTORE_SPEC: Spec = Spec {
     valued: &[
         "--state",
@@ -49,32 +54,30 @@ const RESTORE_SPEC: Spec = Spec {
         "--cpus",
         "--mem",
         "--console",
+        "--vsock-uds",
+        "--fs",
         "--control",
     ],
-    flags: &[],
+    flags: &["--no-rng"],
 };
 
 /// Default guest CID (the first one that is not reserved).
 pub const DEFAULT_CID: u64 = 3;
 
-fn config(args: &Args) -> Result<VmConfig, String> {
-    let kernel = args
-        .value("--kernel")
-        .map(PathBuf::from)
-        .ok_or("--kernel is required")?;
-    let console = match args.value("--console") {
-        None | Some("-") => ConsoleOutput::Stdout,
-        Some(path) => ConsoleOutput::File(PathBuf::from(path)),
-    };
-    let vsock = args.value("--vsock-uds").map(|path| VsockConfig {
-        guest_cid: 0,
-        uds_path: PathBuf::from(path),
-    });
-    let vsock = match vsock {
-        Some(mut v) => {
-            v.guest_cid = args.number("--vsock-cid", DEFAULT_CID)?;
-            Some(v)
-        }
+/// The devices the options ask for: the vsock (its CID from `--vsock-cid` where the spec
+/// has it), virtio-rng unless `--no-rng`, the shares.
+struct Devices {
+    vsock: Option<VsockConfig>,
+    rng: bool,
+    shares: Vec<FsShareConfig>,
+}
+
+fn devices(args: &Args) -> Result<Devices, String> {
+    let vsock = match args.value("--vsock-uds") {
+        Some(path) => Some(VsockConfig {
+            guest_cid: args.number("--vsock-cid", DEFAULT_CID)?,
+            uds_path: PathBuf::from(path),
+        }),
         None => None,
     };
     let mut shares: Vec<FsShareConfig> = Vec::new();
@@ -85,16 +88,52 @@ fn config(args: &Args) -> Result<VmConfig, String> {
         }
         shares.push(share);
     }
+    Ok(Devices {
+        vsock,
+        rng: !args.flag("--no-rng"),
+        shares,
+    })
+}
+
+fn console(args: &Args) -> ConsoleOutput {
+    match args.value("--console") {
+        None | Some("-") => ConsoleOutput::Stdout,
+        Some(path) => ConsoleOutput::File(PathBuf::from(path)),
+    }
+}
+
+fn config(args: &Args) -> Result<VmConfig, String> {
+    let kernel = args
+        .value("--kernel")
+        .map(PathBuf::from)
+        .ok_or("--kernel is required")?;
+    let devices = devices(args)?;
     Ok(VmConfig {
         vcpus: args.number("--cpus", 1)?,
         mem_mib: args.number("--mem", 128)?,
         kernel,
         initrd: args.value("--initrd").map(PathBuf::from),
         extra_cmdline: args.value("--cmdline").unwrap_or("").to_string(),
-        console,
-        vsock,
-        rng: !args.flag("--no-rng"),
-        shares,
+        console: console(args),
+        vsock: devices.vsock,
+        rng: devices.rng,
+        shares: devices.shares,
+    })
+}
+
+fn restore_config(args: &Args) -> Result<VmConfig, String> {
+    let devices = devices(args)?;
+    Ok(VmConfig {
+        vcpus: args.number("--cpus", 1)?,
+        mem_mib: args.number("--mem", 128)?,
+        // Nothing is loaded: the snapshot's memory holds the guest.
+        kernel: PathBuf::new(),
+        initrd: None,
+        extra_cmdline: String::new(),
+        console: console(args),
+        vsock: devices.vsock,
+        rng: devices.rng,
+        shares: devices.shares,
     })
 }
 
@@ -163,7 +202,7 @@ pub fn main(argv: &[String]) -> ExitCode {
     finish(outcome, &args)
 }
 
-/// `berth-vmm restore`: a VM built from a snapshot (no virtio devices yet).
+/// `berth-vmm restore`: a VM built from a snapshot, with its own host side of every device.
 pub fn restore_main(argv: &[String]) -> ExitCode {
     let args = match Args::parse(argv, &RESTORE_SPEC) {
         Ok(a) => a,
@@ -177,28 +216,22 @@ pub fn restore_main(argv: &[String]) -> ExitCode {
         eprintln!("berth-vmm restore: --state and --memory are required");
         return ExitCode::from(EXIT_USAGE);
     };
-    let numbers = (args.number("--cpus", 1), args.number("--mem", 128));
-    let (Ok(vcpus), Ok(mem_mib)) = numbers else {
-        eprintln!("berth-vmm restore: --cpus and --mem take numbers");
-        return ExitCode::from(EXIT_USAGE);
+    let config = match restore_config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berth-vmm restore: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
     };
-    let config = VmConfig {
-        vcpus,
-        mem_mib,
-        // Nothing is loaded: the snapshot's memory holds the guest.
-        kernel: PathBuf::new(),
-        initrd: None,
-        extra_cmdline: String::new(),
-        console: match args.value("--console") {
-            None | Some("-") => ConsoleOutput::Stdout,
-            Some(path) => ConsoleOutput::File(PathBuf::from(path)),
-        },
-        vsock: None,
-        rng: false,
-        shares: Vec::new(),
-    };
+    if !config.shares.is_empty() {
+        raise_fd_limit();
+    }
+    let vsock_path = config.vsock.as_ref().map(|v| v.uds_path.clone());
     let outcome = Vmm::restore(config, Path::new(state), Path::new(memory))
         .and_then(|vmm| run_controlled(vmm, &args));
+    if let Some(path) = vsock_path {
+        let _ = std::fs::remove_file(path);
+    }
     finish(outcome, &args)
 }
 

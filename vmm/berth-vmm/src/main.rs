@@ -24,11 +24,12 @@ const USAGE: &str = "usage:
                  [--console PATH|-] [--vsock-uds PATH] [--vsock-cid CID] [--no-rng]
                  [--fs TAG=DIR[:ro][,nosuid]]... [--control PATH]
   berth-vmm restore --state PATH --memory PATH [--cpus N] [--mem MIB] [--console PATH|-]
+                 [--vsock-uds PATH] [--no-rng] [--fs TAG=DIR[:ro][,nosuid]]...
                  [--control PATH]
   berth-vmm run [--cpus N] [--mem MIB] [--kernel PATH] [--initrd PATH] [-t|--tty]
                 [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--console PATH]
                 [--boot-timeout SECS] [--boot-retries N] [--watchdog SECS]
-                [--fs TAG=DIR[:ro][,nosuid]]... -- CMD [ARGS...]";
+                [--fs TAG=DIR[:ro][,nosuid]]... [--template DIR] -- CMD [ARGS...]";
 
 fn main() -> ExitCode {
     logger::init();

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use agent_client::{AgentClient, ErrorCode, ProcessSpec, StdioStream, TtySize};
-use vmm_launcher::{BootSpec, Console, LaunchError, Share, VmmExit};
+use vmm_launcher::{BootSpec, Console, LaunchError, RestoreSpec, Share, VmmExit};
 
 use crate::args::{Args, Spec};
 
@@ -60,6 +60,7 @@ const SPEC: Spec = Spec {
         "--watchdog",
         "--cmdline",
         "--fs",
+        "--template",
     ],
     flags: &["-t", "--tty"],
 };
@@ -151,6 +152,25 @@ fn default_guest_file(name: &str) -> PathBuf {
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("guest").join(name)))
         .unwrap_or_else(|| PathBuf::from("target/guest").join(name))
+}
+
+/// The VMM's stdio and its tie to this process.
+fn vmm_stdio(cmd: &mut std::process::Command) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // The VMM only speaks up about failures; its words go straight to the user.
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The VM must not outlive this process, however it ends.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// The private directory of one run.
@@ -251,25 +271,39 @@ impl Run {
             });
         }
         let exe = std::env::current_exe()?;
+        if let Some(template) = args.value("--template") {
+            let template =
+                vmm_launcher::template::ensure(&exe, &spec, Path::new(template), boot_timeout)?;
+            let restore = RestoreSpec::of(&spec, template.state(), template.memory());
+            let mut cmd = restore.command(&exe);
+            vmm_stdio(&mut cmd);
+            return match vmm_launcher::launch_restored(&mut cmd, &uds, boot_timeout) {
+                Ok(vmm) => Ok(Run {
+                    dir,
+                    vmm,
+                    uds,
+                    console,
+                    asked_to_stop: false,
+                    unresponsive: Arc::default(),
+                }),
+                Err(e) => {
+                    let mut dir = dir;
+                    Err(failure_with_console(
+                        &mut dir,
+                        &console,
+                        format!(
+                            "the clone of {} did not start: {}",
+                            template.dir.display(),
+                            Failure::from(e).message
+                        ),
+                    ))
+                }
+            };
+        }
         let mut attempt = 0;
         loop {
             let mut cmd = spec.command(&exe);
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                // The VMM only speaks up about failures; its words go straight to the user.
-                .stderr(Stdio::inherit());
-            // SAFETY: the closure runs in the forked child before exec and only calls
-            // prctl(2), which is async-signal-safe; it touches no memory shared with the
-            // parent.
-            unsafe {
-                cmd.pre_exec(|| {
-                    // The VM must not outlive this process, however it ends.
-                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
+            vmm_stdio(&mut cmd);
             // A boot that died or stalled without a word (reset, triple fault, silence) may
             // be tried again; a panic, KVM's refusal or a VMM error may not.
             let (why, silent) = match vmm_launcher::launch(&mut cmd, &uds, boot_timeout) {

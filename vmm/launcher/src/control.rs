@@ -5,7 +5,7 @@
 //! → {"version":1,"request":"pause"}
 //! ← {"ok":true}
 //! → {"version":1,"request":"snapshot","state":"/run/x/vm.state","memory":"/run/x/vm.mem"}
-//! ← {"ok":false,"error":"snapshots of VMs with virtio devices are not supported yet (2 attached)"}
+//! ← {"ok":false,"error":"cannot create /run/x/vm.state: Permission denied (os error 13)"}
 //! ```
 //!
 //! Requests: `pause` (every vCPU parked, acknowledged), `resume`, `snapshot` (pauses, writes

@@ -1,8 +1,10 @@
-//! The one way to start a `berth-vmm boot` process and to learn how it ended, shared by the
-//! engine and `berth-vmm run`: a typed [`BootSpec`] becomes the VMM's argument list, the
-//! VMM's exit status becomes a [`VmmExit`] (the producer, `berth-vmm boot`, uses the same
-//! enum), and [`launch`] starts the VMM and waits for its guest agent's ready call while
-//! watching the VMM. Nobody parses a VMM's stderr to learn what happened.
+//! The one way to start a `berth-vmm boot` or `restore` process and to learn how it ended,
+//! shared by the engine and `berth-vmm run`: a typed [`BootSpec`] or [`RestoreSpec`] becomes
+//! the VMM's argument list, the VMM's exit status becomes a [`VmmExit`] (the producer,
+//! `berth-vmm boot`, uses the same enum), [`launch`] starts the VMM and waits for its guest
+//! agent's ready call while watching the VMM, [`launch_restored`] starts a restored one, and
+//! [`template`] boots a VM once and snapshots it for clones. Nobody parses a VMM's stderr to
+//! learn what happened.
 //!
 //! It holds no policy: whether a failed boot is tried again, and how a failure is worded for
 //! a user, belong to the callers. It depends on nothing of the VMM (the engine must not).
@@ -10,6 +12,7 @@
 pub mod control;
 mod exit;
 mod spec;
+pub mod template;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -19,7 +22,7 @@ use std::time::{Duration, Instant};
 use agent_client::{ClientError, ReadyListener};
 
 pub use exit::VmmExit;
-pub use spec::{BootSpec, Console, Share};
+pub use spec::{BootSpec, Console, RestoreSpec, Share};
 
 /// Why a VM's agent did not come up. The VMM is gone in every case (killed if need be).
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,33 @@ pub fn launch(cmd: &mut Command, uds: &Path, timeout: Duration) -> Result<Child,
         if let Ok(Some(status)) = vmm.try_wait() {
             return Err(LaunchError::Exited(VmmExit::from_status(status)));
         }
+    }
+}
+
+/// Starts `cmd` (a `berth-vmm restore` whose vsock socket is `uds`) and waits up to
+/// `timeout` for the restored VM's vsock socket to appear: its agent, already running in the
+/// snapshot, is then a connection away (it makes no ready call). Returns the running VMM.
+pub fn launch_restored(
+    cmd: &mut Command,
+    uds: &Path,
+    timeout: Duration,
+) -> Result<Child, LaunchError> {
+    let mut vmm = cmd.spawn().map_err(|source| LaunchError::Spawn {
+        path: PathBuf::from(cmd.get_program()),
+        source,
+    })?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = vmm.try_wait() {
+            return Err(LaunchError::Exited(VmmExit::from_status(status)));
+        }
+        if uds.exists() {
+            return Ok(vmm);
+        }
+        if Instant::now() >= deadline {
+            return Err(ended_or(&mut vmm, LaunchError::Stalled(timeout)));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -1,4 +1,5 @@
-//! What a VMM boots, as the `berth-vmm boot` argument list.
+//! What a VMM boots or restores, as the `berth-vmm boot` and `berth-vmm restore` argument
+//! lists.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct BootSpec {
     pub shares: Vec<Share>,
     /// Kernel arguments after berth's own.
     pub cmdline: Option<String>,
+    /// The VMM's control socket (`vmm_launcher::control`), if any.
+    pub control: Option<PathBuf>,
 }
 
 impl BootSpec {
@@ -49,6 +52,7 @@ impl BootSpec {
             vsock_uds: None,
             shares: Vec::new(),
             cmdline: None,
+            control: None,
         }
     }
 
@@ -69,34 +73,103 @@ impl BootSpec {
             Console::Stdout => "-".into(),
             Console::File(path) => path.clone().into(),
         });
-        if let Some(uds) = &self.vsock_uds {
-            args.push("--vsock-uds".into());
-            args.push(uds.clone().into());
-        }
-        for share in &self.shares {
-            let mut spec = OsString::from(format!("{}=", share.tag));
-            spec.push(&share.dir);
-            let options: Vec<&str> = [(share.read_only, "ro"), (share.nosuid, "nosuid")]
-                .into_iter()
-                .filter_map(|(on, word)| on.then_some(word))
-                .collect();
-            if !options.is_empty() {
-                spec.push(format!(":{}", options.join(",")));
-            } else if share.dir.as_os_str().as_encoded_bytes().contains(&b':') {
-                // A directory like `/x:ro` must not read as `/x` with options.
-                spec.push(":rw");
-            }
-            args.push("--fs".into());
-            args.push(spec);
-        }
+        device_args(&mut args, self.vsock_uds.as_deref(), &self.shares);
         if let Some(cmdline) = self.cmdline.as_ref().filter(|c| !c.trim().is_empty()) {
             args.push("--cmdline".into());
             args.push(cmdline.into());
+        }
+        if let Some(control) = &self.control {
+            args.push("--control".into());
+            args.push(control.clone().into());
         }
         args
     }
 
     /// `vmm boot ...`: the command, its stdio left to the caller.
+    pub fn command(&self, vmm: &Path) -> Command {
+        let mut cmd = Command::new(vmm);
+        cmd.args(self.args());
+        cmd
+    }
+}
+
+/// The device options boot and restore share.
+fn device_args(args: &mut Vec<OsString>, vsock_uds: Option<&Path>, shares: &[Share]) {
+    if let Some(uds) = vsock_uds {
+        args.push("--vsock-uds".into());
+        args.push(uds.into());
+    }
+    for share in shares {
+        let mut spec = OsString::from(format!("{}=", share.tag));
+        spec.push(&share.dir);
+        let options: Vec<&str> = [(share.read_only, "ro"), (share.nosuid, "nosuid")]
+            .into_iter()
+            .filter_map(|(on, word)| on.then_some(word))
+            .collect();
+        if !options.is_empty() {
+            spec.push(format!(":{}", options.join(",")));
+        } else if share.dir.as_os_str().as_encoded_bytes().contains(&b':') {
+            // A directory like `/x:ro` must not read as `/x` with options.
+            spec.push(":rw");
+        }
+        args.push("--fs".into());
+        args.push(spec);
+    }
+}
+
+/// One VM restored from a snapshot: the snapshotted VM's size and devices (a restore with
+/// others is refused by the VMM, by name), each device's host side this VM's own.
+#[derive(Clone, Debug)]
+pub struct RestoreSpec {
+    pub state: PathBuf,
+    pub memory: PathBuf,
+    pub vcpus: u8,
+    pub mem_mib: u64,
+    pub console: Console,
+    pub vsock_uds: Option<PathBuf>,
+    pub shares: Vec<Share>,
+    pub control: Option<PathBuf>,
+}
+
+impl RestoreSpec {
+    /// The restore of a snapshot of a VM booted from `boot`, with `boot`'s host sides.
+    pub fn of(boot: &BootSpec, state: PathBuf, memory: PathBuf) -> RestoreSpec {
+        RestoreSpec {
+            state,
+            memory,
+            vcpus: boot.vcpus,
+            mem_mib: boot.mem_mib,
+            console: boot.console.clone(),
+            vsock_uds: boot.vsock_uds.clone(),
+            shares: boot.shares.clone(),
+            control: boot.control.clone(),
+        }
+    }
+
+    /// The arguments of `berth-vmm`, from `restore` on.
+    pub fn args(&self) -> Vec<OsString> {
+        let mut args: Vec<OsString> = vec!["restore".into(), "--state".into()];
+        args.push(self.state.clone().into());
+        args.push("--memory".into());
+        args.push(self.memory.clone().into());
+        args.push("--cpus".into());
+        args.push(self.vcpus.to_string().into());
+        args.push("--mem".into());
+        args.push(self.mem_mib.to_string().into());
+        args.push("--console".into());
+        args.push(match &self.console {
+            Console::Stdout => "-".into(),
+            Console::File(path) => path.clone().into(),
+        });
+        device_args(&mut args, self.vsock_uds.as_deref(), &self.shares);
+        if let Some(control) = &self.control {
+            args.push("--control".into());
+            args.push(control.clone().into());
+        }
+        args
+    }
+
+    /// `vmm restore ...`: the command, its stdio left to the caller.
     pub fn command(&self, vmm: &Path) -> Command {
         let mut cmd = Command::new(vmm);
         cmd.args(self.args());
@@ -166,6 +239,50 @@ mod tests {
                 "loglevel=7",
             ]
         );
+    }
+
+    #[test]
+    fn a_restore_takes_the_boots_size_and_devices_with_its_own_host_sides() {
+        let mut boot = BootSpec::new("/k/vmlinux", 2, 512);
+        boot.vsock_uds = Some("/t/vsock.sock".into());
+        boot.control = Some("/t/control.sock".into());
+        let mut restore = RestoreSpec::of(&boot, "/t/vm.state".into(), "/t/vm.mem".into());
+        restore.vsock_uds = Some("/c/vsock.sock".into());
+        restore.control = None;
+        restore.shares = vec![Share {
+            tag: "rootfs".into(),
+            dir: "/c/rootfs".into(),
+            read_only: false,
+            nosuid: true,
+        }];
+        let args: Vec<String> = restore
+            .args()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "restore",
+                "--state",
+                "/t/vm.state",
+                "--memory",
+                "/t/vm.mem",
+                "--cpus",
+                "2",
+                "--mem",
+                "512",
+                "--console",
+                "-",
+                "--vsock-uds",
+                "/c/vsock.sock",
+                "--fs",
+                "rootfs=/c/rootfs:nosuid",
+            ]
+        );
+        assert!(boot
+            .args()
+            .ends_with(&["--control".into(), "/t/control.sock".into()]));
     }
 
     #[test]

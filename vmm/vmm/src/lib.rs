@@ -21,6 +21,7 @@ pub mod memory;
 pub mod persist;
 pub mod snapshot;
 pub mod vcpu;
+pub mod virtio_snapshot;
 pub mod vmm;
 
 pub use config::{ConsoleOutput, VmConfig, VsockConfig};

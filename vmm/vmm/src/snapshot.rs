@@ -1,11 +1,13 @@
 //! Snapshots of a whole VM: the state file (`snapshot` crate format: every vCPU, the
-//! in-kernel devices and clock, the legacy devices) and the memory file (guest RAM, its
-//! regions one after the other), taken with every vCPU parked; and guest memory mapped back
-//! from a memory file, private to the restored VM.
+//! in-kernel devices and clock, the legacy devices, the virtio devices with their layout)
+//! and the memory file (guest RAM, its regions one after the other); and guest memory
+//! mapped back from a memory file, private to the restored VM.
 //!
-//! Not yet: virtio devices (their `Persist` states exist; the layout of a snapshot with them
-//! comes with the control plane), and a restore in a fresh `berth-vmm` process. A VM with
-//! virtio devices is refused, by name, rather than half captured.
+//! The order of a snapshot: park every vCPU; hold every virtio device still (its transport
+//! locked, its own thread stopped); only then save the vCPUs, so an interrupt a device
+//! raised while the vCPUs were parking is in the saved LAPIC; then the devices, the
+//! in-kernel interrupt controllers and clock, the memory. The devices go on when it is
+//! written; the vCPUs stay parked until resumed.
 
 use std::fs::File;
 use std::path::Path;
@@ -20,6 +22,7 @@ use vm_memory::{
 
 use crate::persist::{self, PersistError, VcpuState, VmState};
 use crate::vcpu::{Pause, PauseError};
+use crate::virtio_snapshot::{Quiesced, VirtioDevices, VirtioSnapshot};
 use devices::legacy::i8042::I8042State;
 use devices::legacy::serial::{SerialDevice, SerialDeviceState};
 use devices::GuestMemoryMmap;
@@ -35,6 +38,9 @@ pub struct VmSnapshot {
     pub vm: VmState,
     pub serial: SerialDeviceState,
     pub i8042: I8042State,
+    /// In layout order (MMIO window and IRQ ascending).
+    #[serde(default)]
+    pub virtio: Vec<VirtioSnapshot>,
 }
 
 /// Why a snapshot cannot be taken or restored.
@@ -55,8 +61,8 @@ pub enum VmSnapshotError {
     },
     #[error("cannot read guest memory: {0}")]
     Memory(String),
-    #[error("snapshots of VMs with virtio devices are not supported yet ({0} attached)")]
-    VirtioDevices(usize),
+    #[error(transparent)]
+    Virtio(#[from] crate::device_manager::RestoreDeviceError),
     #[error(
         "the snapshot holds {found} MiB of memory; this VM is configured for {configured} MiB"
     )]
@@ -83,13 +89,13 @@ pub struct VmHandle {
     pub(crate) mem_mib: u64,
     pub(crate) pause: Arc<Pause>,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
-    pub(crate) virtio_devices: usize,
+    pub(crate) virtio: VirtioDevices,
 }
 
 impl VmHandle {
     /// Parks every vCPU outside KVM_RUN; returns once all have acknowledged.
     pub fn pause(&self) -> Result<(), VmSnapshotError> {
-        self.pause.pause(false)?;
+        self.pause.pause()?;
         Ok(())
     }
 
@@ -98,21 +104,29 @@ impl VmHandle {
         self.pause.resume();
     }
 
-    /// Pauses the VM and writes its state to `state_path` and its memory to `memory_path`.
-    /// The VM stays paused: resume it, or stop it.
+    /// Pauses the VM and writes its state to `state_path` and its memory to `memory_path`
+    /// (the order is the module's). The VM stays paused: resume it, or stop it.
     pub fn snapshot(&self, state_path: &Path, memory_path: &Path) -> Result<(), VmSnapshotError> {
-        if self.virtio_devices > 0 {
-            return Err(VmSnapshotError::VirtioDevices(self.virtio_devices));
-        }
-        let vcpus = self.pause.pause(true)?;
+        self.pause.pause()?;
+        let held = Quiesced::hold(self.virtio.iter().map(|(_, d)| &**d));
         let state = VmSnapshot {
             mem_mib: self.mem_mib,
-            vcpus,
+            vcpus: self.pause.save_parked()?,
             vm: persist::save_vm(&self.vm)?,
             serial: devices::bus::lock(&self.serial).save(),
             i8042: I8042State {},
+            virtio: self
+                .virtio
+                .iter()
+                .zip(held.states())
+                .map(|((slot, _), state)| VirtioSnapshot {
+                    slot: slot.clone(),
+                    state,
+                })
+                .collect(),
         };
         write_memory(&self.mem, memory_path)?;
+        drop(held);
         let io = |what, source| VmSnapshotError::Io {
             what,
             path: state_path.to_path_buf(),

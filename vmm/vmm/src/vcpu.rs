@@ -28,9 +28,10 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
 }
 
-/// Parks every vCPU outside KVM_RUN and lets them go again. While parked, each vCPU saves
-/// its own state on its own thread when asked (KVM's vCPU ioctls belong to the thread that
-/// runs the vCPU).
+/// Parks every vCPU outside KVM_RUN and lets them go again. Parked vCPUs save their state
+/// when asked, each on its own thread (KVM's vCPU ioctls belong to the thread that runs the
+/// vCPU): a snapshot parks the vCPUs first, then quiesces the devices, and only then has the
+/// vCPUs saved, so that an interrupt a device raised meanwhile is in the saved LAPIC.
 pub struct Pause {
     /// Checked by the vCPU loops after every exit; the lock is taken only to park.
     requested: AtomicBool,
@@ -43,9 +44,11 @@ struct PauseInner {
     /// The vCPU threads, to kick out of KVM_RUN.
     threads: Vec<libc::pthread_t>,
     parked: Vec<bool>,
-    /// Each vCPU's state, saved while parked when `save` was asked.
+    /// Each vCPU's state, saved while parked, once per save request.
     saved: Vec<Option<Result<crate::persist::VcpuState, crate::persist::PersistError>>>,
-    save: bool,
+    /// Bumped by every save request; each vCPU saves when its own `saved_for` lags.
+    save_generation: u64,
+    saved_for: Vec<u64>,
     msr_index: Vec<u32>,
     /// The VM is stopping: nothing stays parked.
     released: bool,
@@ -58,6 +61,8 @@ pub enum PauseError {
     Timeout(usize),
     #[error("the VM is stopping")]
     Stopping,
+    #[error("the vCPUs are not paused")]
+    NotPaused,
     #[error(transparent)]
     Save(#[from] crate::persist::PersistError),
 }
@@ -73,6 +78,7 @@ impl Pause {
             inner: Mutex::new(PauseInner {
                 parked: vec![false; vcpus],
                 saved: (0..vcpus).map(|_| None).collect(),
+                saved_for: vec![0; vcpus],
                 msr_index,
                 ..PauseInner::default()
             }),
@@ -89,49 +95,58 @@ impl Pause {
         self.lock().threads = threads;
     }
 
-    /// Parks every vCPU, each saving its state first when `save`; returns once all are
-    /// parked (acknowledged), with the states when saved.
-    pub fn pause(&self, save: bool) -> Result<Vec<crate::persist::VcpuState>, PauseError> {
+    /// Parks every vCPU; returns once all are parked (acknowledged).
+    pub fn pause(&self) -> Result<(), PauseError> {
         let deadline = Instant::now() + PAUSE_TIMEOUT;
         let mut inner = self.lock();
         if inner.released {
             return Err(PauseError::Stopping);
         }
-        inner.save = save;
-        inner.saved.iter_mut().for_each(|s| *s = None);
         self.requested.store(true, Ordering::Release);
-        loop {
-            if let Some(i) = inner.parked.iter().position(|p| !p) {
-                if inner.released {
-                    return Err(PauseError::Stopping);
-                }
-                if Instant::now() >= deadline {
-                    drop(inner);
-                    self.resume();
-                    return Err(PauseError::Timeout(i));
-                }
-                // A kick can land just before KVM_RUN and be lost: kick again until parked.
-                for (&thread, _) in inner
-                    .threads
-                    .iter()
-                    .zip(&inner.parked)
-                    .filter(|(_, p)| !**p)
-                {
-                    // SAFETY: the pthread_t is a vCPU thread of this VM, joined only after
-                    // `release`, which happens before any join; the kick signal has a handler.
-                    unsafe { libc::pthread_kill(thread, kick_signal()) };
-                }
-                inner = self
-                    .changed
-                    .wait_timeout(inner, Duration::from_millis(1))
-                    .unwrap_or_else(|e| e.into_inner())
-                    .0;
-                continue;
+        while let Some(i) = inner.parked.iter().position(|p| !p) {
+            if inner.released {
+                return Err(PauseError::Stopping);
             }
-            break;
+            if Instant::now() >= deadline {
+                drop(inner);
+                self.resume();
+                return Err(PauseError::Timeout(i));
+            }
+            // A kick can land just before KVM_RUN and be lost: kick again until parked.
+            for (&thread, _) in inner
+                .threads
+                .iter()
+                .zip(&inner.parked)
+                .filter(|(_, p)| !**p)
+            {
+                // SAFETY: the pthread_t is a vCPU thread of this VM, joined only after
+                // `release`, which happens before any join; the kick signal has a handler.
+                unsafe { libc::pthread_kill(thread, kick_signal()) };
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        if !save {
-            return Ok(Vec::new());
+        Ok(())
+    }
+
+    /// Has every parked vCPU save its state, and returns the states in vCPU order.
+    pub fn save_parked(&self) -> Result<Vec<crate::persist::VcpuState>, PauseError> {
+        let mut inner = self.lock();
+        if !self.requested.load(Ordering::Acquire) || inner.parked.iter().any(|p| !p) {
+            return Err(PauseError::NotPaused);
+        }
+        inner.save_generation += 1;
+        let generation = inner.save_generation;
+        inner.saved.iter_mut().for_each(|s| *s = None);
+        self.changed.notify_all();
+        while inner.saved_for.iter().any(|&g| g != generation) {
+            if inner.released {
+                return Err(PauseError::Stopping);
+            }
+            inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         inner
             .saved
@@ -156,28 +171,32 @@ impl Pause {
         self.changed.notify_all();
     }
 
-    /// Called by vCPU `index` when a pause is requested: saves its state if asked, parks
-    /// until resumed or released.
+    /// Called by vCPU `index` when a pause is requested: parks until resumed or released,
+    /// saving its state whenever asked meanwhile.
     fn park(&self, index: usize, fd: &mut VcpuFd) {
         let mut inner = self.lock();
         if !self.requested.load(Ordering::Acquire) || inner.released {
             return;
         }
-        if inner.save {
-            // The last exit may have left work for the next KVM_RUN (the value of a port
-            // read goes into RAX on entry): KVM_RUN with immediate_exit completes it and
-            // returns at once, so the registers saved are the ones the guest would see.
-            fd.set_kvm_immediate_exit(1);
-            let _ = fd.run();
-            fd.set_kvm_immediate_exit(0);
-            let msr_index = std::mem::take(&mut inner.msr_index);
-            let state = crate::persist::save_vcpu(fd, index as u8, &msr_index);
-            inner.msr_index = msr_index;
-            inner.saved[index] = Some(state);
-        }
         inner.parked[index] = true;
         self.changed.notify_all();
         while self.requested.load(Ordering::Acquire) && !inner.released {
+            if inner.saved_for[index] != inner.save_generation {
+                // The last exit may have left work for the next KVM_RUN (the value of a
+                // port read goes into RAX on entry): KVM_RUN with immediate_exit completes
+                // it and returns at once, so the registers saved are the ones the guest
+                // would see.
+                fd.set_kvm_immediate_exit(1);
+                let _ = fd.run();
+                fd.set_kvm_immediate_exit(0);
+                let msr_index = std::mem::take(&mut inner.msr_index);
+                let state = crate::persist::save_vcpu(fd, index as u8, &msr_index);
+                inner.msr_index = msr_index;
+                inner.saved[index] = Some(state);
+                inner.saved_for[index] = inner.save_generation;
+                self.changed.notify_all();
+                continue;
+            }
             inner = self.changed.wait(inner).unwrap_or_else(|e| e.into_inner());
         }
         inner.parked[index] = false;

@@ -29,6 +29,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{self, MemoryError};
 use crate::snapshot::{VmHandle, VmSnapshotError};
 use crate::vcpu::{self, Pause, Vcpu};
+use crate::virtio_snapshot::{VirtioDeviceState, VirtioDevices, VirtioKind, VirtioSnapshot};
 use devices::legacy::serial::{ConsoleLimit, ConsoleSink, SerialDevice};
 use devices::virtio::fs::{Fs, FsConfig, FsError, ShareOptions};
 use devices::virtio::rng::Rng;
@@ -92,7 +93,7 @@ pub struct Vmm {
     reset_evt: EventFd,
     exit: Arc<ExitSignal>,
     pause: Arc<Pause>,
-    virtio_devices: usize,
+    virtio: VirtioDevices,
     mem_mib: u64,
     vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
@@ -164,19 +165,16 @@ impl Vmm {
         let sink = ConsoleSink::new(console_writer(&config.console)?, ConsoleLimit::default());
         b.panicked = sink.panic_flag();
         let serial = b.devices.add_serial(&b.vm, sink)?;
-        let mut virtio_devices = 0;
         if config.rng {
             let rng = Rng::new().map_err(|source| VmmError::Os {
                 what: "virtio-rng",
                 source,
             })?;
             b.devices.add_virtio(&b.vm, &mem, rng)?;
-            virtio_devices += 1;
         }
         if let Some(vsock) = &config.vsock {
             b.devices
                 .add_virtio(&b.vm, &mem, Vsock::new(vsock.guest_cid, &vsock.uds_path)?)?;
-            virtio_devices += 1;
         }
         for share in &config.shares {
             let fs = Fs::new(&FsConfig {
@@ -188,7 +186,6 @@ impl Vmm {
                 },
             })?;
             b.devices.add_virtio(&b.vm, &mem, fs)?;
-            virtio_devices += 1;
         }
 
         let mut cmdline = BASE_CMDLINE.to_string();
@@ -217,13 +214,15 @@ impl Vmm {
             }
             vcpus.push(fd);
         }
-        Self::assemble(b, serial, vcpus, mem, config.mem_mib, virtio_devices)
+        Self::assemble(serial, vcpus, b, mem, config.mem_mib)
     }
 
     /// Builds a VM from a snapshot (`snapshot::VmHandle::snapshot`): `config` describes the
-    /// same VM (vCPUs, memory, no virtio devices yet) with its own console; its RAM is
-    /// `memory` mapped privately, its vCPUs and devices are the snapshot's. Nothing of a
-    /// kernel is loaded: the guest goes on where it was paused.
+    /// same VM (vCPUs, memory, the same virtio devices) with its own host side (console,
+    /// vsock socket, share directories); its RAM is `memory` mapped privately, its vCPUs and
+    /// devices are the snapshot's. Nothing of a kernel is loaded: the guest goes on where it
+    /// was paused. The vsock device tells the guest its transport was reset, so no
+    /// connection of the snapshotted VM survives.
     pub fn restore(config: VmConfig, state: &Path, memory: &Path) -> Result<Self, VmmError> {
         let snap = crate::snapshot::read_state(state)?;
         if snap.vcpus.len() != usize::from(config.vcpus) {
@@ -240,11 +239,7 @@ impl Vmm {
             }
             .into());
         }
-        let virtio =
-            usize::from(config.rng) + usize::from(config.vsock.is_some()) + config.shares.len();
-        if virtio > 0 {
-            return Err(VmSnapshotError::VirtioDevices(virtio).into());
-        }
+        check_layout(&snap.virtio, &config)?;
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("creating a VM"))?;
         let mem = crate::snapshot::map_memory_file(memory, &memory::ram_ranges(config.mem_mib))?;
@@ -253,24 +248,32 @@ impl Vmm {
         b.panicked = sink.panic_flag();
         let serial = b.devices.restore_serial(&b.vm, sink, &snap.serial)?;
         crate::persist::restore_vm(&b.vm, &snap.vm).map_err(VmSnapshotError::from)?;
+        for device in &snap.virtio {
+            restore_virtio(&mut b, &mem, device, &config)?;
+        }
         let mut vcpus = Vec::with_capacity(snap.vcpus.len());
         for (index, state) in snap.vcpus.iter().enumerate() {
             let fd = create_vcpu(&b, index as u8, config.vcpus)?;
             crate::persist::restore_vcpu(&fd, index as u8, state).map_err(VmSnapshotError::from)?;
             vcpus.push(fd);
         }
-        Self::assemble(b, serial, vcpus, mem, config.mem_mib, 0)
+        // An interrupt raised before the vCPUs existed went nowhere; every line whose status
+        // is set (saved so, or set by a device's restore) is raised now.
+        for irq in &b.devices.irqs {
+            irq.reassert_pending();
+        }
+        Self::assemble(serial, vcpus, b, mem, config.mem_mib)
     }
 
     fn assemble(
-        b: Base,
         serial: Arc<Mutex<SerialDevice>>,
         vcpus: Vec<VcpuFd>,
+        mut b: Base,
         mem: GuestMemoryMmap,
         mem_mib: u64,
-        virtio_devices: usize,
     ) -> Result<Self, VmmError> {
         Ok(Vmm {
+            virtio: Arc::new(std::mem::take(&mut b.devices.virtio)),
             pause: Arc::new(Pause::new(vcpus.len(), b.msr_list)),
             vcpus,
             devices: b.devices,
@@ -281,7 +284,6 @@ impl Vmm {
                 what: "the exit event",
                 source,
             })?),
-            virtio_devices,
             mem_mib,
             vm: Arc::new(b.vm),
             mem,
@@ -297,7 +299,7 @@ impl Vmm {
             mem_mib: self.mem_mib,
             pause: self.pause.clone(),
             serial: self.serial.clone(),
-            virtio_devices: self.virtio_devices,
+            virtio: self.virtio.clone(),
         }
     }
 
@@ -400,6 +402,96 @@ impl Vmm {
             other => other,
         })
     }
+}
+
+/// The devices `config` asks for, in the order [`Vmm::new`] attaches them.
+fn configured_devices(config: &VmConfig) -> Vec<VirtioKind> {
+    let mut kinds = Vec::new();
+    if config.rng {
+        kinds.push(VirtioKind::Rng);
+    }
+    if config.vsock.is_some() {
+        kinds.push(VirtioKind::Vsock);
+    }
+    kinds.extend(
+        config
+            .shares
+            .iter()
+            .map(|s| VirtioKind::Fs { tag: s.tag.clone() }),
+    );
+    kinds
+}
+
+/// Refuses, by name, a snapshot whose virtio devices are not the ones `config` gives host
+/// sides for.
+fn check_layout(devices: &[VirtioSnapshot], config: &VmConfig) -> Result<(), VmSnapshotError> {
+    let layout = |what: String| {
+        VmSnapshotError::Virtio(crate::device_manager::RestoreDeviceError::Layout(what))
+    };
+    let configured = configured_devices(config);
+    for d in devices {
+        if !configured.contains(&d.slot.kind) {
+            return Err(layout(format!(
+                "the snapshot has {}, which this VM is not given",
+                d.slot
+            )));
+        }
+    }
+    for kind in configured {
+        if !devices.iter().any(|d| d.slot.kind == kind) {
+            return Err(layout(format!(
+                "this VM is given {kind}, which the snapshot does not have"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Restores one virtio device of a snapshot with its host side from `config`.
+fn restore_virtio(
+    b: &mut Base,
+    mem: &GuestMemoryMmap,
+    device: &VirtioSnapshot,
+    config: &VmConfig,
+) -> Result<(), VmmError> {
+    let slot = &device.slot;
+    let mismatch = || {
+        VmSnapshotError::Virtio(crate::device_manager::RestoreDeviceError::Layout(format!(
+            "the snapshot's {slot} holds the state of another kind of device"
+        )))
+    };
+    let restored = match (&slot.kind, &device.state) {
+        (VirtioKind::Rng, VirtioDeviceState::Rng(state)) => b
+            .devices
+            .restore_virtio::<Rng>(&b.vm, mem, slot, state, ())
+            .map(drop),
+        (VirtioKind::Vsock, VirtioDeviceState::Vsock(state)) => {
+            let uds = config.vsock.as_ref().ok_or_else(mismatch)?.uds_path.clone();
+            b.devices
+                .restore_virtio::<Vsock>(&b.vm, mem, slot, state, uds)
+                .map(drop)
+        }
+        (VirtioKind::Fs { tag }, VirtioDeviceState::Fs(state)) => {
+            let share = config
+                .shares
+                .iter()
+                .find(|s| &s.tag == tag)
+                .ok_or_else(mismatch)?;
+            let fs = FsConfig {
+                tag: share.tag.clone(),
+                dir: share.dir.clone(),
+                options: ShareOptions {
+                    read_only: share.read_only,
+                    nosuid: share.nosuid,
+                },
+            };
+            b.devices
+                .restore_virtio::<Fs>(&b.vm, mem, slot, state, fs)
+                .map(drop)
+        }
+        _ => return Err(mismatch().into()),
+    };
+    restored.map_err(|e| VmSnapshotError::from(e).into())
 }
 
 /// Creates vCPU `index` of `count` with its CPUID.
@@ -574,5 +666,66 @@ impl MutEventSubscriber for Control {
                 log::error!("cannot watch a control event: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FsShareConfig;
+    use crate::virtio_snapshot::VirtioSlot;
+
+    fn config(rng: bool, tags: &[&str]) -> VmConfig {
+        VmConfig {
+            vcpus: 1,
+            mem_mib: 16,
+            kernel: Default::default(),
+            initrd: None,
+            extra_cmdline: String::new(),
+            console: ConsoleOutput::Discard,
+            vsock: None,
+            rng,
+            shares: tags
+                .iter()
+                .map(|t| FsShareConfig {
+                    tag: t.to_string(),
+                    dir: "/".into(),
+                    read_only: false,
+                    nosuid: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn snapshot_of(kinds: Vec<VirtioKind>) -> Vec<VirtioSnapshot> {
+        kinds
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| VirtioSnapshot {
+                slot: VirtioSlot {
+                    kind,
+                    mmio_base: 0xd000_0000 + 0x1000 * i as u64,
+                    irq: 5 + i as u32,
+                },
+                state: VirtioDeviceState::Rng(Default::default()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restore_must_give_the_snapshots_devices_and_no_others() {
+        let snap = snapshot_of(configured_devices(&config(true, &["root"])));
+        assert!(check_layout(&snap, &config(true, &["root"])).is_ok());
+        let refused = |c: VmConfig| check_layout(&snap, &c).unwrap_err().to_string();
+        assert!(
+            refused(config(true, &["data"])).contains(
+                "the snapshot has the virtio-fs share tagged \"root\" at 0xd0001000 on IRQ 6, which this VM is not given"
+            ),
+            "{}",
+            refused(config(true, &["data"]))
+        );
+        assert!(refused(config(true, &["root", "data"]))
+            .contains("this VM is given the virtio-fs share tagged \"data\""));
+        assert!(refused(config(false, &["root"])).contains("virtio-rng"));
     }
 }

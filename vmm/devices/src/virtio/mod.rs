@@ -87,6 +87,21 @@ impl IrqTrigger {
         true
     }
 
+    /// Raises the interrupt if the status is set, whatever happened before: a restored VM's
+    /// interrupt controllers start from the snapshot, so a device raising its line while
+    /// the VM was being built (a restored vsock's transport reset) is raised again once the
+    /// vCPUs exist. Returns whether it did.
+    pub fn reassert_pending(&self) -> bool {
+        if self.status() == 0 {
+            return false;
+        }
+        self.raised.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.evt.write(1) {
+            crate::warn_limited!("virtio: cannot raise an interrupt: {e}");
+        }
+        true
+    }
+
     /// How many times [`IrqTrigger::reassert_if_stale`] raised the interrupt again.
     pub fn reasserted(&self) -> u64 {
         self.reasserted.load(Ordering::Relaxed)
@@ -171,6 +186,13 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn reset(&mut self);
     /// Whether `activate` succeeded and no reset happened since.
     fn is_activated(&self) -> bool;
+    /// Stops touching guest memory and the interrupt line until [`VirtioDevice::unquiesce`]
+    /// (a snapshot is being taken). A device served on the event loop needs nothing: the
+    /// snapshot holds its transport's lock, which the loop takes to serve it. A device with
+    /// a thread of its own stops that thread after the request it is serving.
+    fn quiesce(&mut self) {}
+    /// Serves again after [`VirtioDevice::quiesce`].
+    fn unquiesce(&mut self) {}
 }
 
 /// A queue's configuration and position, for snapshots.

@@ -93,7 +93,30 @@ pub struct FsState {
 
 struct Active {
     shared: Arc<Shared>,
-    worker: Worker,
+    /// None while quiesced for a snapshot.
+    worker: Option<Worker>,
+    /// What a worker needs, to start one again after a quiesce.
+    mem: GuestMemoryMmap,
+    irq: Arc<IrqTrigger>,
+    server: Arc<Server<ConfinedFs>>,
+}
+
+impl Active {
+    fn spawn_worker(&mut self, tag: &str, queue_events: &[EventFd]) -> std::io::Result<()> {
+        let queue_events = queue_events
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<std::io::Result<Vec<_>>>()?;
+        self.worker = Some(Worker::spawn(WorkerContext {
+            name: format!("fs-{tag}"),
+            mem: self.mem.clone(),
+            irq: self.irq.clone(),
+            shared: self.shared.clone(),
+            queue_events,
+            server: self.server.clone(),
+        })?);
+        Ok(())
+    }
 }
 
 /// The virtio-fs device.
@@ -177,8 +200,8 @@ impl Fs {
     }
 
     fn stop_worker(&mut self) {
-        if let Some(mut active) = self.active.take() {
-            active.worker.stop();
+        if let Some(mut worker) = self.active.take().and_then(|a| a.worker) {
+            worker.stop();
         }
     }
 }
@@ -289,26 +312,20 @@ impl VirtioDevice for Fs {
                 Queue::try_from(q.state()).map_err(|_| ActivateError::InvalidQueue { index })?,
             );
         }
-        let queue_events = self
-            .queue_events
-            .iter()
-            .map(EventFd::try_clone)
-            .collect::<std::io::Result<Vec<_>>>()
-            .map_err(|e| backend("queue events", e))?;
-        let shared = Arc::new(Shared {
-            queues: Mutex::new(queues),
-            broken: AtomicBool::new(false),
-        });
-        let worker = Worker::spawn(WorkerContext {
-            name: format!("fs-{}", self.tag),
+        let mut active = Active {
+            shared: Arc::new(Shared {
+                queues: Mutex::new(queues),
+                broken: AtomicBool::new(false),
+            }),
+            worker: None,
             mem,
             irq,
-            shared: shared.clone(),
-            queue_events,
             server: Arc::new(Server::new(fs)),
-        })
-        .map_err(|e| backend("worker thread", e))?;
-        self.active = Some(Active { shared, worker });
+        };
+        active
+            .spawn_worker(&self.tag, &self.queue_events)
+            .map_err(|e| backend("worker thread", e))?;
+        self.active = Some(active);
         Ok(())
     }
     fn reset(&mut self) {
@@ -317,6 +334,25 @@ impl VirtioDevice for Fs {
     }
     fn is_activated(&self) -> bool {
         self.active.is_some()
+    }
+    fn quiesce(&mut self) {
+        if let Some(mut worker) = self.active.as_mut().and_then(|a| a.worker.take()) {
+            worker.stop();
+        }
+    }
+    fn unquiesce(&mut self) {
+        let tag = self.tag.clone();
+        if let Some(active) = self.active.as_mut().filter(|a| a.worker.is_none()) {
+            if let Err(e) = active.spawn_worker(&tag, &self.queue_events) {
+                // Nothing serves the guest's requests now: say so, and mark the device
+                // broken as a failed queue does (nothing more is attempted until a reset).
+                log::error!("virtio-fs {tag}: cannot start the worker again: {e}");
+                active
+                    .shared
+                    .broken
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
     }
 }
 

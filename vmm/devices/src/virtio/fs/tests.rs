@@ -857,8 +857,17 @@ fn the_device_serves_requests_on_its_worker_thread() {
         RawDescriptor::from(SplitDescriptor::new(DATA_START, msg.len() as u32, NEXT, 1)),
         RawDescriptor::from(SplitDescriptor::new(DATA_START + 0x1000, 4096, WRITE, 0)),
     ];
+    // Quiesced (a snapshot is being taken): the request waits, memory is left alone.
+    fs.quiesce();
     vq.add_desc_chains(&descs, 0).unwrap();
     fs.queue_events()[1].write(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(irq.status(), 0);
+    assert_eq!(fs.queue_snapshots()[1].next_used, 0);
+    assert!(m
+        .read_obj::<OutHeader>(GuestAddress(DATA_START + 0x1000))
+        .is_ok_and(|out| out.unique == 0));
+    fs.unquiesce();
     // The interrupt eventfd is blocking: this waits for the worker's reply.
     assert_eq!(irq.eventfd().read().unwrap(), 1);
     let out: OutHeader = m.read_obj(GuestAddress(DATA_START + 0x1000)).unwrap();

@@ -1,0 +1,197 @@
+//! Templates: a VM booted once until its agent is up, snapshotted, and stopped, so that
+//! clones start from the snapshot (`berth-vmm restore`) instead of booting.
+//!
+//! A template directory holds `vm.state` and `vm.mem` (the snapshot) and the template
+//! boot's `console.log`. It is built in a private directory beside its place and renamed
+//! into place once complete, so a template that exists is whole; when two builders race,
+//! the first rename wins and the other's build is dropped. What a template is keyed by (the
+//! kernel, the agent, the VM's size and devices) is the caller's business: a directory is
+//! one template, never rebuilt in place.
+//!
+//! The template's shares are empty directories of the build: its guest has not mounted
+//! them (berth's agent mounts a share only when a container asks for it), so no FUSE state
+//! is in the snapshot and every clone's share device serves the clone's own directory.
+
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::control::{self, ControlError, Request};
+use crate::{launch, wait_exit, BootSpec, Console, LaunchError, VmmExit};
+
+/// A built template.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    pub dir: PathBuf,
+}
+
+impl Template {
+    /// The template in `dir`, if one was built there.
+    pub fn open(dir: &Path) -> Option<Template> {
+        let t = Template {
+            dir: dir.to_path_buf(),
+        };
+        (t.state().is_file() && t.memory().is_file()).then_some(t)
+    }
+
+    /// The snapshot's state file.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("vm.state")
+    }
+
+    /// The snapshot's memory file.
+    pub fn memory(&self) -> PathBuf {
+        self.dir.join("vm.mem")
+    }
+}
+
+/// Why a template could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot {what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the template VM did not come up (its console: {console})")]
+    Boot {
+        console: PathBuf,
+        #[source]
+        source: LaunchError,
+    },
+    #[error("the template VM could not be snapshotted")]
+    Snapshot(#[source] ControlError),
+    #[error("the template VM did not stop as asked: {0}")]
+    Stop(String),
+}
+
+/// How long the snapshotted template VM gets to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The template in `dir`, built from `boot` (with `vmm` as the VMM binary, its agent
+/// awaited up to `boot_timeout`) unless it is there already. Of `boot`, the size, kernel,
+/// initramfs, command line and devices count; its console, vsock socket, control socket and
+/// share directories are replaced by the build's own.
+pub fn ensure(
+    vmm: &Path,
+    boot: &BootSpec,
+    dir: &Path,
+    boot_timeout: Duration,
+) -> Result<Template, TemplateError> {
+    if let Some(t) = Template::open(dir) {
+        return Ok(t);
+    }
+    let io = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TemplateError::Io { what, path, source }
+    };
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+    let name = dir
+        .file_name()
+        .map_or_else(|| "template".into(), |n| n.to_string_lossy().into_owned());
+    let build = parent.join(format!(".{name}.build-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir(&build).map_err(io("create", &build))?;
+    let built = build_in(vmm, boot, &build, boot_timeout);
+    if let Err(e) = built {
+        // The console log explains a failed boot: kept, beside the place of the template.
+        let _ = std::fs::rename(
+            build.join("console.log"),
+            parent.join(format!("{name}.failed-console.log")),
+        );
+        let _ = std::fs::remove_dir_all(&build);
+        return Err(e);
+    }
+    match std::fs::rename(&build, dir) {
+        Ok(()) => {}
+        // Another builder finished first: its template is as good as this one.
+        Err(_) if Template::open(dir).is_some() => {
+            let _ = std::fs::remove_dir_all(&build);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&build);
+            return Err(io("move the template into", dir)(e));
+        }
+    }
+    Template::open(dir).ok_or_else(|| TemplateError::Io {
+        what: "find the template in",
+        path: dir.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
+}
+
+fn build_in(
+    vmm: &Path,
+    boot: &BootSpec,
+    build: &Path,
+    boot_timeout: Duration,
+) -> Result<(), TemplateError> {
+    let mut spec = boot.clone();
+    let console = build.join("console.log");
+    let uds = build.join("vsock.sock");
+    let control_sock = build.join("control.sock");
+    spec.console = Console::File(console.clone());
+    spec.vsock_uds = Some(uds.clone());
+    spec.control = Some(control_sock.clone());
+    for (i, share) in spec.shares.iter_mut().enumerate() {
+        share.dir = build.join(format!("share-{i}"));
+        std::fs::create_dir(&share.dir).map_err(|source| TemplateError::Io {
+            what: "create",
+            path: share.dir.clone(),
+            source,
+        })?;
+    }
+    let mut cmd = spec.command(vmm);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            // The template VM must not outlive its builder, however the builder ends.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = launch(&mut cmd, &uds, boot_timeout).map_err(|source| TemplateError::Boot {
+        console: console.clone(),
+        source,
+    })?;
+    let ask = |r: Request| control::request(&control_sock, &r, Duration::from_secs(60));
+    let snapshot = ask(Request::Snapshot {
+        state: build.join("vm.state"),
+        memory: build.join("vm.mem"),
+    });
+    // Stopped whatever the snapshot's outcome: a template VM has no other use.
+    let stopped = ask(Request::Shutdown);
+    let exit = wait_exit(&mut child, STOP_TIMEOUT);
+    if exit.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    snapshot.map_err(TemplateError::Snapshot)?;
+    stopped.map_err(|e| TemplateError::Stop(e.to_string()))?;
+    match exit {
+        Some(VmmExit::GuestShutdown) => {}
+        Some(other) => return Err(TemplateError::Stop(other.to_string())),
+        None => {
+            return Err(TemplateError::Stop(format!(
+                "still running after {} s; killed",
+                STOP_TIMEOUT.as_secs()
+            )))
+        }
+    }
+    for leftover in [&uds, &control_sock] {
+        let _ = std::fs::remove_file(leftover);
+    }
+    let _ = std::fs::remove_file(format!("{}_1025", uds.display()));
+    Ok(())
+}
