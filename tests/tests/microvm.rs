@@ -347,19 +347,45 @@ fn clones_of_a_template_each_serve_their_own_share() {
         dirs.push(dir);
     }
     let script = "mount -t virtiofs data /mnt && cat /mnt/id && echo from-the-guest > /mnt/back \
-                  && umount /mnt && cat /proc/uptime";
+                  && umount /mnt && cat /proc/uptime && date +%s \
+                  && head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' && echo \
+                  && cat /proc/sys/kernel/random/uuid";
     let mut uptimes = vec![];
+    let mut random = vec![];
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
     for (i, dir) in dirs.iter().enumerate() {
+        if i == 1 {
+            // The template's clock stopped when it was snapshotted: a clone that kept it
+            // would be this far behind.
+            std::thread::sleep(Duration::from_secs(3));
+        }
         let share = format!("data={}", dir.display());
+        let before = unix_now();
         let out = vm(
             &["--template", &template_arg, "--fs", &share],
             &["sh", "-c", script],
             b"",
         );
+        let after = unix_now();
         assert_eq!(out.code(), 0, "clone {i}: {out:?}");
         let mut lines = out.stdout.lines();
         assert_eq!(lines.next(), Some(format!("clone {i}").as_str()), "{out:?}");
         uptimes.push(lines.next().unwrap_or_default().to_string());
+        let date: u64 = lines.next().and_then(|d| d.parse().ok()).unwrap_or(0);
+        assert!(
+            before.saturating_sub(1) <= date && date <= after + 1,
+            "clone {i}: the guest's clock says {date}, the host's went from {before} to {after}"
+        );
+        let urandom = lines.next().unwrap_or_default().to_string();
+        let uuid = lines.next().unwrap_or_default().to_string();
+        assert_eq!((urandom.len(), uuid.len()), (32, 36), "{out:?}");
+        random.push(urandom);
+        random.push(uuid);
         assert_eq!(
             std::fs::read_to_string(dir.join("back")).unwrap(),
             "from-the-guest\n"
@@ -370,6 +396,11 @@ fn clones_of_a_template_each_serve_their_own_share() {
             assert!(template.join("vm.mem").is_file());
         }
     }
+    // No two clones of the template share random numbers.
+    let mut distinct = random.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), random.len(), "{random:?}");
     // Every clone's guest started from the template's moment: the same kernel, booted once.
     let booted_for = |u: &str| -> f64 {
         u.split(' ')

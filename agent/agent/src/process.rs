@@ -78,6 +78,8 @@ pub enum ProcessError {
         #[source]
         source: ContainerError,
     },
+    #[error("cannot refresh the VM's identity")]
+    Refresh(#[source] crate::identity::RefreshError),
 }
 
 impl ProcessError {
@@ -97,6 +99,7 @@ impl ProcessError {
             ProcessError::TooManyContainers => ErrorCode::ResourceExhausted,
             ProcessError::ContainerBusy { .. } => ErrorCode::InvalidState,
             ProcessError::Setup { source, .. } => source.code(),
+            ProcessError::Refresh(_) => ErrorCode::Internal,
         }
     }
 
@@ -111,6 +114,9 @@ impl ProcessError {
             ProcessError::Spawn { source, .. } => format!("{self}: {}", source.describe()),
             ProcessError::Sys { source, .. } => format!("{self}: {source}"),
             ProcessError::Setup { source, .. } => {
+                format!("{self}: {source}: {}", crate::source_chain(source))
+            }
+            ProcessError::Refresh(source) => {
                 format!("{self}: {source}: {}", crate::source_chain(source))
             }
             _ => self.to_string(),

@@ -174,6 +174,13 @@ impl Agent {
                 t.create_container(&id, &spec).map(|()| Response::Ok)
             }
             Request::DeleteContainer { id } => t.delete_container(&id).map(|()| Response::Ok),
+            Request::Refresh {
+                entropy,
+                realtime_ns,
+                hostname,
+            } => crate::identity::refresh(&entropy, realtime_ns, hostname.as_deref())
+                .map(|()| Response::Ok)
+                .map_err(ProcessError::Refresh),
             Request::Shutdown { grace_ms } => {
                 let grace = grace_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)))

@@ -344,10 +344,15 @@ impl AgentClient {
     /// Refuses, before sending, what an agent older than 1.1 would not understand: it
     /// would ignore a spec's container fields and run the process outside the container.
     fn require_containers(&self, request: &'static str) -> Result<(), ClientError> {
+        self.require_minor(request, agent_protocol::CONTAINERS_MINOR)
+    }
+
+    /// Refuses, before sending, a request that agents older than 1.`minor` do not know.
+    fn require_minor(&self, request: &'static str, minor: u16) -> Result<(), ClientError> {
         let agent = self.info.protocol_version;
         let needed = ProtocolVersion {
             major: PROTOCOL_VERSION.major,
-            minor: agent_protocol::CONTAINERS_MINOR,
+            minor,
         };
         if agent.minor < needed.minor {
             return Err(ClientError::AgentTooOld {
@@ -464,6 +469,23 @@ impl AgentClient {
     /// Asks the agent to stop all processes (SIGTERM, `grace`, SIGKILL) and end the VM.
     /// The connection closing instead of an answer counts as success: the VM may be gone
     /// before its answer leaves.
+    /// Makes a VM restored from a snapshot its own before anything runs in it
+    /// ([`Request::Refresh`]): 64 fresh random bytes of this host for its kernel's pool,
+    /// this host's wall clock, and `hostname` when given.
+    pub fn refresh(&mut self, hostname: Option<&str>) -> Result<(), ClientError> {
+        self.require_minor("refresh", agent_protocol::REFRESH_MINOR)?;
+        let mut entropy = vec![0u8; 64];
+        getrandom(&mut entropy)?;
+        let realtime_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.call_ok(&Request::Refresh {
+            entropy,
+            realtime_ns,
+            hostname: hostname.map(str::to_owned),
+        })
+    }
+
     pub fn shutdown(mut self, grace: Option<Duration>) -> Result<(), ClientError> {
         let grace_ms = grace.map(|g| u32::try_from(g.as_millis()).unwrap_or(u32::MAX));
         let req = Request::Shutdown { grace_ms };
@@ -482,6 +504,17 @@ impl AgentClient {
             Err(e) => Err(e),
         }
     }
+}
+
+/// Fills `buf` from the host kernel's random generator.
+fn getrandom(buf: &mut [u8]) -> Result<(), ClientError> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .map_err(|source| ClientError::Io {
+            context: "cannot read this host's random bytes",
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -439,3 +439,62 @@ fn container_requests_need_a_1_1_agent() {
     assert_eq!(e.code(), Some(ErrorCode::InvalidState));
     vmm.join();
 }
+
+#[test]
+fn a_refresh_brings_fresh_bytes_and_the_hosts_time_to_a_1_2_agent_only() {
+    let dir = temp_dir("refresh");
+    let uds = dir.join("vm.sock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let vmm = FakeVmm::start(&uds, move |s, _| {
+        let mut s = accept_connect(s);
+        agent_hello(&mut s);
+        for _ in 0..2 {
+            let r: Request = read_frame(&mut s).unwrap();
+            tx.send(r).unwrap();
+            write_frame(&mut s, &Response::Ok).unwrap();
+        }
+    });
+    let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    c.refresh(Some("web-1")).unwrap();
+    c.refresh(None).unwrap();
+    vmm.join();
+    let got: Vec<Request> = rx.try_iter().collect();
+    let [Request::Refresh {
+        entropy: a,
+        realtime_ns,
+        hostname,
+    }, Request::Refresh { entropy: b, .. }] = &got[..]
+    else {
+        panic!("{got:?}");
+    };
+    assert_eq!(a.len(), 64);
+    assert_ne!(a, b, "every refresh brings its own bytes");
+    assert!(*realtime_ns >= before);
+    assert_eq!(hostname.as_deref(), Some("web-1"));
+
+    // A 1.1 agent does not know the request: refused before sending.
+    let uds = dir.join("vm2.sock");
+    let vmm = FakeVmm::start(&uds, |s, _| {
+        let mut s = accept_connect(s);
+        let _: ConnectionHeader = read_frame(&mut s).unwrap();
+        write_frame(
+            &mut s,
+            &Response::Hello {
+                protocol_version: ProtocolVersion { major: 1, minor: 1 },
+                agent_version: "1.1".into(),
+            },
+        )
+        .unwrap();
+    });
+    let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
+    assert!(matches!(
+        c.refresh(None),
+        Err(ClientError::AgentTooOld { .. })
+    ));
+    drop(c);
+    vmm.join();
+}

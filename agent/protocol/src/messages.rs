@@ -306,6 +306,17 @@ pub enum Request {
     CreateContainer { id: String, spec: ContainerSpec },
     /// (1.1) Tear a container down once none of its processes runs. Answer: `Ok`.
     DeleteContainer { id: String },
+    /// (1.2) Make a VM restored from a snapshot its own, before anything runs in it: mix
+    /// `entropy` (random bytes from the host) into the kernel's pool and force its CRNG to
+    /// reseed, so that clones of one snapshot never share random numbers; set the wall
+    /// clock to `realtime_ns` (nanoseconds since the Unix epoch); set the VM's hostname
+    /// when one is given. Answer: `Ok`.
+    Refresh {
+        entropy: Vec<u8>,
+        realtime_ns: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+    },
 }
 
 impl Request {
@@ -320,6 +331,7 @@ impl Request {
         "shutdown",
         "create_container",
         "delete_container",
+        "refresh",
     ];
 
     /// This request's `"type"` tag.
@@ -334,6 +346,7 @@ impl Request {
             Request::Shutdown { .. } => "shutdown",
             Request::CreateContainer { .. } => "create_container",
             Request::DeleteContainer { .. } => "delete_container",
+            Request::Refresh { .. } => "refresh",
         }
     }
 }
@@ -559,6 +572,16 @@ mod tests {
                 ),
             },
             Request::DeleteContainer { id: "c1".into() },
+            Request::Refresh {
+                entropy: vec![7; 32],
+                realtime_ns: 1_700_000_000_000_000_000,
+                hostname: Some("c1".into()),
+            },
+            Request::Refresh {
+                entropy: vec![0; 64],
+                realtime_ns: 0,
+                hostname: None,
+            },
         ];
         for r in &all {
             assert_eq!(&round_trip(r), r);

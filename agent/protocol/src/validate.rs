@@ -29,6 +29,11 @@ pub const MAX_VERSION_STRING_LEN: usize = 64;
 pub const MAX_SHUTDOWN_GRACE_MS: u32 = 60_000;
 /// Longest virtio-fs tag (the device's config field is 36 bytes).
 pub const MAX_VIRTIOFS_TAG_LEN: usize = 36;
+/// Fewest random bytes a refresh brings: a full reseed of the kernel's CRNG (256 bits).
+pub const MIN_REFRESH_ENTROPY: usize = 32;
+/// Most random bytes a refresh brings (the kernel's pool takes no more at once).
+pub const MAX_REFRESH_ENTROPY: usize = 512;
+
 /// Longest hostname or domain name (Linux's `HOST_NAME_MAX`).
 pub const MAX_HOSTNAME_LEN: usize = 64;
 /// Most extra `/etc/hosts` lines.
@@ -464,6 +469,23 @@ impl Request {
                 spec.validate()
             }
             Request::DeleteContainer { id } => validate_container_id(id),
+            Request::Refresh {
+                entropy, hostname, ..
+            } => {
+                if !(MIN_REFRESH_ENTROPY..=MAX_REFRESH_ENTROPY).contains(&entropy.len()) {
+                    return Err(invalid(
+                        "entropy",
+                        format!(
+                            "{} bytes; {MIN_REFRESH_ENTROPY} to {MAX_REFRESH_ENTROPY} are taken",
+                            entropy.len()
+                        ),
+                    ));
+                }
+                match hostname {
+                    Some(h) => check_host_name("hostname", h, false),
+                    None => Ok(()),
+                }
+            }
             Request::Shutdown { grace_ms } => match grace_ms {
                 Some(ms) if *ms > MAX_SHUTDOWN_GRACE_MS => Err(invalid(
                     "grace_ms",
@@ -575,6 +597,24 @@ mod tests {
             Ok(())
         );
         assert_eq!(Request::Shutdown { grace_ms: Some(0) }.validate(), Ok(()));
+        let refresh = |len: usize, hostname: Option<&str>| Request::Refresh {
+            entropy: vec![1; len],
+            realtime_ns: 1,
+            hostname: hostname.map(str::to_string),
+        };
+        assert_eq!(refresh(MIN_REFRESH_ENTROPY, None).validate(), Ok(()));
+        assert_eq!(
+            refresh(MAX_REFRESH_ENTROPY, Some("web-1")).validate(),
+            Ok(())
+        );
+        for bad in [
+            refresh(MIN_REFRESH_ENTROPY - 1, None),
+            refresh(MAX_REFRESH_ENTROPY + 1, None),
+            refresh(MIN_REFRESH_ENTROPY, Some("a b")),
+            refresh(MIN_REFRESH_ENTROPY, Some("")),
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

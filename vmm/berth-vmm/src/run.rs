@@ -214,6 +214,8 @@ struct Run {
     vmm: Child,
     uds: PathBuf,
     console: PathBuf,
+    /// Restored from a template: made its own (random state, clock) before the command runs.
+    clone: bool,
     /// Set once this process has asked the guest to shut down: only then is the guest's own
     /// end an orderly one.
     asked_to_stop: bool,
@@ -283,6 +285,7 @@ impl Run {
                     vmm,
                     uds,
                     console,
+                    clone: true,
                     asked_to_stop: false,
                     unresponsive: Arc::default(),
                 }),
@@ -313,6 +316,7 @@ impl Run {
                         vmm,
                         uds,
                         console,
+                        clone: false,
                         asked_to_stop: false,
                         unresponsive: Arc::default(),
                     })
@@ -402,6 +406,9 @@ impl Run {
     fn run_command(&mut self, args: &Args) -> Result<u8, Failure> {
         let mut control =
             AgentClient::connect(&self.uds, Duration::from_secs(30)).map_err(Failure::agent)?;
+        if self.clone {
+            control.refresh(None).map_err(Failure::agent)?;
+        }
         let tty = args.flag("-t") || args.flag("--tty");
         let spec = process_spec(args, tty)?;
         control
