@@ -648,3 +648,119 @@ fn a_failed_removal_leaves_a_dead_container_and_tells_whoever_waits_for_it() {
     d.docker_ok(&["rm", &name]);
     assert_ne!(d.docker(&["inspect", &name]).code(), 0);
 }
+
+/// `docker run` starts from a clone of a VM template by default: one template per VM size
+/// and agent, built on first need; every clone its own (random state, clock). The cold boot
+/// stays available per container (`--label io.berth.start=cold`) and per daemon (`berthd
+/// --start cold`).
+#[test]
+fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
+    if !ready() {
+        return;
+    }
+    let scratch = Scratch::new("templates");
+    // A copy of the initramfs (it carries the agent), to change it under the daemon.
+    let initrd = scratch.path("initramfs.cpio");
+    std::fs::copy(guest_dir().join("initramfs.cpio"), &initrd).unwrap();
+    let d = Berthd::start_with(&["--initrd", initrd.to_str().unwrap()]);
+    let archive = busybox_image("archive");
+    d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let templates = || {
+        std::fs::read_dir(d.data_root().join("templates"))
+            .map(|dir| {
+                dir.flatten()
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let script = "cat /proc/sys/kernel/random/uuid; head -c 16 /dev/urandom | od -An -tx1 \
+                  | tr -d ' \\n'; echo; date +%s";
+    let mut random = vec![];
+    for i in 0..2 {
+        if i == 1 {
+            // The template's clock stopped at its snapshot: a clone that kept it would be
+            // this far behind.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        let before = unix_now();
+        let out = run_sh(&d, &["--rm"], script);
+        let after = unix_now();
+        assert_eq!(out.code(), 0, "{out:?}");
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert_eq!(lines.len(), 3, "{out:?}");
+        let date: u64 = lines[2].parse().unwrap_or(0);
+        assert!(
+            before.saturating_sub(1) <= date && date <= after + 1,
+            "run {i}: the container's clock says {date}, the host's went from {before} to {after}"
+        );
+        random.extend([lines[0].to_string(), lines[1].to_string()]);
+    }
+    assert_eq!(templates(), 1, "one template for one VM size and agent");
+    let mut distinct = random.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        random.len(),
+        "clones shared randomness: {random:?}"
+    );
+    // Another VM size is another template.
+    let out = d.docker(&["run", "--rm", "-m", "128m", "busybox", "true"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(templates(), 2);
+    // A new agent is a new template: the old one is never run with it.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&initrd)
+        .unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 512]).unwrap();
+    drop(f);
+    let out = d.docker(&["run", "--rm", "busybox", "true"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(templates(), 3);
+    // The cold boot, asked for by a container.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--label",
+        "io.berth.start=cold",
+        "busybox",
+        "echo",
+        "booted",
+    ]);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "booted\n"),
+        "{out:?}"
+    );
+    assert_eq!(templates(), 3, "a cold boot builds no template");
+    // A start berth does not have is refused, not ignored.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--label",
+        "io.berth.start=warm",
+        "busybox",
+        "true",
+    ]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    assert!(
+        out.stderr.contains("invalid label io.berth.start"),
+        "{}",
+        out.stderr
+    );
+    drop(d);
+    // A daemon told to boot cold keeps no templates.
+    let cold = Berthd::start_with(&["--start", "cold"]);
+    cold.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let out = cold.docker(&["run", "--rm", "busybox", "echo", "cold"]);
+    assert_eq!((out.code(), out.stdout.as_str()), (0, "cold\n"), "{out:?}");
+    assert!(!cold.data_root().join("templates").exists());
+}

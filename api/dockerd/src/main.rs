@@ -14,7 +14,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
-              [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N] [--debug]";
+              [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N]
+              [--start clone|cold] [--debug]";
 
 /// berthd's command line.
 struct Options {
@@ -39,6 +40,7 @@ fn parse_options() -> Result<Options> {
     let mut initrd = beside_binary("../guest/initramfs.cpio");
     let mut debug = false;
     let mut boot_retries = 0;
+    let mut start = engine::StartPath::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -70,6 +72,14 @@ fn parse_options() -> Result<Options> {
                     .parse()
                     .with_context(|| format!("--boot-retries {v:?}: a number expected"))?;
             }
+            // How containers' VMs start: clones of a template (the default) or cold boots.
+            // A container overrides it with the annotation io.berth.start.
+            "--start" => {
+                let v = value()?;
+                start = v
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("--start {e}"))?;
+            }
             "-D" | "--debug" => debug = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -87,6 +97,7 @@ fn parse_options() -> Result<Options> {
             kernel,
             initrd,
             boot_retries,
+            start,
         },
         debug,
     })

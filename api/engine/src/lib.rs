@@ -37,6 +37,39 @@ pub struct EngineConfig {
     /// How many times a boot that dies or stalls before its agent is ready is tried again
     /// (0: never; each retry is logged). For test hosts whose emulation loses boots.
     pub boot_retries: u32,
+    /// How containers' VMs start unless a container says otherwise.
+    pub start: StartPath,
+}
+
+/// How a container's VM starts: restored from a template (a VM booted once and
+/// snapshotted), or booted from its kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartPath {
+    #[default]
+    Clone,
+    Cold,
+}
+
+impl StartPath {
+    /// The name berthd's `--start` and the `io.berth.start` annotation take.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartPath::Clone => "clone",
+            StartPath::Cold => "cold",
+        }
+    }
+}
+
+impl std::str::FromStr for StartPath {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "clone" => Ok(StartPath::Clone),
+            "cold" => Ok(StartPath::Cold),
+            other => Err(format!("{other:?}: \"clone\" or \"cold\" expected")),
+        }
+    }
 }
 
 /// What the engine runs containers with, for `docker version` and `docker info`.

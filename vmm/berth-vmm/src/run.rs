@@ -274,11 +274,18 @@ impl Run {
         }
         let exe = std::env::current_exe()?;
         if let Some(template) = args.value("--template") {
-            let template =
-                vmm_launcher::template::ensure(&exe, &spec, Path::new(template), boot_timeout)?;
+            let template = vmm_launcher::template::ensure(
+                &exe,
+                &spec,
+                Path::new(template),
+                &dir.path,
+                boot_timeout,
+            )?;
             let restore = RestoreSpec::of(&spec, template.state(), template.memory());
             let mut cmd = restore.command(&exe);
             vmm_stdio(&mut cmd);
+            // The clone's socket appearing is its readiness: none may be left from the build.
+            let _ = std::fs::remove_file(&uds);
             return match vmm_launcher::launch_restored(&mut cmd, &uds, boot_timeout) {
                 Ok(vmm) => Ok(Run {
                     dir,

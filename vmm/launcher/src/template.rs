@@ -74,12 +74,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The template in `dir`, built from `boot` (with `vmm` as the VMM binary, its agent
 /// awaited up to `boot_timeout`) unless it is there already. Of `boot`, the size, kernel,
-/// initramfs, command line and devices count; its console, vsock socket, control socket and
-/// share directories are replaced by the build's own.
+/// initramfs, command line and devices count; its console and share directories are
+/// replaced by the build's own, its vsock and control sockets by ones in `sockets` (an
+/// existing directory with a short path: a Unix socket's address has at most 107 bytes).
 pub fn ensure(
     vmm: &Path,
     boot: &BootSpec,
     dir: &Path,
+    sockets: &Path,
     boot_timeout: Duration,
 ) -> Result<Template, TemplateError> {
     if let Some(t) = Template::open(dir) {
@@ -97,7 +99,7 @@ pub fn ensure(
     let build = parent.join(format!(".{name}.build-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&build);
     std::fs::create_dir(&build).map_err(io("create", &build))?;
-    let built = build_in(vmm, boot, &build, boot_timeout);
+    let built = build_in(vmm, boot, &build, sockets, boot_timeout);
     if let Err(e) = built {
         // The console log explains a failed boot: kept, beside the place of the template.
         let _ = std::fs::rename(
@@ -129,12 +131,16 @@ fn build_in(
     vmm: &Path,
     boot: &BootSpec,
     build: &Path,
+    sockets: &Path,
     boot_timeout: Duration,
 ) -> Result<(), TemplateError> {
     let mut spec = boot.clone();
     let console = build.join("console.log");
-    let uds = build.join("vsock.sock");
-    let control_sock = build.join("control.sock");
+    let uds = sockets.join("vsock.sock");
+    let control_sock = sockets.join("control.sock");
+    for stale in [&uds, &control_sock] {
+        let _ = std::fs::remove_file(stale);
+    }
     spec.console = Console::File(console.clone());
     spec.vsock_uds = Some(uds.clone());
     spec.control = Some(control_sock.clone());

@@ -9,6 +9,7 @@
 pub mod logs;
 pub mod record;
 pub mod spec;
+pub mod template;
 pub mod vm;
 mod wire;
 
@@ -195,9 +196,27 @@ struct Registry {
 /// Every container this engine knows.
 pub struct Containers {
     config: EngineConfig,
+    templates: Arc<template::Templates>,
     images: Arc<ImageStore>,
     root: PathBuf,
     registry: Arc<RwLock<Registry>>,
+}
+
+/// A template that could not be had, as a failed start: a template VM that died or stalled
+/// without a word is a silent boot failure (booted again where the daemon allows it).
+fn template_failure(e: template::TemplatesError) -> vm::LaunchError {
+    use vmm_launcher::template::TemplateError;
+    use vmm_launcher::{LaunchError, VmmExit};
+    let message = format!("cannot build the VM template: {}", vmm_launcher::chain(&e));
+    match e {
+        template::TemplatesError::Build(TemplateError::Boot {
+            source:
+                LaunchError::Stalled(_)
+                | LaunchError::Exited(VmmExit::GuestShutdown | VmmExit::GuestCrash),
+            ..
+        }) => vm::LaunchError::SilentBootFailure(message),
+        _ => vm::LaunchError::Failed(message),
+    }
 }
 
 /// Options of `docker create` that are not part of the config.
@@ -247,6 +266,7 @@ impl Containers {
         }
         Ok(Containers {
             config: config.clone(),
+            templates: Arc::new(template::Templates::new(config.data_root.join("templates"))),
             images,
             root,
             registry: Arc::new(RwLock::new(registry)),
@@ -419,6 +439,8 @@ impl Containers {
         };
         let cfg = self.config.clone();
         let layers = image.layers.clone();
+        let start_path = record.host_config.start.unwrap_or(self.config.start);
+        let templates = self.templates.clone();
         let launched = tokio::task::spawn_blocking(move || {
             vm::mount_rootfs(
                 &layers,
@@ -441,7 +463,13 @@ impl Containers {
                 } else {
                     vm::BOOT_TIMEOUT
                 };
-                let result = vm::launch(&cfg, &launch_spec, timeout);
+                let result = match start_path {
+                    crate::StartPath::Cold => vm::launch(&cfg, &launch_spec, timeout, vm::Start::Boot),
+                    crate::StartPath::Clone => templates
+                        .get(&cfg, &vm::boot_spec(&cfg, &launch_spec), timeout)
+                        .map_err(template_failure)
+                        .and_then(|t| vm::launch(&cfg, &launch_spec, timeout, vm::Start::Clone(&t))),
+                };
                 let Err(vm::LaunchError::SilentBootFailure(why)) = &result else {
                     break result;
                 };

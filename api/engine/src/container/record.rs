@@ -93,6 +93,9 @@ pub struct HostConfig {
     pub console_size: [u32; 2],
     pub restart_policy: String,
     pub log_type: String,
+    /// How its VM starts (the `io.berth.start` annotation); `None`: the daemon's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<crate::StartPath>,
 }
 
 /// Guest sizes when the container asks for none.

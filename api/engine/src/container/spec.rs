@@ -167,6 +167,12 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "Isolation",
 ];
 
+/// The label that chooses how a container's VM starts (`docker run --label
+/// io.berth.start=cold`): `clone` (from a template, the daemon's default unless `berthd
+/// --start cold`) or `cold` (a boot). A label, not an annotation: annotations need API
+/// 1.43, berthd speaks 1.41.
+pub const START_LABEL: &str = "io.berth.start";
+
 /// Explains the options berth refuses, by field.
 fn refusal(field: &str) -> &'static str {
     match field {
@@ -258,7 +264,12 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
             config.working_dir
         )));
     }
-    let host_config = parse_host_config(obj.get("HostConfig"))?;
+    let mut host_config = parse_host_config(obj.get("HostConfig"))?;
+    if let Some(start) = config.labels.get(START_LABEL) {
+        host_config.start = Some(start.parse::<crate::StartPath>().map_err(|e| {
+            EngineError::InvalidArgument(format!("invalid label {START_LABEL}: {e}"))
+        })?);
+    }
     if let Some(Value::Object(nc)) = obj.get("NetworkingConfig") {
         if let Some(Value::Object(endpoints)) = nc.get("EndpointsConfig") {
             if endpoints
@@ -399,6 +410,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         ));
     }
     Ok(HostConfig {
+        start: None,
         auto_remove: boolean(hc.get("AutoRemove"), "AutoRemove")?,
         network_mode,
         memory,
@@ -589,6 +601,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("Healthcheck"));
+    }
+
+    #[test]
+    fn the_start_label_chooses_how_the_vm_starts() {
+        let with = |label: Option<&str>| {
+            let mut body = cli_body();
+            if let Some(v) = label {
+                body["Labels"] = json!({ START_LABEL: v, "other": "kept" });
+            }
+            parse(&body)
+        };
+        assert_eq!(with(None).unwrap().host_config.start, None);
+        assert_eq!(
+            with(Some("cold")).unwrap().host_config.start,
+            Some(crate::StartPath::Cold)
+        );
+        assert_eq!(
+            with(Some("clone")).unwrap().host_config.start,
+            Some(crate::StartPath::Clone)
+        );
+        let e = with(Some("warm")).unwrap_err().to_string();
+        assert!(e.contains("invalid label io.berth.start"), "{e}");
     }
 
     #[test]

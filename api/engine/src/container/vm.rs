@@ -14,7 +14,8 @@ use std::time::Duration;
 
 use agent_client::{AgentClient, ErrorCode, ProcessSpec, StdioStream};
 use agent_protocol::{ContainerSpec, FsSource};
-use vmm_launcher::{BootSpec, Console, Share, VmmExit};
+use vmm_launcher::template::Template;
+use vmm_launcher::{BootSpec, Console, RestoreSpec, Share, VmmExit};
 
 use crate::EngineConfig;
 
@@ -211,31 +212,54 @@ pub fn run_dir(exec_root: &Path, id: &str) -> PathBuf {
 /// The longest exec root whose VM sockets fit a Unix socket address.
 pub const MAX_EXEC_ROOT_LEN: usize = 107 - 1 - RUN_DIR_ID_LEN - LONGEST_SOCKET_NAME;
 
-/// Boots the VM, sets the container up in it and starts its process.
-pub fn launch(
-    cfg: &EngineConfig,
-    spec: &LaunchSpec,
-    boot_timeout: Duration,
-) -> Result<(Vm, Streams, u32), LaunchError> {
-    let failed =
-        |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
-    std::fs::create_dir_all(&spec.run_dir)
-        .map_err(|e| failed("cannot create the VM's run directory", &e))?;
-    let uds = spec.run_dir.join("vsock.sock");
-    let _ = std::fs::remove_file(&uds);
-    let vmm_log = std::fs::File::create(spec.run_dir.join("vmm.log"))
-        .map_err(|e| failed("cannot create the VMM log", &e))?;
+/// The VM a container gets: its size, the engine's kernel and initramfs, its console, its
+/// vsock socket in its run directory, and its root filesystem as the one share. A template's
+/// key is taken from the same spec (vmm_launcher's host sides aside), so a clone always has
+/// the devices its template was built with.
+pub fn boot_spec(cfg: &EngineConfig, spec: &LaunchSpec) -> BootSpec {
     let mut boot = BootSpec::new(&cfg.kernel, spec.vcpus, spec.mem_mib);
     boot.initrd = Some(cfg.initrd.clone());
     boot.console = Console::File(spec.console_log.clone());
-    boot.vsock_uds = Some(uds.clone());
+    boot.vsock_uds = Some(spec.run_dir.join("vsock.sock"));
     boot.shares.push(Share {
         tag: ROOTFS_TAG.to_string(),
         dir: spec.rootfs.clone(),
         read_only: false,
         nosuid: false,
     });
-    let mut cmd = boot.command(&cfg.vmm);
+    boot
+}
+
+/// How a container's VM comes to be.
+pub enum Start<'a> {
+    /// Booted from the kernel.
+    Boot,
+    /// Restored from a template, then made its own ([`AgentClient::refresh`]).
+    Clone(&'a Template),
+}
+
+/// Starts the VM (booted or cloned), sets the container up in it and starts its process.
+pub fn launch(
+    cfg: &EngineConfig,
+    spec: &LaunchSpec,
+    boot_timeout: Duration,
+    start: Start<'_>,
+) -> Result<(Vm, Streams, u32), LaunchError> {
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
+    std::fs::create_dir_all(&spec.run_dir)
+        .map_err(|e| failed("cannot create the VM's run directory", &e))?;
+    let boot = boot_spec(cfg, spec);
+    let uds = spec.run_dir.join("vsock.sock");
+    let _ = std::fs::remove_file(&uds);
+    let vmm_log = std::fs::File::create(spec.run_dir.join("vmm.log"))
+        .map_err(|e| failed("cannot create the VMM log", &e))?;
+    let mut cmd = match start {
+        Start::Boot => boot.command(&cfg.vmm),
+        Start::Clone(template) => {
+            RestoreSpec::of(&boot, template.state(), template.memory()).command(&cfg.vmm)
+        }
+    };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log);
@@ -250,7 +274,23 @@ pub fn launch(
             format!(": {log}")
         }
     };
-    let mut vmm = match vmm_launcher::launch(&mut cmd, &uds, boot_timeout) {
+    let launched = match start {
+        Start::Boot => vmm_launcher::launch(&mut cmd, &uds, boot_timeout),
+        Start::Clone(template) => match vmm_launcher::launch_restored(&mut cmd, &uds, boot_timeout)
+        {
+            Ok(vmm) => Ok(vmm),
+            Err(e) => {
+                let tail = vmm_launcher::console_tail(&spec.console_log, 5).join(" | ");
+                return Err(LaunchError::Failed(format!(
+                    "the clone of the VM template {} did not start: {}{}; its console ended: {tail}",
+                    template.dir.display(),
+                    vmm_launcher::chain(&e),
+                    vmm_said()
+                )));
+            }
+        },
+    };
+    let mut vmm = match launched {
         Ok(vmm) => vmm,
         Err(vmm_launcher::LaunchError::Exited(VmmExit::GuestShutdown)) => {
             return Err(LaunchError::SilentBootFailure(
@@ -298,6 +338,15 @@ pub fn launch(
     // A guest that stops answering must not hold a `docker stop`, `kill` or `start` forever:
     // every request on this connection is bounded (the exit watcher's wait is not).
     control.set_request_timeout(Some(AGENT_REQUEST_TIMEOUT));
+    if matches!(start, Start::Clone(_)) {
+        // Before anything of the container runs: its own random state, clock and name.
+        if let Err(e) = control.refresh(Some(&spec.container.hostname)) {
+            return Err(vm_failed(
+                &mut vmm,
+                format!("cannot make the clone its own: {e}"),
+            ));
+        }
+    }
     let started = setup_and_start(&mut control, spec);
     match started {
         Ok((streams, pid)) => Ok((Vm { vmm, uds, control }, streams, pid)),
