@@ -21,7 +21,7 @@ export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone clean
 
 # Each stage says when it ended, in seconds since make started: CI's wall time split.
 T0 := $(shell date +%s)
@@ -169,6 +169,23 @@ bench-run: build test-deps
 		echo "bench-run: berthd and dockerd run inside the emulated virtualization host"; \
 		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-run \
 			--runs $(BENCH_RUN_RUNS) --untar-runs $(BENCH_UNTAR_RUNS); \
+	fi
+
+# Instant clone: (a) berth-vmm restoring snapshots of the test guests on this host's KVM
+# (restore time beside a cold boot in the same run, clones per second, private memory per
+# clone); (b) `docker run` from clones, from cold boots and on Docker + runc (bench-run
+# without its untar part): directly where Linux guests run, else inside the emulated host.
+BENCH_CLONE_RUNS ?= 30
+BENCH_CLONES ?= 50
+.PHONY: bench-clone
+bench-clone: build test-deps
+	$(RELEASE)/bench-clone --runs $(BENCH_CLONE_RUNS) --clones $(BENCH_CLONES)
+	@if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$(RELEASE)/bench-run --runs $(BENCH_RUN_RUNS) --untar-runs 0; \
+	else \
+		echo "bench-clone: (b) berthd and dockerd run inside the emulated virtualization host"; \
+		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-run \
+			--runs $(BENCH_RUN_RUNS) --untar-runs 0; \
 	fi
 
 clean:

@@ -764,3 +764,32 @@ fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
     assert_eq!((out.code(), out.stdout.as_str()), (0, "cold\n"), "{out:?}");
     assert!(!cold.data_root().join("templates").exists());
 }
+
+/// A running container holds none of the daemon's threads: with a blocking pool of two
+/// threads, four containers run at once, and the daemon still starts more and answers.
+/// (When each running container held a blocking thread waiting for its process, the third
+/// `docker run` waited forever.)
+#[test]
+fn running_containers_hold_no_daemon_thread() {
+    if !ready() {
+        return;
+    }
+    let d = Berthd::start_with(&["--blocking-threads", "2"]);
+    let archive = busybox_image("archive");
+    d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let names: Vec<String> = (0..4).map(|i| format!("sleeper-{i}")).collect();
+    for name in &names {
+        let out = d.docker(&[
+            "run", "-d", "-m", "64m", "--name", name, "busybox", "sleep", "1000",
+        ]);
+        assert_eq!(out.code(), 0, "{name}: {out:?}");
+    }
+    let running = d.docker_ok(&["ps", "-q"]);
+    assert_eq!(running.lines().count(), 4, "{running}");
+    let out = d.docker(&["run", "--rm", "-m", "64m", "busybox", "echo", "still"]);
+    assert_eq!((out.code(), out.stdout.as_str()), (0, "still\n"), "{out:?}");
+    let mut rm = vec!["rm", "-f"];
+    rm.extend(names.iter().map(String::as_str));
+    d.docker_ok(&rm);
+    assert_eq!(d.docker_ok(&["ps", "-aq"]).trim(), "");
+}

@@ -430,6 +430,45 @@ impl AgentClient {
         }
     }
 
+    /// Sends `wait_process` and hands back the connection, for the caller to read the one
+    /// reply frame however it waits (an async runtime, without a thread per process), then
+    /// to check it with [`AgentClient::wait_reply`].
+    pub fn send_wait(mut self, id: &str) -> Result<UnixStream, ClientError> {
+        let req = Request::WaitProcess { id: id.to_owned() };
+        req.validate()
+            .map_err(|source| ClientError::InvalidRequest {
+                request: "wait_process",
+                source,
+            })?;
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        set_timeouts(&self.conn, None)?;
+        write_frame(&mut self.conn, &req).map_err(ClientError::Frame)?;
+        Ok(self.conn)
+    }
+
+    /// The exit status in the body of the frame that answered [`AgentClient::send_wait`].
+    pub fn wait_reply(body: &[u8]) -> Result<ExitStatus, ClientError> {
+        let reply: Response = agent_protocol::decode(body).map_err(ClientError::Frame)?;
+        reply
+            .validate()
+            .map_err(|source| ClientError::InvalidReply {
+                request: "wait_process",
+                source,
+            })?;
+        match reply {
+            Response::Exited { code, signal } => Ok(ExitStatus { code, signal }),
+            Response::Error { code, message } => {
+                Err(ClientError::agent("wait_process", code, &message))
+            }
+            other => Err(ClientError::UnexpectedReply {
+                request: "wait_process",
+                got: other.type_name(),
+            }),
+        }
+    }
+
     pub fn signal(&mut self, id: &str, signal: i32) -> Result<(), ClientError> {
         self.call_ok(&Request::Signal {
             id: id.to_owned(),

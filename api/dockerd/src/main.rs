@@ -15,12 +15,15 @@ use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
               [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N]
-              [--start clone|cold] [--debug]";
+              [--start clone|cold] [--blocking-threads N] [--debug]";
 
 /// berthd's command line.
 struct Options {
     socket: PathBuf,
     engine: engine::EngineConfig,
+    /// The most threads blocking work (file system, VM launches) may take at once: a
+    /// running container holds none of them.
+    blocking_threads: usize,
     debug: bool,
 }
 
@@ -41,6 +44,7 @@ fn parse_options() -> Result<Options> {
     let mut debug = false;
     let mut boot_retries = 0;
     let mut start = engine::StartPath::default();
+    let mut blocking_threads = 512;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -80,6 +84,13 @@ fn parse_options() -> Result<Options> {
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!("--start {e}"))?;
             }
+            "--blocking-threads" => {
+                let v = value()?;
+                blocking_threads =
+                    v.parse().ok().filter(|&n: &usize| n > 0).with_context(|| {
+                        format!("--blocking-threads {v:?}: a positive number expected")
+                    })?;
+            }
             "-D" | "--debug" => debug = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -99,6 +110,7 @@ fn parse_options() -> Result<Options> {
             boot_retries,
             start,
         },
+        blocking_threads,
         debug,
     })
 }
@@ -142,6 +154,7 @@ fn main() -> std::process::ExitCode {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
+        .max_blocking_threads(options.blocking_threads)
         .enable_all()
         .build()
     {

@@ -1,14 +1,16 @@
 //! `bench-run`: `docker run` on berth beside Docker + runc, through the Docker CLI, in one run
 //! on one host.
 //!
-//! Two daemons on private sockets and data roots: berthd (each container a microVM booted
-//! cold, its root a virtio-fs share of an overlayfs) and Debian's dockerd with runc (the
-//! anchor). Interleaved, so drift on a noisy host hits both alike:
+//! Three daemons on private sockets and data roots: berthd as it runs by default (each
+//! container a microVM cloned from a template, its root a virtio-fs share of an overlayfs),
+//! berthd with `--start cold` (each microVM booted), and Debian's dockerd with runc (the
+//! anchor). Interleaved, so drift on a noisy host hits all alike:
 //!
-//! 1. `docker run --rm busybox true`, wall time of the CLI, `--runs` times each;
+//! 1. `docker run --rm --network none busybox true`, wall time of the CLI, `--runs` times
+//!    each;
 //! 2. a container that untars a ~50 MB archive from its image into its writable layer
-//!    (`--untar-runs` times each): the time inside the container (its `/proc/uptime`, 10 ms
-//!    resolution) and the CLI's wall time.
+//!    (`--untar-runs` times, berth's default and runc): the time inside the container (its
+//!    `/proc/uptime`, 10 ms resolution) and the CLI's wall time.
 //!
 //! Needs a KVM that runs Linux guests: `make bench-run` runs it inside the emulated
 //! virtualization host where this host has none (absolute figures there are about 40x those
@@ -67,8 +69,13 @@ fn main() -> Result<()> {
     let payload_mb = std::fs::metadata(scratch.0.join("root/payload.tar"))?.len() as f64 / 1e6;
 
     let berth = Berthd::start();
+    let cold = Berthd::start_with(&["--start", "cold"]);
     let anchor = Dockerd::start();
-    let daemons: [(&str, &Daemon); 2] = [("berth", &*berth), ("runc", &*anchor)];
+    let daemons: [(&str, &Daemon); 3] = [
+        ("berth clone", &*berth),
+        ("berth cold ", &*cold),
+        ("runc       ", &*anchor),
+    ];
     let busybox = busybox_image("archive");
     for (name, d) in daemons {
         docker(d, &["load", "-i", path(&busybox)?], 300)
@@ -85,31 +92,39 @@ fn main() -> Result<()> {
             600,
         )
         .with_context(|| format!("{name}: import"))?;
-        // Warm-up: first-run costs (page cache, lazy setup) are not what is measured.
+        // Warm-up: first-run costs (page cache, lazy setup, berth's template) are not what
+        // is measured.
         docker(d, &["run", "--rm", "busybox", "true"], 300)
             .with_context(|| format!("{name}: warm-up"))?;
     }
 
     println!(
-        "bench-run: docker run through the Docker CLI, berth (cold-booted microVM per container) \
-         vs Docker + runc, same host, interleaved"
+        "bench-run: docker run through the Docker CLI, berth (a microVM per container, cloned \
+         from a template, and booted cold) vs Docker + runc, same host, interleaved"
     );
-    let mut start = [Series::default(), Series::default()];
+    let mut start = vec![Series::default(); daemons.len()];
     for _ in 0..runs {
         for (i, (name, d)) in daemons.iter().enumerate() {
-            let out = docker(d, &["run", "--rm", "busybox", "true"], 300)
-                .with_context(|| format!("{name}: docker run --rm busybox true"))?;
+            let out = docker(
+                d,
+                &["run", "--rm", "--network", "none", "busybox", "true"],
+                300,
+            )
+            .with_context(|| format!("{name}: docker run --rm busybox true"))?;
             start[i].push(out.as_secs_f64() * 1e3);
         }
     }
-    println!("\n`docker run --rm busybox true` (wall time of the CLI; min / median / max):");
-    report(&start, "ms");
+    println!(
+        "\n`docker run --rm --network none busybox true` (wall time of the CLI; min / median / max):"
+    );
+    report(&daemons, &start, "ms");
 
     if untar_runs > 0 {
-        let mut inside = [Series::default(), Series::default()];
-        let mut total = [Series::default(), Series::default()];
+        let measured = [daemons[0], daemons[2]];
+        let mut inside = vec![Series::default(); measured.len()];
+        let mut total = vec![Series::default(); measured.len()];
         for _ in 0..untar_runs {
-            for (i, (name, d)) in daemons.iter().enumerate() {
+            for (i, (name, d)) in measured.iter().enumerate() {
                 let cmd = d.docker_command(&["run", "--rm", "bench-untar", "sh", "-c", UNTAR]);
                 let out = run(cmd, b"", Duration::from_secs(1800));
                 ensure!(out.status.success(), "{name}: untar failed: {out:?}");
@@ -126,9 +141,9 @@ fn main() -> Result<()> {
             payload_dir.display()
         );
         println!("  inside the container:");
-        report(&inside, "s");
+        report(&measured, &inside, "s");
         println!("  whole docker run:");
-        report(&total, "s");
+        report(&measured, &total, "s");
     }
     Ok(())
 }
@@ -149,13 +164,20 @@ fn docker(d: &Daemon, args: &[&str], timeout_s: u64) -> Result<Duration> {
     Ok(out.elapsed)
 }
 
-fn report(s: &[Series; 2], unit: &str) {
-    println!("  berth {}", s[0].summary(unit));
-    println!("  runc  {}", s[1].summary(unit));
-    println!(
-        "  berth / runc, medians: {:.2}x",
-        s[0].median() / s[1].median()
-    );
+/// Each daemon's figures, then each one's ratio to the last (the anchor).
+fn report(daemons: &[(&str, &Daemon)], s: &[Series], unit: &str) {
+    for ((name, _), series) in daemons.iter().zip(s) {
+        println!("  {name} {}", series.summary(unit));
+    }
+    let (anchor, rest) = s.split_last().expect("an anchor");
+    for ((name, _), series) in daemons.iter().zip(rest) {
+        println!(
+            "  {} / {}, medians: {:.2}x",
+            name.trim(),
+            daemons[daemons.len() - 1].0.trim(),
+            series.median() / anchor.median()
+        );
+    }
 }
 
 fn parse_elapsed(stdout: &str) -> Option<f64> {

@@ -202,6 +202,32 @@ pub struct Containers {
     registry: Arc<RwLock<Registry>>,
 }
 
+/// Waits, without a thread, for the container's main process to exit: the `wait_process`
+/// request is sent on `control`, and its one reply frame read asynchronously.
+async fn wait_exit(control: AgentClient) -> std::result::Result<agent_client::ExitStatus, String> {
+    use tokio::io::AsyncReadExt as _;
+    let stream = control
+        .send_wait(vm::INIT_PROCESS)
+        .map_err(|e| e.to_string())?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
+    let mut header = [0u8; 4];
+    stream
+        .read_exact(&mut header)
+        .await
+        .map_err(|e| format!("the agent connection broke: {e}"))?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > agent_protocol::MAX_FRAME_LEN {
+        return Err(format!("the agent sent a {len}-byte frame"));
+    }
+    let mut body = vec![0u8; len];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| format!("the agent connection broke: {e}"))?;
+    AgentClient::wait_reply(&body).map_err(|e| e.to_string())
+}
+
 /// A template that could not be had, as a failed start: a template VM that died or stalled
 /// without a word is a silent boot failure (booted again where the daemon allows it).
 fn template_failure(e: template::TemplatesError) -> vm::LaunchError {
@@ -633,28 +659,35 @@ impl Containers {
         let console = container.console_path();
         let watcher_run_dir = run_dir.clone();
         tokio::spawn(async move {
-            let mut wait_control = wait_control;
-            let waited = tokio::task::spawn_blocking(move || {
-                let status = wait_control.wait_process(vm::INIT_PROCESS);
-                // The agent's connection broke: the VM ended, or stopped answering. How the
-                // VMM ended says which.
-                let ended = status
-                    .is_err()
-                    .then(|| vm::how_it_ended(&mut vmm, &console, &watcher_run_dir));
-                (status, ended, vmm)
-            })
-            .await;
-            let (status, ended, mut vmm) = match waited {
-                Ok((status, ended, vmm)) => (status.map_err(|e| e.to_string()), ended, Some(vmm)),
-                Err(e) => {
-                    // The waiting thread is gone, and the VMM handle with it: kill the VMM by
-                    // its pid and record the failure, so the container does not stay running.
-                    log::error!("container {}: the exit watcher failed: {e}", c.id);
-                    // SAFETY: kill(2) on the pid of our own VMM child, recorded at its start.
-                    unsafe { libc::kill(vmm_pid as i32, libc::SIGKILL) };
-                    let why = format!("the exit watcher failed: {e}");
-                    (Err(why.clone()), Some((why, String::new())), None)
+            // Waited for asynchronously: a running container holds no thread (tokio's
+            // blocking pool is bounded; one thread per container would stall every launch
+            // past its size).
+            let status = wait_exit(wait_control).await;
+            // The agent's connection broke: the VM ended, or stopped answering. How the VMM
+            // ended says which (a blocking wait of seconds at most, on this rare path).
+            let (ended, mut vmm) = if status.is_err() {
+                match tokio::task::spawn_blocking(move || {
+                    let ended = vm::how_it_ended(&mut vmm, &console, &watcher_run_dir);
+                    (ended, vmm)
+                })
+                .await
+                {
+                    Ok((ended, vmm)) => (Some(ended), Some(vmm)),
+                    Err(e) => {
+                        // The thread is gone, and the VMM handle with it: kill the VMM by its
+                        // pid, so the container does not stay running.
+                        log::error!("container {}: the exit watcher failed: {e}", c.id);
+                        // SAFETY: kill(2) on the pid of our own VMM child, recorded at its
+                        // start.
+                        unsafe { libc::kill(vmm_pid as i32, libc::SIGKILL) };
+                        (
+                            Some((format!("the exit watcher failed: {e}"), String::new())),
+                            None,
+                        )
+                    }
                 }
+            } else {
+                (None, Some(vmm))
             };
             log::debug!("container {}: its process exited: {status:?}", c.id);
             for p in pumps {

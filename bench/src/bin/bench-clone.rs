@@ -1,0 +1,238 @@
+//! `bench-clone`: how fast berth-vmm restores a snapshot into a fresh process, and how
+//! little each clone costs, on this host's KVM (any flavour, kvm_pvm included) with berth's
+//! test guests.
+//!
+//! 1. Restore: a snapshot of a guest that writes to its serial line without pause, restored
+//!    in a fresh `berth-vmm restore` process; from the process's start to the first byte
+//!    the restored guest writes (`--runs` times). The anchor in the same run is a cold boot
+//!    of the same VMM to its guest's first line.
+//! 2. Sequential clones per second: restore, first byte, kill, for `--runs` clones.
+//! 3. Private memory per clone: `--clones` restored clones of an idle guest's snapshot
+//!    running at once; each VMM's private memory (smaps_rollup: its own pages, and the
+//!    guest pages it wrote; pages still shared with the memory file through the page cache
+//!    are not private).
+//!
+//! Firecracker's figures for the same measurements were recorded on this host (v1.16.1, a
+//! comparable guest) and are printed beside berth's as a recorded anchor, not this run's.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use berth_bench::{bin_dir, ms, private_kib, Series};
+use vmm_launcher::control::{request, Request};
+
+const USAGE: &str = "usage: bench-clone [--runs N] [--clones N]";
+
+/// Firecracker v1.16.1 on this host, recorded (the figures).
+const FC_RESTORE_MS: f64 = 14.8;
+const FC_CLONES_PER_S: f64 = 78.7;
+const FC_PRIVATE_MIB: f64 = 0.42;
+
+struct Scratch(PathBuf);
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let value = |name: &str, default: usize| -> Result<usize> {
+        match args.iter().position(|a| a == name) {
+            None => Ok(default),
+            Some(i) => args
+                .get(i + 1)
+                .context(USAGE)?
+                .parse()
+                .with_context(|| format!("{name} takes a number")),
+        }
+    };
+    let runs = value("--runs", 30)?;
+    let clones = value("--clones", 50)?;
+    ensure!(runs > 0 && clones > 0, "{USAGE}");
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("berth-bench-clone-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0)?;
+    let dir = &dir.0;
+
+    let flood = test_guest::write_to(dir, "flood.elf", test_guest::FLOOD)?;
+    let idle = test_guest::write_to(dir, "idle.elf", test_guest::IDLE)?;
+    let hello = test_guest::write_to(dir, "hello.elf", test_guest::HELLO)?;
+    let busy = snapshot(dir, "flood", &flood)?;
+    let quiet = snapshot(dir, "idle", &idle)?;
+    let state_mib = std::fs::metadata(&busy.0)?.len() as f64 / (1 << 20) as f64;
+
+    println!("bench-clone: berth-vmm restoring a snapshot in a fresh process, on this host's KVM");
+    println!(
+        "  (test guests, 1 vCPU, 16 MiB; state file {state_mib:.3} MiB; {runs} runs, interleaved; min / median / max)"
+    );
+    let (mut restore, mut cold) = (Series::default(), Series::default());
+    for _ in 0..runs {
+        let mut cmd = restore_cmd(&busy);
+        cmd.args(["--console", "-"]);
+        restore.push(ms(first_output(cmd)?));
+        let mut cmd = vmm();
+        cmd.args([
+            "boot",
+            "--mem",
+            "16",
+            "--no-rng",
+            "--console",
+            "-",
+            "--kernel",
+        ])
+        .arg(&hello);
+        cold.push(ms(first_output(cmd)?));
+    }
+    println!(
+        "  restore -> the guest's first byte   {}",
+        restore.summary("ms")
+    );
+    println!(
+        "  cold boot -> the guest's first byte {}",
+        cold.summary("ms")
+    );
+    println!(
+        "  restore / cold boot, medians: {:.2}x",
+        restore.median() / cold.median()
+    );
+
+    let started = Instant::now();
+    for _ in 0..runs {
+        let mut cmd = restore_cmd(&busy);
+        cmd.args(["--console", "-"]);
+        first_output(cmd)?;
+    }
+    let per_s = runs as f64 / started.elapsed().as_secs_f64();
+    println!("  sequential clones (restore, first byte, kill): {per_s:.1} per second");
+
+    let mut running: Vec<Child> = Vec::with_capacity(clones);
+    let mut private = Series::default();
+    let outcome = (|| -> Result<()> {
+        for n in 0..clones {
+            let control = dir.join(format!("c{n}.sock"));
+            let mut cmd = restore_cmd(&quiet);
+            cmd.args(["--console", "/dev/null", "--control"])
+                .arg(&control)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            running.push(cmd.spawn()?);
+            wait_for(&control)?;
+        }
+        // Let every VMM settle (threads started, the guest back in its halt).
+        std::thread::sleep(Duration::from_millis(300));
+        for child in &running {
+            private.push(private_kib(child.id()).context("smaps_rollup")? as f64 / 1024.0);
+        }
+        Ok(())
+    })();
+    for mut child in running {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome?;
+    println!(
+        "  private memory per clone, {clones} running at once: {}",
+        private.summary("MiB")
+    );
+    println!("  recorded anchor, Firecracker v1.16.1 on this host (not this run):");
+    println!(
+        "    restore {FC_RESTORE_MS} ms median, {FC_CLONES_PER_S} clones/s, {FC_PRIVATE_MIB} MiB private per clone"
+    );
+    println!(
+        "  berth / recorded Firecracker: restore {:.2}x, clones per second {:.2}x, private memory {:.2}x",
+        restore.median() / FC_RESTORE_MS,
+        per_s / FC_CLONES_PER_S,
+        private.median() / FC_PRIVATE_MIB
+    );
+    Ok(())
+}
+
+fn vmm() -> Command {
+    Command::new(bin_dir().join("berth-vmm"))
+}
+
+/// Boots `kernel`, waits for its first line, snapshots it and stops it; (state, memory).
+fn snapshot(dir: &Path, name: &str, kernel: &Path) -> Result<(PathBuf, PathBuf)> {
+    let control = dir.join(format!("{name}.sock"));
+    let console = dir.join(format!("{name}.log"));
+    let mut child = vmm()
+        .args(["boot", "--mem", "16", "--no-rng", "--kernel"])
+        .arg(kernel)
+        .arg("--console")
+        .arg(&console)
+        .arg("--control")
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()?;
+    wait_for(&control)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains(test_guest::GREETING)
+    {
+        ensure!(Instant::now() < deadline, "{name}: the guest wrote nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let files = (
+        dir.join(format!("{name}.state")),
+        dir.join(format!("{name}.mem")),
+    );
+    let ask = |r: Request| request(&control, &r, Duration::from_secs(30));
+    ask(Request::Snapshot {
+        state: files.0.clone(),
+        memory: files.1.clone(),
+    })
+    .with_context(|| format!("{name}: snapshot"))?;
+    ask(Request::Shutdown)?;
+    let status = child.wait()?;
+    ensure!(status.success(), "{name}: the VMM ended with {status}");
+    Ok(files)
+}
+
+fn restore_cmd(snapshot: &(PathBuf, PathBuf)) -> Command {
+    let mut cmd = vmm();
+    cmd.args(["restore", "--mem", "16", "--no-rng", "--state"])
+        .arg(&snapshot.0)
+        .arg("--memory")
+        .arg(&snapshot.1)
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Starts `cmd`, returns the time to its first byte on stdout, then kills it.
+fn first_output(mut cmd: Command) -> Result<Duration> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let mut stdout = child.stdout.take().context("stdout is piped")?;
+    let mut byte = [0u8; 1];
+    let got = stdout.read(&mut byte);
+    let elapsed = start.elapsed();
+    let _ = child.kill();
+    let status = child.wait()?;
+    match got {
+        Ok(1) => Ok(elapsed),
+        _ => bail!("{cmd:?} wrote nothing ({status})"),
+    }
+}
+
+fn wait_for(path: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        ensure!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
