@@ -6,7 +6,9 @@
 //!    in a fresh `berth-vmm restore` process; from the process's start to the first byte
 //!    the restored guest writes (`--runs` times). The anchor in the same run is a cold boot
 //!    of the same VMM to its guest's first line.
-//! 2. Sequential clones per second: restore, first byte, kill, for `--runs` clones.
+//! 2. Sequential clones per second: `--clones` clones started one after another, each until
+//!    its guest runs again (its first byte), all left running; and, apart, restore, first
+//!    byte, kill and reap, one after another (`--runs` times).
 //! 3. Private memory per clone: `--clones` restored clones of an idle guest's snapshot
 //!    running at once; each VMM's private memory (smaps_rollup: its own pages, and the
 //!    guest pages it wrote; pages still shared with the memory file through the page cache
@@ -101,14 +103,51 @@ fn main() -> Result<()> {
         restore.median() / cold.median()
     );
 
+    // Clones started one after another, each until its guest runs (its first byte), and
+    // left running; then the same with each clone killed (and reaped) before the next.
+    // Each is paused once its guest has run, so that the flooding guests already started do
+    // not take the CPU from the next.
+    let mut kept: Vec<Child> = Vec::with_capacity(clones);
     let started = Instant::now();
+    let outcome = (|| -> Result<()> {
+        for n in 0..clones {
+            let control = dir.join(format!("s{n}.sock"));
+            let mut cmd = restore_cmd(&busy);
+            cmd.args(["--console", "-", "--control"]).arg(&control);
+            kept.push(start_until_output(cmd)?.1);
+            request(&control, &Request::Pause, Duration::from_secs(10))
+                .with_context(|| format!("clone {n}: pause"))?;
+        }
+        Ok(())
+    })();
+    let started_per_s = kept.len() as f64 / started.elapsed().as_secs_f64();
+    for mut child in kept {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome?;
+    let started = Instant::now();
+    let mut teardown = Series::default();
     for _ in 0..runs {
         let mut cmd = restore_cmd(&busy);
         cmd.args(["--console", "-"]);
-        first_output(cmd)?;
+        let (_, mut child) = start_until_output(cmd)?;
+        let t = Instant::now();
+        let _ = child.kill();
+        child.wait()?;
+        teardown.push(ms(t.elapsed()));
     }
-    let per_s = runs as f64 / started.elapsed().as_secs_f64();
-    println!("  sequential clones (restore, first byte, kill): {per_s:.1} per second");
+    let cycles_per_s = runs as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  sequential clones, {clones} started one after another, each until its guest runs: {started_per_s:.1} per second"
+    );
+    println!(
+        "  restore, first byte, kill and reap, one after another: {cycles_per_s:.1} per second"
+    );
+    println!(
+        "    of which kill -> reaped (the process's and its VM's teardown) {}",
+        teardown.summary("ms")
+    );
 
     let mut running: Vec<Child> = Vec::with_capacity(clones);
     let mut private = Series::default();
@@ -146,7 +185,7 @@ fn main() -> Result<()> {
     println!(
         "  berth / recorded Firecracker: restore {:.2}x, clones per second {:.2}x, private memory {:.2}x",
         restore.median() / FC_RESTORE_MS,
-        per_s / FC_CLONES_PER_S,
+        started_per_s / FC_CLONES_PER_S,
         private.median() / FC_PRIVATE_MIB
     );
     Ok(())
@@ -205,23 +244,38 @@ fn restore_cmd(snapshot: &(PathBuf, PathBuf)) -> Command {
     cmd
 }
 
-/// Starts `cmd`, returns the time to its first byte on stdout, then kills it.
-fn first_output(mut cmd: Command) -> Result<Duration> {
+/// Starts `cmd` and returns, with the running child, the time to its first byte on stdout
+/// (the child's stdout stays open: a guest that goes on writing blocks, idle, once the pipe
+/// is full).
+fn start_until_output(mut cmd: Command) -> Result<(Duration, Child)> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     let start = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
-    let mut stdout = child.stdout.take().context("stdout is piped")?;
     let mut byte = [0u8; 1];
-    let got = stdout.read(&mut byte);
+    let got = child
+        .stdout
+        .as_mut()
+        .context("stdout is piped")?
+        .read(&mut byte);
     let elapsed = start.elapsed();
-    let _ = child.kill();
-    let status = child.wait()?;
     match got {
-        Ok(1) => Ok(elapsed),
-        _ => bail!("{cmd:?} wrote nothing ({status})"),
+        Ok(1) => Ok((elapsed, child)),
+        _ => {
+            let _ = child.kill();
+            let status = child.wait()?;
+            bail!("{cmd:?} wrote nothing ({status})")
+        }
     }
+}
+
+/// Starts `cmd`, returns the time to its first byte on stdout, then kills and reaps it.
+fn first_output(cmd: Command) -> Result<Duration> {
+    let (elapsed, mut child) = start_until_output(cmd)?;
+    let _ = child.kill();
+    child.wait()?;
+    Ok(elapsed)
 }
 
 fn wait_for(path: &Path) -> Result<()> {
