@@ -174,9 +174,12 @@ bench-run: build test-deps
 # Instant clone: (a) berth-vmm restoring snapshots of the test guests on this host's KVM
 # (restore time beside a cold boot in the same run, clones per second, private memory per
 # clone); (b) `docker run` from clones, from cold boots and on Docker + runc (bench-run
-# without its untar part): directly where Linux guests run, else inside the emulated host.
+# without its untar part); (c) density: idle containers at each of BENCH_DENSITY, their
+# private memory and start latency, plotted to bench/results/density.png. (b) and (c) run
+# directly where Linux guests run, else inside the emulated host.
 BENCH_CLONE_RUNS ?= 30
 BENCH_CLONES ?= 50
+BENCH_DENSITY ?= 10,50,100
 .PHONY: bench-clone
 bench-clone: build test-deps
 	$(RELEASE)/bench-clone --runs $(BENCH_CLONE_RUNS) --clones $(BENCH_CLONES)
@@ -187,6 +190,15 @@ bench-clone: build test-deps
 		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-run \
 			--runs $(BENCH_RUN_RUNS) --untar-runs 0; \
 	fi
+	@mkdir -p bench/results
+	@if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$(RELEASE)/bench-density --counts $(BENCH_DENSITY) --csv bench/results/density.csv; \
+	else \
+		echo "bench-clone: (c) density inside the emulated virtualization host"; \
+		$(VMHOST) --timeout 3600 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-density \
+			--counts $(BENCH_DENSITY) --csv $(CURDIR)/bench/results/density.csv; \
+	fi
+	bench/plot-density bench/results/density.csv bench/results/density.png
 
 clean:
 	$(CARGO) clean
