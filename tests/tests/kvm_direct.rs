@@ -274,6 +274,11 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     assert_eq!(counts(&first_log), paused, "a paused VM went on counting");
     ctl(Request::Resume).unwrap();
     test_guest::wait_for_counts(&first_log, paused.len() + 3, "the resumed VM");
+    // Metrics: the counting guest writes its lines to the serial port, an exit each byte.
+    let metrics = vmm_launcher::control::metrics(&control, Duration::from_secs(10)).unwrap();
+    let io = metrics["vcpus"][0]["io_exits"].as_u64().unwrap_or(0);
+    assert!(io >= 8 * paused.len() as u64, "{metrics}");
+    assert_eq!(metrics["virtio"], serde_json::json!([]), "{metrics}");
     ctl(Request::Snapshot {
         state: state.clone(),
         memory: memory.clone(),
@@ -337,6 +342,12 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .unwrap();
     wait_socket(&control);
     test_guest::wait_for_counts(&s.path("third.log"), 2, "the VM with virtio-rng");
+    let metrics = vmm_launcher::control::metrics(&control, Duration::from_secs(10)).unwrap();
+    assert_eq!(
+        metrics["virtio"][0]["device"],
+        serde_json::json!({"kind": {"type": "rng"}, "mmio_base": 0xd000_0000u64, "irq": 5}),
+        "{metrics}"
+    );
     let (rng_state, rng_memory) = (s.path("rng.state"), s.path("rng.mem"));
     ctl(Request::Snapshot {
         state: rng_state.clone(),

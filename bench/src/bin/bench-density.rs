@@ -22,7 +22,11 @@ const HOST_GIB: f64 = 24.0;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1));
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
     let counts: Vec<usize> = value("--counts")
         .map_or("10,50,100", String::as_str)
         .split(',')
@@ -35,7 +39,8 @@ fn main() -> Result<()> {
     );
     let mut csv = match value("--csv") {
         Some(path) => {
-            let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
+            let mut f =
+                std::fs::File::create(path).with_context(|| format!("cannot create {path}"))?;
             writeln!(f, "containers,total_private_mib,private_mib_per_container,start_ms_min,start_ms_median,start_ms_max")?;
             Some(f)
         }

@@ -292,6 +292,13 @@ fn serve_control(
                     handle.resume();
                     Reply::ok()
                 }
+                Ok(Request::Metrics) => match serde_json::to_value(handle.metrics()) {
+                    Ok(m) => Reply {
+                        metrics: Some(m),
+                        ..Reply::ok()
+                    },
+                    Err(e) => Reply::error(format!("cannot encode the metrics: {e}")),
+                },
                 Ok(Request::Snapshot { state, memory }) => handle
                     .snapshot(&state, &memory)
                     .map_or_else(|e| Reply::error(e.to_string()), |()| Reply::ok()),

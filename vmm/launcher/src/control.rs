@@ -10,7 +10,9 @@
 //!
 //! Requests: `pause` (every vCPU parked, acknowledged), `resume`, `snapshot` (pauses, writes
 //! the state and memory files; the VM stays paused), `shutdown` (the VMM stops the VM and
-//! exits 0). A request of another version, an unknown request or a line longer than
+//! exits 0), `metrics` (`{"ok":true,"metrics":{"vcpus":[{"io_exits":..,"mmio_exits":..,
+//! "interrupted":..}],"virtio":[{"device":{slot},"status":..,"interrupts":..,
+//! "interrupts_again":..,"queues_next_used":[..]}]}}`). A request of another version, an unknown request or a line longer than
 //! [`MAX_LINE`] gets an error reply naming it; the VMM is never affected by what a client
 //! sends. New requests and reply fields may be added within a version (old clients ignore
 //! what they do not know); a change of meaning is a new version.
@@ -33,8 +35,14 @@ pub const MAX_LINE: usize = 64 << 10;
 pub enum Request {
     Pause,
     Resume,
-    Snapshot { state: PathBuf, memory: PathBuf },
+    Snapshot {
+        state: PathBuf,
+        memory: PathBuf,
+    },
     Shutdown,
+    /// Counters: every vCPU's exits by kind, every virtio device's interrupts and queue
+    /// positions (the reply's `metrics`; its shape is the VMM's `VmMetrics`).
+    Metrics,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -50,6 +58,9 @@ pub struct Reply {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The answer to `metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
 }
 
 impl Reply {
@@ -57,6 +68,7 @@ impl Reply {
         Reply {
             ok: true,
             error: None,
+            metrics: None,
         }
     }
 
@@ -64,6 +76,7 @@ impl Reply {
         Reply {
             ok: false,
             error: Some(message.into()),
+            metrics: None,
         }
     }
 }
@@ -140,6 +153,18 @@ pub fn encode_reply(reply: &Reply) -> String {
 
 /// Sends `request` to the VMM listening on `socket` and waits up to `timeout` for its reply.
 pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<(), ControlError> {
+    exchange(socket, request, timeout).map(drop)
+}
+
+/// Asks the VMM behind `socket` for its counters (`metrics`).
+pub fn metrics(socket: &Path, timeout: Duration) -> Result<serde_json::Value, ControlError> {
+    exchange(socket, &Request::Metrics, timeout)?
+        .metrics
+        .ok_or_else(|| ControlError::BadReply("a metrics reply without metrics".into()))
+}
+
+/// Sends `request`, returns the VMM's successful reply.
+fn exchange(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ControlError> {
     let mut stream = UnixStream::connect(socket).map_err(|source| ControlError::Connect {
         path: socket.to_path_buf(),
         source,
@@ -156,7 +181,7 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<()
     let reply: Reply =
         serde_json::from_str(&line).map_err(|e| ControlError::BadReply(e.to_string()))?;
     if reply.ok {
-        Ok(())
+        Ok(reply)
     } else {
         Err(ControlError::Refused(reply.error.unwrap_or_default()))
     }
@@ -172,6 +197,7 @@ mod tests {
             Request::Pause,
             Request::Resume,
             Request::Shutdown,
+            Request::Metrics,
             Request::Snapshot {
                 state: "/s".into(),
                 memory: "/m".into(),

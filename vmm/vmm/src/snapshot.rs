@@ -90,6 +90,14 @@ pub struct VmHandle {
     pub(crate) pause: Arc<Pause>,
     pub(crate) serial: Arc<Mutex<SerialDevice>>,
     pub(crate) virtio: VirtioDevices,
+    pub(crate) counters: Arc<Vec<Arc<crate::vcpu::VcpuCounters>>>,
+}
+
+/// A running VM's counters (the control socket's `metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VmMetrics {
+    pub vcpus: Vec<crate::vcpu::VcpuMetrics>,
+    pub virtio: Vec<crate::virtio_snapshot::DeviceMetrics>,
 }
 
 impl VmHandle {
@@ -102,6 +110,18 @@ impl VmHandle {
     /// Lets the vCPUs run again.
     pub fn resume(&self) {
         self.pause.resume();
+    }
+
+    /// Every vCPU's exits and every virtio device's interrupts and queue positions, now.
+    pub fn metrics(&self) -> VmMetrics {
+        VmMetrics {
+            vcpus: self.counters.iter().map(|c| c.read()).collect(),
+            virtio: self
+                .virtio
+                .iter()
+                .map(|(slot, d)| devices::bus::lock(d).metrics(slot))
+                .collect(),
+        }
     }
 
     /// Pauses the VM and writes its state to `state_path` and its memory to `memory_path`

@@ -115,12 +115,26 @@ impl Snapshotted for Fs {
 pub type VirtioDevices =
     std::sync::Arc<Vec<(VirtioSlot, std::sync::Arc<Mutex<dyn SnapshotDevice>>)>>;
 
-/// A transport as a snapshot sees it, whatever its device.
+/// A virtio device's counters and positions, read at one moment (the control socket's
+/// `metrics`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceMetrics {
+    pub device: VirtioSlot,
+    pub status: u32,
+    pub interrupts: u64,
+    /// Interrupts raised again because the guest left one unacknowledged.
+    pub interrupts_again: u64,
+    /// Each queue's next used index: requests completed, modulo 2^16.
+    pub queues_next_used: Vec<u16>,
+}
+
+/// A transport as a snapshot (or a metrics reader) sees it, whatever its device.
 pub trait SnapshotDevice: Send {
     /// See [`VirtioDevice::quiesce`].
     fn quiesce(&mut self);
     fn unquiesce(&mut self);
     fn save_state(&self) -> VirtioDeviceState;
+    fn metrics(&self, slot: &VirtioSlot) -> DeviceMetrics;
 }
 
 impl<D> SnapshotDevice for MmioTransport<D>
@@ -136,6 +150,16 @@ where
     }
     fn save_state(&self) -> VirtioDeviceState {
         D::wrap(self.save())
+    }
+    fn metrics(&self, slot: &VirtioSlot) -> DeviceMetrics {
+        let state = self.save();
+        DeviceMetrics {
+            device: slot.clone(),
+            status: state.device_status,
+            interrupts: self.irq().raised(),
+            interrupts_again: self.irq().reasserted(),
+            queues_next_used: state.queues.iter().map(|q| q.next_used).collect(),
+        }
     }
 }
 

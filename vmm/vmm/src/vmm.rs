@@ -94,6 +94,7 @@ pub struct Vmm {
     exit: Arc<ExitSignal>,
     pause: Arc<Pause>,
     virtio: VirtioDevices,
+    counters: Arc<Vec<Arc<vcpu::VcpuCounters>>>,
     mem_mib: u64,
     vm: Arc<VmFd>,
     mem: GuestMemoryMmap,
@@ -274,6 +275,7 @@ impl Vmm {
     ) -> Result<Self, VmmError> {
         Ok(Vmm {
             virtio: Arc::new(std::mem::take(&mut b.devices.virtio)),
+            counters: Arc::new(vcpus.iter().map(|_| Arc::default()).collect()),
             pause: Arc::new(Pause::new(vcpus.len(), b.msr_list)),
             vcpus,
             devices: b.devices,
@@ -300,6 +302,7 @@ impl Vmm {
             pause: self.pause.clone(),
             serial: self.serial.clone(),
             virtio: self.virtio.clone(),
+            counters: self.counters.clone(),
         }
     }
 
@@ -363,6 +366,7 @@ impl Vmm {
                     source,
                 })?,
                 pause: self.pause.clone(),
+                counters: self.counters[index].clone(),
             };
             match vcpu.spawn() {
                 Ok(handle) => threads.push(handle),
