@@ -680,6 +680,23 @@ fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
             .unwrap()
             .as_secs()
     };
+    // Two first starts at once build the template once.
+    let both: Vec<Finished> = std::thread::scope(|scope| {
+        let runs: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| d.docker(&["run", "--rm", "busybox", "true"])))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    for out in &both {
+        assert_eq!(out.code(), 0, "{out:?}");
+    }
+    assert_eq!(templates(), 1);
+    assert_eq!(
+        d.log().matches("building the VM template").count(),
+        1,
+        "{}",
+        d.log()
+    );
     let script = "cat /proc/sys/kernel/random/uuid; head -c 16 /dev/urandom | od -An -tx1 \
                   | tr -d ' \\n'; echo; date +%s";
     let mut random = vec![];

@@ -8,9 +8,11 @@
 
 pub mod logs;
 pub mod record;
+pub mod sandbox;
 pub mod spec;
 pub mod template;
 pub mod vm;
+mod watcher;
 mod wire;
 
 use std::collections::{HashMap, HashSet};
@@ -55,9 +57,6 @@ pub enum WaitCondition {
     NextExit,
     Removed,
 }
-
-/// Boots retried in this process (`EngineConfig::boot_retries`), for the log.
-static BOOT_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The writing end of a running container's stdin.
 pub type StdinSink = Arc<Mutex<Option<tokio::net::UnixStream>>>;
@@ -200,49 +199,6 @@ pub struct Containers {
     images: Arc<ImageStore>,
     root: PathBuf,
     registry: Arc<RwLock<Registry>>,
-}
-
-/// Waits, without a thread, for the container's main process to exit: the `wait_process`
-/// request is sent on `control`, and its one reply frame read asynchronously.
-async fn wait_exit(control: AgentClient) -> std::result::Result<agent_client::ExitStatus, String> {
-    use tokio::io::AsyncReadExt as _;
-    let stream = control
-        .send_wait(vm::INIT_PROCESS)
-        .map_err(|e| e.to_string())?;
-    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
-    let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| format!("the agent connection broke: {e}"))?;
-    let len = u32::from_be_bytes(header) as usize;
-    if len > agent_protocol::MAX_FRAME_LEN {
-        return Err(format!("the agent sent a {len}-byte frame"));
-    }
-    let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| format!("the agent connection broke: {e}"))?;
-    AgentClient::wait_reply(&body).map_err(|e| e.to_string())
-}
-
-/// A template that could not be had, as a failed start: a template VM that died or stalled
-/// without a word is a silent boot failure (booted again where the daemon allows it).
-fn template_failure(e: template::TemplatesError) -> vm::LaunchError {
-    use vmm_launcher::template::TemplateError;
-    use vmm_launcher::{LaunchError, VmmExit};
-    let message = format!("cannot build the VM template: {}", vmm_launcher::chain(&e));
-    match e {
-        template::TemplatesError::Build(TemplateError::Boot {
-            source:
-                LaunchError::Stalled(_)
-                | LaunchError::Exited(VmmExit::GuestShutdown | VmmExit::GuestCrash),
-            ..
-        }) => vm::LaunchError::SilentBootFailure(message),
-        _ => vm::LaunchError::Failed(message),
-    }
 }
 
 /// Options of `docker create` that are not part of the config.
@@ -431,8 +387,10 @@ impl Containers {
         Ok((id, Vec::new()))
     }
 
-    /// Starts a created or exited container: mounts its root filesystem, boots its VM and
-    /// runs its process.
+    /// Starts a created or exited container, in named steps: its sandbox (the root
+    /// filesystem mounted, the VM cloned or booted, the process started: `sandbox`), a
+    /// failed start recorded (`record_failed_start`), the running state recorded, its
+    /// stdio connected (`connect_stdio`), and its exit watcher (`watcher`).
     pub async fn start(&self, name_or_id: &str) -> Result<()> {
         let container = self.get(name_or_id).await?;
         // Serialises with other lifecycle operations, including the previous run's cleanup.
@@ -452,7 +410,6 @@ impl Containers {
         }
         let image = self.images.resolve_for_container(&record.image_id)?;
         let rootfs = container.rootfs();
-        let dir = container.dir.clone();
         let run_dir = vm::run_dir(&self.config.exec_root, &record.id);
         let launch_spec = vm::LaunchSpec {
             vcpus: record.host_config.vcpus(),
@@ -463,69 +420,18 @@ impl Containers {
             container: vm::LaunchSpec::container_spec(&record.config.hostname),
             process: process_spec(&record),
         };
+        let sandbox = sandbox::SandboxSpec {
+            layers: image.layers.clone(),
+            dir: container.dir.clone(),
+            launch: launch_spec,
+            start: record.host_config.start.unwrap_or(self.config.start),
+        };
         let cfg = self.config.clone();
-        let layers = image.layers.clone();
-        let start_path = record.host_config.start.unwrap_or(self.config.start);
         let templates = self.templates.clone();
-        let launched = tokio::task::spawn_blocking(move || {
-            vm::mount_rootfs(
-                &layers,
-                &dir.join("upper"),
-                &dir.join("work"),
-                &rootfs,
-                &dir.join("empty"),
-            )
-            .map_err(vm::LaunchError::Failed)?;
-            // A boot that dies or stalls without a word is booted again only when the
-            // daemon was told to (`--boot-retries`, which the tests give inside the emulated
-            // virtualization host, where about one boot in a hundred does): nothing of the
-            // container has run yet, so a second boot changes nothing it could observe.
-            // Every retry is logged and counted.
-            let retries = cfg.boot_retries;
-            let mut attempt = 0;
-            let mut result = loop {
-                let timeout = if attempt < retries {
-                    vm::FIRST_BOOT_TIMEOUT
-                } else {
-                    vm::BOOT_TIMEOUT
-                };
-                let result = match start_path {
-                    crate::StartPath::Cold => vm::launch(&cfg, &launch_spec, timeout, vm::Start::Boot),
-                    crate::StartPath::Clone => templates
-                        .get(&cfg, &vm::boot_spec(&cfg, &launch_spec), timeout)
-                        .map_err(template_failure)
-                        .and_then(|t| vm::launch(&cfg, &launch_spec, timeout, vm::Start::Clone(&t))),
-                };
-                let Err(vm::LaunchError::SilentBootFailure(why)) = &result else {
-                    break result;
-                };
-                if attempt >= retries {
-                    break result;
-                }
-                attempt += 1;
-                let tail = vmm_launcher::console_tail(&launch_spec.console_log, 10);
-                let total = BOOT_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                log::warn!(
-                    "boot retry {attempt} of {retries} ({total} in this daemon): {why}; its console ended: {tail:?}"
-                );
-            };
-            if let Err(vm::LaunchError::SilentBootFailure(why)) = &result {
-                let tail = vmm_launcher::console_tail(&launch_spec.console_log, 5);
-                if !tail.is_empty() {
-                    result = Err(vm::LaunchError::SilentBootFailure(format!(
-                        "{why}; its console ended: {}",
-                        tail.join(" | ")
-                    )));
-                }
-            }
-            if result.is_err() {
-                vm::unmount_rootfs(&launch_spec.rootfs);
-                let _ = crate::fsutil::remove_tree(&launch_spec.run_dir);
-            }
-            result
-        })
-        .await
-        .map_err(|e| EngineError::internal("VM launcher", e))?;
+        let launched =
+            tokio::task::spawn_blocking(move || sandbox::create(&cfg, &templates, &sandbox))
+                .await
+                .map_err(|e| EngineError::internal("VM launcher", e))?;
 
         if launched.is_err() {
             // Clients attached before start (docker run) see their streams end, as dockerd
@@ -535,28 +441,7 @@ impl Containers {
         let (vm, streams, _guest_pid) = match launched {
             Ok(ok) => ok,
             Err(failure) => {
-                let error = {
-                    let mut r = container.record.lock().await;
-                    let error = match failure {
-                        vm::LaunchError::Exec { not_found, message } => {
-                            r.state.exit_code = if not_found { 127 } else { 126 };
-                            r.state.error = message.clone();
-                            EngineError::InvalidArgument(format!(
-                                "failed to create task for container: {message}"
-                            ))
-                        }
-                        vm::LaunchError::Failed(message)
-                        | vm::LaunchError::SilentBootFailure(message) => {
-                            r.state.error = message.clone();
-                            EngineError::Internal(format!(
-                                "cannot start container {}: {message}",
-                                r.id
-                            ))
-                        }
-                    };
-                    container.save(&r).await?;
-                    error
-                };
+                let error = record_failed_start(&container, failure).await?;
                 drop(op);
                 // As dockerd: a --rm container that cannot start is removed (docker run
                 // waits for that before it exits).
@@ -620,132 +505,20 @@ impl Containers {
         container.lifecycle.send_modify(|l| l.running = true);
         log::debug!("container {}: running in VM {vmm_pid}", container.id);
 
-        // Output: the log file, and every attached client.
-        let log = LogWriter::open(&container.log_path())
-            .map_err(|e| EngineError::internal("cannot open the container log", e))?;
-        let log = Arc::new(std::sync::Mutex::new(log));
-        let mut pumps = vec![spawn_pump(
-            container.clone(),
-            log.clone(),
-            Stream::Stdout,
-            streams.stdout,
-        )?];
-        if let Some(stderr) = streams.stderr {
-            pumps.push(spawn_pump(
-                container.clone(),
-                log.clone(),
-                Stream::Stderr,
-                stderr,
-            )?);
-        }
-        if let Some(stdin) = streams.stdin {
-            stdin
-                .set_nonblocking(true)
-                .map_err(|e| EngineError::internal("stdin stream", e))?;
-            let stdin = tokio::net::UnixStream::from_std(stdin)
-                .map_err(|e| EngineError::internal("stdin stream", e))?;
-            let _ = container
-                .stdin
-                .send(Some(Arc::new(Mutex::new(Some(stdin)))));
-        }
+        let pumps = connect_stdio(&container, streams)?;
         drop(op);
 
-        // The exit watcher: waits for the process, drains its output, records the exit,
-        // then powers the VM off and releases the root filesystem.
-        let engine_cfg = self.config.clone();
-        let registry = self.registry.clone();
-        let images = self.images.clone();
-        let c = container.clone();
-        let console = container.console_path();
-        let watcher_run_dir = run_dir.clone();
-        tokio::spawn(async move {
-            // Waited for asynchronously: a running container holds no thread (tokio's
-            // blocking pool is bounded; one thread per container would stall every launch
-            // past its size).
-            let status = wait_exit(wait_control).await;
-            // The agent's connection broke: the VM ended, or stopped answering. How the VMM
-            // ended says which (a blocking wait of seconds at most, on this rare path).
-            let (ended, mut vmm) = if status.is_err() {
-                match tokio::task::spawn_blocking(move || {
-                    let ended = vm::how_it_ended(&mut vmm, &console, &watcher_run_dir);
-                    (ended, vmm)
-                })
-                .await
-                {
-                    Ok((ended, vmm)) => (Some(ended), Some(vmm)),
-                    Err(e) => {
-                        // The thread is gone, and the VMM handle with it: kill the VMM by its
-                        // pid, so the container does not stay running.
-                        log::error!("container {}: the exit watcher failed: {e}", c.id);
-                        // SAFETY: kill(2) on the pid of our own VMM child, recorded at its
-                        // start.
-                        unsafe { libc::kill(vmm_pid as i32, libc::SIGKILL) };
-                        (
-                            Some((format!("the exit watcher failed: {e}"), String::new())),
-                            None,
-                        )
-                    }
-                }
-            } else {
-                (None, Some(vmm))
-            };
-            log::debug!("container {}: its process exited: {status:?}", c.id);
-            for p in pumps {
-                let _ = p.await;
-            }
-            log::debug!("container {}: its output is drained", c.id);
-            let (exit_code, error) = match (status, ended) {
-                (Ok(s), _) => (s.code, String::new()),
-                // `docker kill` of a guest that did not answer: the engine's SIGKILL.
-                (Err(_), _) if vmm_killed.load(std::sync::atomic::Ordering::SeqCst) => (
-                    137,
-                    "the guest did not answer a kill; its VM was killed".to_string(),
-                ),
-                (Err(e), ended) => {
-                    let (ended, vmm_log) = ended.unwrap_or_default();
-                    log::warn!("container {}: {ended} ({e}); its VMM said: {vmm_log}", c.id);
-                    // As dockerd reports a container whose runtime vanished.
-                    (255, ended)
-                }
-            };
-            let op = c.op.clone().lock_owned().await;
-            *c.runtime.lock().await = None;
-            let _ = c.stdin.send(None);
-            lock_std(&c.attachers).clear();
-            let auto_remove = {
-                let mut r = c.record.lock().await;
-                r.state.status = Status::Exited;
-                r.state.pid = 0;
-                r.state.exit_code = exit_code;
-                r.state.error = error;
-                r.state.finished_at = Some(SystemTime::now());
-                if let Err(e) = c.save(&r).await {
-                    log::error!("container {}: {e}", c.id);
-                }
-                r.host_config.auto_remove
-            };
-            c.lifecycle.send_modify(|l| {
-                l.running = false;
-                l.exits += 1;
-                l.exit_code = exit_code;
-            });
-            let rootfs = c.rootfs();
-            let run_dir = vm::run_dir(&engine_cfg.exec_root, &c.id);
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(vmm) = vmm.as_mut() {
-                    vm::shutdown(vmm, &uds);
-                }
-                vm::unmount_rootfs(&rootfs);
-                let _ = crate::fsutil::remove_tree(&run_dir);
-            })
-            .await;
-            log::debug!("container {}: its VM is off", c.id);
-            drop(op);
-            if auto_remove {
-                if let Err(e) = remove_stopped(&registry, &images, &c).await {
-                    log::warn!("container {}: cannot remove it after exit: {e}", c.id);
-                }
-            }
+        watcher::spawn(watcher::Watch {
+            container: container.clone(),
+            registry: self.registry.clone(),
+            images: self.images.clone(),
+            run_dir,
+            control: wait_control,
+            vmm,
+            vmm_pid,
+            vmm_killed,
+            pumps,
+            uds,
         });
         Ok(())
     }
@@ -1104,6 +877,64 @@ fn process_spec(record: &Record) -> ProcessSpec {
 }
 
 /// Copies one output stream of the container to its log and attached clients.
+/// Records why a start failed in the container's state, and returns the API's error.
+async fn record_failed_start(
+    container: &Container,
+    failure: vm::LaunchError,
+) -> Result<EngineError> {
+    let mut r = container.record.lock().await;
+    let error = match failure {
+        vm::LaunchError::Exec { not_found, message } => {
+            r.state.exit_code = if not_found { 127 } else { 126 };
+            r.state.error = message.clone();
+            EngineError::InvalidArgument(format!("failed to create task for container: {message}"))
+        }
+        vm::LaunchError::Failed(message) | vm::LaunchError::SilentBootFailure(message) => {
+            r.state.error = message.clone();
+            EngineError::Internal(format!("cannot start container {}: {message}", r.id))
+        }
+    };
+    container.save(&r).await?;
+    Ok(error)
+}
+
+/// The started process's stdio: its output pumped to the log file and every attached
+/// client (the pumps returned, for the exit watcher to drain), its stdin offered to the
+/// clients that attach it.
+fn connect_stdio(
+    container: &Arc<Container>,
+    streams: vm::Streams,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let log = LogWriter::open(&container.log_path())
+        .map_err(|e| EngineError::internal("cannot open the container log", e))?;
+    let log = Arc::new(std::sync::Mutex::new(log));
+    let mut pumps = vec![spawn_pump(
+        container.clone(),
+        log.clone(),
+        Stream::Stdout,
+        streams.stdout,
+    )?];
+    if let Some(stderr) = streams.stderr {
+        pumps.push(spawn_pump(
+            container.clone(),
+            log.clone(),
+            Stream::Stderr,
+            stderr,
+        )?);
+    }
+    if let Some(stdin) = streams.stdin {
+        stdin
+            .set_nonblocking(true)
+            .map_err(|e| EngineError::internal("stdin stream", e))?;
+        let stdin = tokio::net::UnixStream::from_std(stdin)
+            .map_err(|e| EngineError::internal("stdin stream", e))?;
+        let _ = container
+            .stdin
+            .send(Some(Arc::new(Mutex::new(Some(stdin)))));
+    }
+    Ok(pumps)
+}
+
 fn spawn_pump(
     container: Arc<Container>,
     log: Arc<std::sync::Mutex<LogWriter>>,

@@ -1,0 +1,245 @@
+//! A container's sandbox: its root filesystem mounted, its VM started (a clone of the VM
+//! template of its size, or a boot) and its process started in it, with the boot retries the
+//! daemon allows; nothing left behind when it fails. Blocking: run on a blocking thread.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::template::{Templates, TemplatesError};
+use super::vm::{self, LaunchError, LaunchSpec, Streams, Vm};
+use crate::{EngineConfig, StartPath};
+
+/// Boots retried in this daemon, for its log.
+static BOOT_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// What a sandbox is made of.
+pub struct SandboxSpec {
+    /// The image's layers, lowest first.
+    pub layers: Vec<PathBuf>,
+    /// The container's directory (its writable layer is there).
+    pub dir: PathBuf,
+    pub launch: LaunchSpec,
+    pub start: StartPath,
+}
+
+/// Mounts the root filesystem and starts the VM and the container's process in it. On
+/// failure nothing stays mounted and the VM's run directory is gone.
+pub fn create(
+    cfg: &EngineConfig,
+    templates: &Templates,
+    spec: &SandboxSpec,
+) -> Result<(Vm, Streams, u32), LaunchError> {
+    let launch = &spec.launch;
+    vm::mount_rootfs(
+        &spec.layers,
+        &spec.dir.join("upper"),
+        &spec.dir.join("work"),
+        &launch.rootfs,
+        &spec.dir.join("empty"),
+    )
+    .map_err(LaunchError::Failed)?;
+    let result = with_boot_retries(
+        cfg.boot_retries,
+        |timeout| start_vm(cfg, templates, launch, spec.start, timeout),
+        |attempt, why| {
+            let tail = vmm_launcher::console_tail(&launch.console_log, 10);
+            let total = BOOT_RETRIES.fetch_add(1, Ordering::Relaxed) + 1;
+            log::warn!(
+                "boot retry {attempt} of {} ({total} in this daemon): {why}; its console ended: {tail:?}",
+                cfg.boot_retries
+            );
+        },
+    );
+    let result = match result {
+        Err(LaunchError::SilentBootFailure(why)) => {
+            let tail = vmm_launcher::console_tail(&launch.console_log, 5);
+            Err(LaunchError::SilentBootFailure(if tail.is_empty() {
+                why
+            } else {
+                format!("{why}; its console ended: {}", tail.join(" | "))
+            }))
+        }
+        other => other,
+    };
+    if result.is_err() {
+        vm::unmount_rootfs(&launch.rootfs);
+        let _ = crate::fsutil::remove_tree(&launch.run_dir);
+    }
+    result
+}
+
+/// One start of the VM: a clone of its template (built first if need be), or a boot.
+fn start_vm(
+    cfg: &EngineConfig,
+    templates: &Templates,
+    launch: &LaunchSpec,
+    start: StartPath,
+    timeout: Duration,
+) -> Result<(Vm, Streams, u32), LaunchError> {
+    match start {
+        StartPath::Cold => vm::launch(cfg, launch, timeout, vm::Start::Boot),
+        StartPath::Clone => {
+            let template = templates
+                .get(cfg, &vm::boot_spec(cfg, launch), timeout)
+                .map_err(template_failure)?;
+            vm::launch(cfg, launch, timeout, vm::Start::Clone(&template))
+        }
+    }
+}
+
+/// Runs `attempt` until it does not fail silently or `retries` more attempts are used up.
+/// A boot that dies or stalls without a word is tried again only when the daemon was told
+/// to (`--boot-retries`, which the tests give inside the emulated virtualization host, where
+/// about one boot in a hundred does): nothing of the container has run yet, so a second
+/// boot changes nothing it could observe. Every attempt but the last gets
+/// [`vm::FIRST_BOOT_TIMEOUT`] (a stalled boot is cut short to be tried again), the last
+/// [`vm::BOOT_TIMEOUT`]; `on_retry` hears of each retry (its number and why).
+pub fn with_boot_retries<T>(
+    retries: u32,
+    mut attempt: impl FnMut(Duration) -> Result<T, LaunchError>,
+    mut on_retry: impl FnMut(u32, &str),
+) -> Result<T, LaunchError> {
+    let mut done = 0;
+    loop {
+        let timeout = if done < retries {
+            vm::FIRST_BOOT_TIMEOUT
+        } else {
+            vm::BOOT_TIMEOUT
+        };
+        let result = attempt(timeout);
+        match &result {
+            Err(LaunchError::SilentBootFailure(why)) if done < retries => {
+                done += 1;
+                on_retry(done, why);
+            }
+            _ => return result,
+        }
+    }
+}
+
+/// A template that could not be had, as a failed start: a template VM that died or stalled
+/// without a word is a silent boot failure (booted again where the daemon allows it).
+fn template_failure(e: TemplatesError) -> LaunchError {
+    use vmm_launcher::template::TemplateError;
+    use vmm_launcher::VmmExit;
+    let message = format!("cannot build the VM template: {}", vmm_launcher::chain(&e));
+    match e {
+        TemplatesError::Build(TemplateError::Boot {
+            source:
+                vmm_launcher::LaunchError::Stalled(_)
+                | vmm_launcher::LaunchError::Exited(VmmExit::GuestShutdown | VmmExit::GuestCrash),
+            ..
+        }) => LaunchError::SilentBootFailure(message),
+        _ => LaunchError::Failed(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn silent() -> LaunchError {
+        LaunchError::SilentBootFailure("the guest reset itself".into())
+    }
+
+    #[test]
+    fn silent_boot_failures_are_retried_as_allowed_and_each_retry_is_told() {
+        let mut timeouts = vec![];
+        let mut told = vec![];
+        let result: Result<(), _> = with_boot_retries(
+            2,
+            |t| {
+                timeouts.push(t);
+                Err(silent())
+            },
+            |n, why| told.push(format!("{n}: {why}")),
+        );
+        assert!(matches!(result, Err(LaunchError::SilentBootFailure(_))));
+        // Cut short while a retry remains; the last attempt gets the whole boot timeout.
+        assert_eq!(
+            timeouts,
+            [
+                vm::FIRST_BOOT_TIMEOUT,
+                vm::FIRST_BOOT_TIMEOUT,
+                vm::BOOT_TIMEOUT
+            ]
+        );
+        assert_eq!(
+            told,
+            ["1: the guest reset itself", "2: the guest reset itself"]
+        );
+    }
+
+    #[test]
+    fn a_retry_that_boots_is_the_result_and_nothing_is_retried_by_default() {
+        let mut n = 0;
+        let result = with_boot_retries(
+            3,
+            |_| {
+                n += 1;
+                if n < 2 {
+                    Err(silent())
+                } else {
+                    Ok(n)
+                }
+            },
+            |_, _| {},
+        );
+        assert_eq!(result.unwrap(), 2);
+        let mut attempts = 0;
+        let result: Result<(), _> = with_boot_retries(
+            0,
+            |t| {
+                attempts += 1;
+                assert_eq!(t, vm::BOOT_TIMEOUT);
+                Err(silent())
+            },
+            |_, _| panic!("no retry without --boot-retries"),
+        );
+        assert!(result.is_err());
+        assert_eq!(attempts, 1);
+    }
+
+    #[test]
+    fn failures_that_say_why_are_never_retried() {
+        for failure in [
+            LaunchError::Failed("the guest kernel panicked".into()),
+            LaunchError::Exec {
+                not_found: true,
+                message: "not found".into(),
+            },
+        ] {
+            let mut failure = Some(failure);
+            let mut attempts = 0;
+            let result: Result<(), _> = with_boot_retries(
+                5,
+                |_| {
+                    attempts += 1;
+                    Err(failure.take().expect("one attempt"))
+                },
+                |_, _| panic!("retried"),
+            );
+            assert!(result.is_err());
+            assert_eq!(attempts, 1);
+        }
+    }
+
+    #[test]
+    fn a_template_vm_that_died_silently_is_a_silent_boot_failure() {
+        use vmm_launcher::template::TemplateError;
+        let silent = template_failure(TemplatesError::Build(TemplateError::Boot {
+            console: "/t/console.log".into(),
+            source: vmm_launcher::LaunchError::Exited(vmm_launcher::VmmExit::GuestShutdown),
+        }));
+        assert!(
+            matches!(&silent, LaunchError::SilentBootFailure(m) if m.starts_with("cannot build the VM template")),
+            "{silent:?}"
+        );
+        let loud = template_failure(TemplatesError::Build(TemplateError::Boot {
+            console: "/t/console.log".into(),
+            source: vmm_launcher::LaunchError::Exited(vmm_launcher::VmmExit::GuestPanic),
+        }));
+        assert!(matches!(loud, LaunchError::Failed(_)), "{loud:?}");
+    }
+}
