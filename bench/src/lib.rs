@@ -7,6 +7,26 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// A directory removed, with everything in it, when dropped.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    /// A fresh directory `berth-bench-NAME-PID` under the temp dir, or under `base`.
+    pub fn new(base: Option<&Path>, name: &str) -> std::io::Result<Scratch> {
+        let base = base.map_or_else(std::env::temp_dir, Path::to_path_buf);
+        let dir = base.join(format!("berth-bench-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A series of measurements.
 #[derive(Clone, Debug, Default)]
 pub struct Series {

@@ -12,6 +12,19 @@ use super::*;
 use crate::test_util::{temp_dir, FakeVmm};
 
 /// Reads the Hello and answers it like an agent.
+/// Answers the client's hello as an agent speaking `version` (`agent_version` names it).
+fn hello_as(s: &mut UnixStream, version: ProtocolVersion, agent_version: &str) {
+    let _: ConnectionHeader = read_frame(s).unwrap();
+    write_frame(
+        s,
+        &Response::Hello {
+            protocol_version: version,
+            agent_version: agent_version.into(),
+        },
+    )
+    .unwrap();
+}
+
 fn agent_hello(s: &mut UnixStream) {
     let h: ConnectionHeader = read_frame(s).unwrap();
     assert_eq!(
@@ -216,15 +229,7 @@ fn incompatible_agent_is_refused() {
     let uds = dir.join("vm.sock");
     let vmm = FakeVmm::start(&uds, |s, _| {
         let mut s = accept_connect(s);
-        let _: ConnectionHeader = read_frame(&mut s).unwrap();
-        write_frame(
-            &mut s,
-            &Response::Hello {
-                protocol_version: ProtocolVersion { major: 9, minor: 0 },
-                agent_version: "future".into(),
-            },
-        )
-        .unwrap();
+        hello_as(&mut s, ProtocolVersion { major: 9, minor: 0 }, "future");
     });
     let e = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap_err();
     assert!(
@@ -480,15 +485,7 @@ fn a_refresh_brings_fresh_bytes_and_the_hosts_time_to_a_1_2_agent_only() {
     let uds = dir.join("vm2.sock");
     let vmm = FakeVmm::start(&uds, |s, _| {
         let mut s = accept_connect(s);
-        let _: ConnectionHeader = read_frame(&mut s).unwrap();
-        write_frame(
-            &mut s,
-            &Response::Hello {
-                protocol_version: ProtocolVersion { major: 1, minor: 1 },
-                agent_version: "1.1".into(),
-            },
-        )
-        .unwrap();
+        hello_as(&mut s, ProtocolVersion { major: 1, minor: 1 }, "1.1");
     });
     let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
     assert!(matches!(

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{bin_dir, ms, private_kib, Series};
+use berth_bench::{bin_dir, ms, private_kib, Scratch, Series};
 use vmm_launcher::control::{request, Request};
 
 const USAGE: &str = "usage: bench-clone [--runs N] [--clones N]";
@@ -32,13 +32,6 @@ const USAGE: &str = "usage: bench-clone [--runs N] [--clones N]";
 const FC_RESTORE_MS: f64 = 14.8;
 const FC_CLONES_PER_S: f64 = 78.7;
 const FC_PRIVATE_MIB: f64 = 0.42;
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,11 +48,8 @@ fn main() -> Result<()> {
     let runs = value("--runs", 30)?;
     let clones = value("--clones", 50)?;
     ensure!(runs > 0 && clones > 0, "{USAGE}");
-    let dir =
-        Scratch(std::env::temp_dir().join(format!("berth-bench-clone-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0)?;
-    let dir = &dir.0;
+    let scratch = Scratch::new(None, "clone")?;
+    let dir = &scratch.0;
 
     let flood = test_guest::write_to(dir, "flood.elf", test_guest::FLOOD)?;
     let idle = test_guest::write_to(dir, "idle.elf", test_guest::IDLE)?;

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::Series;
+use berth_bench::{Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -30,13 +30,6 @@ const USAGE: &str = "usage: bench-run [--runs N] [--untar-runs N] [--payload DIR
 
 const UNTAR: &str = "read a _ < /proc/uptime; mkdir /x && tar -xf /payload.tar -C /x && sync; \
                      read b _ < /proc/uptime; echo \"elapsed $a $b\"";
-
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -63,8 +56,7 @@ fn main() -> Result<()> {
         bail!("the anchor cannot run: {why}");
     }
 
-    let scratch = Scratch(daemon_base_dir().join(format!("bench-run-{}", std::process::id())));
-    std::fs::create_dir_all(&scratch.0)?;
+    let scratch = Scratch::new(Some(&daemon_base_dir()), "run")?;
     let untar_image = untar_image_tarball(&scratch.0, &payload_dir)?;
     let payload_mb = std::fs::metadata(scratch.0.join("root/payload.tar"))?.len() as f64 / 1e6;
 

@@ -23,7 +23,6 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::Arc;
@@ -160,17 +159,8 @@ fn vmm_stdio(cmd: &mut std::process::Command) {
         .stdout(Stdio::null())
         // The VMM only speaks up about failures; its words go straight to the user.
         .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-    // which is async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The VM must not outlive this process, however it ends.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The VM must not outlive this process, however it ends.
+    vmm_launcher::tie_to_parent(cmd);
 }
 
 /// The private directory of one run.

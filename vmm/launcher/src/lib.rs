@@ -118,6 +118,22 @@ pub fn launch_restored(
     }
 }
 
+/// Makes the process `cmd` starts die (SIGKILL) when the thread that starts it ends: a VM
+/// must not outlive the process that runs it, however that process ends.
+pub fn tie_to_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// How long a VMM gets to end after its agent's connection broke: a guest that resets
 /// breaks the connection first, and its VMM exits a moment later.
 const EXIT_GRACE: Duration = Duration::from_secs(2);

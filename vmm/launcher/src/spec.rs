@@ -64,24 +64,19 @@ impl BootSpec {
             args.push("--initrd".into());
             args.push(initrd.clone().into());
         }
-        args.push("--cpus".into());
-        args.push(self.vcpus.to_string().into());
-        args.push("--mem".into());
-        args.push(self.mem_mib.to_string().into());
-        args.push("--console".into());
-        args.push(match &self.console {
-            Console::Stdout => "-".into(),
-            Console::File(path) => path.clone().into(),
-        });
-        device_args(&mut args, self.vsock_uds.as_deref(), &self.shares);
+        vm_args(
+            &mut args,
+            self.vcpus,
+            self.mem_mib,
+            &self.console,
+            self.vsock_uds.as_deref(),
+            &self.shares,
+        );
         if let Some(cmdline) = self.cmdline.as_ref().filter(|c| !c.trim().is_empty()) {
             args.push("--cmdline".into());
             args.push(cmdline.into());
         }
-        if let Some(control) = &self.control {
-            args.push("--control".into());
-            args.push(control.clone().into());
-        }
+        control_args(&mut args, self.control.as_deref());
         args
     }
 
@@ -90,6 +85,34 @@ impl BootSpec {
         let mut cmd = Command::new(vmm);
         cmd.args(self.args());
         cmd
+    }
+}
+
+/// The options boot and restore share: the VM's size, console and devices.
+fn vm_args(
+    args: &mut Vec<OsString>,
+    vcpus: u8,
+    mem_mib: u64,
+    console: &Console,
+    vsock_uds: Option<&Path>,
+    shares: &[Share],
+) {
+    args.push("--cpus".into());
+    args.push(vcpus.to_string().into());
+    args.push("--mem".into());
+    args.push(mem_mib.to_string().into());
+    args.push("--console".into());
+    args.push(match console {
+        Console::Stdout => "-".into(),
+        Console::File(path) => path.clone().into(),
+    });
+    device_args(args, vsock_uds, shares);
+}
+
+fn control_args(args: &mut Vec<OsString>, control: Option<&Path>) {
+    if let Some(control) = control {
+        args.push("--control".into());
+        args.push(control.into());
     }
 }
 
@@ -152,20 +175,15 @@ impl RestoreSpec {
         args.push(self.state.clone().into());
         args.push("--memory".into());
         args.push(self.memory.clone().into());
-        args.push("--cpus".into());
-        args.push(self.vcpus.to_string().into());
-        args.push("--mem".into());
-        args.push(self.mem_mib.to_string().into());
-        args.push("--console".into());
-        args.push(match &self.console {
-            Console::Stdout => "-".into(),
-            Console::File(path) => path.clone().into(),
-        });
-        device_args(&mut args, self.vsock_uds.as_deref(), &self.shares);
-        if let Some(control) = &self.control {
-            args.push("--control".into());
-            args.push(control.clone().into());
-        }
+        vm_args(
+            &mut args,
+            self.vcpus,
+            self.mem_mib,
+            &self.console,
+            self.vsock_uds.as_deref(),
+            &self.shares,
+        );
+        control_args(&mut args, self.control.as_deref());
         args
     }
 

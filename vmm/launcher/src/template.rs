@@ -13,7 +13,6 @@
 //! is in the snapshot and every clone's share device serves the clone's own directory.
 
 use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -156,17 +155,8 @@ fn build_in(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2),
-    // which is async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            // The template VM must not outlive its builder, however the builder ends.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // The template VM must not outlive its builder, however the builder ends.
+    crate::tie_to_parent(&mut cmd);
     let mut child = launch(&mut cmd, &uds, boot_timeout).map_err(|source| TemplateError::Boot {
         console: console.clone(),
         source,

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_bench::{bin_dir, ms, private_kib, Series};
+use berth_bench::{bin_dir, ms, private_kib, Scratch, Series};
 
 mod emulated;
 
@@ -37,18 +37,8 @@ fn main() -> Result<()> {
     }
 }
 
-struct Scratch(PathBuf);
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn scratch(name: &str) -> Result<Scratch> {
-    let dir = std::env::temp_dir().join(format!("berth-bench-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    Ok(Scratch(dir))
+    Ok(Scratch::new(None, name)?)
 }
 
 /// Starts `cmd`, returns (time to the first stdout line, time to exit).
