@@ -780,6 +780,29 @@ fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
     let out = cold.docker(&["run", "--rm", "busybox", "echo", "cold"]);
     assert_eq!((out.code(), out.stdout.as_str()), (0, "cold\n"), "{out:?}");
     assert!(!cold.data_root().join("templates").exists());
+    drop(cold);
+    // A daemon told to prebuild has its default size's template before any container
+    // starts, and its first container is a clone of it.
+    let pre = Berthd::start_with(&["--prebuild-template"]);
+    let built = |d: &Berthd| {
+        std::fs::read_dir(d.data_root().join("templates"))
+            .map(|dir| {
+                dir.flatten()
+                    .filter(|e| e.path().join("vm.state").is_file())
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while built(&pre) == 0 {
+        assert!(Instant::now() < deadline, "no template: {}", pre.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    pre.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let out = pre.docker(&["run", "--rm", "busybox", "echo", "from the prebuilt"]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(built(&pre), 1);
+    assert_eq!(pre.log().matches("building the VM template").count(), 1);
 }
 
 /// A running container holds none of the daemon's threads: with a blocking pool of two

@@ -15,7 +15,8 @@ use anyhow::{bail, Context, Result};
 
 const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
               [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N]
-              [--start clone|cold] [--blocking-threads N] [--debug]";
+              [--start clone|cold] [--prebuild-template] [--blocking-threads N]
+              [--debug]";
 
 /// berthd's command line.
 struct Options {
@@ -45,6 +46,7 @@ fn parse_options() -> Result<Options> {
     let mut boot_retries = 0;
     let mut start = engine::StartPath::default();
     let mut blocking_threads = 512;
+    let mut prebuild_template = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -84,6 +86,8 @@ fn parse_options() -> Result<Options> {
                     .parse()
                     .map_err(|e: String| anyhow::anyhow!("--start {e}"))?;
             }
+            // The default size's template at start, not at the first container's start.
+            "--prebuild-template" => prebuild_template = true,
             "--blocking-threads" => {
                 let v = value()?;
                 blocking_threads =
@@ -109,6 +113,7 @@ fn parse_options() -> Result<Options> {
             initrd,
             boot_retries,
             start,
+            prebuild_template,
         },
         blocking_threads,
         debug,

@@ -39,6 +39,9 @@ pub struct EngineConfig {
     pub boot_retries: u32,
     /// How containers' VMs start unless a container says otherwise.
     pub start: StartPath,
+    /// Build the template of berth's default VM size when the daemon starts, not on the
+    /// first container's start.
+    pub prebuild_template: bool,
 }
 
 /// How a container's VM starts: restored from a template (a VM booted once and

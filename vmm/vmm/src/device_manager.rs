@@ -206,6 +206,13 @@ impl DeviceManager {
                 "the snapshot's state of {slot} restored {kind}"
             )));
         }
+        // A notification the guest gave just before the snapshot was consumed by the
+        // snapshotted VM's eventfd, not this one's; with EVENT_IDX the guest will not give it
+        // again. Every queue is looked at once, as if notified (a spurious notification is
+        // harmless).
+        for evt in transport.device().queue_events() {
+            evt.write(1).map_err(DeviceError::EventFd)?;
+        }
         Ok(self.place(vm, slot.clone(), transport)?)
     }
 

@@ -246,9 +246,13 @@ impl Containers {
             }
             registry.by_id.insert(container.id.clone(), container);
         }
+        let templates = Arc::new(template::Templates::new(config.data_root.join("templates")));
+        if config.prebuild_template && config.start == crate::StartPath::Clone {
+            sandbox::prebuild_template(config.clone(), templates.clone());
+        }
         Ok(Containers {
             config: config.clone(),
-            templates: Arc::new(template::Templates::new(config.data_root.join("templates"))),
+            templates,
             images,
             root,
             registry: Arc::new(RwLock::new(registry)),

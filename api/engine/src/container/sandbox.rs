@@ -69,6 +69,28 @@ pub fn create(
     result
 }
 
+/// Builds, in the background, the template of berth's default VM size (`berthd
+/// --prebuild-template`), with the boot retries the daemon allows; the outcome is logged.
+pub fn prebuild_template(cfg: EngineConfig, templates: std::sync::Arc<Templates>) {
+    use super::record::{DEFAULT_MEM_MIB, DEFAULT_VCPUS};
+    tokio::task::spawn_blocking(move || {
+        let shape = vm::vm_shape(&cfg, DEFAULT_VCPUS, DEFAULT_MEM_MIB);
+        let built = with_boot_retries(
+            cfg.boot_retries,
+            |timeout| {
+                templates
+                    .get(&cfg, &shape, timeout)
+                    .map_err(template_failure)
+            },
+            |attempt, why| log::warn!("template boot retry {attempt}: {why}"),
+        );
+        match built {
+            Ok(t) => log::info!("the default VM template is ready: {}", t.dir.display()),
+            Err(e) => log::warn!("cannot prebuild the default VM template: {e}"),
+        }
+    });
+}
+
 /// One start of the VM: a clone of its template (built first if need be), or a boot.
 fn start_vm(
     cfg: &EngineConfig,

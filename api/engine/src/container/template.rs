@@ -189,6 +189,7 @@ mod tests {
             initrd: dir.join("initramfs"),
             boot_retries: 0,
             start: Default::default(),
+            prebuild_template: false,
         };
         let templates = Templates::new(dir.join("templates"));
         let boot = |vcpus: u8, mem: u64| {

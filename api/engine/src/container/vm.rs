@@ -217,13 +217,22 @@ pub const MAX_EXEC_ROOT_LEN: usize = 107 - 1 - RUN_DIR_ID_LEN - LONGEST_SOCKET_N
 /// key is taken from the same spec (vmm_launcher's host sides aside), so a clone always has
 /// the devices its template was built with.
 pub fn boot_spec(cfg: &EngineConfig, spec: &LaunchSpec) -> BootSpec {
-    let mut boot = BootSpec::new(&cfg.kernel, spec.vcpus, spec.mem_mib);
-    boot.initrd = Some(cfg.initrd.clone());
+    let mut boot = vm_shape(cfg, spec.vcpus, spec.mem_mib);
     boot.console = Console::File(spec.console_log.clone());
     boot.vsock_uds = Some(spec.run_dir.join("vsock.sock"));
+    boot.shares[0].dir = spec.rootfs.clone();
+    boot
+}
+
+/// A container VM of `vcpus` and `mem_mib`, its host sides left unset: what a template's
+/// key is made of (the template builder gives it host sides of its own).
+pub fn vm_shape(cfg: &EngineConfig, vcpus: u8, mem_mib: u64) -> BootSpec {
+    let mut boot = BootSpec::new(&cfg.kernel, vcpus, mem_mib);
+    boot.initrd = Some(cfg.initrd.clone());
+    boot.vsock_uds = Some(PathBuf::new());
     boot.shares.push(Share {
         tag: ROOTFS_TAG.to_string(),
-        dir: spec.rootfs.clone(),
+        dir: PathBuf::new(),
         read_only: false,
         nosuid: false,
     });
