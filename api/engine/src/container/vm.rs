@@ -47,8 +47,8 @@ pub enum LaunchError {
     #[error("{0}")]
     Failed(String),
     /// The guest reset itself (nobody asked it to) or triple-faulted before its agent was
-    /// ready, or its agent did not come up within the boot timeout: a boot that died or
-    /// stalled without a word.
+    /// ready, or its agent did not come up within the boot timeout, or a clone's agent did
+    /// not answer: a start that died or stalled without a word.
     /// Nothing of the container ran; `--boot-retries` boots again. The VMM is gone.
     #[error("{0}")]
     SilentBootFailure(String),
@@ -338,10 +338,16 @@ pub fn launch(
     let mut control = match AgentClient::connect(&uds, Duration::from_secs(30)) {
         Ok(c) => c,
         Err(e) => {
-            return Err(vm_failed(
-                &mut vmm,
-                format!("cannot reach the guest agent: {e}"),
-            ))
+            let failure = vm_failed(&mut vmm, format!("cannot reach the guest agent: {e}"));
+            // A clone whose agent never answers has failed without a word before anything
+            // of the container ran, as a boot that stalls before its ready call has: the
+            // same silent failure, which `--boot-retries` may retry (logged and counted).
+            return Err(match (start, failure) {
+                (Start::Clone(_), LaunchError::Failed(why)) => LaunchError::SilentBootFailure(
+                    format!("the clone's agent did not answer: {why}"),
+                ),
+                (_, failure) => failure,
+            });
         }
     };
     // A guest that stops answering must not hold a `docker stop`, `kill` or `start` forever:
