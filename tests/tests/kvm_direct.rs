@@ -65,6 +65,7 @@ fn creates_every_vcpu_and_stops_cleanly_on_sigterm() {
         .arg("--console")
         .arg(s.path("console.log"))
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut names = vec![];
@@ -249,13 +250,21 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     let ctl = |r: Request| request(&control, &r, Duration::from_secs(10));
 
     let mut first = vmm()
-        .args(["boot", "--mem", "16", "--no-rng", "--kernel"])
+        .args([
+            "boot",
+            "--mem",
+            "16",
+            "--no-rng",
+            "--no-balloon",
+            "--kernel",
+        ])
         .arg(&kernel)
         .arg("--console")
         .arg(&first_log)
         .arg("--control")
         .arg(&control)
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     wait_socket(&control);
     {
@@ -305,7 +314,14 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     assert!(!control.exists(), "the control socket is removed at exit");
 
     let mut second = vmm()
-        .args(["restore", "--mem", "16", "--no-rng", "--state"])
+        .args([
+            "restore",
+            "--mem",
+            "16",
+            "--no-rng",
+            "--no-balloon",
+            "--state",
+        ])
         .arg(&state)
         .arg("--memory")
         .arg(&memory)
@@ -314,6 +330,7 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .arg("--control")
         .arg(&control)
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     wait_socket(&control);
     let restored = test_guest::wait_for_counts(&second_log, 5, "the restored VM");
@@ -328,9 +345,9 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     assert!(!std::fs::read_to_string(&second_log)
         .unwrap()
         .contains(test_guest::GREETING));
-    // A VM with a virtio device (virtio-rng, which the test guest leaves alone) is
-    // snapshotted with its layout; a restore must give it the same devices: one without
-    // it, or with one more, is refused by name.
+    // A VM with virtio devices (virtio-rng and virtio-balloon, which the test guest leaves
+    // alone) is snapshotted with its layout; a restore must give it the same devices: one
+    // without one of them, or with one more, is refused by name.
     let mut third = vmm()
         .args(["boot", "--mem", "16", "--kernel"])
         .arg(&kernel)
@@ -339,6 +356,7 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .arg("--control")
         .arg(&control)
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     wait_socket(&control);
     test_guest::wait_for_counts(&s.path("third.log"), 2, "the VM with virtio-rng");
@@ -346,6 +364,15 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     assert_eq!(
         metrics["virtio"][0]["device"],
         serde_json::json!({"kind": {"type": "rng"}, "mmio_base": 0xd000_0000u64, "irq": 5}),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics["virtio"][1]["device"],
+        serde_json::json!({"kind": {"type": "balloon"}, "mmio_base": 0xd000_1000u64, "irq": 6}),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics["virtio"][1]["counters"]["reported_bytes"], 0,
         "{metrics}"
     );
     let (rng_state, rng_memory) = (s.path("rng.state"), s.path("rng.mem"));
@@ -377,6 +404,15 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         "{}",
         out.stderr
     );
+    let out = restore(&["--no-balloon"]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "the snapshot has virtio-balloon at 0xd0001000 on IRQ 6, which this VM is not given"
+        ),
+        "{}",
+        out.stderr
+    );
     let uds = s.path("v.sock");
     let out = restore(&["--vsock-uds", uds.to_str().unwrap()]);
     assert_eq!(out.code(), 1, "{out:?}");
@@ -397,6 +433,7 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .arg("--control")
         .arg(&control)
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     wait_socket(&control);
     test_guest::wait_for_counts(&fourth_log, 3, "the restored VM with virtio-rng");

@@ -423,3 +423,104 @@ fn clones_of_a_template_each_serve_their_own_share() {
         out.stderr
     );
 }
+
+/// The anonymous memory of a process in MiB (its own pages, and the guest pages a VMM
+/// wrote: a clone's copies of its template's pages count too).
+fn anonymous_mib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Anonymous:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+/// The VMM process of a `berth-vmm run` whose temporary files are in `tmp` (its arguments
+/// name them; the run process's do not).
+fn vmm_of(tmp: &Scratch) -> Option<u32> {
+    let needle = tmp.0.display().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        (cmdline.contains(&needle) && cmdline.contains("berth-vmm")).then_some(pid)
+    })
+}
+
+/// Memory the guest frees goes back to the host (virtio-balloon's free page reporting):
+/// a guest fills 128 MiB of its memory, then frees it, and its VMM's memory falls by about
+/// as much, cold booted and cloned from a template (whose memory is a private mapping of
+/// the template's file).
+#[test]
+fn memory_the_guest_frees_goes_back_to_the_host() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    if !ready() {
+        return;
+    }
+    let s = Scratch::new("balloon");
+    let template = s.path("template");
+    let script = "dd if=/dev/zero of=/fill bs=1M count=128 2>/dev/null && echo filled \
+                  && read a && rm /fill && echo freed && read b && echo done";
+    for (name, opts) in [
+        ("cold boot", vec![]),
+        ("clone", vec!["--template", template.to_str().unwrap()]),
+    ] {
+        let tmp = Scratch::new("balloon-run");
+        let mut opts = opts.clone();
+        opts.extend(["--mem", "384"]);
+        let mut child = run_cmd(&tmp, &opts, &["sh", "-c", script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut expect = |what: &str| {
+            let line = lines.next().and_then(Result::ok);
+            assert_eq!(line.as_deref(), Some(what), "{name}");
+        };
+        expect("filled");
+        let vmm = vmm_of(&tmp).unwrap_or_else(|| panic!("{name}: no VMM process found"));
+        let filled = anonymous_mib(vmm).unwrap();
+        assert!(
+            filled >= 128,
+            "{name}: the VMM holds {filled} MiB once filled"
+        );
+        stdin.write_all(b"\n").unwrap();
+        expect("freed");
+        // Linux reports free blocks 2 s after they are freed, a batch at a time.
+        let started = std::time::Instant::now();
+        let mut now = filled;
+        while started.elapsed() < Duration::from_secs(60) {
+            now = anonymous_mib(vmm).unwrap();
+            if now + 96 <= filled {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        assert!(
+            now + 96 <= filled,
+            "{name}: the VMM held {filled} MiB filled and {now} MiB {:?} after the guest freed 128 MiB",
+            started.elapsed()
+        );
+        eprintln!(
+            "{name}: {filled} MiB filled, {now} MiB {:?} after the guest freed 128 MiB",
+            started.elapsed()
+        );
+        stdin.write_all(b"\n").unwrap();
+        expect("done");
+        drop(stdin);
+        let status = wait_timeout(&mut child, TIMEOUT).expect("berth-vmm run ended");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        note_run_retries(&stderr);
+        assert_eq!(status.code(), Some(0), "{name}: {stderr}");
+        assert_no_leftovers(&tmp);
+    }
+}

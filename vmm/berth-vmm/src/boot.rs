@@ -6,7 +6,7 @@
 //! `--control PATH` listens there for the control protocol (`vmm_launcher::control`: pause,
 //! resume, snapshot, shutdown). `berth-vmm restore --state S --memory M` builds the VM from a
 //! snapshot instead of booting a kernel, and goes on where it was paused; it takes the
-//! boot's device options (`--vsock-uds`, `--fs`, `--no-rng`) for the restored VM's own host
+//! boot's device options (`--vsock-uds`, `--fs`, `--no-rng`, `--no-balloon`) for the restored VM's own host
 //! side of the snapshot's devices, which must be the same devices.
 //!
 //! Exit codes (`vmm_launcher::VmmExit`, which supervisors read them back with): 0 the guest
@@ -41,7 +41,7 @@ const SPEC: Spec = Spec {
         "--fs",
         "--control",
     ],
-    flags: &["--no-rng"],
+    flags: &["--no-rng", "--no-balloon"],
 };
 
 /// A restore takes the same device options as the boot whose snapshot it restores (the
@@ -58,17 +58,18 @@ const RESTORE_SPEC: Spec = Spec {
         "--fs",
         "--control",
     ],
-    flags: &["--no-rng"],
+    flags: &["--no-rng", "--no-balloon"],
 };
 
 /// Default guest CID (the first one that is not reserved).
 pub const DEFAULT_CID: u64 = 3;
 
 /// The devices the options ask for: the vsock (its CID from `--vsock-cid` where the spec
-/// has it), virtio-rng unless `--no-rng`, the shares.
+/// has it), virtio-rng unless `--no-rng`, virtio-balloon unless `--no-balloon`, the shares.
 struct Devices {
     vsock: Option<VsockConfig>,
     rng: bool,
+    balloon: bool,
     shares: Vec<FsShareConfig>,
 }
 
@@ -91,6 +92,7 @@ fn devices(args: &Args) -> Result<Devices, String> {
     Ok(Devices {
         vsock,
         rng: !args.flag("--no-rng"),
+        balloon: !args.flag("--no-balloon"),
         shares,
     })
 }
@@ -117,6 +119,7 @@ fn config(args: &Args) -> Result<VmConfig, String> {
         console: console(args),
         vsock: devices.vsock,
         rng: devices.rng,
+        balloon: devices.balloon,
         shares: devices.shares,
     })
 }
@@ -133,6 +136,7 @@ fn restore_config(args: &Args) -> Result<VmConfig, String> {
         console: console(args),
         vsock: devices.vsock,
         rng: devices.rng,
+        balloon: devices.balloon,
         shares: devices.shares,
     })
 }

@@ -21,10 +21,10 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   berth-vmm check
   berth-vmm boot --kernel PATH [--initrd PATH] [--cpus N] [--mem MIB] [--cmdline ARGS]
-                 [--console PATH|-] [--vsock-uds PATH] [--vsock-cid CID] [--no-rng]
+                 [--console PATH|-] [--vsock-uds PATH] [--vsock-cid CID] [--no-rng] [--no-balloon]
                  [--fs TAG=DIR[:ro][,nosuid]]... [--control PATH]
   berth-vmm restore --state PATH --memory PATH [--cpus N] [--mem MIB] [--console PATH|-]
-                 [--vsock-uds PATH] [--no-rng] [--fs TAG=DIR[:ro][,nosuid]]...
+                 [--vsock-uds PATH] [--no-rng] [--no-balloon] [--fs TAG=DIR[:ro][,nosuid]]...
                  [--control PATH]
   berth-vmm run [--cpus N] [--mem MIB] [--kernel PATH] [--initrd PATH] [-t|--tty]
                 [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--console PATH]

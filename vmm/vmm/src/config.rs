@@ -95,6 +95,9 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Whether the guest gets a virtio-rng device.
     pub rng: bool,
+    /// Whether the guest gets a virtio-balloon device (free page reporting: the host pages
+    /// of memory the guest frees go back to the host).
+    pub balloon: bool,
     /// Host directories shared over virtio-fs, one device each.
     pub shares: Vec<FsShareConfig>,
 }

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use devices::virtio::balloon::{Balloon, BalloonState};
 use devices::virtio::fs::{Fs, FsState};
 use devices::virtio::mmio::{MmioTransport, MmioTransportState};
 use devices::virtio::rng::{Rng, RngState};
@@ -25,6 +26,7 @@ use snapshot::Persist;
 pub enum VirtioKind {
     Rng,
     Vsock,
+    Balloon,
     Fs { tag: String },
 }
 
@@ -33,6 +35,7 @@ impl std::fmt::Display for VirtioKind {
         match self {
             VirtioKind::Rng => write!(f, "virtio-rng"),
             VirtioKind::Vsock => write!(f, "virtio-vsock"),
+            VirtioKind::Balloon => write!(f, "virtio-balloon"),
             VirtioKind::Fs { tag } => write!(f, "the virtio-fs share tagged {tag:?}"),
         }
     }
@@ -63,6 +66,7 @@ impl std::fmt::Display for VirtioSlot {
 pub enum VirtioDeviceState {
     Rng(MmioTransportState<RngState>),
     Vsock(MmioTransportState<VsockState>),
+    Balloon(MmioTransportState<BalloonState>),
     Fs(MmioTransportState<FsState>),
 }
 
@@ -100,6 +104,15 @@ impl Snapshotted for Vsock {
     }
 }
 
+impl Snapshotted for Balloon {
+    fn kind(&self) -> VirtioKind {
+        VirtioKind::Balloon
+    }
+    fn wrap(state: MmioTransportState<BalloonState>) -> VirtioDeviceState {
+        VirtioDeviceState::Balloon(state)
+    }
+}
+
 impl Snapshotted for Fs {
     fn kind(&self) -> VirtioKind {
         VirtioKind::Fs {
@@ -126,6 +139,9 @@ pub struct DeviceMetrics {
     pub interrupts_again: u64,
     /// Each queue's next used index: requests completed, modulo 2^16.
     pub queues_next_used: Vec<u16>,
+    /// The device's own counters (the balloon's: ranges reported and bytes given back).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub counters: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// A transport as a snapshot (or a metrics reader) sees it, whatever its device.
@@ -159,6 +175,7 @@ where
             interrupts: self.irq().raised(),
             interrupts_again: self.irq().reasserted(),
             queues_next_used: state.queues.iter().map(|q| q.next_used).collect(),
+            counters: self.device().counters().into_iter().collect(),
         }
     }
 }

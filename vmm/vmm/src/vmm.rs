@@ -2,7 +2,7 @@
 //!
 //! The boot steps, in order: open KVM and create the VM; map guest memory and hand it to
 //! KVM; create the in-kernel interrupt controllers and PIT; attach devices (serial, i8042,
-//! virtio-rng, virtio-vsock, one virtio-fs per share); load the kernel and write the boot
+//! virtio-rng, virtio-vsock, virtio-balloon, one virtio-fs per share); load the kernel and write the boot
 //! data; create the vCPUs with their CPUID, MSRs, FPU and LAPIC state, the first at the PVH
 //! entry. Then [`Vmm::run`] starts one thread per vCPU and runs the event loop on the calling
 //! thread until the guest shuts down, a vCPU hits a fatal exit, or the host sends a
@@ -31,6 +31,7 @@ use crate::snapshot::{VmHandle, VmSnapshotError};
 use crate::vcpu::{self, Pause, Vcpu};
 use crate::virtio_snapshot::{VirtioDeviceState, VirtioDevices, VirtioKind, VirtioSnapshot};
 use devices::legacy::serial::{ConsoleLimit, ConsoleSink, SerialDevice};
+use devices::virtio::balloon::Balloon;
 use devices::virtio::fs::{Fs, FsConfig, FsError, ShareOptions};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockError};
@@ -176,6 +177,13 @@ impl Vmm {
         if let Some(vsock) = &config.vsock {
             b.devices
                 .add_virtio(&b.vm, &mem, Vsock::new(vsock.guest_cid, &vsock.uds_path)?)?;
+        }
+        if config.balloon {
+            let balloon = Balloon::new().map_err(|source| VmmError::Os {
+                what: "virtio-balloon",
+                source,
+            })?;
+            b.devices.add_virtio(&b.vm, &mem, balloon)?;
         }
         for share in &config.shares {
             let fs = Fs::new(&FsConfig {
@@ -417,6 +425,9 @@ fn configured_devices(config: &VmConfig) -> Vec<VirtioKind> {
     if config.vsock.is_some() {
         kinds.push(VirtioKind::Vsock);
     }
+    if config.balloon {
+        kinds.push(VirtioKind::Balloon);
+    }
     kinds.extend(
         config
             .shares
@@ -468,6 +479,10 @@ fn restore_virtio(
         (VirtioKind::Rng, VirtioDeviceState::Rng(state)) => b
             .devices
             .restore_virtio::<Rng>(&b.vm, mem, slot, state, ())
+            .map(drop),
+        (VirtioKind::Balloon, VirtioDeviceState::Balloon(state)) => b
+            .devices
+            .restore_virtio::<Balloon>(&b.vm, mem, slot, state, ())
             .map(drop),
         (VirtioKind::Vsock, VirtioDeviceState::Vsock(state)) => {
             let uds = config.vsock.as_ref().ok_or_else(mismatch)?.uds_path.clone();
@@ -689,6 +704,7 @@ mod tests {
             console: ConsoleOutput::Discard,
             vsock: None,
             rng,
+            balloon: false,
             shares: tags
                 .iter()
                 .map(|t| FsShareConfig {

@@ -36,6 +36,7 @@ fn config(kernel: &Path, console: &Path, vcpus: u8) -> VmConfig {
         console: ConsoleOutput::File(console.to_path_buf()),
         vsock: None,
         rng: false,
+        balloon: false,
         shares: Vec::new(),
     }
 }

@@ -277,7 +277,8 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
     fn activate(&mut self) -> Result<(), super::ActivateError> {
         let event_idx = self.acked_features & features::RING_EVENT_IDX != 0;
-        for (index, q) in self.device.queues_mut().iter_mut().enumerate() {
+        let in_use = self.device.queues_in_use();
+        for (index, q) in self.device.queues_mut().iter_mut().enumerate().take(in_use) {
             q.set_event_idx(event_idx);
             if !q.ready() || !q.is_valid(&self.mem) {
                 return Err(super::ActivateError::InvalidQueue { index });

@@ -5,6 +5,7 @@
 //! (`MutEventSubscriber`, driven by the event loop thread). The transport
 //! ([`mmio::MmioTransport`]) owns the register file of the virtio-mmio v2 layout.
 
+pub mod balloon;
 pub mod fs;
 pub mod mmio;
 pub mod rng;
@@ -168,6 +169,12 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn queue_snapshots(&self) -> Vec<QueueSnapshot> {
         self.queues().iter().map(QueueSnapshot::of).collect()
     }
+    /// How many of its queues (the first ones) the device serves with the features
+    /// negotiated: a queue that exists only with a feature the driver did not take is
+    /// never set up, and activation does not wait for it.
+    fn queues_in_use(&self) -> usize {
+        self.queues().len()
+    }
     /// Features the device offers.
     fn avail_features(&self) -> u64;
     /// The features the driver accepted (a subset of `avail_features`).
@@ -193,6 +200,10 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     fn quiesce(&mut self) {}
     /// Serves again after [`VirtioDevice::quiesce`].
     fn unquiesce(&mut self) {}
+    /// The device's own counters, by name, for the control socket's metrics.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![]
+    }
 }
 
 /// A queue's configuration and position, for snapshots.
