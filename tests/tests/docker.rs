@@ -662,11 +662,12 @@ fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
     // A copy of the initramfs (it carries the agent), to change it under the daemon.
     let initrd = scratch.path("initramfs.cpio");
     std::fs::copy(guest_dir().join("initramfs.cpio"), &initrd).unwrap();
-    let d = Berthd::start_with(&["--initrd", initrd.to_str().unwrap()]);
+    let mut d = Berthd::start_with(&["--initrd", initrd.to_str().unwrap()]);
     let archive = busybox_image("archive");
     d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let root = d.data_root().join("templates");
     let templates = || {
-        std::fs::read_dir(d.data_root().join("templates"))
+        std::fs::read_dir(&root)
             .map(|dir| {
                 dir.flatten()
                     .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
@@ -742,6 +743,24 @@ fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
     let out = d.docker(&["run", "--rm", "busybox", "true"]);
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(templates(), 3);
+    // The two of the old agent are of no use any more: a restarted daemon removes them.
+    d.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while templates() != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "{} templates: {}",
+            templates(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        d.log()
+            .contains("removed 2 VM templates no VM can use any more"),
+        "{}",
+        d.log()
+    );
     // The cold boot, asked for by a container.
     let out = d.docker(&[
         "run",
@@ -757,7 +776,7 @@ fn runs_start_from_clones_of_a_template_and_cold_boots_stay() {
         (0, "booted\n"),
         "{out:?}"
     );
-    assert_eq!(templates(), 3, "a cold boot builds no template");
+    assert_eq!(templates(), 1, "a cold boot builds no template");
     // A start berth does not have is refused, not ignored.
     let out = d.docker(&[
         "run",

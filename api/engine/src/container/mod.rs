@@ -247,6 +247,7 @@ impl Containers {
             registry.by_id.insert(container.id.clone(), container);
         }
         let templates = Arc::new(template::Templates::new(config.data_root.join("templates")));
+        sandbox::collect_templates(config.clone(), templates.clone());
         if config.prebuild_template && config.start == crate::StartPath::Clone {
             sandbox::prebuild_template(config.clone(), templates.clone());
         }

@@ -69,6 +69,21 @@ pub fn create(
     result
 }
 
+/// Removes, in the background, the templates no VM of this engine can use any more
+/// ([`Templates::collect`]: hashing the VMM, kernel and initramfs takes a moment); the
+/// outcome is logged.
+pub fn collect_templates(cfg: EngineConfig, templates: std::sync::Arc<Templates>) {
+    tokio::task::spawn_blocking(move || match templates.collect(&cfg) {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => log::info!(
+            "removed {} VM templates no VM can use any more: {}",
+            removed.len(),
+            removed.join(", ")
+        ),
+        Err(e) => log::warn!("cannot collect stale VM templates: {e}"),
+    });
+}
+
 /// Builds, in the background, the template of berth's default VM size (`berthd
 /// --prebuild-template`), with the boot retries the daemon allows; the outcome is logged.
 pub fn prebuild_template(cfg: EngineConfig, templates: std::sync::Arc<Templates>) {

@@ -7,6 +7,11 @@
 //! Inputs are identified by their content (SHA-256), read once per file version: a file's
 //! hash is kept with its device, inode, size and modification time, and read again when any
 //! of them changes.
+//!
+//! A key's first 8 hex digits name the files alone (VMM, kernel, initramfs), so that the
+//! templates no VM of the engine can use any more are found by name: at engine start,
+//! [`Templates::collect`] removes those of other files and the half-built ones of builders
+//! that are gone.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -22,7 +27,9 @@ use crate::EngineConfig;
 
 /// The template format's own version: bumped when what a template holds changes meaning
 /// beyond its inputs (the device layout the engine gives containers, say).
-const TEMPLATE_FORMAT: &str = "berth template 1";
+const TEMPLATE_FORMAT: &str = "berth template 2";
+/// Hex digits of a key that name the files it was built from.
+const FILES_PREFIX: usize = 8;
 
 /// Why no template could be had.
 #[derive(Debug, thiserror::Error)]
@@ -95,16 +102,29 @@ impl Templates {
         Ok(hash)
     }
 
-    /// The key of the template for VMs booted from `boot` by `cfg.vmm`.
-    pub fn key(&self, cfg: &EngineConfig, boot: &BootSpec) -> Result<String, TemplatesError> {
-        let mut inputs = vec![
+    /// The digest of the files a template is built from.
+    fn files_digest(
+        &self,
+        vmm: &Path,
+        kernel: &Path,
+        initrd: Option<&Path>,
+    ) -> Result<String, TemplatesError> {
+        let mut files = vec![
             TEMPLATE_FORMAT.to_string(),
-            format!("vmm {}", self.file_hash(&cfg.vmm)?),
-            format!("kernel {}", self.file_hash(&boot.kernel)?),
+            format!("vmm {}", self.file_hash(vmm)?),
+            format!("kernel {}", self.file_hash(kernel)?),
         ];
-        if let Some(initrd) = &boot.initrd {
-            inputs.push(format!("initrd {}", self.file_hash(initrd)?));
+        if let Some(initrd) = initrd {
+            files.push(format!("initrd {}", self.file_hash(initrd)?));
         }
+        Ok(hex::encode(Sha256::digest(files.join("\n").as_bytes())))
+    }
+
+    /// The key of the template for VMs booted from `boot` by `cfg.vmm`: 32 hex digits, the
+    /// first [`FILES_PREFIX`] the files' alone.
+    pub fn key(&self, cfg: &EngineConfig, boot: &BootSpec) -> Result<String, TemplatesError> {
+        let files = self.files_digest(&cfg.vmm, &boot.kernel, boot.initrd.as_deref())?;
+        let mut inputs = vec![format!("files {files}")];
         inputs.push(format!("vcpus {} mem {}", boot.vcpus, boot.mem_mib));
         inputs.push(format!("cmdline {:?}", boot.cmdline));
         inputs.push(format!("vsock {}", boot.vsock_uds.is_some()));
@@ -114,9 +134,57 @@ impl Templates {
                 share.tag, share.read_only, share.nosuid
             ));
         }
-        let digest = Sha256::digest(inputs.join("\n").as_bytes());
+        let digest = hex::encode(Sha256::digest(inputs.join("\n").as_bytes()));
         // 128 bits name a template well enough, and keep socket paths beside it short.
-        Ok(hex::encode(&digest[..16]))
+        Ok(format!(
+            "{}{}",
+            &files[..FILES_PREFIX],
+            &digest[..32 - FILES_PREFIX]
+        ))
+    }
+
+    /// Removes what no VM of this engine can use: templates built from another VMM, kernel
+    /// or initramfs than `cfg`'s (their keys start otherwise) and half-built templates whose
+    /// builder is gone. Returns the names removed. Meant for engine start, before any start
+    /// of this engine builds one; a clone still running from a removed template keeps its
+    /// memory (a mapped file lives on until it is unmapped).
+    pub fn collect(&self, cfg: &EngineConfig) -> Result<Vec<String>, TemplatesError> {
+        let files = self.files_digest(&cfg.vmm, &cfg.kernel, Some(&cfg.initrd))?;
+        let listing = |source| TemplatesError::Input {
+            path: self.root.clone(),
+            source,
+        };
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+            Err(e) => return Err(listing(e)),
+        };
+        let mut removed = vec![];
+        for entry in entries {
+            let entry = entry.map_err(listing)?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let stale = match name.strip_prefix('.') {
+                // `.KEY.build-PID` (vmm_launcher::template): its builder may be at work.
+                Some(build) => build
+                    .rsplit_once(".build-")
+                    .and_then(|(_, pid)| pid.parse::<i32>().ok())
+                    .is_some_and(|pid| !process_alive(pid)),
+                None => {
+                    name.len() == 32
+                        && name.bytes().all(|b| b.is_ascii_hexdigit())
+                        && !name.starts_with(&files[..FILES_PREFIX])
+                }
+            };
+            if stale {
+                match crate::fsutil::remove_tree(&entry.path()) {
+                    Ok(()) => removed.push(name),
+                    Err(e) => log::warn!("cannot remove the stale VM template {name}: {e}"),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// The template for VMs booted from `boot`, built now if it is not there yet (its
@@ -164,6 +232,17 @@ impl Templates {
     }
 }
 
+/// Whether a process `pid` exists (one of another user counts).
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists and may be signalled; nothing
+    // is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,13 +254,12 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn every_input_is_in_the_key_and_nothing_else() {
-        let dir = scratch("key");
+    /// An engine whose VMM, kernel and initramfs are small files in `dir`.
+    fn config(dir: &Path) -> EngineConfig {
         for f in ["vmm", "vmlinux", "initramfs"] {
             std::fs::write(dir.join(f), f).unwrap();
         }
-        let cfg = EngineConfig {
+        EngineConfig {
             data_root: dir.join("data"),
             exec_root: dir.join("exec"),
             vmm: dir.join("vmm"),
@@ -190,7 +268,13 @@ mod tests {
             boot_retries: 0,
             start: Default::default(),
             prebuild_template: false,
-        };
+        }
+    }
+
+    #[test]
+    fn every_input_is_in_the_key_and_nothing_else() {
+        let dir = scratch("key");
+        let cfg = config(&dir);
         let templates = Templates::new(dir.join("templates"));
         let boot = |vcpus: u8, mem: u64| {
             let mut b = BootSpec::new(&cfg.kernel, vcpus, mem);
@@ -221,9 +305,71 @@ mod tests {
         assert_ne!(templates.key(&cfg, &boot(1, 256)).unwrap(), key);
         std::fs::write(dir.join("initramfs"), "initramfs").unwrap();
         assert_eq!(templates.key(&cfg, &boot(1, 256)).unwrap(), key);
+        // Other files are another key's first digits; the size is not.
+        assert_eq!(
+            key[..FILES_PREFIX],
+            templates.key(&cfg, &boot(2, 512)).unwrap()[..FILES_PREFIX]
+        );
+        std::fs::write(dir.join("initramfs"), "another agent").unwrap();
+        assert_ne!(
+            key[..FILES_PREFIX],
+            templates.key(&cfg, &boot(1, 256)).unwrap()[..FILES_PREFIX]
+        );
+        std::fs::write(dir.join("initramfs"), "initramfs").unwrap();
         std::fs::remove_file(dir.join("vmm")).unwrap();
         let e = templates.key(&cfg, &boot(1, 256)).unwrap_err();
         assert!(e.to_string().contains("vmm"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn collect_removes_templates_of_other_files_and_builds_of_dead_builders() {
+        let dir = scratch("collect");
+        let cfg = config(&dir);
+        let templates = Templates::new(dir.join("templates"));
+        assert!(templates.collect(&cfg).unwrap().is_empty(), "no root yet");
+        let mut boot = BootSpec::new(&cfg.kernel, 1, 256);
+        boot.initrd = Some(cfg.initrd.clone());
+        let current = templates.key(&cfg, &boot).unwrap();
+        let other_size = templates
+            .key(
+                &cfg,
+                &BootSpec {
+                    vcpus: 2,
+                    ..boot.clone()
+                },
+            )
+            .unwrap();
+        std::fs::write(dir.join("initramfs"), "an older agent").unwrap();
+        let old = templates.key(&cfg, &boot).unwrap();
+        std::fs::write(dir.join("initramfs"), "initramfs").unwrap();
+        let ours = format!(".{current}.build-{}", std::process::id());
+        let dead = format!(".{old}.build-{}", i32::MAX);
+        for name in [
+            &current,
+            &other_size,
+            &old,
+            &ours,
+            &dead,
+            &"lost+found".to_string(),
+        ] {
+            let t = templates.root().join(name);
+            std::fs::create_dir_all(t.join("sub")).unwrap();
+            std::fs::write(t.join("sub/vm.mem"), "memory").unwrap();
+        }
+        let mut removed = templates.collect(&cfg).unwrap();
+        removed.sort();
+        let mut expected = vec![old.clone(), dead.clone()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        let mut left: Vec<String> = std::fs::read_dir(templates.root())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        let mut kept = vec![current, other_size, ours, "lost+found".to_string()];
+        kept.sort();
+        assert_eq!(left, kept);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
