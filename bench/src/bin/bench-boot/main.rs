@@ -102,8 +102,15 @@ fn idle_private_kib(mut cmd: Command, expect: &str) -> Result<u64> {
 
 fn berth_cmd(kernel: &Path) -> Command {
     let mut cmd = Command::new(bin_dir().join("berth-vmm"));
-    cmd.args(["boot", "--mem", "16", "--no-rng", "--kernel"])
-        .arg(kernel);
+    cmd.args([
+        "boot",
+        "--mem",
+        "16",
+        "--no-rng",
+        "--no-balloon",
+        "--kernel",
+    ])
+    .arg(kernel);
     cmd
 }
 

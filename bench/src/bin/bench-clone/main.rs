@@ -14,8 +14,11 @@
 //!    guest pages it wrote; pages still shared with the memory file through the page cache
 //!    are not private).
 //!
-//! Firecracker's figures for the same measurements were recorded on this host (v1.16.1, a
-//! comparable guest) and are printed beside berth's as a recorded anchor, not this run's.
+//! With `FIRECRACKER=/path/to/firecracker`, Firecracker is the anchor measured in the same
+//! run, the same way with the same guests: its snapshot taken over its API socket
+//! (`PUT /snapshot/create`), each restore a fresh process given `PUT /snapshot/load` with
+//! its memory file mapped privately (`File` backend) and `resume_vm`. Without it, figures
+//! recorded on this host (v1.16.1, a comparable guest) are printed as the anchor, saying so.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use berth_bench::{bin_dir, ms, private_kib, Scratch, Series};
+use firecracker::Firecracker;
 use vmm_launcher::control::{request, Request};
 
 const USAGE: &str = "usage: bench-clone [--runs N] [--clones N]";
@@ -62,17 +66,26 @@ fn main() -> Result<()> {
     println!(
         "  (test guests, 1 vCPU, 16 MiB; state file {state_mib:.3} MiB; {runs} runs, interleaved; min / median / max)"
     );
-    let (mut restore, mut cold) = (Series::default(), Series::default());
+    let fc = match std::env::var_os("FIRECRACKER") {
+        Some(path) => Some(Firecracker::new(PathBuf::from(path), dir, &flood, &idle)?),
+        None => None,
+    };
+    let (mut restore, mut cold, mut fc_restore) =
+        (Series::default(), Series::default(), Series::default());
     for _ in 0..runs {
         let mut cmd = restore_cmd(&busy);
         cmd.args(["--console", "-"]);
         restore.push(ms(first_output(cmd)?));
+        if let Some(fc) = &fc {
+            fc_restore.push(ms(fc.first_output(&fc.busy)?));
+        }
         let mut cmd = vmm();
         cmd.args([
             "boot",
             "--mem",
             "16",
             "--no-rng",
+            "--no-balloon",
             "--console",
             "-",
             "--kernel",
@@ -92,36 +105,36 @@ fn main() -> Result<()> {
         "  restore / cold boot, medians: {:.2}x",
         restore.median() / cold.median()
     );
+    if fc.is_some() {
+        println!(
+            "  firecracker restore -> the guest's first byte {}",
+            fc_restore.summary("ms")
+        );
+    }
 
     // Clones started one after another, each until its guest runs (its first byte), and
     // left running; then the same with each clone killed (and reaped) before the next.
     // Each is paused once its guest has run, so that the flooding guests already started do
     // not take the CPU from the next.
-    let mut kept: Vec<Child> = Vec::with_capacity(clones);
-    let started = Instant::now();
-    let outcome = (|| -> Result<()> {
-        for n in 0..clones {
-            let control = dir.join(format!("s{n}.sock"));
-            let mut cmd = restore_cmd(&busy);
-            cmd.args(["--console", "-", "--control"]).arg(&control);
-            kept.push(start_until_output(cmd)?.1);
-            request(&control, &Request::Pause, Duration::from_secs(10))
-                .with_context(|| format!("clone {n}: pause"))?;
-        }
-        Ok(())
-    })();
-    let started_per_s = kept.len() as f64 / started.elapsed().as_secs_f64();
-    for mut child in kept {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    outcome?;
+    let started_per_s = sequential(clones, |n| {
+        let control = dir.join(format!("s{n}.sock"));
+        let mut cmd = restore_cmd(&busy);
+        cmd.args(["--console", "-", "--control"]).arg(&control);
+        let child = start_until_output(cmd, || Ok(()))?.1;
+        request(&control, &Request::Pause, Duration::from_secs(10))
+            .with_context(|| format!("clone {n}: pause"))?;
+        Ok(child)
+    })?;
+    let fc_started_per_s = match &fc {
+        Some(fc) => Some(sequential(clones, |_| fc.start_paused(&fc.busy))?),
+        None => None,
+    };
     let started = Instant::now();
     let mut teardown = Series::default();
     for _ in 0..runs {
         let mut cmd = restore_cmd(&busy);
         cmd.args(["--console", "-"]);
-        let (_, mut child) = start_until_output(cmd)?;
+        let (_, mut child) = start_until_output(cmd, || Ok(()))?;
         let t = Instant::now();
         let _ = child.kill();
         child.wait()?;
@@ -138,19 +151,88 @@ fn main() -> Result<()> {
         "    of which kill -> reaped (the process's and its VM's teardown) {}",
         teardown.summary("ms")
     );
+    if let Some(per_s) = fc_started_per_s {
+        println!(
+            "  firecracker sequential clones, {clones} started one after another: {per_s:.1} per second"
+        );
+    }
 
+    let private = private_per_clone(clones, |n| {
+        let control = dir.join(format!("c{n}.sock"));
+        let mut cmd = restore_cmd(&quiet);
+        cmd.args(["--console", "/dev/null", "--control"])
+            .arg(&control)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd.spawn()?;
+        wait_for(&control)?;
+        Ok(child)
+    })?;
+    println!(
+        "  private memory per clone, {clones} running at once: {}",
+        private.summary("MiB")
+    );
+    match (&fc, fc_started_per_s) {
+        (Some(fc), Some(fc_per_s)) => {
+            let fc_private = private_per_clone(clones, |_| fc.start_loaded(&fc.quiet))?;
+            println!(
+                "  firecracker private memory per clone, {clones} running at once: {}",
+                fc_private.summary("MiB")
+            );
+            println!(
+                "  berth / Firecracker, this run (medians): restore {:.2}x, clones per second {:.2}x, private memory {:.2}x",
+                restore.median() / fc_restore.median(),
+                started_per_s / fc_per_s,
+                private.median() / fc_private.median()
+            );
+        }
+        _ => {
+            println!("  recorded anchor, Firecracker v1.16.1 on this host (not this run; set FIRECRACKER=path to measure it here):");
+            println!(
+                "    restore {FC_RESTORE_MS} ms median, {FC_CLONES_PER_S} clones/s, {FC_PRIVATE_MIB} MiB private per clone"
+            );
+            println!(
+                "  berth / recorded Firecracker: restore {:.2}x, clones per second {:.2}x, private memory {:.2}x",
+                restore.median() / FC_RESTORE_MS,
+                started_per_s / FC_CLONES_PER_S,
+                private.median() / FC_PRIVATE_MIB
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Starts `clones` clones one after another with `start` (each returns once its guest runs)
+/// and keeps them running; the clones started per second. All are killed at the end.
+fn sequential(clones: usize, mut start: impl FnMut(usize) -> Result<Child>) -> Result<f64> {
+    let mut kept: Vec<Child> = Vec::with_capacity(clones);
+    let started = Instant::now();
+    let outcome = (|| -> Result<()> {
+        for n in 0..clones {
+            kept.push(start(n)?);
+        }
+        Ok(())
+    })();
+    let per_s = kept.len() as f64 / started.elapsed().as_secs_f64();
+    for mut child in kept {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    outcome?;
+    Ok(per_s)
+}
+
+/// Starts `clones` idle clones with `start`, all running at once, and reads each one's
+/// private memory once they have settled. All are killed at the end.
+fn private_per_clone(
+    clones: usize,
+    mut start: impl FnMut(usize) -> Result<Child>,
+) -> Result<Series> {
     let mut running: Vec<Child> = Vec::with_capacity(clones);
     let mut private = Series::default();
     let outcome = (|| -> Result<()> {
         for n in 0..clones {
-            let control = dir.join(format!("c{n}.sock"));
-            let mut cmd = restore_cmd(&quiet);
-            cmd.args(["--console", "/dev/null", "--control"])
-                .arg(&control)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            running.push(cmd.spawn()?);
-            wait_for(&control)?;
+            running.push(start(n)?);
         }
         // Let every VMM settle (threads started, the guest back in its halt).
         std::thread::sleep(Duration::from_millis(300));
@@ -164,22 +246,10 @@ fn main() -> Result<()> {
         let _ = child.wait();
     }
     outcome?;
-    println!(
-        "  private memory per clone, {clones} running at once: {}",
-        private.summary("MiB")
-    );
-    println!("  recorded anchor, Firecracker v1.16.1 on this host (not this run):");
-    println!(
-        "    restore {FC_RESTORE_MS} ms median, {FC_CLONES_PER_S} clones/s, {FC_PRIVATE_MIB} MiB private per clone"
-    );
-    println!(
-        "  berth / recorded Firecracker: restore {:.2}x, clones per second {:.2}x, private memory {:.2}x",
-        restore.median() / FC_RESTORE_MS,
-        started_per_s / FC_CLONES_PER_S,
-        private.median() / FC_PRIVATE_MIB
-    );
-    Ok(())
+    Ok(private)
 }
+
+mod firecracker;
 
 fn vmm() -> Command {
     Command::new(bin_dir().join("berth-vmm"))
@@ -190,7 +260,14 @@ fn snapshot(dir: &Path, name: &str, kernel: &Path) -> Result<(PathBuf, PathBuf)>
     let control = dir.join(format!("{name}.sock"));
     let console = dir.join(format!("{name}.log"));
     let mut child = vmm()
-        .args(["boot", "--mem", "16", "--no-rng", "--kernel"])
+        .args([
+            "boot",
+            "--mem",
+            "16",
+            "--no-rng",
+            "--no-balloon",
+            "--kernel",
+        ])
         .arg(kernel)
         .arg("--console")
         .arg(&console)
@@ -226,23 +303,39 @@ fn snapshot(dir: &Path, name: &str, kernel: &Path) -> Result<(PathBuf, PathBuf)>
 
 fn restore_cmd(snapshot: &(PathBuf, PathBuf)) -> Command {
     let mut cmd = vmm();
-    cmd.args(["restore", "--mem", "16", "--no-rng", "--state"])
-        .arg(&snapshot.0)
-        .arg("--memory")
-        .arg(&snapshot.1)
-        .stdin(Stdio::null());
+    cmd.args([
+        "restore",
+        "--mem",
+        "16",
+        "--no-rng",
+        "--no-balloon",
+        "--state",
+    ])
+    .arg(&snapshot.0)
+    .arg("--memory")
+    .arg(&snapshot.1)
+    .stdin(Stdio::null());
     cmd
 }
 
-/// Starts `cmd` and returns, with the running child, the time to its first byte on stdout
+/// Starts `cmd`, runs `then` (a restore that needs a request after the process starts), and
+/// returns, with the running child, the time from the start to its first byte on stdout
 /// (the child's stdout stays open: a guest that goes on writing blocks, idle, once the pipe
 /// is full).
-fn start_until_output(mut cmd: Command) -> Result<(Duration, Child)> {
+fn start_until_output(
+    mut cmd: Command,
+    then: impl FnOnce() -> Result<()>,
+) -> Result<(Duration, Child)> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::null());
     let start = Instant::now();
     let mut child = cmd
         .spawn()
         .with_context(|| format!("cannot start {cmd:?}"))?;
+    if let Err(e) = then() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
     let mut byte = [0u8; 1];
     let got = child
         .stdout
@@ -262,13 +355,13 @@ fn start_until_output(mut cmd: Command) -> Result<(Duration, Child)> {
 
 /// Starts `cmd`, returns the time to its first byte on stdout, then kills and reaps it.
 fn first_output(cmd: Command) -> Result<Duration> {
-    let (elapsed, mut child) = start_until_output(cmd)?;
+    let (elapsed, mut child) = start_until_output(cmd, || Ok(()))?;
     let _ = child.kill();
     child.wait()?;
     Ok(elapsed)
 }
 
-fn wait_for(path: &Path) -> Result<()> {
+pub(crate) fn wait_for(path: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !path.exists() {
         ensure!(
