@@ -10,6 +10,7 @@ pub mod logs;
 pub mod record;
 pub mod sandbox;
 pub mod spec;
+mod stdio;
 pub mod template;
 pub mod vm;
 mod watcher;
@@ -22,13 +23,12 @@ use std::time::{Duration, SystemTime};
 
 use agent_client::{AgentClient, ProcessSpec, TtySize};
 use bytes::Bytes;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch, Mutex, RwLock};
 
 use crate::fsutil::atomic_write_json;
 use crate::image::{ImageStore, ImageUser, ImageUsers};
 use crate::{ids, Counts, EngineConfig, EngineError, Result};
-use logs::{LogWriter, Stream};
+use logs::Stream;
 use record::{Record, State, Status};
 
 /// A chunk of container output for attached clients.
@@ -395,7 +395,7 @@ impl Containers {
     /// Starts a created or exited container, in named steps: its sandbox (the root
     /// filesystem mounted, the VM cloned or booted, the process started: `sandbox`), a
     /// failed start recorded (`record_failed_start`), the running state recorded, its
-    /// stdio connected (`connect_stdio`), and its exit watcher (`watcher`).
+    /// stdio connected (`stdio`), and its exit watcher (`watcher`).
     pub async fn start(&self, name_or_id: &str) -> Result<()> {
         let container = self.get(name_or_id).await?;
         // Serialises with other lifecycle operations, including the previous run's cleanup.
@@ -510,7 +510,7 @@ impl Containers {
         container.lifecycle.send_modify(|l| l.running = true);
         log::debug!("container {}: running in VM {vmm_pid}", container.id);
 
-        let pumps = connect_stdio(&container, streams)?;
+        let pumps = stdio::connect(&container, streams)?;
         drop(op);
 
         watcher::spawn(watcher::Watch {
@@ -881,7 +881,6 @@ fn process_spec(record: &Record) -> ProcessSpec {
     spec
 }
 
-/// Copies one output stream of the container to its log and attached clients.
 /// Records why a start failed in the container's state, and returns the API's error.
 async fn record_failed_start(
     container: &Container,
@@ -901,85 +900,6 @@ async fn record_failed_start(
     };
     container.save(&r).await?;
     Ok(error)
-}
-
-/// The started process's stdio: its output pumped to the log file and every attached
-/// client (the pumps returned, for the exit watcher to drain), its stdin offered to the
-/// clients that attach it.
-fn connect_stdio(
-    container: &Arc<Container>,
-    streams: vm::Streams,
-) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let log = LogWriter::open(&container.log_path())
-        .map_err(|e| EngineError::internal("cannot open the container log", e))?;
-    let log = Arc::new(std::sync::Mutex::new(log));
-    let mut pumps = vec![spawn_pump(
-        container.clone(),
-        log.clone(),
-        Stream::Stdout,
-        streams.stdout,
-    )?];
-    if let Some(stderr) = streams.stderr {
-        pumps.push(spawn_pump(
-            container.clone(),
-            log.clone(),
-            Stream::Stderr,
-            stderr,
-        )?);
-    }
-    if let Some(stdin) = streams.stdin {
-        stdin
-            .set_nonblocking(true)
-            .map_err(|e| EngineError::internal("stdin stream", e))?;
-        let stdin = tokio::net::UnixStream::from_std(stdin)
-            .map_err(|e| EngineError::internal("stdin stream", e))?;
-        let _ = container
-            .stdin
-            .send(Some(Arc::new(Mutex::new(Some(stdin)))));
-    }
-    Ok(pumps)
-}
-
-fn spawn_pump(
-    container: Arc<Container>,
-    log: Arc<std::sync::Mutex<LogWriter>>,
-    stream: Stream,
-    source: std::os::unix::net::UnixStream,
-) -> Result<tokio::task::JoinHandle<()>> {
-    source
-        .set_nonblocking(true)
-        .map_err(|e| EngineError::internal("output stream", e))?;
-    let mut source = tokio::net::UnixStream::from_std(source)
-        .map_err(|e| EngineError::internal("output stream", e))?;
-    Ok(tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 << 10];
-        loop {
-            let n = match source.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            let data = Bytes::copy_from_slice(&buf[..n]);
-            if let Err(e) = lock_std(&log).write(stream, &data) {
-                log::warn!("container {}: cannot write its log: {e}", container.id);
-            }
-            container
-                .log_written
-                .send_modify(|n| *n += data.len() as u64);
-            let senders: Vec<_> = lock_std(&container.attachers).clone();
-            for tx in senders {
-                // A client that went away is dropped from the list below.
-                let _ = tx
-                    .send(Chunk {
-                        stream,
-                        data: data.clone(),
-                    })
-                    .await;
-            }
-            lock_std(&container.attachers).retain(|tx| !tx.is_closed());
-        }
-        let _ = lock_std(&log).finish(stream);
-        container.log_written.send_modify(|n| *n += 0);
-    }))
 }
 
 /// A record left `running` by a berthd that died: its VMM, if still alive, is killed, its

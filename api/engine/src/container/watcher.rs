@@ -103,7 +103,7 @@ pub(super) fn spawn(w: Watch) {
         };
         let op = c.op.clone().lock_owned().await;
         *c.runtime.lock().await = None;
-        let _ = c.stdin.send(None);
+        c.stdin.send_replace(None);
         lock_std(&c.attachers).clear();
         let auto_remove = {
             let mut r = c.record.lock().await;
