@@ -8,6 +8,11 @@
 //! kernel, the agent, the VM's size and devices) is the caller's business: a directory is
 //! one template, never rebuilt in place.
 //!
+//! Before the snapshot, the build waits (at most [`SETTLE_LIMIT`]) for the guest's first
+//! free page reports over virtio-balloon to be done: Linux sends them 2 s after its balloon
+//! driver starts, marking each reported block in its page structures. Done in the
+//! template, they are done once for every clone instead of in each.
+//!
 //! The template's shares are empty directories of the build: its guest has not mounted
 //! them (berth's agent mounts a share only when a container asks for it), so no FUSE state
 //! is in the snapshot and every clone's share device serves the clone's own directory.
@@ -126,6 +131,40 @@ pub fn ensure(
     })
 }
 
+/// The longest a template build waits for the guest's first free page reports.
+pub const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+/// Reports are done when their count has not moved for this long.
+const SETTLED_AFTER: Duration = Duration::from_millis(500);
+
+/// Waits until the guest has reported free pages and sent no more for [`SETTLED_AFTER`], or
+/// [`SETTLE_LIMIT`] has passed (a guest that reports nothing, say with too little memory
+/// free for Linux to report any). A VM without a balloon is not waited for.
+fn settle_free_page_reports(control_sock: &Path) {
+    let reported = || -> Option<u64> {
+        let m = control::metrics(control_sock, Duration::from_secs(10)).ok()?;
+        m["virtio"]
+            .as_array()?
+            .iter()
+            .find_map(|d| d["counters"]["reported_ranges"].as_u64())
+    };
+    let Some(mut last) = reported() else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let mut moved = started;
+    while started.elapsed() < SETTLE_LIMIT {
+        std::thread::sleep(Duration::from_millis(100));
+        let Some(now) = reported() else {
+            return;
+        };
+        if now != last {
+            (last, moved) = (now, std::time::Instant::now());
+        } else if last > 0 && moved.elapsed() >= SETTLED_AFTER {
+            return;
+        }
+    }
+}
+
 fn build_in(
     vmm: &Path,
     boot: &BootSpec,
@@ -162,6 +201,7 @@ fn build_in(
         source,
     })?;
     let ask = |r: Request| control::request(&control_sock, &r, Duration::from_secs(60));
+    settle_free_page_reports(&control_sock);
     let snapshot = ask(Request::Snapshot {
         state: build.join("vm.state"),
         memory: build.join("vm.mem"),
