@@ -77,6 +77,19 @@ impl Series {
     }
 }
 
+/// The VM the VMM benchmarks run berth's test guests in, as `berth-vmm boot|restore`
+/// options: 1 vCPU, 16 MiB and no virtio device, as the Firecracker anchor's.
+pub const TEST_VM: [&str; 4] = ["--mem", "16", "--no-rng", "--no-balloon"];
+
+/// Firecracker's configuration file for the same VM booting `kernel`.
+pub fn firecracker_config(kernel: &Path) -> String {
+    format!(
+        r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": ""}},
+           "machine-config": {{"vcpu_count": 1, "mem_size_mib": 16}}, "drives": []}}"#,
+        kernel.display()
+    )
+}
+
 /// Milliseconds in a duration.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use berth_bench::{bin_dir, ms, private_kib, Scratch, Series};
+use berth_bench::{bin_dir, firecracker_config, ms, private_kib, Scratch, Series, TEST_VM};
 
 mod emulated;
 
@@ -102,28 +102,13 @@ fn idle_private_kib(mut cmd: Command, expect: &str) -> Result<u64> {
 
 fn berth_cmd(kernel: &Path) -> Command {
     let mut cmd = Command::new(bin_dir().join("berth-vmm"));
-    cmd.args([
-        "boot",
-        "--mem",
-        "16",
-        "--no-rng",
-        "--no-balloon",
-        "--kernel",
-    ])
-    .arg(kernel);
+    cmd.arg("boot").args(TEST_VM).arg("--kernel").arg(kernel);
     cmd
 }
 
 fn firecracker_cmd(fc: &Path, dir: &Path, kernel: &Path, n: usize) -> Result<Command> {
     let config = dir.join(format!("fc-{n}.json"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": ""}},
-               "machine-config": {{"vcpu_count": 1, "mem_size_mib": 16}}, "drives": []}}"#,
-            kernel.display()
-        ),
-    )?;
+    std::fs::write(&config, firecracker_config(kernel))?;
     let mut cmd = Command::new(fc);
     cmd.arg("--no-api")
         .arg("--config-file")

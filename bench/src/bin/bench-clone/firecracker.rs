@@ -63,14 +63,7 @@ impl Firecracker {
     fn snapshot(&self, name: &str, kernel: &Path) -> Result<Snapshot> {
         let socket = self.socket();
         let config = self.dir.join(format!("{name}.json"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": ""}},
-                   "machine-config": {{"vcpu_count": 1, "mem_size_mib": 16}}, "drives": []}}"#,
-                kernel.display()
-            ),
-        )?;
+        std::fs::write(&config, berth_bench::firecracker_config(kernel))?;
         let mut cmd = self.command(&socket);
         cmd.arg("--config-file")
             .arg(&config)

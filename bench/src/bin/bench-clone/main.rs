@@ -26,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{bin_dir, ms, private_kib, Scratch, Series};
+use berth_bench::{bin_dir, ms, private_kib, Scratch, Series, TEST_VM};
 use firecracker::Firecracker;
 use vmm_launcher::control::{request, Request};
 
@@ -80,17 +80,10 @@ fn main() -> Result<()> {
             fc_restore.push(ms(fc.first_output(&fc.busy)?));
         }
         let mut cmd = vmm();
-        cmd.args([
-            "boot",
-            "--mem",
-            "16",
-            "--no-rng",
-            "--no-balloon",
-            "--console",
-            "-",
-            "--kernel",
-        ])
-        .arg(&hello);
+        cmd.arg("boot")
+            .args(TEST_VM)
+            .args(["--console", "-", "--kernel"])
+            .arg(&hello);
         cold.push(ms(first_output(cmd)?));
     }
     println!(
@@ -260,14 +253,9 @@ fn snapshot(dir: &Path, name: &str, kernel: &Path) -> Result<(PathBuf, PathBuf)>
     let control = dir.join(format!("{name}.sock"));
     let console = dir.join(format!("{name}.log"));
     let mut child = vmm()
-        .args([
-            "boot",
-            "--mem",
-            "16",
-            "--no-rng",
-            "--no-balloon",
-            "--kernel",
-        ])
+        .arg("boot")
+        .args(TEST_VM)
+        .arg("--kernel")
         .arg(kernel)
         .arg("--console")
         .arg(&console)
@@ -303,18 +291,13 @@ fn snapshot(dir: &Path, name: &str, kernel: &Path) -> Result<(PathBuf, PathBuf)>
 
 fn restore_cmd(snapshot: &(PathBuf, PathBuf)) -> Command {
     let mut cmd = vmm();
-    cmd.args([
-        "restore",
-        "--mem",
-        "16",
-        "--no-rng",
-        "--no-balloon",
-        "--state",
-    ])
-    .arg(&snapshot.0)
-    .arg("--memory")
-    .arg(&snapshot.1)
-    .stdin(Stdio::null());
+    cmd.arg("restore")
+        .args(TEST_VM)
+        .arg("--state")
+        .arg(&snapshot.0)
+        .arg("--memory")
+        .arg(&snapshot.1)
+        .stdin(Stdio::null());
     cmd
 }
 

@@ -93,6 +93,14 @@ pub struct BalloonCounters {
     pub refused_ranges: AtomicU64,
 }
 
+impl BalloonCounters {
+    /// Counts and logs a range the guest named that could not be released.
+    fn refuse(&self, what: &str, e: &ReleaseError) {
+        self.refused_ranges.fetch_add(1, Ordering::Relaxed);
+        crate::warn_limited!("virtio-balloon: {what} is refused: {e}");
+    }
+}
+
 /// Gives the host pages behind `len` bytes of guest memory at `addr` back to the host. Only
 /// whole pages are released; the range must lie inside one region of guest RAM. Returns the
 /// bytes released.
@@ -180,10 +188,7 @@ pub fn serve_reports(
                     counters.reported_ranges.fetch_add(1, Ordering::Relaxed);
                     counters.reported_bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
-                Err(e) => {
-                    counters.refused_ranges.fetch_add(1, Ordering::Relaxed);
-                    crate::warn_limited!("virtio-balloon: a reported range is refused: {e}");
-                }
+                Err(e) => counters.refuse("a reported range", &e),
             }
         }
     })
@@ -235,8 +240,7 @@ pub fn serve_inflate(
             }
             i += count;
             if let Err(e) = release(first * PAGE_SIZE, count as u64 * PAGE_SIZE) {
-                counters.refused_ranges.fetch_add(1, Ordering::Relaxed);
-                crate::warn_limited!("virtio-balloon: an inflated page is refused: {e}");
+                counters.refuse("an inflated page", &e);
             }
         }
     })
