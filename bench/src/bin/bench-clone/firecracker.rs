@@ -165,8 +165,21 @@ impl Firecracker {
 /// One request to Firecracker's API; an answer other than 2xx is an error carrying its body.
 /// The API keeps connections open, so the reply is read to its Content-Length.
 fn api(socket: &Path, method: &str, path: &str, body: &str) -> Result<()> {
-    let mut s = UnixStream::connect(socket)
-        .with_context(|| format!("cannot connect to {}", socket.display()))?;
+    // The socket's file appears when Firecracker binds it, a moment before it listens.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_micros(200))
+            }
+            other => {
+                break other.with_context(|| format!("cannot connect to {}", socket.display()))?
+            }
+        }
+    };
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
