@@ -220,6 +220,30 @@ fn detached_logs_and_wait() {
     ]);
     assert_eq!(inspect.trim(), format!("exited 4 /{name} {}", id.trim()));
     d.docker_ok(&["rm", &name]);
+    // A client that attaches after the start of a container with open stdin gets its stdin
+    // (berthd once kept it only for clients attached before the start).
+    let cat = unique("cat");
+    d.docker_ok(&["run", "-d", "-i", "--name", &cat, "busybox", "cat"]);
+    let mut attach = d
+        .docker_command(&["attach", &cat])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = attach.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(output), &mut line);
+        let _ = tx.send(line);
+    });
+    std::io::Write::write_all(attach.stdin.as_mut().unwrap(), b"typed after the start\n").unwrap();
+    let echoed = rx.recv_timeout(Duration::from_secs(60));
+    let _ = attach.kill();
+    let _ = attach.wait();
+    d.docker_ok(&["rm", "-f", &cat]);
+    assert_eq!(echoed.as_deref(), Ok("typed after the start\n"));
 }
 
 #[test]
