@@ -15,6 +15,7 @@ pub mod container;
 pub mod identity;
 pub mod init;
 pub mod logger;
+pub mod net;
 pub mod process;
 pub mod reaper;
 pub mod server;
@@ -98,6 +99,10 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
             boot.relocation
         );
         for e in boot.errors {
+            log::warn!("boot: {e}: {}", source_chain(&e));
+        }
+        // Every container has `lo`, `--network none` included.
+        if let Err(e) = net::loopback_up() {
             log::warn!("boot: {e}: {}", source_chain(&e));
         }
     } else {

@@ -80,6 +80,8 @@ pub enum ProcessError {
     },
     #[error("cannot refresh the VM's identity")]
     Refresh(#[source] crate::identity::RefreshError),
+    #[error("cannot configure the VM's network")]
+    Network(#[source] crate::net::NetError),
 }
 
 impl ProcessError {
@@ -99,7 +101,7 @@ impl ProcessError {
             ProcessError::TooManyContainers => ErrorCode::ResourceExhausted,
             ProcessError::ContainerBusy { .. } => ErrorCode::InvalidState,
             ProcessError::Setup { source, .. } => source.code(),
-            ProcessError::Refresh(_) => ErrorCode::Internal,
+            ProcessError::Refresh(_) | ProcessError::Network(_) => ErrorCode::Internal,
         }
     }
 

@@ -181,6 +181,9 @@ impl Agent {
             } => crate::identity::refresh(&entropy, realtime_ns, hostname.as_deref())
                 .map(|()| Response::Ok)
                 .map_err(ProcessError::Refresh),
+            Request::ConfigureNetwork { interfaces } => crate::net::configure(&interfaces)
+                .map(|()| Response::Ok)
+                .map_err(ProcessError::Network),
             Request::Shutdown { grace_ms } => {
                 let grace = grace_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)))

@@ -525,6 +525,18 @@ impl AgentClient {
         })
     }
 
+    /// Configures the VM's network interfaces (`eth<index>`: MAC, address, MTU, up; the
+    /// default route through the first gateway).
+    pub fn configure_network(
+        &mut self,
+        interfaces: &[agent_protocol::InterfaceConfig],
+    ) -> Result<(), ClientError> {
+        self.require_minor("configure_network", agent_protocol::NETWORK_MINOR)?;
+        self.call_ok(&Request::ConfigureNetwork {
+            interfaces: interfaces.to_vec(),
+        })
+    }
+
     pub fn shutdown(mut self, grace: Option<Duration>) -> Result<(), ClientError> {
         let grace_ms = grace.map(|g| u32::try_from(g.as_millis()).unwrap_or(u32::MAX));
         let req = Request::Shutdown { grace_ms };

@@ -67,16 +67,17 @@ mod validate;
 pub use frame::{decode, encode, read_frame, read_frame_body, write_frame, FrameError};
 pub use messages::{
     ConnectionHeader, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry,
-    MountSpec, Notification, ProcessSpec, ProtocolVersion, Request, Response, Rlimit,
-    RlimitResource, StdioStream, TtySize,
+    InterfaceConfig, MountSpec, Notification, ProcessSpec, ProtocolVersion, Request, Response,
+    Rlimit, RlimitResource, StdioStream, TtySize,
 };
 pub use parse::{parse_header, parse_request, ParseError};
 pub use validate::{
     validate_container_id, validate_process_id, ValidationError, MAX_ADDITIONAL_GIDS, MAX_ARGS,
     MAX_ARG_LEN, MAX_CAPABILITIES, MAX_DNS_ENTRIES, MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD,
-    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_MESSAGE_LEN, MAX_MOUNTS, MAX_NAMES_PER_HOST,
-    MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_REFRESH_ENTROPY, MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN,
-    MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN, MIN_REFRESH_ENTROPY,
+    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_INTERFACES, MAX_MESSAGE_LEN, MAX_MOUNTS,
+    MAX_NAMES_PER_HOST, MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_REFRESH_ENTROPY,
+    MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN,
+    MIN_REFRESH_ENTROPY,
 };
 
 /// The vsock port the agent listens on (guest side).
@@ -90,7 +91,7 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 2 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
 
 /// The first minor version (of major 1) with containers: [`Request::CreateContainer`],
 /// [`Request::DeleteContainer`] and the container fields of [`ProcessSpec`].
@@ -98,3 +99,6 @@ pub const CONTAINERS_MINOR: u16 = 1;
 
 /// The first minor version (of major 1) with [`Request::Refresh`], which clones need.
 pub const REFRESH_MINOR: u16 = 2;
+
+/// The first minor version (of major 1) with [`Request::ConfigureNetwork`].
+pub const NETWORK_MINOR: u16 = 3;

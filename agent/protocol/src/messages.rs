@@ -275,6 +275,24 @@ impl ContainerSpec {
     }
 }
 
+/// (1.3) One network interface of the VM, as the host set up its other end: the guest's
+/// `eth<index>` gets this MAC address, IPv4 address and MTU and is brought up; the first
+/// interface with a gateway gets the default route through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceConfig {
+    /// `eth<index>`: the VM's net devices in their order.
+    pub index: u8,
+    /// `02:42:ac:11:00:02`: a unicast MAC, the one the VMM lets this VM send from.
+    pub mac: String,
+    /// Dotted IPv4.
+    pub address: String,
+    pub prefix_len: u8,
+    /// Dotted IPv4 inside the interface's subnet, or none (no default route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    pub mtu: u32,
+}
+
 /// A request on a control connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -317,6 +335,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hostname: Option<String>,
     },
+    /// (1.3) Configure the VM's network interfaces (see [`InterfaceConfig`]). The VM's
+    /// processes, containers included, share the VM's network namespace, as a Docker
+    /// container's processes share theirs. Answer: `Ok`, or an error naming the step.
+    ConfigureNetwork { interfaces: Vec<InterfaceConfig> },
 }
 
 impl Request {
@@ -332,6 +354,7 @@ impl Request {
         "create_container",
         "delete_container",
         "refresh",
+        "configure_network",
     ];
 
     /// This request's `"type"` tag.
@@ -347,6 +370,7 @@ impl Request {
             Request::CreateContainer { .. } => "create_container",
             Request::DeleteContainer { .. } => "delete_container",
             Request::Refresh { .. } => "refresh",
+            Request::ConfigureNetwork { .. } => "configure_network",
         }
     }
 }

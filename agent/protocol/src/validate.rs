@@ -5,8 +5,8 @@
 use std::collections::HashSet;
 
 use crate::messages::{
-    ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, MountSpec, Notification,
-    ProcessSpec, Request, Response,
+    ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, InterfaceConfig, MountSpec,
+    Notification, ProcessSpec, Request, Response,
 };
 
 /// Longest process id, in bytes.
@@ -217,6 +217,67 @@ fn check_address(field: &'static str, address: &str) -> Result<(), ValidationErr
         .parse::<std::net::IpAddr>()
         .map(drop)
         .map_err(|_| invalid(field, format!("{address:?} is not an IP address")))
+}
+
+/// Interfaces one VM may be given (eth0 to eth15).
+pub const MAX_INTERFACES: usize = 16;
+
+/// A dotted IPv4 address.
+fn check_ipv4(field: &'static str, address: &str) -> Result<std::net::Ipv4Addr, ValidationError> {
+    address
+        .parse::<std::net::Ipv4Addr>()
+        .map_err(|_| invalid(field, format!("{address:?} is not an IPv4 address")))
+}
+
+impl InterfaceConfig {
+    /// Checks the MAC (unicast, six hex pairs), the addresses (the gateway inside the
+    /// interface's subnet), the prefix and the MTU.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if usize::from(self.index) >= MAX_INTERFACES {
+            return Err(invalid(
+                "index",
+                format!("{} is not below {MAX_INTERFACES}", self.index),
+            ));
+        }
+        let octets: Vec<&str> = self.mac.split(':').collect();
+        let valid_mac = octets.len() == 6
+            && octets
+                .iter()
+                .all(|o| o.len() == 2 && o.bytes().all(|b| b.is_ascii_hexdigit()));
+        if !valid_mac {
+            return Err(invalid(
+                "mac",
+                format!("{:?} is not a MAC address", self.mac),
+            ));
+        }
+        if u8::from_str_radix(octets[0], 16).is_ok_and(|b| b & 1 == 1) {
+            return Err(invalid(
+                "mac",
+                "a multicast address cannot be an interface's",
+            ));
+        }
+        let address = check_ipv4("address", &self.address)?;
+        if !(1..=30).contains(&self.prefix_len) {
+            return Err(invalid(
+                "prefix_len",
+                format!("{} is not 1 to 30", self.prefix_len),
+            ));
+        }
+        if let Some(gateway) = &self.gateway {
+            let gateway = check_ipv4("gateway", gateway)?;
+            let mask = u32::MAX << (32 - u32::from(self.prefix_len));
+            if u32::from(gateway) & mask != u32::from(address) & mask || gateway == address {
+                return Err(invalid(
+                    "gateway",
+                    "must be another address of the interface's subnet",
+                ));
+            }
+        }
+        if !(68..=65_535).contains(&self.mtu) {
+            return Err(invalid("mtu", format!("{} is not 68 to 65535", self.mtu)));
+        }
+        Ok(())
+    }
 }
 
 /// Docker's user strings: bounded, no NUL or control characters.
@@ -485,6 +546,24 @@ impl Request {
                     Some(h) => check_host_name("hostname", h, false),
                     None => Ok(()),
                 }
+            }
+            Request::ConfigureNetwork { interfaces } => {
+                if interfaces.len() > MAX_INTERFACES {
+                    return Err(invalid(
+                        "interfaces",
+                        format!("{} are more than {MAX_INTERFACES}", interfaces.len()),
+                    ));
+                }
+                for (i, iface) in interfaces.iter().enumerate() {
+                    iface.validate()?;
+                    if interfaces[..i].iter().any(|o| o.index == iface.index) {
+                        return Err(invalid(
+                            "index",
+                            format!("eth{} is given twice", iface.index),
+                        ));
+                    }
+                }
+                Ok(())
             }
             Request::Shutdown { grace_ms } => match grace_ms {
                 Some(ms) if *ms > MAX_SHUTDOWN_GRACE_MS => Err(invalid(

@@ -53,6 +53,7 @@ impl From<EngineError> for ApiError {
         let status = match &e {
             EngineError::NotFound(_) => StatusCode::NOT_FOUND,
             EngineError::Conflict(_) => StatusCode::CONFLICT,
+            EngineError::Forbidden(_) => StatusCode::FORBIDDEN,
             EngineError::InvalidArgument(_) | EngineError::Unsupported(_) => {
                 StatusCode::BAD_REQUEST
             }

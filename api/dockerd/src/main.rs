@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
               [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N]
               [--start clone|cold] [--prebuild-template] [--blocking-threads N]
-              [--debug]";
+              [--netns PATH] [--bridge-subnet CIDR] [--debug]";
 
 /// berthd's command line.
 struct Options {
@@ -47,6 +47,8 @@ fn parse_options() -> Result<Options> {
     let mut start = engine::StartPath::default();
     let mut blocking_threads = 512;
     let mut prebuild_template = false;
+    let mut netns = None;
+    let mut bridge_subnet = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -88,6 +90,16 @@ fn parse_options() -> Result<Options> {
             }
             // The default size's template at start, not at the first container's start.
             "--prebuild-template" => prebuild_template = true,
+            // A network namespace for berth's bridges and taps, which berthd uses and
+            // leaves in place; without it berthd makes one of its own.
+            "--netns" => netns = Some(PathBuf::from(value()?)),
+            "--bridge-subnet" => {
+                let v = value()?;
+                bridge_subnet = Some(
+                    v.parse::<engine::network::ipam::Subnet>()
+                        .map_err(|e| anyhow::anyhow!("--bridge-subnet {v}: {e}"))?,
+                );
+            }
             "--blocking-threads" => {
                 let v = value()?;
                 blocking_threads =
@@ -114,6 +126,8 @@ fn parse_options() -> Result<Options> {
             boot_retries,
             start,
             prebuild_template,
+            netns,
+            bridge_subnet,
         },
         blocking_threads,
         debug,

@@ -114,6 +114,9 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Api
     if path == "/images" || path.starts_with("/images/") || path == "/build" {
         return routes::images::route(&state, req, &path, version).await;
     }
+    if path == "/networks" || path.starts_with("/networks/") {
+        return routes::networks::route(&state, req, &path).await;
+    }
     if path == "/containers" || path.starts_with("/containers/") {
         return routes::containers::route(&state, req, &path, version).await;
     }

@@ -20,6 +20,10 @@ pub enum EngineError {
     /// The operation is valid but berth does not support it yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The request is understood and refused by rule (removing a network in use, or a
+    /// pre-defined one).
+    #[error("{0}")]
+    Forbidden(String),
     /// A failure of berth itself.
     #[error("{0}")]
     Internal(String),

@@ -15,6 +15,7 @@ pub mod error;
 pub mod fsutil;
 pub mod ids;
 pub mod image;
+pub mod network;
 pub mod time;
 
 pub use error::{EngineError, Result};
@@ -42,6 +43,12 @@ pub struct EngineConfig {
     /// Build the template of berth's default VM size when the daemon starts, not on the
     /// first container's start.
     pub prebuild_template: bool,
+    /// A network namespace to hold berth's bridges and taps (`--netns`); `None`: one of
+    /// berthd's own, at `<exec-root>/netns`, removed when it stops.
+    pub netns: Option<PathBuf>,
+    /// The default `bridge` network's subnet (`--bridge-subnet`); `None`: Docker's
+    /// 172.17.0.0/16.
+    pub bridge_subnet: Option<network::ipam::Subnet>,
 }
 
 /// How a container's VM starts: restored from a template (a VM booted once and
@@ -103,6 +110,7 @@ pub struct Engine {
     runtime: RuntimeInfo,
     pub images: std::sync::Arc<image::ImageStore>,
     pub containers: container::Containers,
+    pub networks: std::sync::Arc<network::Networks>,
 }
 
 impl Engine {
@@ -126,7 +134,17 @@ impl Engine {
         let id = daemon_id(&config.data_root)?;
         let runtime = runtime_info(&config);
         let images = std::sync::Arc::new(image::ImageStore::open(&config.data_root.join("image"))?);
-        let containers = container::Containers::open(&config, images.clone()).await?;
+        let networks = std::sync::Arc::new(
+            network::Networks::open(
+                &config.data_root,
+                &config.exec_root,
+                config.netns.as_deref(),
+                config.bridge_subnet,
+            )
+            .await?,
+        );
+        let containers =
+            container::Containers::open(&config, images.clone(), networks.clone()).await?;
         // Images hidden by `rmi -f` whose last container went away while berthd was down.
         images.release_unused(&containers.images_in_use().await)?;
         Ok(Engine {
@@ -135,6 +153,7 @@ impl Engine {
             runtime,
             images,
             containers,
+            networks,
         })
     }
 
@@ -160,9 +179,11 @@ impl Engine {
         counts
     }
 
-    /// Stops every running container (as dockerd does without live restore).
+    /// Stops every running container (as dockerd does without live restore), then takes
+    /// berth's networks down: no tap, bridge or namespace of berth's is left.
     pub async fn shutdown(&self) {
         self.containers.shutdown().await;
+        self.networks.close().await;
     }
 }
 

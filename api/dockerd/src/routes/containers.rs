@@ -74,7 +74,7 @@ pub async fn route(
             if q.flag("link") {
                 // `docker rm --link` removes a link, never the container it names.
                 return Err(ApiError::bad_request(
-                    "berth does not support links: containers have no network yet",
+                    "berth does not support links: containers on a user-defined network find each other by name",
                 ));
             }
             state.engine.containers.remove(id, q.flag("force")).await?;
@@ -309,12 +309,12 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
                 "ImageID": r.image_id,
                 "Command": command_text(r),
                 "Created": unix_secs(r.created),
-                "Ports": [],
+                "Ports": super::networks::ps_ports(r),
                 "Labels": r.config.labels,
                 "State": r.state.status.as_str(),
                 "Status": status_text(r),
                 "HostConfig": { "NetworkMode": r.host_config.network_mode },
-                "NetworkSettings": { "Networks": {} },
+                "NetworkSettings": super::networks::ps_networks(r),
                 "Mounts": [],
             });
             if let Some((rw, root)) = sizes.get(&r.id) {
@@ -372,7 +372,12 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "ContainerIDFile": "",
             "LogConfig": { "Type": r.host_config.log_type, "Config": {} },
             "NetworkMode": r.host_config.network_mode,
-            "PortBindings": {},
+            "PortBindings": super::networks::port_bindings(&r),
+            "PublishAllPorts": r.host_config.publish_all_ports,
+            "Dns": r.host_config.dns,
+            "DnsSearch": r.host_config.dns_search,
+            "DnsOptions": r.host_config.dns_options,
+            "ExtraHosts": if r.host_config.extra_hosts.is_empty() { Value::Null } else { json!(r.host_config.extra_hosts) },
             "RestartPolicy": { "Name": r.host_config.restart_policy, "MaximumRetryCount": 0 },
             "AutoRemove": r.host_config.auto_remove,
             "Privileged": r.host_config.privileged,
@@ -407,33 +412,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "StopTimeout": r.config.stop_timeout,
             "ExposedPorts": if r.config.exposed_ports.is_empty() { Value::Null } else { json!(r.config.exposed_ports) },
         },
-        "NetworkSettings": {
-            "Bridge": "",
-            "SandboxID": "",
-            "HairpinMode": false,
-            "LinkLocalIPv6Address": "",
-            "LinkLocalIPv6PrefixLen": 0,
-            "Ports": {},
-            "SandboxKey": "",
-            "SecondaryIPAddresses": null,
-            "SecondaryIPv6Addresses": null,
-            "EndpointID": "",
-            "Gateway": "",
-            "GlobalIPv6Address": "",
-            "GlobalIPv6PrefixLen": 0,
-            "IPAddress": "",
-            "IPPrefixLen": 0,
-            "IPv6Gateway": "",
-            "MacAddress": "",
-            "Networks": {
-                "none": {
-                    "IPAMConfig": null, "Links": null, "Aliases": null, "NetworkID": "",
-                    "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0,
-                    "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
-                    "MacAddress": "", "DriverOpts": null
-                }
-            }
-        }
+        "NetworkSettings": super::networks::network_settings(&r)
     });
     if with_size {
         let (rw, root) = state.engine.containers.sizes(&r.id).await?;

@@ -1,5 +1,5 @@
 //! `/_ping`, `/version`, `/info`, and the answers the CLI expects from areas berth does not
-//! have yet (networks beyond `none`, volumes, plugins): truthful, in Docker's shapes.
+//! have yet (volumes, plugins): truthful, in Docker's shapes.
 
 use std::sync::Arc;
 
@@ -53,21 +53,6 @@ pub async fn route(
         (Method::GET | Method::HEAD, ["_ping"]) => ping(&req),
         (Method::GET, ["version"]) => version(state),
         (Method::GET, ["info"]) => info(state).await,
-        (Method::GET, ["networks"]) => json(StatusCode::OK, &vec![none_network()]),
-        (Method::GET, ["networks", id]) => {
-            let id = crate::http::percent_decode(id);
-            if id == "none"
-                || id == NONE_NETWORK_ID
-                || NONE_NETWORK_ID.starts_with(&id) && id.len() >= 12
-            {
-                json(StatusCode::OK, &none_network())
-            } else {
-                Err(ApiError::not_found(format!("network {id} not found")))
-            }
-        }
-        (Method::POST, ["networks", "create"]) => Err(ApiError::bad_request(
-            "berth has no container networking yet: containers run with --network none",
-        )),
         (Method::GET, ["volumes"]) => {
             json(StatusCode::OK, &json!({ "Volumes": [], "Warnings": null }))
         }
@@ -89,28 +74,6 @@ pub async fn route(
         ))),
         _ => Err(not_found()),
     }
-}
-
-const NONE_NETWORK_ID: &str = "6e6f6e650000000000000000000000000000000000000000000000000000006e";
-
-fn none_network() -> serde_json::Value {
-    json!({
-        "Name": "none",
-        "Id": NONE_NETWORK_ID,
-        "Created": engine::time::ZERO_TIME,
-        "Scope": "local",
-        "Driver": "null",
-        "EnableIPv6": false,
-        "IPAM": { "Driver": "default", "Options": null, "Config": [] },
-        "Internal": false,
-        "Attachable": false,
-        "Ingress": false,
-        "ConfigFrom": { "Network": "" },
-        "ConfigOnly": false,
-        "Containers": {},
-        "Options": {},
-        "Labels": {}
-    })
 }
 
 fn uname() -> (String, String) {
@@ -182,10 +145,7 @@ async fn info(state: &Arc<State>) -> ApiResult {
         })
         .unwrap_or(0)
         * 1024;
-    let mut warnings = vec![
-        "berth: containers have no network device yet; only --network none is available"
-            .to_string(),
-    ];
+    let mut warnings = vec![];
     if let Some(w) = &runtime.host_warning {
         warnings.push(format!("berth: {w}"));
     }

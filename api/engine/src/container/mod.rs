@@ -7,6 +7,7 @@
 //! are serialised by its record lock; the VM itself is driven from blocking threads.
 
 pub mod logs;
+mod net;
 pub mod record;
 pub mod sandbox;
 pub mod spec;
@@ -199,6 +200,7 @@ pub struct Containers {
     images: Arc<ImageStore>,
     root: PathBuf,
     registry: Arc<RwLock<Registry>>,
+    networks: Arc<crate::network::Networks>,
 }
 
 /// Options of `docker create` that are not part of the config.
@@ -214,7 +216,11 @@ fn no_such(name: &str) -> EngineError {
 impl Containers {
     /// Loads every container record under the data root. Containers that were running when
     /// berthd last stopped lost their VM with it: they are recorded as exited.
-    pub async fn open(config: &EngineConfig, images: Arc<ImageStore>) -> Result<Containers> {
+    pub async fn open(
+        config: &EngineConfig,
+        images: Arc<ImageStore>,
+        networks: Arc<crate::network::Networks>,
+    ) -> Result<Containers> {
         let root = config.data_root.join("containers");
         std::fs::create_dir_all(&root)
             .map_err(|e| EngineError::internal(format!("cannot create {}", root.display()), e))?;
@@ -240,6 +246,7 @@ impl Containers {
                 let mut r = container.record.lock().await;
                 if matches!(r.state.status, Status::Running | Status::Removing) {
                     recover_stale(config, &dir, &mut r);
+                    clear_network_runtime(&mut r);
                     container.save(&r).await?;
                 }
                 registry.names.insert(r.name.clone(), r.id.clone());
@@ -257,6 +264,7 @@ impl Containers {
             images,
             root,
             registry: Arc::new(RwLock::new(registry)),
+            networks,
         })
     }
 
@@ -344,6 +352,7 @@ impl Containers {
         if request.config.argv().is_empty() {
             return Err(EngineError::InvalidArgument("No command specified".into()));
         }
+        let networks = self.endpoint_settings(&request)?;
         let id = ids::new_id();
         if request.config.hostname.is_empty() {
             request.config.hostname = ids::short(&id).to_string();
@@ -384,6 +393,8 @@ impl Containers {
             host_config: request.host_config,
             state: State::default(),
             restart_count: 0,
+            networks,
+            ports: Vec::new(),
         };
         let container = Container::new(dir, record.clone());
         container.save(&record).await?;
@@ -416,14 +427,35 @@ impl Containers {
         let image = self.images.resolve_for_container(&record.image_id)?;
         let rootfs = container.rootfs();
         let run_dir = vm::run_dir(&self.config.exec_root, &record.id);
+        let mut container_spec = vm::LaunchSpec::container_spec(&record.config.hostname);
+        container_spec.domainname = record.config.domainname.clone();
+        // Its network: an address and a tap on the bridge, its ports bound (a port in use
+        // fails here, before anything of the container runs).
+        let net = self.join_network(&record).await?;
+        let (net_launch, bound) = match net {
+            Some((attachment, bound)) => {
+                net::fill_container_spec(&mut container_spec, &record, &attachment)?;
+                (Some(attachment), Some(bound))
+            }
+            None => (None, None),
+        };
+        let attached = net_launch.as_ref().map(|a| {
+            (
+                a.network.name.clone(),
+                a.endpoint.clone(),
+                a.prefix,
+                a.gateway,
+            )
+        });
         let launch_spec = vm::LaunchSpec {
             vcpus: record.host_config.vcpus(),
             mem_mib: record.host_config.mem_mib(),
             rootfs: rootfs.clone(),
             run_dir: run_dir.clone(),
             console_log: container.console_path(),
-            container: vm::LaunchSpec::container_spec(&record.config.hostname),
+            container: container_spec,
             process: process_spec(&record),
+            net: net_launch.map(net::launch_net),
         };
         let sandbox = sandbox::SandboxSpec {
             layers: image.layers.clone(),
@@ -442,6 +474,7 @@ impl Containers {
             // Clients attached before start (docker run) see their streams end, as dockerd
             // closes a container's streams when its start fails.
             lock_std(&container.attachers).clear();
+            self.networks.detach(&container.id);
         }
         let (vm, streams, _guest_pid) = match launched {
             Ok(ok) => ok,
@@ -485,6 +518,7 @@ impl Containers {
                     let _ = crate::fsutil::remove_tree(&run_dir);
                 })
                 .await;
+                self.networks.detach(&container.id);
                 return Err(e);
             }
         };
@@ -499,7 +533,22 @@ impl Containers {
                 started_at: Some(SystemTime::now()),
                 finished_at: r.state.finished_at,
             };
+            if let Some((name, endpoint, prefix, gateway)) = &attached {
+                if let Some(settings) = r.networks.get_mut(name) {
+                    settings.endpoint_id = endpoint.endpoint_id.clone();
+                    settings.ip_address = endpoint.ip.to_string();
+                    settings.ip_prefix_len = *prefix;
+                    settings.gateway = gateway.to_string();
+                    settings.mac_address = crate::network::ipam::format_mac(&endpoint.mac);
+                }
+            }
+            if let Some(bound) = &bound {
+                r.ports = net::published(bound);
+            }
             container.save(&r).await?;
+        }
+        if let (Some(bound), Some((_, endpoint, _, _))) = (bound, &attached) {
+            self.networks.serve_ports(&container.id, bound, endpoint.ip);
         }
         let vmm_killed = Arc::new(std::sync::atomic::AtomicBool::new(false));
         *container.runtime.lock().await = Some(Runtime {
@@ -524,6 +573,7 @@ impl Containers {
             vmm_killed,
             pumps,
             uds,
+            networks: self.networks.clone(),
         });
         Ok(())
     }
@@ -756,6 +806,7 @@ impl Containers {
         }
         reg.names.remove(&r.name);
         reg.names.insert(new_name.clone(), r.id.clone());
+        self.networks.rename(&r.id, &new_name);
         r.name = new_name;
         c.save(&r).await
     }
@@ -853,6 +904,19 @@ async fn remove_stopped(
         .await
         .map_err(|e| EngineError::internal("image release", e))??;
     Ok(())
+}
+
+/// Forgets what a container had on its network while it ran (address, published ports);
+/// what it asked for stays.
+pub(crate) fn clear_network_runtime(r: &mut Record) {
+    for settings in r.networks.values_mut() {
+        settings.endpoint_id.clear();
+        settings.ip_address.clear();
+        settings.ip_prefix_len = 0;
+        settings.gateway.clear();
+        settings.mac_address.clear();
+    }
+    r.ports.clear();
 }
 
 /// The process a container runs, for the agent.

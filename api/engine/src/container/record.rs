@@ -93,9 +93,62 @@ pub struct HostConfig {
     pub console_size: [u32; 2],
     pub restart_policy: String,
     pub log_type: String,
+    /// `-p`: by container port (`80/tcp`), the host addresses and ports asked for.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_bindings: BTreeMap<String, Vec<PortBindingSpec>>,
+    /// `-P`: every exposed port on an ephemeral host port.
+    #[serde(default)]
+    pub publish_all_ports: bool,
+    /// `--dns`, `--dns-search`, `--dns-option`, `--add-host` (`name:address`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_options: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<String>,
     /// How its VM starts (the `io.berth.start` annotation); `None`: the daemon's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<crate::StartPath>,
+}
+
+/// One host side of a published port, as asked (`HostIp`, `HostPort`; empty: any).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBindingSpec {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// A container's settings on one network: what it asked for (aliases, `--ip`) and, while
+/// it runs, what it got.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSettings {
+    pub network_id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--ip`.
+    #[serde(default)]
+    pub ipv4_address: Option<String>,
+    #[serde(default)]
+    pub endpoint_id: String,
+    #[serde(default)]
+    pub ip_address: String,
+    #[serde(default)]
+    pub ip_prefix_len: u8,
+    #[serde(default)]
+    pub gateway: String,
+    #[serde(default)]
+    pub mac_address: String,
+}
+
+/// A published port as bound while the container runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// `80/tcp`.
+    pub port: String,
+    pub host_ip: String,
+    pub host_port: u16,
 }
 
 /// Guest sizes when the container asks for none.
@@ -166,6 +219,12 @@ pub struct Record {
     pub host_config: HostConfig,
     pub state: State,
     pub restart_count: u32,
+    /// By network name: the one network it is on (none for `--network none`).
+    #[serde(default)]
+    pub networks: BTreeMap<String, EndpointSettings>,
+    /// Its published ports while it runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
 }
 
 #[cfg(test)]

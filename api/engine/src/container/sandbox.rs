@@ -89,7 +89,8 @@ pub fn collect_templates(cfg: EngineConfig, templates: std::sync::Arc<Templates>
 pub fn prebuild_template(cfg: EngineConfig, templates: std::sync::Arc<Templates>) {
     use super::record::{DEFAULT_MEM_MIB, DEFAULT_VCPUS};
     tokio::task::spawn_blocking(move || {
-        let shape = vm::vm_shape(&cfg, DEFAULT_VCPUS, DEFAULT_MEM_MIB);
+        // Containers are on a network unless they ask for none.
+        let shape = vm::vm_shape(&cfg, DEFAULT_VCPUS, DEFAULT_MEM_MIB, true);
         let built = with_boot_retries(
             cfg.boot_retries,
             |timeout| {

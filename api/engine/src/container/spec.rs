@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::record::{ContainerConfig, HostConfig};
+use super::record::{ContainerConfig, HostConfig, PortBindingSpec};
 use crate::image::ImageRuntimeConfig;
 use crate::{EngineError, Result};
 
@@ -16,6 +16,15 @@ pub struct CreateRequest {
     pub image: String,
     pub config: ContainerConfig,
     pub host_config: HostConfig,
+    /// The settings on its network (`--network-alias`, `--ip`), from `NetworkingConfig`.
+    pub endpoint: Option<EndpointSpec>,
+}
+
+/// What a create request asks of its network beyond its name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub aliases: Vec<String>,
+    pub ipv4_address: Option<String>,
 }
 
 /// Whether a JSON value is the zero value the Docker CLI sends for an unset option.
@@ -157,6 +166,12 @@ const CONFIG_FIELDS: &[&str] = &[
 const HOST_CONFIG_FIELDS: &[&str] = &[
     "AutoRemove",
     "NetworkMode",
+    "PortBindings",
+    "PublishAllPorts",
+    "Dns",
+    "DnsOptions",
+    "DnsSearch",
+    "ExtraHosts",
     "Memory",
     "NanoCpus",
     "Privileged",
@@ -179,13 +194,14 @@ fn refusal(field: &str) -> &'static str {
         "Binds" | "Mounts" | "Volumes" | "VolumesFrom" | "VolumeDriver" | "Tmpfs" => {
             "volumes and mounts come with a later version"
         }
-        "PortBindings" | "PublishAllPorts" | "Links" | "Dns" | "DnsOptions" | "DnsSearch"
-        | "ExtraHosts" | "MacAddress" => "containers have no network yet (--network none only)",
+        "Links" => {
+            "legacy links are not supported: put the containers on a user-defined network, where they find each other by name"
+        }
+        "MacAddress" => "a container's MAC address is derived from its IP address",
         "CapAdd" | "CapDrop" | "SecurityOpt" => {
             "the container is isolated by its own VM; per-process capability and security options are not applied yet"
         }
         "Healthcheck" => "health checks come with a later version",
-        "Domainname" => "domain names are not set in the guest yet",
         _ => "the option is not implemented yet",
     }
 }
@@ -207,8 +223,14 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
         return Err(EngineError::InvalidArgument("no image specified".into()));
     }
     let domainname = string(obj.get("Domainname"), "Domainname")?;
-    if !domainname.is_empty() {
-        return Err(unsupported("--domainname", refusal("Domainname")));
+    if domainname.len() > 255
+        || !domainname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "invalid domainname format: {domainname}"
+        )));
     }
     let hostname = string(obj.get("Hostname"), "Hostname")?;
     if hostname.len() > 63 || hostname.contains(['/', '\0', ' ']) {
@@ -270,31 +292,199 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
             EngineError::InvalidArgument(format!("invalid label {START_LABEL}: {e}"))
         })?);
     }
-    if let Some(Value::Object(nc)) = obj.get("NetworkingConfig") {
-        if let Some(Value::Object(endpoints)) = nc.get("EndpointsConfig") {
-            if endpoints
-                .keys()
-                .any(|k| k != "none" && k != "default" && k != "bridge")
-            {
-                return Err(unsupported("networks", refusal("PortBindings")));
-            }
-            // --ip, --ip6, --network-alias, --link-local-ip and the like.
-            if endpoints.values().any(|e| !is_unset(e)) {
-                return Err(unsupported("endpoint settings", refusal("PortBindings")));
-            }
-        }
-    }
+    let endpoint = parse_endpoints(obj.get("NetworkingConfig"), &host_config.network_mode)?;
     Ok(CreateRequest {
         image,
         config,
         host_config,
+        endpoint,
     })
+}
+
+/// The endpoint settings of the container's one network (`NetworkingConfig`).
+fn parse_endpoints(nc: Option<&Value>, network_mode: &str) -> Result<Option<EndpointSpec>> {
+    let Some(Value::Object(nc)) = nc else {
+        return Ok(None);
+    };
+    let Some(Value::Object(endpoints)) = nc.get("EndpointsConfig") else {
+        return Ok(None);
+    };
+    if endpoints.len() > 1 {
+        return Err(unsupported(
+            "more than one network at create",
+            "a container's VM has one network device",
+        ));
+    }
+    let Some((name, settings)) = endpoints.iter().next() else {
+        return Ok(None);
+    };
+    let name = if name == "default" { "bridge" } else { name };
+    if name != network_mode {
+        return Err(EngineError::InvalidArgument(format!(
+            "the endpoint settings name network {name:?}, but the container is on {network_mode:?}"
+        )));
+    }
+    let Value::Object(settings) = settings else {
+        return Ok(None);
+    };
+    for (k, v) in settings {
+        let ok = match k.as_str() {
+            "Aliases" | "IPAMConfig" | "DNSNames" => true,
+            // Output fields a client may echo back from an inspect.
+            "NetworkID" | "EndpointID" | "Gateway" | "IPAddress" | "IPPrefixLen" | "MacAddress" => {
+                is_unset(v)
+            }
+            _ => !is_set(k, v),
+        };
+        if !ok {
+            return Err(unsupported(
+                &format!("EndpointsConfig.{k}"),
+                refusal(if k == "Links" { "Links" } else { k }),
+            ));
+        }
+    }
+    let aliases = string_list(settings.get("Aliases"), "Aliases")?.unwrap_or_default();
+    for a in &aliases {
+        if a.is_empty()
+            || a.len() > 253
+            || !a
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid network alias {a:?}"
+            )));
+        }
+    }
+    if !aliases.is_empty() && (name == "bridge" || name == "none") {
+        return Err(EngineError::InvalidArgument(
+            "network-scoped alias is supported only for containers in user defined networks".into(),
+        ));
+    }
+    let mut ipv4_address = None;
+    if let Some(Value::Object(ipam)) = settings.get("IPAMConfig") {
+        for (k, v) in ipam {
+            match k.as_str() {
+                "IPv4Address" => {
+                    let a = string(Some(v), "IPAMConfig.IPv4Address")?;
+                    if !a.is_empty() {
+                        a.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                            EngineError::InvalidArgument(format!("invalid IPv4 address: {a}"))
+                        })?;
+                        ipv4_address = Some(a);
+                    }
+                }
+                _ if !is_set(k, v) => {}
+                _ => {
+                    return Err(unsupported(
+                        &format!("IPAMConfig.{k}"),
+                        "berth networks are IPv4 only for now",
+                    ))
+                }
+            }
+        }
+    }
+    Ok(Some(EndpointSpec {
+        aliases,
+        ipv4_address,
+    }))
+}
+
+/// A `-p` key: `80/tcp`, `53/udp` (`80` is tcp).
+pub fn parse_port_key(key: &str) -> Result<(u16, crate::network::ports::Proto)> {
+    use crate::network::ports::Proto;
+    let (port, proto) = key.split_once('/').unwrap_or((key, "tcp"));
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => {
+            return Err(unsupported(
+                &format!("{other} ports"),
+                "published ports are tcp or udp",
+            ))
+        }
+    };
+    let port =
+        port.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            EngineError::InvalidArgument(format!("invalid containerPort: {port}"))
+        })?;
+    Ok((port, proto))
+}
+
+fn parse_port_bindings(v: Option<&Value>) -> Result<BTreeMap<String, Vec<PortBindingSpec>>> {
+    let mut out = BTreeMap::new();
+    let Some(Value::Object(map)) = v else {
+        return Ok(out);
+    };
+    for (key, bindings) in map {
+        let (port, proto) = parse_port_key(key)?;
+        let mut list = vec![];
+        for b in bindings.as_array().into_iter().flatten() {
+            let host_ip = string(b.get("HostIp"), "PortBindings.HostIp")?;
+            let host_port = string(b.get("HostPort"), "PortBindings.HostPort")?;
+            if !host_ip.is_empty() && host_ip.parse::<std::net::Ipv4Addr>().is_err() {
+                return Err(if host_ip.parse::<std::net::IpAddr>().is_ok() {
+                    unsupported(
+                        &format!("publishing on {host_ip}"),
+                        "published ports listen on IPv4 addresses",
+                    )
+                } else {
+                    EngineError::InvalidArgument(format!("invalid IP address: {host_ip}"))
+                });
+            }
+            if host_port.contains('-') {
+                return Err(unsupported(
+                    &format!("the host port range {host_port}"),
+                    "publish each port on its own",
+                ));
+            }
+            if !host_port.is_empty() && host_port.parse::<u16>().is_err() {
+                return Err(EngineError::InvalidArgument(format!(
+                    "invalid hostPort: {host_port}"
+                )));
+            }
+            list.push(PortBindingSpec { host_ip, host_port });
+        }
+        if list.is_empty() {
+            list.push(PortBindingSpec::default());
+        }
+        out.insert(format!("{port}/{}", proto.as_str()), list);
+    }
+    Ok(out)
+}
+
+/// `--add-host name:address` (or `name=address`); `host-gateway` is the network's gateway.
+pub fn parse_extra_host(entry: &str) -> Result<(String, String)> {
+    let (name, address) = entry
+        .split_once(':')
+        .or_else(|| entry.split_once('='))
+        .ok_or_else(|| {
+            EngineError::InvalidArgument(format!(
+                "invalid extra host: {entry}: expected name:address"
+            ))
+        })?;
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Err(EngineError::InvalidArgument(format!(
+            "invalid extra host: {entry}: bad host name"
+        )));
+    }
+    let address = address.trim_start_matches('[').trim_end_matches(']');
+    if address != "host-gateway" && address.parse::<std::net::IpAddr>().is_err() {
+        return Err(EngineError::InvalidArgument(format!(
+            "invalid IP address in add-host: \"{address}\""
+        )));
+    }
+    Ok((name.to_string(), address.to_string()))
 }
 
 fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     let Some(Value::Object(hc)) = v else {
         return Ok(HostConfig {
-            network_mode: "none".into(),
+            network_mode: "bridge".into(),
             restart_policy: "no".into(),
             log_type: "json-file".into(),
             ..HostConfig::default()
@@ -319,19 +509,48 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         }
     }
     let network_mode = match string(hc.get("NetworkMode"), "NetworkMode")?.as_str() {
-        "" | "default" | "none" | "bridge" => "none".to_string(),
+        "" | "default" | "bridge" => "bridge".to_string(),
+        "none" => "none".to_string(),
         "host" => {
             return Err(EngineError::InvalidArgument(
                 "--network host cannot mean anything for a container in its own VM: it has its own kernel and network stack".into(),
             ))
         }
-        other => {
-            return Err(unsupported(
-                &format!("--network {other}"),
-                refusal("PortBindings"),
-            ))
+        m if m.starts_with("container:") => {
+            return Err(EngineError::InvalidArgument(format!(
+                "--network {m} cannot mean anything for a container in its own VM: two VMs cannot share one network stack; put both containers on a user-defined network, where they reach each other by name"
+            )))
         }
+        other => other.to_string(),
     };
+    let port_bindings = parse_port_bindings(hc.get("PortBindings"))?;
+    let publish_all_ports = boolean(hc.get("PublishAllPorts"), "PublishAllPorts")?;
+    if network_mode == "none" && (!port_bindings.is_empty() || publish_all_ports) {
+        return Err(EngineError::InvalidArgument(
+            "conflicting options: port publishing and the container type network mode".into(),
+        ));
+    }
+    let dns = string_list(hc.get("Dns"), "Dns")?.unwrap_or_default();
+    for a in &dns {
+        if a.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(EngineError::InvalidArgument(format!(
+                "{a} is not an IPv4 address (--dns)"
+            )));
+        }
+    }
+    let dns_search = string_list(hc.get("DnsSearch"), "DnsSearch")?.unwrap_or_default();
+    let dns_options = string_list(hc.get("DnsOptions"), "DnsOptions")?.unwrap_or_default();
+    for w in dns_search.iter().chain(&dns_options) {
+        if w.is_empty() || w.len() > 253 || !w.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid DNS setting {w:?}"
+            )));
+        }
+    }
+    let extra_hosts = string_list(hc.get("ExtraHosts"), "ExtraHosts")?.unwrap_or_default();
+    for h in &extra_hosts {
+        parse_extra_host(h)?;
+    }
     let restart_policy = match hc.get("RestartPolicy") {
         Some(Value::Object(rp)) => {
             let name = string(rp.get("Name"), "RestartPolicy.Name")?;
@@ -413,6 +632,12 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         start: None,
         auto_remove: boolean(hc.get("AutoRemove"), "AutoRemove")?,
         network_mode,
+        port_bindings,
+        publish_all_ports,
+        dns,
+        dns_search,
+        dns_options,
+        extra_hosts,
         memory,
         nano_cpus,
         privileged,

@@ -116,6 +116,8 @@ mod tests {
                 host_config: Default::default(),
                 state: State::default(),
                 restart_count: 0,
+                networks: Default::default(),
+                ports: Vec::new(),
             },
         )
     }

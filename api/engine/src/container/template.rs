@@ -268,6 +268,8 @@ mod tests {
             boot_retries: 0,
             start: Default::default(),
             prebuild_template: false,
+            netns: None,
+            bridge_subnet: None,
         }
     }
 

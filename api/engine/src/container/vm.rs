@@ -68,6 +68,16 @@ pub struct LaunchSpec {
     pub container: ContainerSpec,
     /// The container's main process (its `container` and `user` already set).
     pub process: ProcessSpec,
+    /// Its network device's host side, if it has one (`--network none` has not).
+    pub net: Option<NetLaunch>,
+}
+
+/// A VM's network device: the tap its VMM serves it on (inherited by the VMM process), the
+/// MAC the VMM lets it send from, and what the agent sets on the guest's `eth0`.
+pub struct NetLaunch {
+    pub tap: std::os::fd::OwnedFd,
+    pub mac: [u8; 6],
+    pub interface: agent_protocol::InterfaceConfig,
 }
 
 impl LaunchSpec {
@@ -217,17 +227,28 @@ pub const MAX_EXEC_ROOT_LEN: usize = 107 - 1 - RUN_DIR_ID_LEN - LONGEST_SOCKET_N
 /// key is taken from the same spec (vmm_launcher's host sides aside), so a clone always has
 /// the devices its template was built with.
 pub fn boot_spec(cfg: &EngineConfig, spec: &LaunchSpec) -> BootSpec {
-    let mut boot = vm_shape(cfg, spec.vcpus, spec.mem_mib);
+    let mut boot = vm_shape(cfg, spec.vcpus, spec.mem_mib, spec.net.is_some());
     boot.console = Console::File(spec.console_log.clone());
     boot.vsock_uds = Some(spec.run_dir.join("vsock.sock"));
     boot.shares[0].dir = spec.rootfs.clone();
+    if let (Some(net), Some(device)) = (&spec.net, boot.net.as_mut()) {
+        device.mac = net.mac;
+        device.tap_fd = Some(net.tap.as_raw_fd());
+    }
     boot
 }
 
+/// The MAC a template's net device is booted with: every clone gets its own at start.
+const TEMPLATE_MAC: [u8; 6] = [0x02, 0x42, 0, 0, 0, 0x01];
+
 /// A container VM of `vcpus` and `mem_mib`, its host sides left unset: what a template's
 /// key is made of (the template builder gives it host sides of its own).
-pub fn vm_shape(cfg: &EngineConfig, vcpus: u8, mem_mib: u64) -> BootSpec {
+pub fn vm_shape(cfg: &EngineConfig, vcpus: u8, mem_mib: u64, net: bool) -> BootSpec {
     let mut boot = BootSpec::new(&cfg.kernel, vcpus, mem_mib);
+    boot.net = net.then_some(vmm_launcher::NetSpec {
+        mac: TEMPLATE_MAC,
+        tap_fd: None,
+    });
     boot.initrd = Some(cfg.initrd.clone());
     boot.vsock_uds = Some(PathBuf::new());
     boot.shares.push(Share {
@@ -359,6 +380,14 @@ pub fn launch(
             return Err(vm_failed(
                 &mut vmm,
                 format!("cannot make the clone its own: {e}"),
+            ));
+        }
+    }
+    if let Some(net) = &spec.net {
+        if let Err(e) = control.configure_network(std::slice::from_ref(&net.interface)) {
+            return Err(vm_failed(
+                &mut vmm,
+                format!("cannot configure the guest's network: {e}"),
             ));
         }
     }

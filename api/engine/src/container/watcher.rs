@@ -33,6 +33,8 @@ pub(super) struct Watch {
     pub pumps: Vec<tokio::task::JoinHandle<()>>,
     /// The VM's vsock socket, for the shutdown.
     pub uds: PathBuf,
+    /// Its network, left once the VM is off.
+    pub networks: Arc<crate::network::Networks>,
 }
 
 /// Starts the watcher.
@@ -48,6 +50,7 @@ pub(super) fn spawn(w: Watch) {
         vmm_killed,
         pumps,
         uds,
+        networks,
     } = w;
     let console = c.console_path();
     tokio::spawn(async move {
@@ -112,6 +115,7 @@ pub(super) fn spawn(w: Watch) {
             r.state.exit_code = exit_code;
             r.state.error = error;
             r.state.finished_at = Some(SystemTime::now());
+            super::clear_network_runtime(&mut r);
             if let Err(e) = c.save(&r).await {
                 log::error!("container {}: {e}", c.id);
             }
@@ -131,6 +135,8 @@ pub(super) fn spawn(w: Watch) {
             let _ = crate::fsutil::remove_tree(&run_dir);
         })
         .await;
+        // Only now is its address free for another container: its VM no longer has it.
+        networks.detach(&c.id);
         log::debug!("container {}: its VM is off", c.id);
         drop(op);
         if auto_remove {
