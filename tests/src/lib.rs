@@ -322,6 +322,10 @@ pub fn cache_dir() -> PathBuf {
 pub fn busybox_image(kind: &str) -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/mkbusybox");
     let mut key = std::fs::read(&script).expect("tests/images/mkbusybox exists");
+    if kind == "netprobe" {
+        let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/netprobe.c");
+        key.extend(std::fs::read(probe).expect("tests/images/netprobe.c exists"));
+    }
     if let Ok(m) = std::fs::metadata("/bin/busybox") {
         use std::os::unix::fs::MetadataExt;
         key.extend_from_slice(format!("{} {}", m.size(), m.mtime()).as_bytes());

@@ -64,6 +64,8 @@ mod messages;
 mod parse;
 mod validate;
 
+pub mod caps;
+
 pub use frame::{decode, encode, read_frame, read_frame_body, write_frame, FrameError};
 pub use messages::{
     ConnectionHeader, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry,

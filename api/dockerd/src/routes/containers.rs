@@ -374,6 +374,8 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "NetworkMode": r.host_config.network_mode,
             "PortBindings": super::networks::port_bindings(&r),
             "PublishAllPorts": r.host_config.publish_all_ports,
+            "CapAdd": if r.host_config.cap_add.is_empty() { Value::Null } else { json!(r.host_config.cap_add) },
+            "CapDrop": if r.host_config.cap_drop.is_empty() { Value::Null } else { json!(r.host_config.cap_drop) },
             "Dns": r.host_config.dns,
             "DnsSearch": r.host_config.dns_search,
             "DnsOptions": r.host_config.dns_options,

@@ -942,6 +942,8 @@ fn process_spec(record: &Record) -> ProcessSpec {
     spec.stdin = record.config.open_stdin;
     spec.container = Some(vm::CONTAINER.to_string());
     spec.user = (!record.config.user.is_empty()).then(|| record.config.user.clone());
+    spec.capabilities =
+        spec::capabilities(&record.host_config.cap_add, &record.host_config.cap_drop);
     spec
 }
 

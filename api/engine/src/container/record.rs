@@ -108,6 +108,11 @@ pub struct HostConfig {
     pub dns_options: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_hosts: Vec<String>,
+    /// `--cap-add`, `--cap-drop`: `CAP_` names or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
     /// How its VM starts (the `io.berth.start` annotation); `None`: the daemon's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<crate::StartPath>,

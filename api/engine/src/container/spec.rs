@@ -168,6 +168,8 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "NetworkMode",
     "PortBindings",
     "PublishAllPorts",
+    "CapAdd",
+    "CapDrop",
     "Dns",
     "DnsOptions",
     "DnsSearch",
@@ -198,8 +200,8 @@ fn refusal(field: &str) -> &'static str {
             "legacy links are not supported: put the containers on a user-defined network, where they find each other by name"
         }
         "MacAddress" => "a container's MAC address is derived from its IP address",
-        "CapAdd" | "CapDrop" | "SecurityOpt" => {
-            "the container is isolated by its own VM; per-process capability and security options are not applied yet"
+        "SecurityOpt" => {
+            "the container is isolated by its own VM; per-process security options are not applied yet"
         }
         "Healthcheck" => "health checks come with a later version",
         _ => "the option is not implemented yet",
@@ -453,6 +455,62 @@ fn parse_port_bindings(v: Option<&Value>) -> Result<BTreeMap<String, Vec<PortBin
     Ok(out)
 }
 
+/// `--cap-add`/`--cap-drop`: capability names (`NET_ADMIN`, `CAP_NET_ADMIN`, any case) or
+/// `ALL`, upper-cased with the `CAP_` prefix; unknown ones refused as Docker refuses them.
+fn capability_list(v: Option<&Value>, field: &str) -> Result<Vec<String>> {
+    let names = string_list(v, field)?.unwrap_or_default();
+    names
+        .into_iter()
+        .map(|n| {
+            let upper = n.to_ascii_uppercase();
+            if upper == "ALL" {
+                return Ok(upper);
+            }
+            let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
+            if agent_protocol::caps::NAMES.contains(&bare) {
+                Ok(format!("CAP_{bare}"))
+            } else {
+                Err(EngineError::InvalidArgument(format!(
+                    "unknown capability: \"{n}\""
+                )))
+            }
+        })
+        .collect()
+}
+
+/// The capabilities of a container's processes: Docker's default set, less `--cap-drop`,
+/// plus `--cap-add` (`ALL` on either side as Docker reads it).
+pub fn capabilities(add: &[String], drop: &[String]) -> Option<Vec<String>> {
+    if add.is_empty() && drop.is_empty() {
+        return None;
+    }
+    let all = || {
+        agent_protocol::caps::NAMES
+            .iter()
+            .map(|n| format!("CAP_{n}"))
+            .collect::<Vec<_>>()
+    };
+    let mut caps: Vec<String> = if add.iter().any(|c| c == "ALL") {
+        all()
+    } else {
+        agent_protocol::caps::DOCKER_DEFAULT
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    };
+    if drop.iter().any(|c| c == "ALL") {
+        caps.clear();
+    } else {
+        caps.retain(|c| !drop.contains(c));
+    }
+    for c in add {
+        if c != "ALL" && !caps.contains(c) {
+            caps.push(c.clone());
+        }
+    }
+    Some(caps)
+}
+
 /// `--add-host name:address` (or `name=address`); `host-gateway` is the network's gateway.
 pub fn parse_extra_host(entry: &str) -> Result<(String, String)> {
     let (name, address) = entry
@@ -547,6 +605,8 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
             )));
         }
     }
+    let cap_add = capability_list(hc.get("CapAdd"), "CapAdd")?;
+    let cap_drop = capability_list(hc.get("CapDrop"), "CapDrop")?;
     let extra_hosts = string_list(hc.get("ExtraHosts"), "ExtraHosts")?.unwrap_or_default();
     for h in &extra_hosts {
         parse_extra_host(h)?;
@@ -638,6 +698,8 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         dns_search,
         dns_options,
         extra_hosts,
+        cap_add,
+        cap_drop,
         memory,
         nano_cpus,
         privileged,
@@ -776,9 +838,40 @@ mod tests {
         let r = parse(&cli_body()).unwrap();
         assert_eq!(r.image, "busybox");
         assert!(r.host_config.auto_remove);
-        assert_eq!(r.host_config.network_mode, "none");
+        assert_eq!(r.host_config.network_mode, "bridge");
         assert_eq!(r.config.cmd, Some(vec!["echo".into(), "hi".into()]));
         assert_eq!(r.host_config.console_size, [40, 120]);
+    }
+
+    #[test]
+    fn network_options_are_read() {
+        let mut body = cli_body();
+        body["HostConfig"]["NetworkMode"] = json!("appnet");
+        body["HostConfig"]["PortBindings"] =
+            json!({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}], "53/udp": []});
+        body["HostConfig"]["Dns"] = json!(["10.0.0.53"]);
+        body["HostConfig"]["ExtraHosts"] = json!(["db:10.0.0.9", "gw:host-gateway"]);
+        body["HostConfig"]["CapAdd"] = json!(["net_admin"]);
+        body["HostConfig"]["CapDrop"] = json!(["CAP_CHOWN"]);
+        body["NetworkingConfig"] = json!({"EndpointsConfig": {"appnet": {
+            "Aliases": ["web"], "IPAMConfig": {"IPv4Address": "10.1.0.5"}}}});
+        let r = parse(&body).unwrap();
+        assert_eq!(r.host_config.network_mode, "appnet");
+        let p = &r.host_config.port_bindings;
+        assert_eq!(p["80/tcp"][0].host_ip, "127.0.0.1");
+        assert_eq!(p["80/tcp"][0].host_port, "8080");
+        assert_eq!(p["53/udp"], vec![PortBindingSpec::default()]);
+        let e = r.endpoint.unwrap();
+        assert_eq!(e.aliases, vec!["web"]);
+        assert_eq!(e.ipv4_address.as_deref(), Some("10.1.0.5"));
+        let caps = capabilities(&r.host_config.cap_add, &r.host_config.cap_drop).unwrap();
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps.contains(&"CAP_CHOWN".to_string()));
+        assert!(caps.contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(capabilities(&["ALL".into()], &[]).unwrap().len(), 41);
+        assert!(capabilities(&[], &["ALL".into()]).unwrap().is_empty());
+        assert_eq!(capabilities(&[], &[]), None);
+        assert!(parse_extra_host("x:not-an-ip").is_err());
     }
 
     #[test]
@@ -786,11 +879,18 @@ mod tests {
         for (path, value, expect) in [
             (
                 "/HostConfig/PortBindings",
-                json!({"80/tcp": [{"HostPort": "8080"}]}),
-                "PortBindings",
+                json!({"80/tcp": [{"HostPort": "8000-8010"}]}),
+                "host port range",
             ),
+            (
+                "/HostConfig/PortBindings",
+                json!({"80/sctp": [{"HostPort": "8080"}]}),
+                "sctp ports",
+            ),
+            ("/HostConfig/NetworkMode", json!("container:abc"), "two VMs"),
+            ("/HostConfig/Links", json!(["a:b"]), "links"),
+            ("/HostConfig/CapAdd", json!(["NO_SUCH"]), "unknown capability"),
             ("/HostConfig/Binds", json!(["/a:/b"]), "volumes"),
-            ("/HostConfig/CapDrop", json!(["ALL"]), "CapDrop"),
             ("/HostConfig/CpuShares", json!(512), "CpuShares"),
             ("/HostConfig/NetworkMode", json!("host"), "network host"),
             (
@@ -798,7 +898,7 @@ mod tests {
                 json!({"Name": "always"}),
                 "--restart always",
             ),
-            ("/Domainname", json!("example.com"), "domainname"),
+            ("/Domainname", json!("bad domain"), "domainname"),
             // Maps whose values are empty are still set.
             ("/HostConfig/Tmpfs", json!({"/x": ""}), "Tmpfs"),
             ("/Volumes", json!({"/data": {}}), "Volumes"),
@@ -807,8 +907,13 @@ mod tests {
             ("/HostConfig/CgroupnsMode", json!("host"), "CgroupnsMode"),
             (
                 "/NetworkingConfig/EndpointsConfig",
-                json!({"default": {"IPAMConfig": {"IPv4Address": "10.0.0.2"}}}),
-                "endpoint settings",
+                json!({"default": {"Aliases": ["web"]}}),
+                "user defined networks",
+            ),
+            (
+                "/NetworkingConfig/EndpointsConfig",
+                json!({"a": {}, "b": {}}),
+                "one network device",
             ),
         ] {
             let mut body = cli_body();
