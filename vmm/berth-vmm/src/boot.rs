@@ -3,10 +3,17 @@
 //! `--fs TAG=DIR[:ro][,nosuid]` (repeatable) adds a virtio-fs device sharing DIR under TAG;
 //! `ro` refuses every change, `nosuid` keeps the guest from creating set-id files.
 //!
+//! `--net mac=MAC[,tap-fd=N]` adds a virtio-net device with address MAC (a unicast one) on
+//! the tap the VMM inherited as descriptor N (opened by the starter with
+//! IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; the VMM never opens one itself). Without `tap-fd` the
+//! card's link is down and what the guest sends is dropped: a template VM's card, whose
+//! clones are restored with a tap and a MAC of their own. Every frame the guest sends must
+//! come from MAC.
+//!
 //! `--control PATH` listens there for the control protocol (`vmm_launcher::control`: pause,
 //! resume, snapshot, shutdown). `berth-vmm restore --state S --memory M` builds the VM from a
 //! snapshot instead of booting a kernel, and goes on where it was paused; it takes the
-//! boot's device options (`--vsock-uds`, `--fs`, `--no-rng`, `--no-balloon`) for the restored VM's own host
+//! boot's device options (`--vsock-uds`, `--net`, `--fs`, `--no-rng`, `--no-balloon`) for the restored VM's own host
 //! side of the snapshot's devices, which must be the same devices.
 //!
 //! Exit codes (`vmm_launcher::VmmExit`, which supervisors read them back with): 0 the guest
@@ -20,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use vmm::config::FsShareConfig;
+use vmm::config::{FsShareConfig, NetConfig};
 use vmm::{ConsoleOutput, ExitReason, VmConfig, Vmm, VsockConfig};
 use vmm_launcher::VmmExit;
 
@@ -38,6 +45,7 @@ const SPEC: Spec = Spec {
         "--console",
         "--vsock-uds",
         "--vsock-cid",
+        "--net",
         "--fs",
         "--control",
     ],
@@ -55,6 +63,7 @@ const RESTORE_SPEC: Spec = Spec {
         "--mem",
         "--console",
         "--vsock-uds",
+        "--net",
         "--fs",
         "--control",
     ],
@@ -65,12 +74,70 @@ const RESTORE_SPEC: Spec = Spec {
 pub const DEFAULT_CID: u64 = 3;
 
 /// The devices the options ask for: the vsock (its CID from `--vsock-cid` where the spec
-/// has it), virtio-rng unless `--no-rng`, virtio-balloon unless `--no-balloon`, the shares.
+/// has it), virtio-rng unless `--no-rng`, virtio-balloon unless `--no-balloon`, the net
+/// device, the shares.
 struct Devices {
     vsock: Option<VsockConfig>,
     rng: bool,
     balloon: bool,
+    net: Option<NetConfig>,
     shares: Vec<FsShareConfig>,
+}
+
+/// The value of `--net`: `mac=MAC[,tap-fd=N]`, the MAC a unicast one; the descriptor
+/// (if any) taken over from the parent.
+fn net(spec: &str) -> Result<NetConfig, String> {
+    let mut mac = None;
+    let mut tap_fd = None;
+    for word in spec.split(',') {
+        match word.split_once('=') {
+            Some(("mac", value)) if mac.is_none() => {
+                let parsed = vmm_launcher::parse_mac(value).map_err(|e| format!("--net: {e}"))?;
+                vmm_launcher::check_unicast(&parsed).map_err(|e| format!("--net: {e}"))?;
+                mac = Some(parsed);
+            }
+            Some(("tap-fd", value)) if tap_fd.is_none() => {
+                let fd: std::os::fd::RawFd = value
+                    .parse()
+                    .map_err(|_| format!("--net: tap-fd={value} is not a descriptor number"))?;
+                tap_fd = Some(fd);
+            }
+            _ => {
+                return Err(format!(
+                    "--net {spec:?}: expected mac=MAC[,tap-fd=N], each once"
+                ))
+            }
+        }
+    }
+    let mac = mac.ok_or_else(|| format!("--net {spec:?}: mac=MAC is required"))?;
+    let tap = tap_fd.map(inherited_fd).transpose()?;
+    Ok(NetConfig { mac, tap })
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the parent, after checking it is
+/// open; marks it close-on-exec so that nothing the VMM starts inherits it in turn.
+fn inherited_fd(fd: std::os::fd::RawFd) -> Result<std::os::fd::OwnedFd, String> {
+    use std::os::fd::FromRawFd;
+    if fd <= 2 {
+        return Err(format!(
+            "--net: tap-fd={fd} is one of the standard streams, not a tap"
+        ));
+    }
+    // SAFETY: F_GETFD reads a descriptor's flags; it has no memory effects and fails with
+    // EBADF when the number is not an open descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return Err(format!(
+            "--net: tap-fd={fd} is not an open descriptor (was it inherited, its close-on-exec flag cleared?)"
+        ));
+    }
+    // SAFETY: as above; setting FD_CLOEXEC changes only what a later exec inherits.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open (checked above) and nothing in this process owns it:
+    // the options are parsed before the process opens any file of its own (the logger
+    // opens none), so every descriptor above 2 open now was inherited, and `--net` is
+    // parsed once and takes one tap-fd.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 fn devices(args: &Args) -> Result<Devices, String> {
@@ -89,10 +156,14 @@ fn devices(args: &Args) -> Result<Devices, String> {
         }
         shares.push(share);
     }
+    if args.values("--net").len() > 1 {
+        return Err("--net: one network card at most".to_string());
+    }
     Ok(Devices {
         vsock,
         rng: !args.flag("--no-rng"),
         balloon: !args.flag("--no-balloon"),
+        net: args.value("--net").map(net).transpose()?,
         shares,
     })
 }
@@ -120,6 +191,7 @@ fn config(args: &Args) -> Result<VmConfig, String> {
         vsock: devices.vsock,
         rng: devices.rng,
         balloon: devices.balloon,
+        net: devices.net,
         shares: devices.shares,
     })
 }
@@ -137,6 +209,7 @@ fn restore_config(args: &Args) -> Result<VmConfig, String> {
         vsock: devices.vsock,
         rng: devices.rng,
         balloon: devices.balloon,
+        net: devices.net,
         shares: devices.shares,
     })
 }
@@ -359,5 +432,42 @@ fn report(reason: &ExitReason, args: &Args) -> VmmExit {
             VmmExit::KvmFatal
         }
         ExitReason::HostSignal(sig) => VmmExit::Signal(*sig),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_options_parse_and_bad_ones_are_refused_clearly() {
+        let c = net("mac=02:42:ac:11:00:02").unwrap();
+        assert_eq!(c.mac, [0x02, 0x42, 0xac, 0x11, 0x00, 0x02]);
+        assert!(c.tap.is_none());
+        // An open descriptor is taken over (and made close-on-exec).
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(std::fs::File::open("/dev/null").unwrap());
+        let c = net(&format!("mac=02:00:00:00:00:01,tap-fd={fd}")).unwrap();
+        assert_eq!(
+            c.tap.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
+            Some(fd)
+        );
+        for (spec, says) in [
+            ("", "expected mac=MAC"),
+            ("tap-fd=5", "mac=MAC is required"),
+            ("mac=02:42:ac:11:00", "is not a MAC address"),
+            ("mac=01:00:5e:00:00:01", "multicast"),
+            ("mac=00:00:00:00:00:00", "null address"),
+            ("mac=02:00:00:00:00:01,mac=02:00:00:00:00:02", "each once"),
+            ("mac=02:00:00:00:00:01,fd=3", "expected"),
+            ("mac=02:00:00:00:00:01,tap-fd=x", "not a descriptor number"),
+            ("mac=02:00:00:00:00:01,tap-fd=1", "standard streams"),
+            (
+                "mac=02:00:00:00:00:01,tap-fd=987654",
+                "not an open descriptor",
+            ),
+        ] {
+            let err = net(spec).map(drop).unwrap_err();
+            assert!(err.contains(says), "{spec}: {err}");
+        }
     }
 }

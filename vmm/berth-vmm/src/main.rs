@@ -2,7 +2,8 @@
 //!
 //! - `berth-vmm check`: can this host's KVM run a Linux guest? (exit 0, or 1 with the reason)
 //! - `berth-vmm boot ...`: the VMM itself: boots a kernel with the given devices and runs
-//!   until the guest shuts down.
+//!   until the guest shuts down. Its network card (`--net mac=MAC[,tap-fd=N]`) works on a
+//!   tap descriptor it inherits; it never opens one.
 //! - `berth-vmm restore --state S --memory M ...`: the VMM, built from a snapshot (taken over
 //!   `--control`), going on where the snapshotted VM paused.
 //! - `berth-vmm run ... -- CMD ARGS...`: boots a VM in a child `berth-vmm boot` process and
@@ -22,10 +23,10 @@ const USAGE: &str = "usage:
   berth-vmm check
   berth-vmm boot --kernel PATH [--initrd PATH] [--cpus N] [--mem MIB] [--cmdline ARGS]
                  [--console PATH|-] [--vsock-uds PATH] [--vsock-cid CID] [--no-rng] [--no-balloon]
-                 [--fs TAG=DIR[:ro][,nosuid]]... [--control PATH]
+                 [--net mac=MAC[,tap-fd=N]] [--fs TAG=DIR[:ro][,nosuid]]... [--control PATH]
   berth-vmm restore --state PATH --memory PATH [--cpus N] [--mem MIB] [--console PATH|-]
-                 [--vsock-uds PATH] [--no-rng] [--no-balloon] [--fs TAG=DIR[:ro][,nosuid]]...
-                 [--control PATH]
+                 [--vsock-uds PATH] [--no-rng] [--no-balloon] [--net mac=MAC[,tap-fd=N]]
+                 [--fs TAG=DIR[:ro][,nosuid]]... [--control PATH]
   berth-vmm run [--cpus N] [--mem MIB] [--kernel PATH] [--initrd PATH] [-t|--tty]
                 [--env K=V]... [--workdir DIR] [--user UID[:GID]] [--console PATH]
                 [--boot-timeout SECS] [--boot-retries N] [--watchdog SECS]

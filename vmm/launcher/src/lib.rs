@@ -11,6 +11,7 @@
 
 pub mod control;
 mod exit;
+mod net;
 mod spec;
 pub mod template;
 
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 use agent_client::{ClientError, ReadyListener};
 
 pub use exit::VmmExit;
-pub use spec::{BootSpec, Console, RestoreSpec, Share};
+pub use net::{check_unicast, format_mac, inherit_fd, parse_mac, random_mac, MacError};
+pub use spec::{BootSpec, Console, NetSpec, RestoreSpec, Share};
 
 /// Why a VM's agent did not come up. The VMM is gone in every case (killed if need be).
 #[derive(Debug, thiserror::Error)]

@@ -2,8 +2,11 @@
 //! lists.
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::net::format_mac;
 
 /// A host directory shared with the guest over virtio-fs (`--fs TAG=DIR[:ro][,nosuid]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -12,6 +15,28 @@ pub struct Share {
     pub dir: PathBuf,
     pub read_only: bool,
     pub nosuid: bool,
+}
+
+/// The VM's network card (`--net mac=MAC[,tap-fd=N]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The card's address, which the VMM also enforces as the source of every frame the
+    /// guest sends.
+    pub mac: [u8; 6],
+    /// A tap the VMM inherits under this number (opened with
+    /// IFF_TAP|IFF_NO_PI|IFF_VNET_HDR; `crate::inherit_fd` lets the command inherit it).
+    /// None: a card whose link is down and whose frames go nowhere (a template VM's).
+    pub tap_fd: Option<RawFd>,
+}
+
+impl NetSpec {
+    /// The value of `--net`.
+    pub fn arg(&self) -> String {
+        match self.tap_fd {
+            Some(fd) => format!("mac={},tap-fd={fd}", format_mac(&self.mac)),
+            None => format!("mac={}", format_mac(&self.mac)),
+        }
+    }
 }
 
 /// Where the guest's serial console goes.
@@ -33,6 +58,8 @@ pub struct BootSpec {
     pub console: Console,
     /// The VM's hybrid-vsock socket; its agent calls back on `<socket>_1025`.
     pub vsock_uds: Option<PathBuf>,
+    /// A network card, if any.
+    pub net: Option<NetSpec>,
     pub shares: Vec<Share>,
     /// Kernel arguments after berth's own.
     pub cmdline: Option<String>,
@@ -50,6 +77,7 @@ impl BootSpec {
             mem_mib,
             console: Console::Stdout,
             vsock_uds: None,
+            net: None,
             shares: Vec::new(),
             cmdline: None,
             control: None,
@@ -70,6 +98,7 @@ impl BootSpec {
             self.mem_mib,
             &self.console,
             self.vsock_uds.as_deref(),
+            self.net.as_ref(),
             &self.shares,
         );
         if let Some(cmdline) = self.cmdline.as_ref().filter(|c| !c.trim().is_empty()) {
@@ -80,12 +109,20 @@ impl BootSpec {
         args
     }
 
-    /// `vmm boot ...`: the command, its stdio left to the caller.
+    /// `vmm boot ...`: the command, its stdio left to the caller, the tap (if any)
+    /// inherited.
     pub fn command(&self, vmm: &Path) -> Command {
-        let mut cmd = Command::new(vmm);
-        cmd.args(self.args());
-        cmd
+        command(vmm, self.args(), self.net.as_ref())
     }
+}
+
+fn command(vmm: &Path, args: Vec<OsString>, net: Option<&NetSpec>) -> Command {
+    let mut cmd = Command::new(vmm);
+    cmd.args(args);
+    if let Some(fd) = net.and_then(|n| n.tap_fd) {
+        crate::inherit_fd(&mut cmd, fd);
+    }
+    cmd
 }
 
 /// The options boot and restore share: the VM's size, console and devices.
@@ -95,6 +132,7 @@ fn vm_args(
     mem_mib: u64,
     console: &Console,
     vsock_uds: Option<&Path>,
+    net: Option<&NetSpec>,
     shares: &[Share],
 ) {
     args.push("--cpus".into());
@@ -106,7 +144,7 @@ fn vm_args(
         Console::Stdout => "-".into(),
         Console::File(path) => path.clone().into(),
     });
-    device_args(args, vsock_uds, shares);
+    device_args(args, vsock_uds, net, shares);
 }
 
 fn control_args(args: &mut Vec<OsString>, control: Option<&Path>) {
@@ -117,10 +155,19 @@ fn control_args(args: &mut Vec<OsString>, control: Option<&Path>) {
 }
 
 /// The device options boot and restore share.
-fn device_args(args: &mut Vec<OsString>, vsock_uds: Option<&Path>, shares: &[Share]) {
+fn device_args(
+    args: &mut Vec<OsString>,
+    vsock_uds: Option<&Path>,
+    net: Option<&NetSpec>,
+    shares: &[Share],
+) {
     if let Some(uds) = vsock_uds {
         args.push("--vsock-uds".into());
         args.push(uds.into());
+    }
+    if let Some(net) = net {
+        args.push("--net".into());
+        args.push(net.arg().into());
     }
     for share in shares {
         let mut spec = OsString::from(format!("{}=", share.tag));
@@ -150,6 +197,9 @@ pub struct RestoreSpec {
     pub mem_mib: u64,
     pub console: Console,
     pub vsock_uds: Option<PathBuf>,
+    /// The clone's own card: the snapshot's must have one too (and the reverse), but its
+    /// MAC and tap are this VM's.
+    pub net: Option<NetSpec>,
     pub shares: Vec<Share>,
     pub control: Option<PathBuf>,
 }
@@ -164,6 +214,7 @@ impl RestoreSpec {
             mem_mib: boot.mem_mib,
             console: boot.console.clone(),
             vsock_uds: boot.vsock_uds.clone(),
+            net: boot.net.clone(),
             shares: boot.shares.clone(),
             control: boot.control.clone(),
         }
@@ -181,17 +232,17 @@ impl RestoreSpec {
             self.mem_mib,
             &self.console,
             self.vsock_uds.as_deref(),
+            self.net.as_ref(),
             &self.shares,
         );
         control_args(&mut args, self.control.as_deref());
         args
     }
 
-    /// `vmm restore ...`: the command, its stdio left to the caller.
+    /// `vmm restore ...`: the command, its stdio left to the caller, the tap (if any)
+    /// inherited.
     pub fn command(&self, vmm: &Path) -> Command {
-        let mut cmd = Command::new(vmm);
-        cmd.args(self.args());
-        cmd
+        command(vmm, self.args(), self.net.as_ref())
     }
 }
 
@@ -205,6 +256,10 @@ mod tests {
         spec.initrd = Some("/k/initramfs.cpio".into());
         spec.console = Console::File("/run/c/console.log".into());
         spec.vsock_uds = Some("/run/c/vsock.sock".into());
+        spec.net = Some(NetSpec {
+            mac: [0x02, 0x42, 0xac, 0x11, 0x00, 0x02],
+            tap_fd: Some(7),
+        });
         spec.shares = vec![
             Share {
                 tag: "rootfs".into(),
@@ -247,6 +302,8 @@ mod tests {
                 "/run/c/console.log",
                 "--vsock-uds",
                 "/run/c/vsock.sock",
+                "--net",
+                "mac=02:42:ac:11:00:02,tap-fd=7",
                 "--fs",
                 "rootfs=/var/lib/berth/c/rootfs",
                 "--fs",
@@ -264,7 +321,21 @@ mod tests {
         let mut boot = BootSpec::new("/k/vmlinux", 2, 512);
         boot.vsock_uds = Some("/t/vsock.sock".into());
         boot.control = Some("/t/control.sock".into());
+        // A template's card has no tap; the clone's has its own, and its own MAC.
+        boot.net = Some(NetSpec {
+            mac: [0x02, 0, 0, 0, 0, 1],
+            tap_fd: None,
+        });
         let mut restore = RestoreSpec::of(&boot, "/t/vm.state".into(), "/t/vm.mem".into());
+        assert_eq!(restore.net, boot.net);
+        assert!(boot
+            .args()
+            .windows(2)
+            .any(|w| w == ["--net", "mac=02:00:00:00:00:01"]));
+        restore.net = Some(NetSpec {
+            mac: [0x02, 0, 0, 0, 0, 2],
+            tap_fd: Some(9),
+        });
         restore.vsock_uds = Some("/c/vsock.sock".into());
         restore.control = None;
         restore.shares = vec![Share {
@@ -294,6 +365,8 @@ mod tests {
                 "-",
                 "--vsock-uds",
                 "/c/vsock.sock",
+                "--net",
+                "mac=02:00:00:00:00:02,tap-fd=9",
                 "--fs",
                 "rootfs=/c/rootfs:nosuid",
             ]

@@ -21,6 +21,16 @@ pub struct VsockConfig {
     pub uds_path: PathBuf,
 }
 
+/// The VM's network card.
+#[derive(Debug)]
+pub struct NetConfig {
+    /// The MAC address the device shows and enforces on every frame the guest sends.
+    pub mac: [u8; 6],
+    /// A tap opened by the VMM's starter (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR), or none: the
+    /// card's link is down and what the guest sends is dropped (a template VM's card).
+    pub tap: Option<std::os::fd::OwnedFd>,
+}
+
 /// A host directory shared with the guest over virtio-fs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsShareConfig {
@@ -98,6 +108,8 @@ pub struct VmConfig {
     /// Whether the guest gets a virtio-balloon device (free page reporting: the host pages
     /// of memory the guest frees go back to the host).
     pub balloon: bool,
+    /// A virtio-net device, if any.
+    pub net: Option<NetConfig>,
     /// Host directories shared over virtio-fs, one device each.
     pub shares: Vec<FsShareConfig>,
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use devices::virtio::balloon::{Balloon, BalloonState};
 use devices::virtio::fs::{Fs, FsState};
 use devices::virtio::mmio::{MmioTransport, MmioTransportState};
+use devices::virtio::net::{Net, NetState};
 use devices::virtio::rng::{Rng, RngState};
 use devices::virtio::vsock::{Vsock, VsockState};
 use devices::virtio::VirtioDevice;
@@ -27,6 +28,7 @@ pub enum VirtioKind {
     Rng,
     Vsock,
     Balloon,
+    Net,
     Fs { tag: String },
 }
 
@@ -36,6 +38,7 @@ impl std::fmt::Display for VirtioKind {
             VirtioKind::Rng => write!(f, "virtio-rng"),
             VirtioKind::Vsock => write!(f, "virtio-vsock"),
             VirtioKind::Balloon => write!(f, "virtio-balloon"),
+            VirtioKind::Net => write!(f, "virtio-net"),
             VirtioKind::Fs { tag } => write!(f, "the virtio-fs share tagged {tag:?}"),
         }
     }
@@ -67,6 +70,7 @@ pub enum VirtioDeviceState {
     Rng(MmioTransportState<RngState>),
     Vsock(MmioTransportState<VsockState>),
     Balloon(MmioTransportState<BalloonState>),
+    Net(MmioTransportState<NetState>),
     Fs(MmioTransportState<FsState>),
 }
 
@@ -110,6 +114,15 @@ impl Snapshotted for Balloon {
     }
     fn wrap(state: MmioTransportState<BalloonState>) -> VirtioDeviceState {
         VirtioDeviceState::Balloon(state)
+    }
+}
+
+impl Snapshotted for Net {
+    fn kind(&self) -> VirtioKind {
+        VirtioKind::Net
+    }
+    fn wrap(state: MmioTransportState<NetState>) -> VirtioDeviceState {
+        VirtioDeviceState::Net(state)
     }
 }
 

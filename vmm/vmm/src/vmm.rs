@@ -2,7 +2,7 @@
 //!
 //! The boot steps, in order: open KVM and create the VM; map guest memory and hand it to
 //! KVM; create the in-kernel interrupt controllers and PIT; attach devices (serial, i8042,
-//! virtio-rng, virtio-vsock, virtio-balloon, one virtio-fs per share); load the kernel and write the boot
+//! virtio-rng, virtio-vsock, virtio-balloon, virtio-net, one virtio-fs per share); load the kernel and write the boot
 //! data; create the vCPUs with their CPUID, MSRs, FPU and LAPIC state, the first at the PVH
 //! entry. Then [`Vmm::run`] starts one thread per vCPU and runs the event loop on the calling
 //! thread until the guest shuts down, a vCPU hits a fatal exit, or the host sends a
@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::{cpuid, layout, regs, MAX_VCPUS};
 use crate::boot::{self, BootError};
-use crate::config::{ConsoleOutput, VmConfig, BASE_CMDLINE};
+use crate::config::{ConsoleOutput, NetConfig, VmConfig, BASE_CMDLINE};
 use crate::device_manager::{DeviceError, DeviceManager, Subscriber};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{self, MemoryError};
@@ -33,6 +33,8 @@ use crate::virtio_snapshot::{VirtioDeviceState, VirtioDevices, VirtioKind, Virti
 use devices::legacy::serial::{ConsoleLimit, ConsoleSink, SerialDevice};
 use devices::virtio::balloon::Balloon;
 use devices::virtio::fs::{Fs, FsConfig, FsError, ShareOptions};
+use devices::virtio::net::backend::{Backend, BackendError, Tap};
+use devices::virtio::net::{Net, NetError};
 use devices::virtio::rng::Rng;
 use devices::virtio::vsock::{Vsock, VsockError};
 use devices::GuestMemoryMmap;
@@ -60,6 +62,10 @@ pub enum VmmError {
     Vsock(#[from] VsockError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    NetBackend(#[from] BackendError),
     #[error(transparent)]
     Regs(#[from] regs::RegsError),
     #[error("cannot open the console log {path}: {source}")]
@@ -156,7 +162,7 @@ fn base(mem: &GuestMemoryMmap, kvm: Kvm, vm: VmFd) -> Result<Base, VmmError> {
 
 impl Vmm {
     /// Builds the VM described by `config` (see the module documentation for the steps).
-    pub fn new(config: VmConfig) -> Result<Self, VmmError> {
+    pub fn new(mut config: VmConfig) -> Result<Self, VmmError> {
         if config.vcpus == 0 || config.vcpus > MAX_VCPUS {
             return Err(VmmError::VcpuCount(config.vcpus));
         }
@@ -184,6 +190,12 @@ impl Vmm {
                 source,
             })?;
             b.devices.add_virtio(&b.vm, &mem, balloon)?;
+        }
+        // After the balloon and before the shares: the devices before it keep the windows
+        // and IRQs they had before there was a net device.
+        if let Some(net) = config.net.take() {
+            b.devices
+                .add_virtio(&b.vm, &mem, Net::new(net_device(net)?)?)?;
         }
         for share in &config.shares {
             let fs = Fs::new(&FsConfig {
@@ -232,7 +244,7 @@ impl Vmm {
     /// devices are the snapshot's. Nothing of a kernel is loaded: the guest goes on where it
     /// was paused. The vsock device tells the guest its transport was reset, so no
     /// connection of the snapshotted VM survives.
-    pub fn restore(config: VmConfig, state: &Path, memory: &Path) -> Result<Self, VmmError> {
+    pub fn restore(mut config: VmConfig, state: &Path, memory: &Path) -> Result<Self, VmmError> {
         let snap = crate::snapshot::read_state(state)?;
         if snap.vcpus.len() != usize::from(config.vcpus) {
             return Err(VmSnapshotError::VcpuCount {
@@ -249,6 +261,7 @@ impl Vmm {
             .into());
         }
         check_layout(&snap.virtio, &config)?;
+        let mut net = config.net.take().map(net_device).transpose()?;
         let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
         let vm = kvm.create_vm().map_err(kvm_err("creating a VM"))?;
         let mem = crate::snapshot::map_memory_file(memory, &memory::ram_ranges(config.mem_mib))?;
@@ -258,7 +271,7 @@ impl Vmm {
         let serial = b.devices.restore_serial(&b.vm, sink, &snap.serial)?;
         crate::persist::restore_vm(&b.vm, &snap.vm).map_err(VmSnapshotError::from)?;
         for device in &snap.virtio {
-            restore_virtio(&mut b, &mem, device, &config)?;
+            restore_virtio(&mut b, &mem, device, &config, &mut net)?;
         }
         let mut vcpus = Vec::with_capacity(snap.vcpus.len());
         for (index, state) in snap.vcpus.iter().enumerate() {
@@ -428,6 +441,9 @@ fn configured_devices(config: &VmConfig) -> Vec<VirtioKind> {
     if config.balloon {
         kinds.push(VirtioKind::Balloon);
     }
+    if config.net.is_some() {
+        kinds.push(VirtioKind::Net);
+    }
     kinds.extend(
         config
             .shares
@@ -462,12 +478,26 @@ fn check_layout(devices: &[VirtioSnapshot], config: &VmConfig) -> Result<(), VmS
     Ok(())
 }
 
-/// Restores one virtio device of a snapshot with its host side from `config`.
+/// The net device's configuration: the tap checked and made non-blocking.
+fn net_device(config: NetConfig) -> Result<devices::virtio::net::NetConfig, VmmError> {
+    let backend = match config.tap {
+        Some(fd) => Some(Box::new(Tap::new(fd)?) as Box<dyn Backend>),
+        None => None,
+    };
+    Ok(devices::virtio::net::NetConfig {
+        mac: config.mac,
+        backend,
+    })
+}
+
+/// Restores one virtio device of a snapshot with its host side from `config` (the net
+/// device's, its tap already taken from `config`, from `net`).
 fn restore_virtio(
     b: &mut Base,
     mem: &GuestMemoryMmap,
     device: &VirtioSnapshot,
     config: &VmConfig,
+    net: &mut Option<devices::virtio::net::NetConfig>,
 ) -> Result<(), VmmError> {
     let slot = &device.slot;
     let mismatch = || {
@@ -484,6 +514,12 @@ fn restore_virtio(
             .devices
             .restore_virtio::<Balloon>(&b.vm, mem, slot, state, ())
             .map(drop),
+        (VirtioKind::Net, VirtioDeviceState::Net(state)) => {
+            let net = net.take().ok_or_else(mismatch)?;
+            b.devices
+                .restore_virtio::<Net>(&b.vm, mem, slot, state, net)
+                .map(drop)
+        }
         (VirtioKind::Vsock, VirtioDeviceState::Vsock(state)) => {
             let uds = config.vsock.as_ref().ok_or_else(mismatch)?.uds_path.clone();
             b.devices
@@ -705,6 +741,7 @@ mod tests {
             vsock: None,
             rng,
             balloon: false,
+            net: None,
             shares: tags
                 .iter()
                 .map(|t| FsShareConfig {
@@ -747,5 +784,53 @@ mod tests {
         assert!(refused(config(true, &["root", "data"]))
             .contains("this VM is given the virtio-fs share tagged \"data\""));
         assert!(refused(config(false, &["root"])).contains("virtio-rng"));
+    }
+
+    #[test]
+    fn the_net_device_comes_after_the_balloon_and_before_the_shares() {
+        let mut c = config(true, &["root"]);
+        c.balloon = true;
+        c.net = Some(NetConfig {
+            mac: [2, 0, 0, 0, 0, 1],
+            tap: None,
+        });
+        assert_eq!(
+            configured_devices(&c),
+            [
+                VirtioKind::Rng,
+                VirtioKind::Balloon,
+                VirtioKind::Net,
+                VirtioKind::Fs { tag: "root".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_snapshot_with_or_without_a_net_device_is_refused_by_name_otherwise() {
+        let with_net = || {
+            let mut c = config(true, &[]);
+            c.net = Some(NetConfig {
+                mac: [2, 0, 0, 0, 0, 1],
+                tap: None,
+            });
+            c
+        };
+        let snap = snapshot_of(configured_devices(&with_net()));
+        assert!(check_layout(&snap, &with_net()).is_ok());
+        let err = check_layout(&snap, &config(true, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "the snapshot has virtio-net at 0xd0001000 on IRQ 6, which this VM is not given"
+            ),
+            "{err}"
+        );
+        let plain = snapshot_of(configured_devices(&config(true, &[])));
+        let err = check_layout(&plain, &with_net()).unwrap_err().to_string();
+        assert!(
+            err.contains("this VM is given virtio-net, which the snapshot does not have"),
+            "{err}"
+        );
     }
 }

@@ -37,6 +37,7 @@ fn config(kernel: &Path, console: &Path, vcpus: u8) -> VmConfig {
         vsock: None,
         rng: false,
         balloon: false,
+        net: None,
         shares: Vec::new(),
     }
 }

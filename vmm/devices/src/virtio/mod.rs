@@ -8,6 +8,7 @@
 pub mod balloon;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 
