@@ -21,7 +21,7 @@ export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone bench-net clean
 
 # Each stage says when it ended, in seconds since make started: CI's wall time split.
 T0 := $(shell date +%s)
@@ -199,6 +199,24 @@ bench-clone: build test-deps
 			--counts $(BENCH_DENSITY) --csv $(CURDIR)/bench/results/density.csv; \
 	fi
 	bench/plot-density bench/results/density.csv bench/results/density.png
+
+# Networking: redis-benchmark (GET, SET) and iperf3 from the host through a port published
+# on 127.0.0.1, berth beside Docker + runc (its docker-proxy, in a network namespace of the
+# benchmark's own), interleaved: directly where Linux guests run, else both inside one
+# emulated host.
+BENCH_NET_RUNS ?= 5
+BENCH_NET_REQUESTS ?= 100000
+BENCH_NET_SECONDS ?= 5
+.PHONY: bench-net
+bench-net: build
+	tests/deps/ensure bench
+	@args="--runs $(BENCH_NET_RUNS) --requests $(BENCH_NET_REQUESTS) --seconds $(BENCH_NET_SECONDS)"; \
+	if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$(RELEASE)/bench-net $$args; \
+	else \
+		echo "bench-net: berthd and dockerd run inside the emulated virtualization host"; \
+		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-net $$args; \
+	fi
 
 clean:
 	$(CARGO) clean

@@ -465,6 +465,12 @@ pub struct Daemon {
 
 impl Daemon {
     fn new(name: &'static str, program: PathBuf, extra: &[&str]) -> Daemon {
+        Daemon::wrapped(name, &[], program, extra)
+    }
+
+    /// A daemon started through `wrapper` (`ip netns exec NS`, say): `wrapper[0]` runs with
+    /// the rest of `wrapper`, then `program` and its arguments.
+    fn wrapped(name: &'static str, wrapper: &[&str], program: PathBuf, extra: &[&str]) -> Daemon {
         let dir = daemon_base_dir().join(format!(
             "berth-test-{name}-{}-{:08x}",
             std::process::id(),
@@ -481,6 +487,15 @@ impl Daemon {
             dir.join("exec").display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
+        let (program, args) = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut all: Vec<String> = rest.iter().map(|s| s.to_string()).collect();
+                all.push(program.display().to_string());
+                all.extend(args);
+                (PathBuf::from(first), all)
+            }
+            None => (program, args),
+        };
         Daemon {
             name,
             program,
@@ -805,6 +820,28 @@ impl Dockerd {
             "dockerd",
             PathBuf::from("dockerd"),
             &["--iptables=false", "--bridge=none", "--ip-masq=false"],
+        );
+        let pidfile = d.dir.join("dockerd.pid").display().to_string();
+        d.args.extend(["--pidfile".to_string(), pidfile]);
+        d.start();
+        Dockerd(d)
+    }
+}
+
+impl Dockerd {
+    /// Starts a fresh dockerd inside network namespace `netns` (`ip netns add`), with its
+    /// default bridge and userland proxy (no iptables): published ports on the namespace's
+    /// own loopback, the host's interfaces untouched.
+    pub fn start_in_netns(netns: &str) -> Dockerd {
+        let mut d = Daemon::wrapped(
+            "dockerd",
+            &["ip", "netns", "exec", netns],
+            PathBuf::from("dockerd"),
+            &[
+                "--iptables=false",
+                "--ip-masq=false",
+                "--userland-proxy=true",
+            ],
         );
         let pidfile = d.dir.join("dockerd.pid").display().to_string();
         d.args.extend(["--pidfile".to_string(), pidfile]);

@@ -931,7 +931,8 @@ fn netprobe_image(d: &Daemon) -> &'static str {
     "netprobe:test"
 }
 
-const HTTPD: &str = "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
+const HTTPD: &str =
+    "mkdir -p /www && echo served-by-$(hostname) > /www/index.html && exec httpd -f -p 80 -h /www";
 
 #[test]
 fn published_ports_reach_servers_in_the_guest() {
@@ -1003,7 +1004,8 @@ fn published_ports_reach_servers_in_the_guest() {
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr.contains("port is already allocated"), "{out:?}");
     assert_eq!(
-        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &name]).trim(),
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &name])
+            .trim(),
         "created"
     );
     drop(holder);
@@ -1036,9 +1038,7 @@ fn published_ports_reach_servers_in_the_guest() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut buf = [0u8; 64];
     let echoed = loop {
-        client
-            .send_to(b"over udp", ("127.0.0.1", uport))
-            .unwrap();
+        client.send_to(b"over udp", ("127.0.0.1", uport)).unwrap();
         if let Ok(n) = client.recv(&mut buf) {
             break String::from_utf8_lossy(&buf[..n]).into_owned();
         }
@@ -1072,14 +1072,23 @@ fn user_networks_resolve_names_and_stay_apart() {
         &back,
     ]);
     // Docker's errors.
-    let out = d.docker(&["network", "create", "--subnet", "10.231.0.0/16", &unique("clash")]);
+    let out = d.docker(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.231.0.0/16",
+        &unique("clash"),
+    ]);
     assert_ne!(out.code(), 0, "{out:?}");
     assert!(out.stderr.contains("Pool overlaps"), "{out:?}");
     let out = d.docker(&["network", "create", &front]);
     assert!(out.stderr.contains("already exists"), "{out:?}");
     let out = d.docker(&["run", "--rm", "--network", "no-such-net", "busybox", "true"]);
     assert_eq!(out.code(), 125, "{out:?}");
-    assert!(out.stderr.contains("network no-such-net not found"), "{out:?}");
+    assert!(
+        out.stderr.contains("network no-such-net not found"),
+        "{out:?}"
+    );
     let out = d.docker(&["run", "--rm", "--network", "container:x", "busybox", "true"]);
     assert!(out.stderr.contains("two VMs cannot share"), "{out:?}");
     let gateway = d.docker_ok(&[
@@ -1096,7 +1105,15 @@ fn user_networks_resolve_names_and_stay_apart() {
     let web = unique("web");
     let out = run_sh(
         d,
-        &["-d", "--name", &web, "--network", &front, "--network-alias", "www"],
+        &[
+            "-d",
+            "--name",
+            &web,
+            "--network",
+            &front,
+            "--network-alias",
+            "www",
+        ],
         HTTPD,
     );
     assert!(out.status.success(), "{out:?}");
@@ -1127,7 +1144,10 @@ fn user_networks_resolve_names_and_stay_apart() {
     );
     assert_eq!(out.code(), 0, "{out:?}");
     assert_eq!(out.stdout.matches("served-by-").count(), 2, "{out:?}");
-    assert!(out.stdout.contains(&format!("nameserver {gateway}\n")), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("nameserver {gateway}\n")),
+        "{out:?}"
+    );
     assert!(out.stdout.contains("search corp.test"), "{out:?}");
     assert!(out.stdout.contains("10.1.2.3\tdb.internal"), "{out:?}");
     assert!(out.stdout.contains("client.example.test"), "{out:?}");
@@ -1150,7 +1170,15 @@ fn user_networks_resolve_names_and_stay_apart() {
     );
     let out = run_sh(
         d,
-        &["--rm", "--network", &back, "--ip", "10.231.0.50", "--dns", "127.0.0.1"],
+        &[
+            "--rm",
+            "--network",
+            &back,
+            "--ip",
+            "10.231.0.50",
+            "--dns",
+            "127.0.0.1",
+        ],
         &script,
     );
     assert_eq!(out.stdout, "10.231.0.50\nOWN-GATEWAY\n", "{out:?}");
@@ -1209,7 +1237,16 @@ fn network_none_has_only_lo_and_a_guest_cannot_pose_as_another() {
         "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; ip -4 addr show lo | grep -c 127.0.0.1",
     );
     assert_eq!(out.stdout, "lo\n1\n", "{out:?}");
-    let out = d.docker(&["run", "--rm", "--network", "none", "-p", "80", "busybox", "true"]);
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-p",
+        "80",
+        "busybox",
+        "true",
+    ]);
     assert_eq!(out.code(), 125, "{out:?}");
 
     // A guest with Docker's default CAP_NET_RAW sends frames from another MAC, and frames
@@ -1235,8 +1272,14 @@ fn network_none_has_only_lo_and_a_guest_cannot_pose_as_another() {
         .args(["bridge", "fdb", "show", "br", "berth0"]);
     let fdb = run(fdb, b"", Duration::from_secs(30));
     assert!(fdb.status.success(), "{fdb:?}");
-    assert!(fdb.stdout.contains(&own_mac), "{own_mac} not learnt: {fdb:?}");
-    assert!(!fdb.stdout.contains(forged), "the forged MAC reached the bridge: {fdb:?}");
+    assert!(
+        fdb.stdout.contains(&own_mac),
+        "{own_mac} not learnt: {fdb:?}"
+    );
+    assert!(
+        !fdb.stdout.contains(forged),
+        "the forged MAC reached the bridge: {fdb:?}"
+    );
     d.docker_ok(&["rm", &name]);
 }
 
@@ -1292,7 +1335,10 @@ fn networks_outlive_daemon_restarts_and_nothing_is_left_behind() {
         "kept",
     ]);
     assert_eq!(subnet.trim(), "10.232.0.0/24");
-    assert!(http_get(port).is_err(), "a port served while its container is stopped");
+    assert!(
+        http_get(port).is_err(),
+        "a port served while its container is stopped"
+    );
     d.docker_ok(&["start", "srv"]);
     wait_http(port, "served-by-");
     let ip = d.docker_ok(&[

@@ -1,7 +1,7 @@
 //! Linux capabilities by name, and the set Docker gives a container's processes.
 
-use agent_protocol::caps::NAMES;
 pub use agent_protocol::caps::DOCKER_DEFAULT;
+use agent_protocol::caps::NAMES;
 
 /// A capability name this agent does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

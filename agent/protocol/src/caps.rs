@@ -64,4 +64,3 @@ pub const DOCKER_DEFAULT: &[&str] = &[
     "CAP_KILL",
     "CAP_AUDIT_WRITE",
 ];
-

@@ -182,6 +182,10 @@ fn build_in(
     spec.console = Console::File(console.clone());
     spec.vsock_uds = Some(uds.clone());
     spec.control = Some(control_sock.clone());
+    // The template's net device has no backend: every clone is given its own tap.
+    if let Some(net) = spec.net.as_mut() {
+        net.tap_fd = None;
+    }
     for (i, share) in spec.shares.iter_mut().enumerate() {
         share.dir = build.join(format!("share-{i}"));
         std::fs::create_dir(&share.dir).map_err(|source| TemplateError::Io {

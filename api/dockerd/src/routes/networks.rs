@@ -314,8 +314,8 @@ async fn prune(state: &Arc<State>, q: &Query) -> ApiResult {
                 "label!" => keep |= values.iter().any(|v| label_matches(&r.labels, v)),
                 "until" => {
                     for v in values {
-                        let until = engine::time::parse_api_time(v).map_err(|e| {
-                            ApiError::bad_request(format!("invalid filter 'until={v}': {e}"))
+                        let until = engine::time::parse_api_time(v).ok_or_else(|| {
+                            ApiError::bad_request(format!("invalid filter 'until={v}'"))
                         })?;
                         keep |= r.created > until;
                     }

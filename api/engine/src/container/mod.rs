@@ -437,7 +437,10 @@ impl Containers {
                 net::fill_container_spec(&mut container_spec, &record, &attachment)?;
                 (Some(attachment), Some(bound))
             }
-            None => (None, None),
+            None => {
+                net::fill_without_network(&mut container_spec, &record)?;
+                (None, None)
+            }
         };
         let attached = net_launch.as_ref().map(|a| {
             (

@@ -199,6 +199,33 @@ pub(super) fn fill_container_spec(
     Ok(())
 }
 
+/// What a container without a network is told: its `--add-host` entries and, with
+/// `--dns`, `--dns-search` or `--dns-option`, a `/etc/resolv.conf` of them (its VM has no
+/// route to any server, but the files are what was asked for, as in Docker).
+pub(super) fn fill_without_network(spec: &mut ContainerSpec, record: &Record) -> Result<()> {
+    for entry in &record.host_config.extra_hosts {
+        let (name, address) = spec::parse_extra_host(entry)?;
+        if address == "host-gateway" {
+            return Err(EngineError::InvalidArgument(format!(
+                "--add-host {entry}: a container without a network has no gateway"
+            )));
+        }
+        spec.hosts.push(HostsEntry {
+            address,
+            names: vec![name],
+        });
+    }
+    let h = &record.host_config;
+    if !h.dns.is_empty() || !h.dns_search.is_empty() || !h.dns_options.is_empty() {
+        spec.dns = Some(DnsConfig {
+            nameservers: h.dns.clone(),
+            search: h.dns_search.clone(),
+            options: h.dns_options.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// The VM's side of an attachment: the tap for its VMM, and its interface for the agent.
 pub(super) fn launch_net(a: Attachment) -> vm::NetLaunch {
     vm::NetLaunch {

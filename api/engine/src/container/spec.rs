@@ -889,7 +889,11 @@ mod tests {
             ),
             ("/HostConfig/NetworkMode", json!("container:abc"), "two VMs"),
             ("/HostConfig/Links", json!(["a:b"]), "links"),
-            ("/HostConfig/CapAdd", json!(["NO_SUCH"]), "unknown capability"),
+            (
+                "/HostConfig/CapAdd",
+                json!(["NO_SUCH"]),
+                "unknown capability",
+            ),
             ("/HostConfig/Binds", json!(["/a:/b"]), "volumes"),
             ("/HostConfig/CpuShares", json!(512), "CpuShares"),
             ("/HostConfig/NetworkMode", json!("host"), "network host"),

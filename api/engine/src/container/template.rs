@@ -128,6 +128,9 @@ impl Templates {
         inputs.push(format!("vcpus {} mem {}", boot.vcpus, boot.mem_mib));
         inputs.push(format!("cmdline {:?}", boot.cmdline));
         inputs.push(format!("vsock {}", boot.vsock_uds.is_some()));
+        if boot.net.is_some() {
+            inputs.push("net".to_string());
+        }
         for share in &boot.shares {
             inputs.push(format!(
                 "share {:?} ro={} nosuid={}",

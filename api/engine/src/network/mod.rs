@@ -789,3 +789,100 @@ impl dns::Resolver for NetResolver {
         (!found.is_empty()).then_some(found)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-net-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir.join("exec")).unwrap();
+        dir
+    }
+
+    /// Networks in a namespace of their own: Docker's errors, the bridges and taps made and
+    /// gone, records kept across a reopen, the namespace gone at close.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn networks_live_in_their_own_namespace_and_leave_nothing() {
+        if !test_gate::require(test_gate::root(), "network namespaces") {
+            return;
+        }
+        let dir = scratch("ns");
+        let (data, exec) = (dir.join("data"), dir.join("exec"));
+        let nets = Networks::open(&data, &exec, None, None).await.unwrap();
+        let bridge = nets.get(BRIDGE).unwrap();
+        assert_eq!(bridge.subnet.unwrap().to_string(), "172.17.0.0/16");
+        assert!(nets.get(NONE).is_ok());
+        let app = nets
+            .create(CreateNetwork {
+                name: "app".into(),
+                ..CreateNetwork::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(app.subnet.unwrap().to_string(), "172.18.0.0/16");
+        let dup = nets
+            .create(CreateNetwork {
+                name: "app".into(),
+                ..CreateNetwork::default()
+            })
+            .await;
+        assert!(matches!(dup, Err(EngineError::Conflict(_))));
+        let overlap = nets
+            .create(CreateNetwork {
+                name: "other".into(),
+                subnet: Some("172.18.5.0/24".into()),
+                ..CreateNetwork::default()
+            })
+            .await;
+        assert!(
+            matches!(&overlap, Err(EngineError::Forbidden(m)) if m.contains("overlaps")),
+            "{overlap:?}"
+        );
+        assert!(matches!(
+            nets.remove(BRIDGE).await,
+            Err(EngineError::Forbidden(_))
+        ));
+        // A container's tap on the network's bridge; its address held until it leaves.
+        let a = nets
+            .attach(EndpointRequest {
+                container_id: "c0ffee00c0ffee00".into(),
+                container_name: "web".into(),
+                network: "app".into(),
+                aliases: vec!["www".into()],
+                ipv4: None,
+                dns: vec![],
+            })
+            .await
+            .unwrap();
+        assert_eq!(a.endpoint.ip, Ipv4Addr::new(172, 18, 0, 2));
+        assert_eq!(a.gateway, Ipv4Addr::new(172, 18, 0, 1));
+        let names = nets.netns().run(link::names).unwrap();
+        assert!(names.contains(&app.bridge), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("btc0ffee0")),
+            "{names:?}"
+        );
+        assert!(matches!(
+            nets.remove("app").await,
+            Err(EngineError::Forbidden(m)) if m.contains("active endpoints")
+        ));
+        drop(a.tap);
+        nets.detach("c0ffee00c0ffee00");
+        let names = nets.netns().run(link::names).unwrap();
+        assert!(!names.iter().any(|n| n.starts_with("bt")), "{names:?}");
+        nets.close().await;
+        assert!(!exec.join("netns").exists());
+        // Reopened: the records are there, the bridges made again.
+        let nets = Networks::open(&data, &exec, None, None).await.unwrap();
+        assert_eq!(nets.get("app").unwrap().id, app.id);
+        let names = nets.netns().run(link::names).unwrap();
+        assert!(names.contains(&app.bridge) && names.contains(&"berth0".to_string()));
+        nets.remove("app").await.unwrap();
+        assert!(nets.get("app").is_err());
+        nets.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
