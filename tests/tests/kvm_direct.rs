@@ -345,11 +345,19 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     assert!(!std::fs::read_to_string(&second_log)
         .unwrap()
         .contains(test_guest::GREETING));
-    // A VM with virtio devices (virtio-rng and virtio-balloon, which the test guest leaves
-    // alone) is snapshotted with its layout; a restore must give it the same devices: one
-    // without one of them, or with one more, is refused by name.
+    // A VM with virtio devices (virtio-rng, virtio-balloon and a virtio-net card without a
+    // tap, as a template's, which the test guest leaves alone) is snapshotted with its
+    // layout; a restore must give it the same devices: one without one of them, or with one
+    // more, is refused by name.
     let mut third = vmm()
-        .args(["boot", "--mem", "16", "--kernel"])
+        .args([
+            "boot",
+            "--mem",
+            "16",
+            "--net",
+            "mac=02:00:00:00:00:01",
+            "--kernel",
+        ])
         .arg(&kernel)
         .arg("--console")
         .arg(s.path("third.log"))
@@ -375,6 +383,16 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         metrics["virtio"][1]["counters"]["reported_bytes"], 0,
         "{metrics}"
     );
+    // The net device after the balloon: the devices before it kept their places.
+    assert_eq!(
+        metrics["virtio"][2]["device"],
+        serde_json::json!({"kind": {"type": "net"}, "mmio_base": 0xd000_2000u64, "irq": 7}),
+        "{metrics}"
+    );
+    assert_eq!(
+        metrics["virtio"][2]["counters"]["tx_spoofed"], 0,
+        "{metrics}"
+    );
     let (rng_state, rng_memory) = (s.path("rng.state"), s.path("rng.mem"));
     ctl(Request::Snapshot {
         state: rng_state.clone(),
@@ -395,6 +413,17 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
             .args(extra);
         run(cmd, b"", Duration::from_secs(20))
     };
+    // The clone's card has its own MAC.
+    let clone_net = ["--net", "mac=02:00:00:00:00:02"];
+    let out = restore(&[]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr.contains(
+            "the snapshot has virtio-net at 0xd0002000 on IRQ 7, which this VM is not given"
+        ),
+        "{}",
+        out.stderr
+    );
     let out = restore(&["--no-rng"]);
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(
@@ -414,7 +443,7 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         out.stderr
     );
     let uds = s.path("v.sock");
-    let out = restore(&["--vsock-uds", uds.to_str().unwrap()]);
+    let out = restore(&[&clone_net[..], &["--vsock-uds", uds.to_str().unwrap()]].concat());
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(
         out.stderr
@@ -428,6 +457,7 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
         .arg(&rng_state)
         .arg("--memory")
         .arg(&rng_memory)
+        .args(clone_net)
         .arg("--console")
         .arg(&fourth_log)
         .arg("--control")
@@ -453,4 +483,52 @@ fn a_snapshot_restored_in_a_fresh_process_goes_on_counting() {
     let out = run(cmd, b"", Duration::from_secs(20));
     assert_eq!(out.code(), 1, "{out:?}");
     assert!(out.stderr.contains("truncated"), "{}", out.stderr);
+}
+
+#[test]
+fn bad_net_options_are_clear_errors_at_start() {
+    if !require(kvm_available(), "/dev/kvm") {
+        return;
+    }
+    let s = Scratch::new("badnet");
+    let kernel = guest(&s, "hello.elf", test_guest::HELLO);
+    let boot = |net: &str, inherit: Option<&std::fs::File>| {
+        let mut cmd = vmm();
+        cmd.args(["boot", "--mem", "16", "--net", net, "--kernel"])
+            .arg(&kernel);
+        if let Some(file) = inherit {
+            vmm_launcher::inherit_fd(&mut cmd, std::os::fd::AsRawFd::as_raw_fd(file));
+        }
+        run(cmd, b"", Duration::from_secs(20))
+    };
+    for (net, says) in [
+        ("mac=02:00:00:00:01", "is not a MAC address"),
+        ("mac=01:00:5e:00:00:01", "multicast"),
+        ("tap-fd=3", "mac=MAC is required"),
+        (
+            "mac=02:00:00:00:00:01,tap-fd=987654",
+            "tap-fd=987654 is not an open descriptor",
+        ),
+    ] {
+        let out = boot(net, None);
+        assert_eq!(out.code(), 2, "{net}: {out:?}");
+        assert!(out.stderr.contains(says), "{net}: {}", out.stderr);
+    }
+    // An inherited descriptor that is no tap: the VM is not built, and the error says why.
+    let not_a_tap = std::fs::File::open("/dev/null").unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&not_a_tap);
+    let out = boot(
+        &format!("mac=02:00:00:00:00:01,tap-fd={fd}"),
+        Some(&not_a_tap),
+    );
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("descriptor {fd} is not a tap device")),
+        "{}",
+        out.stderr
+    );
+    // A card without a tap boots (a template's).
+    let out = boot("mac=02:00:00:00:00:01", None);
+    assert_eq!(out.code(), 0, "{out:?}");
 }
