@@ -23,7 +23,11 @@ impl Containers {
         if mode == network::NONE {
             return Ok(BTreeMap::new());
         }
-        let record = self.networks.get(mode)?;
+        // Not a 404: the CLI takes a 404 from create for a missing image and pulls.
+        let record = self.networks.get(mode).map_err(|e| match e {
+            EngineError::NotFound(m) => EngineError::InvalidArgument(m),
+            other => other,
+        })?;
         let endpoint = req.endpoint.clone().unwrap_or_default();
         if endpoint.ipv4_address.is_some() && !record.user_ipam {
             return Err(EngineError::InvalidArgument(
