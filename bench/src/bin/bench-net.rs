@@ -218,10 +218,7 @@ fn wait_redis(netns: Option<&str>, port: u16) -> Result<()> {
 
 /// `GET: 12345.67 requests per second` → 12345.67.
 fn rps(text: &str, what: &str) -> Option<f64> {
-    let line = text
-        .lines()
-        .filter(|l| l.starts_with(&format!("{what}:")))
-        .last()?;
+    let line = text.lines().rfind(|l| l.starts_with(&format!("{what}:")))?;
     line.split_whitespace().find_map(|w| w.parse::<f64>().ok())
 }
 
