@@ -831,11 +831,14 @@ impl Dockerd {
 impl Dockerd {
     /// Starts a fresh dockerd inside network namespace `netns` (`ip netns add`), with its
     /// default bridge and userland proxy (no iptables): published ports on the namespace's
-    /// own loopback, the host's interfaces untouched.
+    /// own loopback, the host's interfaces untouched. Entered with nsenter, which changes
+    /// the network namespace alone (`ip netns exec` remounts /sys, and the cgroup mounts
+    /// under it with it).
     pub fn start_in_netns(netns: &str) -> Dockerd {
+        let net = format!("--net=/run/netns/{netns}");
         let mut d = Daemon::wrapped(
             "dockerd",
-            &["ip", "netns", "exec", netns],
+            &["nsenter", &net],
             PathBuf::from("dockerd"),
             &[
                 "--iptables=false",

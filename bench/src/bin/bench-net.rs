@@ -180,8 +180,8 @@ fn which(tool: &str) -> Option<PathBuf> {
 fn in_netns(netns: Option<&str>, tool: &str) -> Command {
     match netns {
         Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, tool]);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(tool);
             c
         }
         None => Command::new(tool),
