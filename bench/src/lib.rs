@@ -5,7 +5,27 @@
 //! in the same run on the same host, because these machines are noisy.
 
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
+
+/// The value of option `name` in `args` (`--runs 5`) parsed, `default` when it is absent; a
+/// missing or unparsable value is an error naming the option, with `usage`.
+pub fn option<T: FromStr>(
+    args: &[String],
+    name: &str,
+    default: T,
+    usage: &str,
+) -> anyhow::Result<T> {
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(default);
+    };
+    let value = args
+        .get(i + 1)
+        .ok_or_else(|| anyhow::anyhow!("{name} needs a value\n{usage}"))?;
+    value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{name} {value:?}: not a valid value\n{usage}"))
+}
 
 /// A directory removed, with everything in it, when dropped.
 pub struct Scratch(pub PathBuf);

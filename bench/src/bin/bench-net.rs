@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{Scratch, Series};
+use berth_bench::{option, Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -39,19 +39,9 @@ fn main() -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     }
-    let value = |name: &str| -> Result<Option<String>> {
-        match args.iter().position(|a| a == name) {
-            None => Ok(None),
-            Some(i) => args
-                .get(i + 1)
-                .cloned()
-                .map(Some)
-                .with_context(|| format!("{name} needs a value\n{USAGE}")),
-        }
-    };
-    let runs: usize = value("--runs")?.map_or(Ok(5), |v| v.parse())?;
-    let requests: usize = value("--requests")?.map_or(Ok(100_000), |v| v.parse())?;
-    let seconds: u64 = value("--seconds")?.map_or(Ok(5), |v| v.parse())?;
+    let runs: usize = option(&args, "--runs", 5, USAGE)?;
+    let requests: usize = option(&args, "--requests", 100_000, USAGE)?;
+    let seconds: u64 = option(&args, "--seconds", 5, USAGE)?;
     ensure!(runs > 0, "--runs must be at least 1");
     if let Err(why) = dockerd_available() {
         bail!("the anchor cannot run: {why}");

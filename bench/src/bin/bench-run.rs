@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{Scratch, Series};
+use berth_bench::{option, Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -37,20 +37,9 @@ fn main() -> Result<()> {
         println!("{USAGE}");
         return Ok(());
     }
-    let value = |name: &str| -> Result<Option<String>> {
-        match args.iter().position(|a| a == name) {
-            None => Ok(None),
-            Some(i) => args
-                .get(i + 1)
-                .cloned()
-                .map(Some)
-                .with_context(|| format!("{name} needs a value\n{USAGE}")),
-        }
-    };
-    let runs: usize = value("--runs")?.map_or(Ok(20), |v| v.parse())?;
-    let untar_runs: usize = value("--untar-runs")?.map_or(Ok(5), |v| v.parse())?;
-    let payload_dir =
-        PathBuf::from(value("--payload")?.unwrap_or_else(|| "/usr/lib/python3.11".to_string()));
+    let runs: usize = option(&args, "--runs", 20, USAGE)?;
+    let untar_runs: usize = option(&args, "--untar-runs", 5, USAGE)?;
+    let payload_dir: PathBuf = option(&args, "--payload", "/usr/lib/python3.11".into(), USAGE)?;
     ensure!(runs > 0, "--runs must be at least 1");
     if let Err(why) = dockerd_available() {
         bail!("the anchor cannot run: {why}");

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use agent_client::{ClientError, ReadyListener};
 
 pub use exit::VmmExit;
-pub use net::{check_unicast, format_mac, inherit_fd, parse_mac, random_mac, MacError};
+pub use net::{check_unicast, format_mac, inherit_fd, parse_mac, MacError};
 pub use spec::{BootSpec, Console, NetSpec, RestoreSpec, Share};
 
 /// Why a VM's agent did not come up. The VMM is gone in every case (killed if need be).

@@ -59,32 +59,6 @@ pub fn check_unicast(mac: &[u8; 6]) -> Result<(), MacError> {
     Ok(())
 }
 
-/// A locally administered unicast address from the host's random bytes (46 random bits: two
-/// VMs on one bridge share one with odds far below any other failure's).
-pub fn random_mac() -> std::io::Result<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut filled = 0;
-    while filled < mac.len() {
-        let rest = &mut mac[filled..];
-        // SAFETY: `rest` is writable for its length, and getrandom writes at most that.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        filled += n as usize;
-    }
-    // Locally administered (bit 1), unicast (bit 0 clear).
-    mac[0] = (mac[0] & 0xfc) | 0x02;
-    if mac[1..] == [0; 5] {
-        mac[5] = 1;
-    }
-    Ok(mac)
-}
-
 /// Lets the process `cmd` starts inherit descriptor `fd` under the same number (its
 /// close-on-exec flag is cleared in the child, between fork and exec; the parent's copy
 /// keeps its flag, so no other child inherits it). The caller keeps `fd` open until the
@@ -133,17 +107,6 @@ mod tests {
         ));
         assert!(check_unicast(&[0xff; 6]).is_err());
         assert!(check_unicast(&[0; 6]).is_err());
-    }
-
-    #[test]
-    fn random_macs_are_local_unicast_and_differ() {
-        let a = random_mac().unwrap();
-        let b = random_mac().unwrap();
-        assert_ne!(a, b);
-        for mac in [a, b] {
-            assert_eq!(mac[0] & 0x03, 0x02, "{}", format_mac(&mac));
-            assert!(check_unicast(&mac).is_ok());
-        }
     }
 
     #[test]

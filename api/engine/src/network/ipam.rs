@@ -174,12 +174,7 @@ pub fn mac_of(addr: Ipv4Addr) -> [u8; 6] {
 }
 
 /// `02:42:ac:11:00:02`.
-pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
+pub use vmm_launcher::format_mac;
 
 #[cfg(test)]
 mod tests {

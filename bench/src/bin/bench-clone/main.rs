@@ -39,18 +39,8 @@ const FC_PRIVATE_MIB: f64 = 0.42;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let value = |name: &str, default: usize| -> Result<usize> {
-        match args.iter().position(|a| a == name) {
-            None => Ok(default),
-            Some(i) => args
-                .get(i + 1)
-                .context(USAGE)?
-                .parse()
-                .with_context(|| format!("{name} takes a number")),
-        }
-    };
-    let runs = value("--runs", 30)?;
-    let clones = value("--clones", 50)?;
+    let runs: usize = berth_bench::option(&args, "--runs", 30, USAGE)?;
+    let clones: usize = berth_bench::option(&args, "--clones", 50, USAGE)?;
     ensure!(runs > 0 && clones > 0, "{USAGE}");
     let scratch = Scratch::new(None, "clone")?;
     let dir = &scratch.0;
