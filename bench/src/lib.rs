@@ -27,6 +27,24 @@ pub fn option<T: FromStr>(
         .map_err(|_| anyhow::anyhow!("{name} {value:?}: not a valid value\n{usage}"))
 }
 
+/// Runs `cmd`; its failure, with the command, as an error.
+pub fn sh(cmd: &mut std::process::Command) -> anyhow::Result<()> {
+    let status = cmd.status().map_err(|e| anyhow::anyhow!("{cmd:?}: {e}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+/// `root`'s tree as a tarball at `out`, for `docker import` (numeric owners, as in the tree).
+pub fn pack_rootfs(root: &Path, out: &Path) -> anyhow::Result<()> {
+    sh(std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(out)
+        .arg("--numeric-owner")
+        .arg("-C")
+        .arg(root)
+        .arg("."))
+}
+
 /// A directory removed, with everything in it, when dropped.
 pub struct Scratch(pub PathBuf);
 

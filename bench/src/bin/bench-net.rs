@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{option, Scratch, Series};
+use berth_bench::{option, pack_rootfs, sh, Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -252,20 +252,8 @@ fn image_tarball(scratch: &Path) -> Result<PathBuf> {
         std::fs::copy(&real, &dest).with_context(|| format!("copy {}", real.display()))?;
     }
     let image = scratch.join("bench-net.tar");
-    sh(Command::new("tar")
-        .arg("-cf")
-        .arg(&image)
-        .arg("--numeric-owner")
-        .arg("-C")
-        .arg(&root)
-        .arg("."))?;
+    pack_rootfs(&root, &image)?;
     Ok(image)
-}
-
-fn sh(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("{cmd:?}"))?;
-    ensure!(status.success(), "{cmd:?} failed: {status}");
-    Ok(())
 }
 
 /// Debian's dockerd with its default bridge and docker-proxy, in a network namespace of the

@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{option, Scratch, Series};
+use berth_bench::{option, pack_rootfs, sh, Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -209,18 +209,6 @@ fn untar_image_tarball(scratch: &Path, payload_dir: &Path) -> Result<PathBuf> {
                 .context("--payload names no directory")?,
         ))?;
     let image = scratch.join("untar-image.tar");
-    sh(Command::new("tar")
-        .arg("-cf")
-        .arg(&image)
-        .arg("--numeric-owner")
-        .arg("-C")
-        .arg(&root)
-        .arg("."))?;
+    pack_rootfs(&root, &image)?;
     Ok(image)
-}
-
-fn sh(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("{cmd:?}"))?;
-    ensure!(status.success(), "{cmd:?} failed: {status}");
-    Ok(())
 }

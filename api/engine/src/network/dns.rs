@@ -58,7 +58,7 @@ pub enum DnsError {
     #[error("malformed question")]
     Malformed { id: u16, flags: u16 },
     #[error("not a standard query with one question")]
-    NotImplemented { id: u16, flags: u16 },
+    UnsupportedQuery { id: u16, flags: u16 },
 }
 
 /// Reads a query's header and only question.
@@ -75,7 +75,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, DnsError> {
         return Err(DnsError::Malformed { id, flags });
     }
     if opcode != 0 || qdcount != 1 {
-        return Err(DnsError::NotImplemented { id, flags });
+        return Err(DnsError::UnsupportedQuery { id, flags });
     }
     let malformed = DnsError::Malformed { id, flags };
     let mut pos = HEADER_LEN;
@@ -148,7 +148,7 @@ pub fn error_answer(msg: &[u8], e: &DnsError) -> Option<Vec<u8>> {
     let (id, flags, rcode) = match e {
         DnsError::Short => return None,
         DnsError::Malformed { id, flags } => (*id, *flags, RCODE_FORMERR),
-        DnsError::NotImplemented { id, flags } => (*id, *flags, RCODE_NOTIMP),
+        DnsError::UnsupportedQuery { id, flags } => (*id, *flags, RCODE_NOTIMP),
     };
     if flags & 0x8000 != 0 {
         // Never answer an answer: two servers must not echo each other forever.
@@ -339,7 +339,7 @@ mod tests {
         let mut two = m.clone();
         two[5] = 2;
         let e = parse_query(&two).unwrap_err();
-        assert!(matches!(e, DnsError::NotImplemented { .. }));
+        assert!(matches!(e, DnsError::UnsupportedQuery { .. }));
         assert_eq!(error_answer(&two, &e).unwrap()[3] & 0xf, RCODE_NOTIMP);
         let mut resp = m.clone();
         resp[2] |= 0x80;
