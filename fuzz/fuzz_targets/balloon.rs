@@ -3,11 +3,12 @@
 //! Besides a crash, a finding is a range given back to the host that is not guest RAM.
 #![no_main]
 
+#[path = "raw_queue.rs"]
+mod raw_queue;
+
 use devices::virtio::balloon::{release, serve_inflate, serve_reports, BalloonCounters};
-use devices::virtio::QueueSnapshot;
-use devices::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{GuestAddress, GuestMemory};
 
 /// Two regions of RAM with a hole between, as a VM has around the MMIO gap.
 const RAM: [(u64, usize); 2] = [(0, 0x1_0000), (0x10_0000, 0x1_0000)];
@@ -16,25 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else {
         return;
     };
-    let ranges: Vec<_> = RAM.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-    // The input is the guest's first 64 KiB: descriptor table at 0, available ring at
-    // 0x100, used ring at 0x200, and whatever the descriptors point at.
-    let body = &body[..body.len().min(RAM[0].1)];
-    mem.write_slice(body, GuestAddress(0)).unwrap();
-    let mut queue = QueueSnapshot {
-        max_size: 16,
-        size: 16,
-        ready: true,
-        desc_table: 0,
-        avail_ring: 0x100,
-        used_ring: 0x200,
-        next_avail: 0,
-        next_used: 0,
-        event_idx: mode & 2 != 0,
-    }
-    .to_queue()
-    .unwrap();
+    // The input is the guest's first 64 KiB (raw_queue's layout).
+    let mem = raw_queue::guest(&RAM, &body[..body.len().min(RAM[0].1)]);
+    let mut queue = raw_queue::queue(mode & 2 != 0);
     let counters = BalloonCounters::default();
     let checked = |addr: u64, len: u64| {
         let released = release(&mem, addr, len);

@@ -5,6 +5,9 @@
 //! than the device's.
 #![no_main]
 
+#[path = "raw_queue.rs"]
+mod raw_queue;
+
 use std::io::Read;
 
 use devices::virtio::net::backend::SocketBackend;
@@ -12,10 +15,7 @@ use devices::virtio::net::feature;
 use devices::virtio::net::queue::{
     deliver, prepare_rx_frame, transmit, NetCounters, HDR_LEN, MAX_BUFFER,
 };
-use devices::virtio::QueueSnapshot;
-use devices::GuestMemoryMmap;
 use libfuzzer_sys::fuzz_target;
-use vm_memory::{Bytes, GuestAddress};
 
 const MAC: [u8; 6] = [0x02, 0x42, 0xac, 0x11, 0x00, 0x02];
 /// Two regions of RAM with a hole between, as a VM has around the MMIO gap.
@@ -25,26 +25,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&mode, body)) = data.split_first() else {
         return;
     };
-    let ranges: Vec<_> = RAM.iter().map(|&(a, l)| (GuestAddress(a), l)).collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).unwrap();
-    // The first 64 KiB of input are the guest's first 64 KiB: descriptor table at 0,
-    // available ring at 0x100, used ring at 0x200, and whatever the descriptors point at.
-    // The rest is a frame from the host.
-    let (guest, host_frame) = body.split_at(body.len().min(0x1_0000));
-    mem.write_slice(guest, GuestAddress(0)).unwrap();
-    let mut queue = QueueSnapshot {
-        max_size: 16,
-        size: 16,
-        ready: true,
-        desc_table: 0,
-        avail_ring: 0x100,
-        used_ring: 0x200,
-        next_avail: 0,
-        next_used: 0,
-        event_idx: mode & 2 != 0,
-    }
-    .to_queue()
-    .unwrap();
+    // The first 64 KiB of input are the guest's first 64 KiB (raw_queue's layout); the
+    // rest is a frame from the host.
+    let (image, host_frame) = body.split_at(body.len().min(0x1_0000));
+    let mem = raw_queue::guest(&RAM, image);
+    let mut queue = raw_queue::queue(mode & 2 != 0);
     let acked = if mode & 4 != 0 {
         feature::CSUM
             | feature::GUEST_CSUM
