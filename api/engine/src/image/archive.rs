@@ -418,6 +418,7 @@ impl ImageStore {
         moved: &[(Reference, String)],
         events: &mut dyn FnMut(LoadEvent),
     ) {
+        self.event("load", id, id);
         for (r, old) in moved {
             events(LoadEvent::Line(format!(
                 "The image {} already exists, renaming the old one with ID {old} to empty string\n",
@@ -782,6 +783,10 @@ impl ImageStore {
         }
         tar.into_inner().map_err(io)?.flush().map_err(io)?;
         drop(pins);
+        for (id, tags) in &plan.images {
+            let name = tags.first().map_or_else(|| id.clone(), |t| t.familiar());
+            self.event("save", id, &name);
+        }
         Ok(())
     }
 
@@ -811,6 +816,7 @@ impl ImageStore {
             .map_err(|e| internal("cannot encode the image config", e))?;
         let tags: Vec<Reference> = opts.tag.iter().cloned().collect();
         let (id, _) = self.commit(&bytes, &tags, &[], "")?;
+        self.event("import", &id, &id);
         Ok(id)
     }
 }

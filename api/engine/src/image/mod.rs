@@ -235,6 +235,8 @@ pub struct ImageStore {
     /// Serialises changes to records.
     write: Mutex<()>,
     pins: Pins,
+    /// Where `docker events` hears of tags, untags, deletes, loads, imports and saves.
+    events: Option<Arc<crate::events::Events>>,
 }
 
 fn internal(context: impl std::fmt::Display, e: impl std::fmt::Display) -> EngineError {
@@ -291,10 +293,26 @@ impl ImageStore {
             index: RwLock::new(Index::default()),
             write: Mutex::new(()),
             pins: Pins(Mutex::new(HashMap::new())),
+            events: None,
         };
         store.load_index()?;
         store.collect_garbage();
         Ok(store)
+    }
+
+    /// The store reports what it does to `events`.
+    pub fn with_events(mut self, events: Arc<crate::events::Events>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// An image event as dockerd reports it: the image's id, and `name` as its attribute.
+    pub(crate) fn event(&self, action: &str, id: &str, name: &str) {
+        if let Some(events) = &self.events {
+            let mut attributes = std::collections::BTreeMap::new();
+            attributes.insert("name".to_string(), name.to_string());
+            events.emit(crate::events::Kind::Image, action, id, attributes);
+        }
     }
 
     /// The store's directory.
@@ -690,8 +708,10 @@ impl ImageStore {
             let index = self.read_index();
             self.lookup(&index, source)?
         };
-        self.set_refs(&[(target, id.clone())], &[])?;
-        self.touch_tag_time(&id)
+        self.set_refs(&[(target.clone(), id.clone())], &[])?;
+        self.touch_tag_time(&id)?;
+        self.event("tag", &id, &target.familiar());
+        Ok(())
     }
 
     fn touch_tag_time(&self, id: &str) -> Result<()> {
@@ -900,6 +920,7 @@ impl ImageStore {
                 .with_default_tag();
             self.set_refs(&[], std::slice::from_ref(&parsed))?;
             records.push(DeleteItem::Untagged(parsed.familiar()));
+            self.event("untag", &id, &id);
             let mut remaining = self.read_index().refs_of(&id);
             if parsed.digest.is_none() {
                 let same_repo_tag = remaining
@@ -914,6 +935,9 @@ impl ImageStore {
                     if !digests.is_empty() {
                         self.set_refs(&[], &digests)?;
                         records.extend(digests.iter().map(|r| DeleteItem::Untagged(r.familiar())));
+                        for _ in &digests {
+                            self.event("untag", &id, &id);
+                        }
                         remaining.retain(|r| !digests.contains(r));
                     }
                 }
@@ -932,6 +956,9 @@ impl ImageStore {
             }
             self.set_refs(&[], &repo_refs)?;
             records.extend(repo_refs.iter().map(|r| DeleteItem::Untagged(r.familiar())));
+            for _ in &repo_refs {
+                self.event("untag", &id, &id);
+            }
         }
         self.delete_helper(
             &id,
@@ -1025,6 +1052,9 @@ impl ImageStore {
         if !refs.is_empty() {
             self.set_refs(&[], &refs)?;
             records.extend(refs.iter().map(|r| DeleteItem::Untagged(r.familiar())));
+            for _ in &refs {
+                self.event("untag", id, id);
+            }
         }
         if users.get(id).is_some_and(|u| !u.is_empty()) {
             // Forced while a container uses it: hide it, keep its layers.
@@ -1035,6 +1065,7 @@ impl ImageStore {
             records.push(DeleteItem::Deleted(id.to_string()));
             records.extend(removed.into_iter().map(DeleteItem::Deleted));
         }
+        self.event("delete", id, id);
         if prune && !parent.is_empty() && self.read_index().visible(&parent).is_some() {
             return self.delete_helper(&parent, records, false, true, true, users);
         }
