@@ -12,6 +12,7 @@
 
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod fsutil;
 pub mod ids;
 pub mod image;
@@ -111,6 +112,8 @@ pub struct Engine {
     pub images: std::sync::Arc<image::ImageStore>,
     pub containers: container::Containers,
     pub networks: std::sync::Arc<network::Networks>,
+    /// What happened, for `docker events`.
+    pub events: std::sync::Arc<events::Events>,
 }
 
 impl Engine {
@@ -133,7 +136,10 @@ impl Engine {
         }
         let id = daemon_id(&config.data_root)?;
         let runtime = runtime_info(&config);
-        let images = std::sync::Arc::new(image::ImageStore::open(&config.data_root.join("image"))?);
+        let events = std::sync::Arc::new(events::Events::default());
+        let images = std::sync::Arc::new(
+            image::ImageStore::open(&config.data_root.join("image"))?.with_events(events.clone()),
+        );
         let networks = std::sync::Arc::new(
             network::Networks::open(
                 &config.data_root,
@@ -144,9 +150,12 @@ impl Engine {
             .await?,
         );
         let containers =
-            container::Containers::open(&config, images.clone(), networks.clone()).await?;
+            container::Containers::open(&config, images.clone(), networks.clone(), events.clone())
+                .await?;
         // Images hidden by `rmi -f` whose last container went away while berthd was down.
         images.release_unused(&containers.images_in_use().await)?;
+        // Containers whose restart policy says so come back, as when dockerd starts.
+        containers.restart_by_policy().await;
         Ok(Engine {
             config,
             id,
@@ -154,6 +163,7 @@ impl Engine {
             images,
             containers,
             networks,
+            events,
         })
     }
 

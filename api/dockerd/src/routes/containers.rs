@@ -58,11 +58,7 @@ pub async fn route(
         }
         (Method::POST, ["containers", id, "restart"]) => {
             let t = q.int::<i64>("t")?;
-            match state.engine.containers.stop(id, t).await {
-                Ok(()) | Err(engine::EngineError::NotModified(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            state.engine.containers.start(id).await?;
+            state.engine.containers.restart(id, t).await?;
             Ok(status(StatusCode::NO_CONTENT))
         }
         (Method::POST, ["containers", id, "kill"]) => {
@@ -97,6 +93,20 @@ pub async fn route(
             Ok(status(StatusCode::OK))
         }
         (Method::POST, ["containers", id, "attach"]) => attach(state, req, id, &q, version).await,
+        (Method::POST, ["containers", id, "exec"]) => super::exec::create(state, req, id).await,
+        (Method::POST, ["containers", id, "update"]) => {
+            let body: Value = json_body(req.into_body()).await?;
+            state.engine.containers.update(id, &body).await?;
+            json(StatusCode::OK, &json!({ "Warnings": null }))
+        }
+        (Method::POST, ["containers", id, "pause"]) => {
+            state.engine.containers.pause(id).await?;
+            Ok(status(StatusCode::NO_CONTENT))
+        }
+        (Method::POST, ["containers", id, "unpause"]) => {
+            state.engine.containers.unpause(id).await?;
+            Ok(status(StatusCode::NO_CONTENT))
+        }
         (Method::GET, ["containers", id, "logs"]) => logs(state, id, &q).await,
         (_, ["containers", id, what, ..]) => {
             // Docker endpoints berth does not implement: refused by name, never faked.
@@ -114,15 +124,11 @@ pub async fn route(
 }
 
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("exec", "docker exec"),
-    ("pause", "docker pause"),
-    ("unpause", "docker unpause"),
     ("top", "docker top"),
     ("stats", "docker stats"),
     ("export", "docker export"),
     ("archive", "docker cp"),
     ("changes", "docker diff"),
-    ("update", "docker update"),
     ("checkpoints", "checkpoints"),
 ];
 
@@ -162,8 +168,16 @@ fn since(t: Option<SystemTime>) -> std::time::Duration {
         .unwrap_or_default()
 }
 
-fn status_text(r: &Record) -> String {
+pub(crate) fn status_text(r: &Record) -> String {
     match r.state.status {
+        _ if r.state.restarting => format!(
+            "Restarting ({}) {} ago",
+            r.state.exit_code,
+            human_duration(since(r.state.finished_at))
+        ),
+        Status::Running if r.state.paused => {
+            format!("Up {} (Paused)", human_duration(since(r.state.started_at)))
+        }
         Status::Running => format!("Up {}", human_duration(since(r.state.started_at))),
         Status::Exited if r.state.finished_at.is_some() => format!(
             "Exited ({}) {} ago",
@@ -176,7 +190,7 @@ fn status_text(r: &Record) -> String {
     }
 }
 
-fn command_text(r: &Record) -> String {
+pub(crate) fn command_text(r: &Record) -> String {
     r.config
         .argv()
         .iter()
@@ -240,7 +254,7 @@ fn matches_filters(
                         )));
                     }
                 }
-                any(&|v| v == r.state.status.as_str())
+                any(&|v| v == r.state.docker_status())
             }
             "name" => any(&|v| {
                 let v = v.strip_prefix('/').unwrap_or(v);
@@ -281,7 +295,12 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
     for c in state.engine.containers.all().await {
         let r = c.record().await;
         let explicit_status = filters.contains_key("status");
-        if !all && limit.is_none() && !explicit_status && r.state.status != Status::Running {
+        if !all
+            && limit.is_none()
+            && !explicit_status
+            && r.state.status != Status::Running
+            && !r.state.restarting
+        {
             continue;
         }
         if !matches_filters(&r, &filters, bounds)? {
@@ -311,7 +330,7 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
                 "Created": unix_secs(r.created),
                 "Ports": super::networks::ps_ports(r),
                 "Labels": r.config.labels,
-                "State": r.state.status.as_str(),
+                "State": r.state.docker_status(),
                 "Status": status_text(r),
                 "HostConfig": { "NetworkMode": r.host_config.network_mode },
                 "NetworkSettings": super::networks::ps_networks(r),
@@ -336,16 +355,20 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
     let r = c.record().await;
     let argv = r.config.argv();
     let st = &r.state;
+    let exec_ids = {
+        let ids = state.engine.containers.exec_ids(&r.id);
+        (!ids.is_empty()).then_some(ids)
+    };
     let mut v = json!({
         "Id": r.id,
         "Created": rfc3339(r.created),
         "Path": argv.first().cloned().unwrap_or_default(),
         "Args": argv.iter().skip(1).collect::<Vec<_>>(),
         "State": {
-            "Status": st.status.as_str(),
-            "Running": st.status == Status::Running,
-            "Paused": false,
-            "Restarting": false,
+            "Status": st.docker_status(),
+            "Running": st.status == Status::Running || st.restarting,
+            "Paused": st.paused,
+            "Restarting": st.restarting,
             "OOMKilled": st.oom_killed,
             "Dead": st.status == Status::Dead,
             "Pid": st.pid,
@@ -366,7 +389,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         "MountLabel": "",
         "ProcessLabel": "",
         "AppArmorProfile": "",
-        "ExecIDs": null,
+        "ExecIDs": exec_ids,
         "HostConfig": {
             "Binds": null,
             "ContainerIDFile": "",
@@ -380,7 +403,10 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "DnsSearch": r.host_config.dns_search,
             "DnsOptions": r.host_config.dns_options,
             "ExtraHosts": if r.host_config.extra_hosts.is_empty() { Value::Null } else { json!(r.host_config.extra_hosts) },
-            "RestartPolicy": { "Name": r.host_config.restart_policy, "MaximumRetryCount": 0 },
+            "RestartPolicy": {
+                "Name": r.host_config.restart_policy,
+                "MaximumRetryCount": r.host_config.restart_max_retries,
+            },
             "AutoRemove": r.host_config.auto_remove,
             "Privileged": r.host_config.privileged,
             "Memory": r.host_config.memory,
@@ -489,7 +515,7 @@ fn frame(stream: Stream, data: &[u8]) -> Vec<u8> {
     out
 }
 
-fn encode(tty: bool, stream: Stream, data: &[u8]) -> Vec<u8> {
+pub(crate) fn encode(tty: bool, stream: Stream, data: &[u8]) -> Vec<u8> {
     if tty {
         data.to_vec()
     } else {
@@ -668,7 +694,7 @@ const HANG_UP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Returns once the peer of socket `fd` has closed it entirely (POLLHUP: both directions shut,
 /// where a client that only ended its input gives POLLRDHUP alone).
-async fn hung_up(fd: std::os::fd::RawFd) {
+pub(crate) async fn hung_up(fd: std::os::fd::RawFd) {
     loop {
         tokio::time::sleep(HANG_UP_CHECK).await;
         let mut p = libc::pollfd {

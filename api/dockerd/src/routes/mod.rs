@@ -2,6 +2,9 @@
 //! contain slashes) and answers Docker's JSON shapes.
 
 pub mod containers;
+pub mod df;
+pub mod events;
+pub mod exec;
 pub mod images;
 pub mod networks;
 pub mod system;

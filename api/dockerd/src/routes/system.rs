@@ -65,8 +65,10 @@ pub async fn route(
         }
         // Commands berth does not have yet: refused by name, never a bare 404.
         (Method::POST, ["commit"]) => Err(not_yet("docker commit")),
-        (Method::GET, ["events"]) => Err(not_yet("docker events")),
-        (Method::GET, ["system", "df"]) => Err(not_yet("docker system df")),
+        (Method::GET, ["events"]) => {
+            super::events::events(state, &crate::http::Query::parse(req.uri().query())).await
+        }
+        (Method::GET, ["system", "df"]) => super::df::df(state).await,
         (Method::GET, ["plugins"]) => json(StatusCode::OK, &Vec::<()>::new()),
         (Method::GET, ["plugins", name, "json"]) => Err(ApiError::not_found(format!(
             "plugin {} not found",

@@ -6,9 +6,12 @@
 //! runs, `<exec-root>/<id>/` holds the VM's sockets. Lifecycle operations on one container
 //! are serialised by its record lock; the VM itself is driven from blocking threads.
 
+pub mod exec;
 pub mod logs;
 mod net;
+mod pause;
 pub mod record;
+mod restart;
 pub mod sandbox;
 pub mod spec;
 mod stdio;
@@ -84,6 +87,7 @@ pub struct Container {
     attachers: std::sync::Mutex<Vec<mpsc::Sender<Chunk>>>,
     stdin: watch::Sender<Option<StdinSink>>,
     log_written: watch::Sender<u64>,
+    restart: std::sync::Mutex<restart::RestartState>,
 }
 
 impl Container {
@@ -105,6 +109,7 @@ impl Container {
             attachers: std::sync::Mutex::new(Vec::new()),
             stdin: watch::channel(None).0,
             log_written: watch::channel(0).0,
+            restart: Default::default(),
         })
     }
 
@@ -193,7 +198,8 @@ struct Registry {
     names: HashMap<String, String>,
 }
 
-/// Every container this engine knows.
+/// Every container this engine knows (a handle: clones share everything).
+#[derive(Clone)]
 pub struct Containers {
     config: EngineConfig,
     templates: Arc<template::Templates>,
@@ -201,6 +207,10 @@ pub struct Containers {
     root: PathBuf,
     registry: Arc<RwLock<Registry>>,
     networks: Arc<crate::network::Networks>,
+    execs: exec::ExecTable,
+    events: Arc<crate::events::Events>,
+    /// Set when berthd stops: the exits that follow are not for restart policies.
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Options of `docker create` that are not part of the config.
@@ -220,6 +230,7 @@ impl Containers {
         config: &EngineConfig,
         images: Arc<ImageStore>,
         networks: Arc<crate::network::Networks>,
+        events: Arc<crate::events::Events>,
     ) -> Result<Containers> {
         let root = config.data_root.join("containers");
         std::fs::create_dir_all(&root)
@@ -265,6 +276,9 @@ impl Containers {
             root,
             registry: Arc::new(RwLock::new(registry)),
             networks,
+            execs: Default::default(),
+            events,
+            shutting_down: Default::default(),
         })
     }
 
@@ -400,6 +414,7 @@ impl Containers {
         container.save(&record).await?;
         reg.names.insert(name, id.clone());
         reg.by_id.insert(id.clone(), container);
+        self.event(&record, "create", &[]);
         Ok((id, Vec::new()))
     }
 
@@ -408,9 +423,33 @@ impl Containers {
     /// failed start recorded (`record_failed_start`), the running state recorded, its
     /// stdio connected (`stdio`), and its exit watcher (`watcher`).
     pub async fn start(&self, name_or_id: &str) -> Result<()> {
+        self.start_as(name_or_id, false).await
+    }
+
+    /// A start by the container's restart policy: its restart count and what a client
+    /// said before stay; one that a client cancelled meanwhile does not happen.
+    async fn start_by_policy(&self, name_or_id: &str) -> Result<()> {
+        self.start_as(name_or_id, true).await
+    }
+
+    async fn start_as(&self, name_or_id: &str, by_policy: bool) -> Result<()> {
         let container = self.get(name_or_id).await?;
         // Serialises with other lifecycle operations, including the previous run's cleanup.
         let op = container.op.clone().lock_owned().await;
+        {
+            let mut r = container.record.lock().await;
+            if by_policy && !r.state.restarting {
+                return Ok(());
+            }
+            if !by_policy && r.state.status != Status::Running {
+                // A client's start: the policy's count and the remembered stop start over,
+                // and a pending policy restart is this one.
+                r.restart_count = 0;
+                r.state.manually_stopped = false;
+                lock_std(&container.restart).exit_on_next = false;
+            }
+            r.state.restarting = false;
+        }
         let record = container.record().await;
         match record.state.status {
             Status::Running => {
@@ -487,7 +526,9 @@ impl Containers {
                 // As dockerd: a --rm container that cannot start is removed (docker run
                 // waits for that before it exits).
                 if record.host_config.auto_remove {
-                    if let Err(e) = remove_stopped(&self.registry, &self.images, &container).await {
+                    if let Err(e) =
+                        remove_stopped(&self.registry, &self.images, &self.events, &container).await
+                    {
                         log::warn!("container {}: cannot remove it: {e}", container.id);
                     }
                 }
@@ -535,6 +576,9 @@ impl Containers {
                 oom_killed: false,
                 started_at: Some(SystemTime::now()),
                 finished_at: r.state.finished_at,
+                paused: false,
+                restarting: false,
+                manually_stopped: r.state.manually_stopped,
             };
             if let Some((name, endpoint, prefix, gateway)) = &attached {
                 if let Some(settings) = r.networks.get_mut(name) {
@@ -561,6 +605,7 @@ impl Containers {
         });
         container.lifecycle.send_modify(|l| l.running = true);
         log::debug!("container {}: running in VM {vmm_pid}", container.id);
+        self.event(&container.record().await, "start", &[]);
 
         let pumps = stdio::connect(&container, streams)?;
         drop(op);
@@ -577,23 +622,37 @@ impl Containers {
             pumps,
             uds,
             networks: self.networks.clone(),
+            containers: self.clone(),
         });
         Ok(())
     }
 
     /// Stops every running container.
     pub async fn shutdown(&self) {
+        self.shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // All at once: each may take its stop timeout.
+        let mut stops = tokio::task::JoinSet::new();
         for c in self.all().await {
             if c.runtime.lock().await.is_some() {
-                let _ = self.stop(&c.id, Some(10)).await;
+                let this = self.clone();
+                stops.spawn(async move {
+                    let _ = this.stop(&c.id, Some(10)).await;
+                });
             }
         }
+        while stops.join_next().await.is_some() {}
     }
 
     /// Stops a container: its stop signal, then SIGKILL after `timeout` seconds (its own
     /// StopTimeout, else 10, when not given).
     pub async fn stop(&self, name_or_id: &str, timeout: Option<i64>) -> Result<()> {
         let c = self.get(name_or_id).await?;
+        // A container waiting to be restarted by its policy stays stopped.
+        if self.cancel_restart(&c).await? {
+            self.stopped_by_client(&c, false).await;
+            return Ok(());
+        }
         let (signal, default_timeout) = {
             let r = c.record.lock().await;
             if r.state.status != Status::Running {
@@ -608,9 +667,15 @@ impl Containers {
             (signal, r.config.stop_timeout.unwrap_or(10))
         };
         let timeout = timeout.unwrap_or(default_timeout);
+        self.stopped_by_client(&c, true).await;
+        // A paused guest hears no signal: resumed first, as dockerd does.
+        if let Err(e) = self.resume_if_paused(&c).await {
+            log::warn!("container {}: {e}; it will be killed", c.id);
+        }
         let mut lifecycle = c.lifecycle();
         let exits = lifecycle.borrow().exits;
         if timeout != 0 {
+            self.event(&c.record().await, "kill", &[("signal", signal.to_string())]);
             // A guest that does not answer the stop signal is killed after the timeout.
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
@@ -620,10 +685,11 @@ impl Containers {
         }
         // Docker's -1: wait for the process however long it takes.
         let limit = u64::try_from(timeout).map_or(Duration::MAX, Duration::from_secs);
-        if wait_exit_change(&mut lifecycle, exits, limit).await {
-            return Ok(());
+        if !wait_exit_change(&mut lifecycle, exits, limit).await {
+            self.kill_hard(&c, &mut lifecycle, exits).await?;
         }
-        self.kill_hard(&c, &mut lifecycle, exits).await
+        self.event(&c.record().await, "stop", &[]);
+        Ok(())
     }
 
     /// SIGKILL through the agent; failing that, the VMM itself.
@@ -633,6 +699,14 @@ impl Containers {
         lifecycle: &mut watch::Receiver<Lifecycle>,
         exits: u64,
     ) -> Result<()> {
+        if let Err(e) = self.resume_if_paused(c).await {
+            log::warn!("container {}: {e}", c.id);
+        }
+        self.event(
+            &c.record().await,
+            "kill",
+            &[("signal", libc::SIGKILL.to_string())],
+        );
         // A guest that does not answer is not waited for: its VMM is killed below.
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
@@ -678,11 +752,25 @@ impl Containers {
                 c.id
             )));
         }
+        let stop_signal = c
+            .record
+            .lock()
+            .await
+            .config
+            .stop_signal
+            .as_deref()
+            .and_then(spec::parse_signal)
+            .unwrap_or(libc::SIGTERM);
+        // As dockerd: a kill by SIGKILL or the stop signal ends the container for good.
+        self.stopped_by_client(&c, signo == libc::SIGKILL || signo == stop_signal)
+            .await;
+        self.resume_if_paused(&c).await?;
         let mut lifecycle = c.lifecycle();
         let exits = lifecycle.borrow().exits;
         if signo == libc::SIGKILL {
             return self.kill_hard(&c, &mut lifecycle, exits).await;
         }
+        self.event(&c.record().await, "kill", &[("signal", signo.to_string())]);
         match c.agent(move |a| a.signal(vm::INIT_PROCESS, signo)).await {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(EngineError::Internal(format!(
@@ -768,6 +856,15 @@ impl Containers {
     /// Removes a container (killing it first with `force`).
     pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
         let c = self.get(name_or_id).await?;
+        if c.record.lock().await.state.restarting {
+            if !force {
+                return Err(EngineError::Conflict(format!(
+                    "You cannot remove a restarting container {}. Stop the container before attempting removal or force remove",
+                    c.id
+                )));
+            }
+            self.cancel_restart(&c).await?;
+        }
         if c.record.lock().await.state.status == Status::Running {
             if !force {
                 return Err(EngineError::Conflict(format!(
@@ -775,6 +872,7 @@ impl Containers {
                     c.id
                 )));
             }
+            self.stopped_by_client(&c, true).await;
             let mut lifecycle = c.lifecycle();
             let exits = lifecycle.borrow().exits;
             self.kill_hard(&c, &mut lifecycle, exits).await?;
@@ -783,7 +881,7 @@ impl Containers {
         if c.lifecycle.borrow().removed {
             return Ok(());
         }
-        remove_stopped(&self.registry, &self.images, &c).await
+        remove_stopped(&self.registry, &self.images, &self.events, &c).await
     }
 
     /// Renames a container.
@@ -810,8 +908,22 @@ impl Containers {
         reg.names.remove(&r.name);
         reg.names.insert(new_name.clone(), r.id.clone());
         self.networks.rename(&r.id, &new_name);
-        r.name = new_name;
-        c.save(&r).await
+        let old = std::mem::replace(&mut r.name, new_name);
+        c.save(&r).await?;
+        self.event(&r, "rename", &[("oldName", format!("/{old}"))]);
+        Ok(())
+    }
+}
+
+impl Containers {
+    /// Records a container event, with Docker's attributes (name, image, labels, `extra`).
+    fn event(&self, r: &Record, action: &str, extra: &[(&str, String)]) {
+        self.events.emit(
+            crate::events::Kind::Container,
+            action,
+            r.id.clone(),
+            crate::events::container_attributes(&r.name, &r.image, &r.config.labels, extra),
+        );
     }
 }
 
@@ -840,6 +952,7 @@ async fn wait_exit_change(
 async fn remove_stopped(
     registry: &Arc<RwLock<Registry>>,
     images: &Arc<ImageStore>,
+    events: &crate::events::Events,
     c: &Arc<Container>,
 ) -> Result<()> {
     let _op = c.op.clone().lock_owned().await;
@@ -892,6 +1005,15 @@ async fn remove_stopped(
         }
     }
     c.lifecycle.send_modify(|l| l.removed = true);
+    {
+        let r = c.record.lock().await;
+        events.emit(
+            crate::events::Kind::Container,
+            "destroy",
+            r.id.clone(),
+            crate::events::container_attributes(&r.name, &r.image, &r.config.labels, &[]),
+        );
+    }
     log::debug!("container {}: removed", c.id);
     // An image hidden by `rmi -f` may have lost its last container.
     let in_use: HashSet<String> = {
@@ -982,6 +1104,7 @@ fn recover_stale(config: &EngineConfig, dir: &Path, r: &mut Record) {
     let _ = crate::fsutil::remove_tree(&vm::run_dir(&config.exec_root, &r.id));
     r.state.status = Status::Exited;
     r.state.pid = 0;
+    r.state.paused = false;
     r.state.exit_code = 255;
     r.state.error = "berthd stopped while the container was running".into();
     r.state.finished_at = Some(SystemTime::now());

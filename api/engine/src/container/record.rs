@@ -91,7 +91,11 @@ pub struct HostConfig {
     pub privileged: bool,
     pub init: Option<bool>,
     pub console_size: [u32; 2],
+    /// `no`, `always`, `unless-stopped` or `on-failure`.
     pub restart_policy: String,
+    /// `on-failure:N`'s N; 0: no limit.
+    #[serde(default)]
+    pub restart_max_retries: i64,
     pub log_type: String,
     /// `-p`: by container port (`80/tcp`), the host addresses and ports asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -163,7 +167,37 @@ pub const DEFAULT_MEM_MIB: u64 = 256;
 /// The smallest guest berth's kernel boots comfortably in.
 pub const MIN_MEM_MIB: u64 = 64;
 
+/// Docker's restart policies.
+pub mod restart {
+    pub const NO: &str = "no";
+    pub const ALWAYS: &str = "always";
+    pub const UNLESS_STOPPED: &str = "unless-stopped";
+    pub const ON_FAILURE: &str = "on-failure";
+}
+
 impl HostConfig {
+    /// Whether its restart policy starts it again after an exit with `exit_code`, its
+    /// `restart_count` restarts so far, and whether a client stopped it. The same rule
+    /// decides at berthd's start (`always` then comes back even after a `docker stop`, as
+    /// under dockerd).
+    pub fn should_restart(
+        &self,
+        exit_code: i32,
+        restart_count: u32,
+        manually_stopped: bool,
+    ) -> bool {
+        match self.restart_policy.as_str() {
+            restart::ALWAYS => true,
+            restart::UNLESS_STOPPED => !manually_stopped,
+            restart::ON_FAILURE => {
+                exit_code != 0
+                    && (self.restart_max_retries <= 0
+                        || i64::from(restart_count) < self.restart_max_retries)
+            }
+            _ => false,
+        }
+    }
+
     /// vCPUs for the VM: `--cpus` rounded up.
     pub fn vcpus(&self) -> u8 {
         if self.nano_cpus <= 0 {
@@ -193,6 +227,29 @@ pub struct State {
     pub oom_killed: bool,
     pub started_at: Option<SystemTime>,
     pub finished_at: Option<SystemTime>,
+    /// Its VM's vCPUs are parked (`docker pause`); only while running.
+    #[serde(default)]
+    pub paused: bool,
+    /// Exited, and waiting out the backoff before its restart policy starts it again.
+    #[serde(default)]
+    pub restarting: bool,
+    /// Docker's HasBeenManuallyStopped: stopped or killed by a client, which an
+    /// `unless-stopped` policy remembers across berthd restarts. A start clears it.
+    #[serde(default)]
+    pub manually_stopped: bool,
+}
+
+impl State {
+    /// Docker's `State.Status`: `paused` for a running container whose VM is paused.
+    pub fn docker_status(&self) -> &'static str {
+        if self.status == Status::Running && self.paused {
+            "paused"
+        } else if self.restarting {
+            "restarting"
+        } else {
+            self.status.as_str()
+        }
+    }
 }
 
 impl Default for State {
@@ -205,6 +262,9 @@ impl Default for State {
             oom_killed: false,
             started_at: None,
             finished_at: None,
+            paused: false,
+            restarting: false,
+            manually_stopped: false,
         }
     }
 }

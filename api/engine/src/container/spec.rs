@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::record::{ContainerConfig, HostConfig, PortBindingSpec};
+use super::record::{restart, ContainerConfig, HostConfig, PortBindingSpec};
 use crate::image::ImageRuntimeConfig;
 use crate::{EngineError, Result};
 
@@ -37,6 +37,11 @@ fn is_unset(v: &Value) -> bool {
         Value::Array(a) => a.iter().all(is_unset),
         Value::Object(o) => o.values().all(is_unset),
     }
+}
+
+/// Whether a JSON value is the zero value a client sends for an option it does not set.
+pub fn is_unset_value(v: &Value) -> bool {
+    is_unset(v)
 }
 
 /// Fields whose value is a map: any key sets them, whatever its value (`-v /data` is
@@ -539,6 +544,41 @@ pub fn parse_extra_host(entry: &str) -> Result<(String, String)> {
     Ok((name.to_string(), address.to_string()))
 }
 
+/// `HostConfig.RestartPolicy` (`{"Name": "on-failure", "MaximumRetryCount": 3}`): the
+/// policy's name and its retry limit, checked as dockerd checks them.
+pub fn parse_restart_policy(v: Option<&Value>) -> Result<(String, i64)> {
+    let Some(Value::Object(rp)) = v else {
+        return Ok((restart::NO.to_string(), 0));
+    };
+    let name = string(rp.get("Name"), "RestartPolicy.Name")?;
+    let max = int(
+        rp.get("MaximumRetryCount"),
+        "RestartPolicy.MaximumRetryCount",
+    )?;
+    let name = match name.as_str() {
+        "" | "no" => restart::NO,
+        "always" => restart::ALWAYS,
+        "unless-stopped" => restart::UNLESS_STOPPED,
+        "on-failure" => restart::ON_FAILURE,
+        other => {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid restart policy '{other}'"
+            )))
+        }
+    };
+    if max < 0 {
+        return Err(EngineError::InvalidArgument(
+            "invalid restart policy: maximum retry count cannot be negative".into(),
+        ));
+    }
+    if max != 0 && name != restart::ON_FAILURE {
+        return Err(EngineError::InvalidArgument(
+            "invalid restart policy: maximum retry count can only be used with 'on-failure'".into(),
+        ));
+    }
+    Ok((name.to_string(), max))
+}
+
 fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     let Some(Value::Object(hc)) = v else {
         return Ok(HostConfig {
@@ -611,21 +651,13 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     for h in &extra_hosts {
         parse_extra_host(h)?;
     }
-    let restart_policy = match hc.get("RestartPolicy") {
-        Some(Value::Object(rp)) => {
-            let name = string(rp.get("Name"), "RestartPolicy.Name")?;
-            match name.as_str() {
-                "" | "no" => "no".to_string(),
-                other => {
-                    return Err(unsupported(
-                        &format!("--restart {other}"),
-                        "restart policies come with a later version",
-                    ))
-                }
-            }
-        }
-        _ => "no".to_string(),
-    };
+    let (restart_policy, restart_max_retries) = parse_restart_policy(hc.get("RestartPolicy"))?;
+    let auto_remove = boolean(hc.get("AutoRemove"), "AutoRemove")?;
+    if auto_remove && restart_policy != restart::NO {
+        return Err(EngineError::InvalidArgument(
+            "can't create 'AutoRemove' container with restart policy".into(),
+        ));
+    }
     let log_type = match hc.get("LogConfig") {
         Some(Value::Object(lc)) => {
             let t = string(lc.get("Type"), "LogConfig.Type")?;
@@ -690,7 +722,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     }
     Ok(HostConfig {
         start: None,
-        auto_remove: boolean(hc.get("AutoRemove"), "AutoRemove")?,
+        auto_remove,
         network_mode,
         port_bindings,
         publish_all_ports,
@@ -706,6 +738,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         init,
         console_size,
         restart_policy,
+        restart_max_retries,
         log_type,
     })
 }
@@ -899,8 +932,18 @@ mod tests {
             ("/HostConfig/NetworkMode", json!("host"), "network host"),
             (
                 "/HostConfig/RestartPolicy",
-                json!({"Name": "always"}),
-                "--restart always",
+                json!({"Name": "sometimes"}),
+                "invalid restart policy 'sometimes'",
+            ),
+            (
+                "/HostConfig/RestartPolicy",
+                json!({"Name": "always", "MaximumRetryCount": 2}),
+                "only be used with 'on-failure'",
+            ),
+            (
+                "/HostConfig/RestartPolicy",
+                json!({"Name": "on-failure", "MaximumRetryCount": -1}),
+                "cannot be negative",
             ),
             ("/Domainname", json!("bad domain"), "domainname"),
             // Maps whose values are empty are still set.

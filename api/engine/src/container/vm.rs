@@ -219,6 +219,11 @@ pub fn run_dir(exec_root: &Path, id: &str) -> PathBuf {
     exec_root.join(id.get(..RUN_DIR_ID_LEN).unwrap_or(id))
 }
 
+/// The VMM control socket of the VM whose run directory is `run_dir`.
+pub fn control_socket(run_dir: &Path) -> PathBuf {
+    run_dir.join("control.sock")
+}
+
 /// The longest exec root whose VM sockets fit a Unix socket address.
 pub const MAX_EXEC_ROOT_LEN: usize = 107 - 1 - RUN_DIR_ID_LEN - LONGEST_SOCKET_NAME;
 
@@ -230,6 +235,8 @@ pub fn boot_spec(cfg: &EngineConfig, spec: &LaunchSpec) -> BootSpec {
     let mut boot = vm_shape(cfg, spec.vcpus, spec.mem_mib, spec.net.is_some());
     boot.console = Console::File(spec.console_log.clone());
     boot.vsock_uds = Some(spec.run_dir.join("vsock.sock"));
+    // The VMM's control socket: `docker pause` parks the VM's vCPUs through it.
+    boot.control = Some(control_socket(&spec.run_dir));
     boot.shares[0].dir = spec.rootfs.clone();
     if let (Some(net), Some(device)) = (&spec.net, boot.net.as_mut()) {
         device.mac = net.mac;

@@ -35,6 +35,8 @@ pub(super) struct Watch {
     pub uds: PathBuf,
     /// Its network, left once the VM is off.
     pub networks: Arc<crate::network::Networks>,
+    /// For its restart policy.
+    pub containers: super::Containers,
 }
 
 /// Starts the watcher.
@@ -51,13 +53,14 @@ pub(super) fn spawn(w: Watch) {
         pumps,
         uds,
         networks,
+        containers,
     } = w;
     let console = c.console_path();
     tokio::spawn(async move {
         // Waited for asynchronously: a running container holds no thread (tokio's
         // blocking pool is bounded; one thread per container would stall every launch
         // past its size).
-        let status = wait_exit(control).await;
+        let status = wait_exit(control, vm::INIT_PROCESS).await;
         // The agent's connection broke: the VM ended, or stopped answering. How the VMM
         // ended says which (a blocking wait of seconds at most, on this rare path).
         let (ended, mut vmm) = if status.is_err() {
@@ -112,6 +115,7 @@ pub(super) fn spawn(w: Watch) {
             let mut r = c.record.lock().await;
             r.state.status = Status::Exited;
             r.state.pid = 0;
+            r.state.paused = false;
             r.state.exit_code = exit_code;
             r.state.error = error;
             r.state.finished_at = Some(SystemTime::now());
@@ -126,6 +130,11 @@ pub(super) fn spawn(w: Watch) {
             l.exits += 1;
             l.exit_code = exit_code;
         });
+        containers.event(
+            &c.record().await,
+            "die",
+            &[("exitCode", exit_code.to_string())],
+        );
         let rootfs = c.rootfs();
         let _ = tokio::task::spawn_blocking(move || {
             if let Some(vmm) = vmm.as_mut() {
@@ -140,20 +149,23 @@ pub(super) fn spawn(w: Watch) {
         log::debug!("container {}: its VM is off", c.id);
         drop(op);
         if auto_remove {
-            if let Err(e) = remove_stopped(&registry, &images, &c).await {
+            if let Err(e) = remove_stopped(&registry, &images, &containers.events, &c).await {
                 log::warn!("container {}: cannot remove it after exit: {e}", c.id);
             }
+        } else {
+            containers.after_exit(&c, exit_code).await;
         }
     });
 }
 
-/// Waits, without a thread, for the container's main process to exit: the `wait_process`
+/// Waits, without a thread, for process `id` of the guest to exit: the `wait_process`
 /// request is sent on `control`, and its one reply frame read asynchronously.
-async fn wait_exit(control: AgentClient) -> std::result::Result<agent_client::ExitStatus, String> {
+pub(super) async fn wait_exit(
+    control: AgentClient,
+    id: &str,
+) -> std::result::Result<agent_client::ExitStatus, String> {
     use tokio::io::AsyncReadExt as _;
-    let stream = control
-        .send_wait(vm::INIT_PROCESS)
-        .map_err(|e| e.to_string())?;
+    let stream = control.send_wait(id).map_err(|e| e.to_string())?;
     stream.set_nonblocking(true).map_err(|e| e.to_string())?;
     let mut stream = tokio::net::UnixStream::from_std(stream).map_err(|e| e.to_string())?;
     let mut header = [0u8; 4];
