@@ -1377,3 +1377,374 @@ fn networks_outlive_daemon_restarts_and_nothing_is_left_behind() {
     assert_eq!(host_links(), before);
     assert!(http_get(port).is_err());
 }
+
+/// Polls `docker inspect -f FORMAT NAME` until it prints `want` (two minutes at most).
+fn wait_inspect(d: &Daemon, name: &str, format: &str, want: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let got = d
+            .docker_ok(&["inspect", "-f", format, name])
+            .trim()
+            .to_string();
+        if got == want || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("exec");
+    let out = run_sh(
+        d,
+        &["-d", "--name", &name, "-e", "FOO=bar", "-w", "/tmp"],
+        "echo started; while true; do echo tick; sleep 0.2; done",
+    );
+    assert!(out.status.success(), "{out:?}");
+    // The container's environment and working directory; the exec's own over them.
+    let out = d.docker(&["exec", &name, "sh", "-c", "echo $FOO; pwd; id -u"]);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "bar\n/tmp\n0\n"),
+        "{out:?}"
+    );
+    let env_file = std::env::temp_dir().join(format!("{name}.env"));
+    std::fs::write(&env_file, "FROM_FILE=yes\n").unwrap();
+    let out = d.docker(&[
+        "exec",
+        "-e",
+        "FOO=baz",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-w",
+        "/",
+        "-u",
+        "1000:1000",
+        &name,
+        "sh",
+        "-c",
+        "echo $FOO $FROM_FILE; pwd; id -u; id -g",
+    ]);
+    let _ = std::fs::remove_file(&env_file);
+    assert_eq!(out.stdout, "baz yes\n/\n1000\n1000\n", "{out:?}");
+    // Its process is in the container: the same root and PID namespace (the main process
+    // is PID 1 there), stdout and stderr apart.
+    let out = d.docker(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "tr '\\0' ' ' < /proc/1/cmdline; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.code(), 7, "{out:?}");
+    assert!(out.stdout.starts_with("sh -c echo started"), "{out:?}");
+    assert_eq!(out.stderr, "err\n", "{out:?}");
+    // Input, and a file the next exec reads.
+    let out = d.docker_with_input(
+        &[
+            "exec",
+            "-i",
+            &name,
+            "sh",
+            "-c",
+            "cat > /tmp/in; wc -c < /tmp/in",
+        ],
+        b"through exec\n",
+    );
+    assert_eq!(out.stdout.trim(), "13", "{out:?}");
+    assert_eq!(
+        d.docker_ok(&["exec", &name, "cat", "/tmp/in"]),
+        "through exec\n"
+    );
+    // Docker's exit codes for what cannot run.
+    let out = d.docker(&["exec", &name, "/no/such/program"]);
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert!(
+        format!("{}{}", out.stdout, out.stderr).contains("executable file not found"),
+        "{out:?}"
+    );
+    let out = d.docker(&["exec", &name, "/etc/passwd"]);
+    assert_eq!(out.code(), 126, "{out:?}");
+    // A tty.
+    let out = d.docker(&["exec", "-t", &name, "tty"]);
+    assert!(out.stdout.starts_with("/dev/pts/"), "{out:?}");
+    // Capabilities: Docker's default set, every one with --privileged (inside the VM).
+    let caps = |flags: &[&str]| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend([name.as_str(), "sh", "-c", "grep CapEff /proc/self/status"]);
+        d.docker_ok(&args)
+    };
+    assert!(caps(&[]).contains("00000000a80425fb"), "{}", caps(&[]));
+    assert!(
+        caps(&["--privileged"]).contains("000001ffffffffff"),
+        "{}",
+        caps(&["--privileged"])
+    );
+    // Detached: it runs on its own.
+    d.docker_ok(&[
+        "exec",
+        "-d",
+        &name,
+        "sh",
+        "-c",
+        "sleep 1; echo detached > /tmp/d",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while d.docker(&["exec", &name, "cat", "/tmp/d"]).stdout != "detached\n" {
+        assert!(Instant::now() < deadline, "the detached exec never wrote");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // The API: an exec's inspect, and the container lists its execs.
+    let reply = d.api(
+        "POST",
+        &format!("/containers/{name}/exec"),
+        br#"{"Cmd": ["sh", "-c", "exit 4"]}"#,
+    );
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let id = serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let inspect = |id: &str| -> serde_json::Value {
+        serde_json::from_slice(&d.api("GET", &format!("/exec/{id}/json"), b"").body).unwrap()
+    };
+    assert_eq!(inspect(&id)["ExitCode"], serde_json::Value::Null);
+    assert_eq!(inspect(&id)["Running"], false);
+    let reply = d.api("POST", &format!("/exec/{id}/start"), br#"{"Detach": true}"#);
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while inspect(&id)["ExitCode"] != 4 {
+        assert!(Instant::now() < deadline, "{}", inspect(&id));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let reply = d.api("POST", &format!("/exec/{id}/start"), br#"{"Detach": true}"#);
+    assert_eq!(reply.status, 409, "{}", reply.text());
+    assert!(reply.text().contains("has already run"), "{}", reply.text());
+    assert!(d
+        .docker_ok(&["inspect", "-f", "{{.ExecIDs}}", &name])
+        .contains(&id));
+    assert_eq!(d.api("GET", "/exec/0123456789ab/json", b"").status, 404);
+
+    // Pause: the VM's vCPUs parked, nothing runs, exec refused; the state says so.
+    d.docker_ok(&["pause", &name]);
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}}",
+            &name
+        ])
+        .trim(),
+        "paused true"
+    );
+    let paused = d.docker_ok(&["ps", "-q", "--no-trunc", "--filter", "status=paused"]);
+    assert!(
+        paused.lines().any(|l| name_matches(d, &name, l)),
+        "{paused}"
+    );
+    assert!(d
+        .docker_ok(&[
+            "ps",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Status}}"
+        ])
+        .contains("(Paused)"));
+    let ticks = |d: &Daemon| d.docker_ok(&["logs", &name]).matches("tick").count();
+    let before = ticks(d);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(ticks(d), before, "output while paused");
+    let out = d.docker(&["exec", &name, "true"]);
+    assert!(
+        out.stderr
+            .contains("is paused, unpause the container before exec"),
+        "{out:?}"
+    );
+    let out = d.docker(&["pause", &name]);
+    assert!(out.stderr.contains("is already paused"), "{out:?}");
+    d.docker_ok(&["unpause", &name]);
+    let out = d.docker(&["unpause", &name]);
+    assert!(out.stderr.contains("is not paused"), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ticks(d) == before {
+        assert!(Instant::now() < deadline, "no output after unpause");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // A paused container stops (it is resumed to hear its stop signal).
+    d.docker_ok(&["pause", &name]);
+    d.docker_ok(&["stop", "-t", "1", &name]);
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.State.Paused}}",
+            &name
+        ])
+        .trim(),
+        "exited false"
+    );
+    let out = d.docker(&["exec", &name, "true"]);
+    assert!(out.stderr.contains("is not running"), "{out:?}");
+    d.docker_ok(&["rm", &name]);
+}
+
+/// Whether a full id printed by `ps -q --no-trunc` is container `name`'s.
+fn name_matches(d: &Daemon, name: &str, id: &str) -> bool {
+    d.docker_ok(&["inspect", "-f", "{{.Id}}", name]).trim() == id.trim()
+}
+
+#[test]
+fn restart_policies_hold_across_exits_and_daemon_restarts() {
+    if !ready() {
+        return;
+    }
+    let mut d = Berthd::start();
+    let archive = busybox_image("archive");
+    d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    // on-failure:2: two restarts, then it stays exited.
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "fails",
+        "--restart",
+        "on-failure:2",
+        "busybox",
+        "sh",
+        "-c",
+        "echo run; exit 3",
+    ]);
+    // always: restarted after a clean exit too, until a client stops it.
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "always",
+        "--restart",
+        "always",
+        "busybox",
+        "sh",
+        "-c",
+        "echo up; sleep 2",
+    ]);
+    // Running when berthd stops: each comes back by its policy.
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "kept",
+        "--restart",
+        "unless-stopped",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stopped",
+        "--restart",
+        "unless-stopped",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    d.docker_ok(&["run", "-d", "--name", "plain", "busybox", "sleep", "600"]);
+    assert_eq!(
+        wait_inspect(
+            &d,
+            "fails",
+            "{{.RestartCount}} {{.State.Status}}",
+            "2 exited"
+        ),
+        "2 exited"
+    );
+    assert_eq!(d.docker_ok(&["logs", "fails"]).matches("run").count(), 3);
+    assert_eq!(d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}} {{.HostConfig.RestartPolicy.MaximumRetryCount}}", "fails"]).trim(), "3 on-failure 2");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let n: u32 = d
+            .docker_ok(&["inspect", "-f", "{{.RestartCount}}", "always"])
+            .trim()
+            .parse()
+            .unwrap();
+        if n >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "`always` never restarted");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A client's stop holds: no restart after it.
+    d.docker_ok(&["stop", "always"]);
+    d.docker_ok(&["stop", "stopped"]);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", "always"])
+            .trim(),
+        "exited"
+    );
+    // update: the policy changes; the VM's size is refused by name.
+    d.docker_ok(&["update", "--restart", "on-failure:5", "plain"]);
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.RestartPolicy.Name}}:{{.HostConfig.RestartPolicy.MaximumRetryCount}}",
+            "plain"
+        ])
+        .trim(),
+        "on-failure:5"
+    );
+    let out = d.docker(&["update", "--memory", "512m", "plain"]);
+    assert!(
+        !out.status.success() && out.stderr.contains("Memory"),
+        "{out:?}"
+    );
+    let out = d.docker(&["run", "--restart", "sometimes", "busybox", "true"]);
+    assert_eq!(out.code(), 125, "{out:?}");
+    // berthd restarts, stopping what runs: `unless-stopped` that ran comes back, the
+    // stopped one does not; `always` comes back even after its stop (as under dockerd);
+    // `plain`, updated to on-failure, failed at the stop (PID 1 ignores SIGTERM, so it was
+    // killed: 137) and comes back; `fails` used up its retries.
+    d.restart();
+    for name in ["kept", "always", "plain"] {
+        assert_eq!(
+            wait_inspect(&d, name, "{{.State.Status}}", "running"),
+            "running",
+            "{name}"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    for name in ["stopped", "fails"] {
+        assert_eq!(
+            d.docker_ok(&["inspect", "-f", "{{.State.Status}}", name])
+                .trim(),
+            "exited",
+            "{name}"
+        );
+    }
+    d.docker_ok(&["rm", "-f", "kept", "always", "stopped", "plain", "fails"]);
+    assert_eq!(d.docker_ok(&["ps", "-aq"]).trim(), "");
+}
+
+#[test]
+fn the_python_sdk_drives_exec_logs_pause_and_update() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let mut cmd = Command::new("/usr/bin/python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/sdk/processes.py"))
+        .env("DOCKER_HOST", format!("unix://{}", d.socket().display()));
+    let out = run(cmd, b"", Duration::from_secs(600));
+    assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stdout.contains("FAILED"), "{}", out.stdout);
+}

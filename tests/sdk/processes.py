@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""berth through the Docker SDK for Python (Debian's python3-docker), not the CLI: create,
+start, exec (with and without a tty, demultiplexed), logs streamed, pause and unpause,
+update, wait and remove, each checked as a user of the SDK would. Run by
+tests/tests/docker.rs with DOCKER_HOST set to berthd's socket; prints one line per check
+and exits non-zero at the first failure."""
+
+import os
+import sys
+import time
+
+import docker
+
+
+def check(cond, what):
+    if not cond:
+        print(f"FAILED: {what}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+def main():
+    client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], version="1.41", timeout=600)
+    name = f"sdk-{os.getpid()}"
+    c = client.containers.run(
+        "busybox",
+        ["sh", "-c", "echo started; while true; do echo tick; sleep 0.5; done"],
+        detach=True,
+        name=name,
+        environment={"FROM_RUN": "yes"},
+    )
+    try:
+        c.reload()
+        check(c.status == "running", "containers.run(detach=True) runs it")
+
+        # exec without a tty, demultiplexed: stdout and stderr apart, the exit code.
+        r = c.exec_run(["sh", "-c", "echo out; echo err >&2; exit 5"], demux=True)
+        check(r.exit_code == 5, f"exec_run exit code 5 (got {r.exit_code})")
+        out, err = r.output
+        check(out == b"out\n" and err == b"err\n", f"demuxed streams ({r.output!r})")
+
+        # The container's environment, and the exec's own over it.
+        r = c.exec_run(["sh", "-c", "echo $FROM_RUN $EXTRA"], environment={"EXTRA": "x"})
+        check(r.output == b"yes x\n", f"exec env ({r.output!r})")
+
+        # With a tty: one stream, a terminal.
+        r = c.exec_run(["sh", "-c", "tty; exit 2"], tty=True)
+        check(r.exit_code == 2, f"exec_run tty exit code ({r.exit_code})")
+        check(r.output.startswith(b"/dev/pts/"), f"exec with a tty has one ({r.output!r})")
+
+        # A program that is not there: Docker's 127, as the CLI would report.
+        r = c.exec_run(["/no/such/program"])
+        check(r.exit_code == 127, f"missing program exits 127 ({r.exit_code}: {r.output!r})")
+
+        # The low-level API: create, inspect before and after start.
+        e = client.api.exec_create(c.id, ["sh", "-c", "exit 3"])
+        info = client.api.exec_inspect(e["Id"])
+        check(info["Running"] is False and info["ExitCode"] is None, "exec_inspect before start")
+        client.api.exec_start(e["Id"])
+        info = client.api.exec_inspect(e["Id"])
+        check(info["ExitCode"] == 3 and info["ContainerID"] == c.id, "exec_inspect after start")
+        c.reload()
+        check(e["Id"] in (c.attrs.get("ExecIDs") or []), "the container lists its execs")
+
+        # Logs streamed as they come.
+        stream = c.logs(stream=True, follow=True)
+        lines = []
+        for chunk in stream:
+            lines.append(chunk)
+            if len(lines) >= 3:
+                break
+        stream.close()
+        check(any(b"tick" in l for l in lines), f"logs(stream=True) ({lines[:3]!r})")
+
+        # Pause: no output while paused, exec refused, the state says so.
+        c.pause()
+        c.reload()
+        check(c.status == "paused" and c.attrs["State"]["Paused"], "pause")
+        before = c.logs().count(b"tick")
+        time.sleep(3)
+        check(c.logs().count(b"tick") == before, "no output while paused")
+        try:
+            c.exec_run(["true"])
+            check(False, "exec on a paused container is refused")
+        except docker.errors.APIError as err:
+            check(err.status_code == 409 and "paused" in str(err), f"exec refused while paused ({err})")
+        check(
+            [x.id for x in client.containers.list(filters={"status": "paused"})] == [c.id],
+            "list(filters={'status': 'paused'})",
+        )
+        c.unpause()
+        deadline = time.time() + 120
+        while c.logs().count(b"tick") == before and time.time() < deadline:
+            time.sleep(0.5)
+        c.reload()
+        check(c.status == "running" and c.logs().count(b"tick") > before, "unpause")
+
+        # update: the restart policy; the VM's size is refused by name.
+        c.update(restart_policy={"Name": "on-failure", "MaximumRetryCount": 4})
+        c.reload()
+        rp = c.attrs["HostConfig"]["RestartPolicy"]
+        check(rp == {"Name": "on-failure", "MaximumRetryCount": 4}, f"update restart policy ({rp})")
+        try:
+            c.update(mem_limit="512m")
+            check(False, "update of the memory is refused")
+        except docker.errors.APIError as err:
+            check("Memory" in str(err), f"update of the memory refused by name ({err})")
+
+        c.kill()
+        status = c.wait(timeout=120)
+        check(status["StatusCode"] == 137, f"wait after kill ({status})")
+    finally:
+        c.remove(force=True)
+    check(name not in [x.name for x in client.containers.list(all=True)], "remove")
+
+
+if __name__ == "__main__":
+    main()
