@@ -358,7 +358,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         "ResolvConfPath": "",
         "HostnamePath": "",
         "HostsPath": "",
-        "LogPath": c.log_path(),
+        "LogPath": c.shown_log_path().await,
         "Name": format!("/{}", r.name),
         "RestartCount": r.restart_count,
         "Driver": "overlayfs over virtio-fs",
@@ -370,12 +370,14 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         "HostConfig": {
             "Binds": null,
             "ContainerIDFile": "",
-            "LogConfig": { "Type": r.host_config.log_type, "Config": {} },
+            "LogConfig": { "Type": r.host_config.log_type, "Config": r.host_config.log_options },
             "NetworkMode": r.host_config.network_mode,
             "PortBindings": super::networks::port_bindings(&r),
             "PublishAllPorts": r.host_config.publish_all_ports,
             "CapAdd": if r.host_config.cap_add.is_empty() { Value::Null } else { json!(r.host_config.cap_add) },
             "CapDrop": if r.host_config.cap_drop.is_empty() { Value::Null } else { json!(r.host_config.cap_drop) },
+            "CgroupnsMode": "private",
+            "GroupAdd": if r.host_config.group_add.is_empty() { Value::Null } else { json!(r.host_config.group_add) },
             "Dns": r.host_config.dns,
             "DnsSearch": r.host_config.dns_search,
             "DnsOptions": r.host_config.dns_options,
@@ -388,7 +390,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "Init": r.host_config.init,
             "ConsoleSize": r.host_config.console_size,
             "Isolation": "",
-            "Runtime": "berth",
+            "Runtime": engine::container::spec::RUNTIME,
         },
         "GraphDriver": { "Name": "overlay", "Data": null },
         "Mounts": [],
@@ -770,7 +772,7 @@ async fn logs(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
     let follow = q.flag("follow");
     let timestamps = q.flag("timestamps");
     let tty = r.config.tty;
-    let path = c.log_path();
+    let path = c.readable_log().await?;
     let (mut reader, first) = LogReader::open(&path, &opts)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let format_entry = move |e: &Entry| -> Bytes {
