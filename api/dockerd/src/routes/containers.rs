@@ -39,7 +39,7 @@ pub async fn route(
     match (method, segs.as_slice()) {
         (Method::POST, ["containers", "create"]) => create(state, req, &q).await,
         (Method::GET, ["containers", "json"]) => list(state, &q).await,
-        (Method::POST, ["containers", "prune"]) => prune(state).await,
+        (Method::POST, ["containers", "prune"]) => prune(state, &q).await,
         (Method::GET, ["containers", id, "json"]) => inspect(state, id, q.flag("size")).await,
         (Method::POST, ["containers", id, "start"]) => {
             match state.engine.containers.start(id).await {
@@ -247,10 +247,7 @@ fn matches_filters(
                 r.name.contains(v)
             }),
             "id" => any(&|v| r.id.starts_with(v)),
-            "label" => any(&|v| match v.split_once('=') {
-                Some((k, val)) => r.config.labels.get(k).is_some_and(|x| x == val),
-                None => r.config.labels.contains_key(v),
-            }),
+            "label" => labels_match(&r.config.labels, values),
             "exited" => any(&|v| {
                 r.state.status == Status::Exited
                     && v.parse::<i32>().is_ok_and(|c| c == r.state.exit_code)
@@ -460,21 +457,82 @@ async fn wait(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
     Ok(r)
 }
 
-async fn prune(state: &Arc<State>) -> ApiResult {
+/// Docker's `label` filter on containers (moby's `MatchKVList`): every value must match,
+/// `k` by the key alone, `k=v` by key and value.
+fn labels_match(labels: &std::collections::BTreeMap<String, String>, values: &[String]) -> bool {
+    values.iter().all(|v| match v.split_once('=') {
+        Some((k, val)) => labels.get(k).is_some_and(|x| x == val),
+        None => labels.contains_key(v.as_str()),
+    })
+}
+
+/// Whether `docker container prune`'s filters let it remove a container with `labels`
+/// created at `created` (dockerd's `label`, `label!` and `until`).
+fn prunable(
+    labels: &std::collections::BTreeMap<String, String>,
+    created: SystemTime,
+    filters: &HashMap<String, Vec<String>>,
+    until: Option<SystemTime>,
+) -> bool {
+    if until.is_some_and(|u| created > u) {
+        return false;
+    }
+    let label = filters.get("label").map_or(&[][..], Vec::as_slice);
+    if !labels_match(labels, label) {
+        return false;
+    }
+    match filters.get("label!").filter(|v| !v.is_empty()) {
+        Some(not) => !labels_match(labels, not),
+        None => true,
+    }
+}
+
+/// `docker container prune`: every container not running that the filters let through;
+/// the space reclaimed is their writable layers', as dockerd counts it.
+async fn prune(state: &Arc<State>, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    if let Some(key) = filters
+        .keys()
+        .find(|k| !matches!(k.as_str(), "label" | "label!" | "until"))
+    {
+        return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
+    }
+    let until = match filters.get("until").map(Vec::as_slice) {
+        None | Some([]) => None,
+        Some([v]) => Some(
+            engine::time::parse_filter_time(v, SystemTime::now())
+                .ok_or_else(|| ApiError::bad_request(format!("invalid filter 'until={v}'")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "more than one until filter specified",
+            ))
+        }
+    };
     let mut deleted = Vec::new();
+    let mut reclaimed = 0u64;
     for c in state.engine.containers.all().await {
         let r = c.record().await;
-        if matches!(
+        if !matches!(
             r.state.status,
             Status::Created | Status::Exited | Status::Dead
-        ) && state.engine.containers.remove(&r.id, false).await.is_ok()
+        ) || !prunable(&r.config.labels, r.created, &filters, until)
         {
+            continue;
+        }
+        // Measured before it goes; a layer that cannot be measured counts as nothing.
+        let size = match state.engine.containers.sizes(&r.id).await {
+            Ok((rw, _)) => rw,
+            Err(_) => 0,
+        };
+        if state.engine.containers.remove(&r.id, false).await.is_ok() {
             deleted.push(r.id);
+            reclaimed = reclaimed.saturating_add(size);
         }
     }
     json(
         StatusCode::OK,
-        &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": 0 }),
+        &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": reclaimed }),
     )
 }
 
