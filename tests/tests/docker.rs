@@ -1748,3 +1748,412 @@ fn the_python_sdk_drives_exec_logs_pause_and_update() {
     assert_eq!(out.code(), 0, "{}\n{}", out.stdout, out.stderr);
     assert!(!out.stdout.contains("FAILED"), "{}", out.stdout);
 }
+
+/// `docker inspect`'s JSON of a container.
+fn inspect_json(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.docker_ok(&["inspect", name]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
+    v[0].clone()
+}
+
+/// Names of the containers `docker ps -a` lists with `filters`.
+fn ps_names(d: &Daemon, filters: &[&str]) -> Vec<String> {
+    let mut args = vec!["ps", "-a", "--format", "{{.Names}}"];
+    for f in filters {
+        args.extend(["--filter", f]);
+    }
+    let mut names: Vec<String> = d.docker_ok(&args).lines().map(String::from).collect();
+    names.sort();
+    names
+}
+
+/// `POST /containers/prune` with `filters`; returns the ids removed and the space reclaimed.
+fn prune_api(d: &Daemon, filters: serde_json::Value) -> (Vec<String>, u64) {
+    let q: String = filters
+        .to_string()
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    let reply = d.api("POST", &format!("/v1.41/containers/prune?filters={q}"), b"");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let v: serde_json::Value = serde_json::from_slice(&reply.body).expect("JSON");
+    let ids = v["ContainersDeleted"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|i| i.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    (ids, v["SpaceReclaimed"].as_u64().expect("SpaceReclaimed"))
+}
+
+#[test]
+fn sdk_options_are_kept_or_refused_by_name_and_filters_match_dockerds() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    // Refused by name, in Docker's error format (the CLI exits 125), before any VM.
+    for (flags, expect) in [
+        (
+            &["--runtime", "runc"][..],
+            "unknown or invalid runtime name: runc",
+        ),
+        (&["--cgroupns", "host"], "--cgroupns host"),
+        (&["--pid", "host"], "--pid host"),
+        (&["--uts", "host"], "--uts host"),
+        (&["--log-driver", "syslog"], "syslog log driver"),
+        (&["--log-driver", "nope"], "plugin \"nope\" not found"),
+        (
+            &["--log-opt", "max-sise=1k"],
+            "unknown log opt 'max-sise' for json-file log driver",
+        ),
+        (
+            &["--log-driver", "local", "--log-opt", "compress=true"],
+            "compress=true",
+        ),
+        (&["--log-opt", "max-size=ten"], "invalid size: 'ten'"),
+    ] {
+        let out = run_sh(d, flags, "true");
+        assert_eq!(out.code(), 125, "{flags:?}: {out:?}");
+        assert!(
+            out.stderr.contains("Error response from daemon") && out.stderr.contains(expect),
+            "{flags:?}: {}",
+            out.stderr
+        );
+    }
+    let info = d.docker_ok(&[
+        "info",
+        "--format",
+        "{{.DefaultRuntime}} {{json .Runtimes}} {{json .Plugins.Log}}",
+    ]);
+    assert!(
+        info.starts_with("berth {\"berth\":") && info.contains("\"local\""),
+        "{info}"
+    );
+
+    // What dockerd fills in inspect, for the options SDKs send.
+    let tag = unique("sdk");
+    let kept = format!("{tag}-kept");
+    d.docker_ok(&[
+        "create",
+        "--name",
+        &kept,
+        "--label",
+        &format!("{tag}=a"),
+        "--label",
+        "extra=1",
+        "--group-add",
+        "audio",
+        "--group-add",
+        "1234",
+        "--runtime",
+        "berth",
+        "--cgroupns",
+        "private",
+        "--log-opt",
+        "max-size=1k",
+        "--log-opt",
+        "max-file=3",
+        "busybox",
+        "true",
+    ]);
+    let hc = inspect_json(d, &kept)["HostConfig"].clone();
+    assert_eq!(hc["CgroupnsMode"], "private", "{hc}");
+    assert_eq!(hc["Isolation"], "", "{hc}");
+    assert_eq!(hc["Runtime"], "berth", "{hc}");
+    assert_eq!(hc["GroupAdd"], serde_json::json!(["audio", "1234"]), "{hc}");
+    assert_eq!(
+        hc["LogConfig"],
+        serde_json::json!({"Type": "json-file", "Config": {"max-size": "1k", "max-file": "3"}})
+    );
+    let plain = format!("{tag}-plain");
+    d.docker_ok(&[
+        "create",
+        "--name",
+        &plain,
+        "--label",
+        &format!("{tag}=b"),
+        "--log-driver",
+        "local",
+        "busybox",
+        "true",
+    ]);
+    let v = inspect_json(d, &plain);
+    assert_eq!(v["HostConfig"]["GroupAdd"], serde_json::Value::Null);
+    assert_eq!(
+        v["HostConfig"]["LogConfig"],
+        serde_json::json!({"Type": "local", "Config": {}})
+    );
+    // dockerd shows no log path for drivers other than json-file.
+    assert_eq!(v["LogPath"], "");
+    let unlabelled = format!("{tag}-none");
+    d.docker_ok(&["create", "--name", &unlabelled, "busybox", "true"]);
+
+    // `label=k=v` matches key and value; several label filters must all match.
+    assert_eq!(ps_names(d, &[&format!("label={tag}=a")]), [kept.as_str()]);
+    assert_eq!(
+        ps_names(d, &[&format!("label={tag}=c")]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ps_names(d, &[&format!("label={tag}")]),
+        [kept.as_str(), plain.as_str()]
+    );
+    assert_eq!(
+        ps_names(d, &[&format!("label={tag}"), "label=extra=1"]),
+        [kept.as_str()]
+    );
+
+    // Prune honours label, label! and until; a bad filter is refused.
+    let reply = d.api(
+        "POST",
+        "/v1.41/containers/prune?filters=%7B%22name%22%3A%5B%22x%22%5D%7D",
+        b"",
+    );
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    let (gone, _) = prune_api(d, serde_json::json!({"label": [tag], "until": ["1h"]}));
+    assert!(
+        gone.is_empty(),
+        "until 1h ago pruned new containers: {gone:?}"
+    );
+    let (gone, _) = prune_api(
+        d,
+        serde_json::json!({"label": [tag], "label!": [format!("{tag}=a")]}),
+    );
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(ps_names(d, &[&format!("label={tag}")]), [kept.as_str()]);
+    let out = d.docker_ok(&[
+        "container",
+        "prune",
+        "-f",
+        "--filter",
+        &format!("label={tag}"),
+    ]);
+    assert!(out.contains("Total reclaimed space"), "{out}");
+    assert!(ps_names(d, &[&format!("label={tag}")]).is_empty());
+    // The container without the label is still there.
+    assert_eq!(
+        ps_names(d, &[&format!("name={unlabelled}")]),
+        [unlabelled.as_str()]
+    );
+    d.docker_ok(&["rm", &unlabelled]);
+
+    // One VM: groups added, and a log rotated at 1 kB into three files, read in order.
+    let rotated = format!("{tag}-rotated");
+    let out = run_sh(
+        d,
+        &[
+            "--name",
+            &rotated,
+            // Resolved in the guest against the image's /etc/group (daemon is gid 1).
+            "--group-add",
+            "daemon",
+            "--group-add",
+            "1234",
+            "--log-opt",
+            "max-size=1k",
+            "--log-opt",
+            "max-file=3",
+        ],
+        "i=0; while [ $i -lt 200 ]; do echo line $i; i=$((i+1)); done; id -G",
+    );
+    assert_eq!(out.code(), 0, "{out:?}");
+    let groups = out.stdout.lines().last().unwrap_or_default().to_string();
+    let groups: Vec<&str> = groups.split_whitespace().collect();
+    assert!(
+        groups.contains(&"1") && groups.contains(&"1234"),
+        "{groups:?}"
+    );
+    let id = inspect_json(d, &rotated)["Id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let log = d
+        .data_root()
+        .join("containers")
+        .join(&id)
+        .join(format!("{id}-json.log"));
+    let dotted = |n: u32| std::path::PathBuf::from(format!("{}.{n}", log.display()));
+    assert!(
+        dotted(2).exists() && !dotted(3).exists(),
+        "{}",
+        log.display()
+    );
+    let logs = d.docker_ok(&["logs", &rotated]);
+    let lines: Vec<&str> = logs.lines().collect();
+    assert!(
+        lines.len() > 20 && lines.len() < 100,
+        "{} lines kept",
+        lines.len()
+    );
+    let first: usize = lines[0]
+        .strip_prefix("line ")
+        .and_then(|n| n.parse().ok())
+        .expect("the oldest kept line is a numbered one");
+    let expected: Vec<String> = (first..200).map(|i| format!("line {i}")).collect();
+    assert_eq!(lines[..lines.len() - 1], expected[..], "{logs}");
+    let tail = d.docker_ok(&["logs", "--tail", "3", &rotated]);
+    assert!(tail.starts_with("line 198\nline 199\n"), "{tail}");
+    d.docker_ok(&["rm", &rotated]);
+
+    // One VM: the none driver keeps nothing; the attached client still gets the output.
+    let unlogged = format!("{tag}-unlogged");
+    let out = d.docker(&[
+        "run",
+        "--name",
+        &unlogged,
+        "--log-driver",
+        "none",
+        "busybox",
+        "echo",
+        "to the terminal only",
+    ]);
+    assert_eq!(out.stdout, "to the terminal only\n", "{out:?}");
+    let out = d.docker(&["logs", &unlogged]);
+    assert_eq!(out.code(), 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("configured logging driver does not support reading"),
+        "{out:?}"
+    );
+    d.docker_ok(&["rm", &unlogged]);
+}
+
+/// The sockets process `pid` holds (`socket:[inode]`).
+fn sockets_of(pid: u32) -> std::collections::HashSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.starts_with("socket:"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Opens `GET path` on berthd (pid `pid`) and reads its status line; returns the
+/// connection and berthd's end of it. berthd's end is the one socket it gained meanwhile
+/// (ss(8) would pair the two ends, but the emulated host's kernel has no unix_diag): a
+/// try during which it gained another (other tests' requests) is made again.
+fn open_with_server_end(
+    socket: &std::path::Path,
+    pid: u32,
+    path: &str,
+) -> (std::os::unix::net::UnixStream, String) {
+    for _ in 0..20 {
+        let before = sockets_of(pid);
+        let mut conn = std::os::unix::net::UnixStream::connect(socket).expect("berthd's socket");
+        std::io::Write::write_all(
+            &mut conn,
+            format!("GET {path} HTTP/1.1\r\nHost: berth\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        std::io::Read::read_exact(&mut conn, &mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        let gained: Vec<String> = sockets_of(pid).difference(&before).cloned().collect();
+        if let [only] = gained.as_slice() {
+            return (conn, only.clone());
+        }
+    }
+    panic!("berthd kept gaining other sockets along with ours");
+}
+
+#[test]
+fn open_stdin_waits_for_a_later_attach_and_followers_that_hang_up_are_let_go() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let tag = unique("stdin");
+    let name = format!("{tag}-reader");
+    // `-d -i`: stdin stays open (OpenStdin without StdinOnce) for whoever attaches later.
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "-i",
+        "--name",
+        &name,
+        "--label",
+        &tag,
+        "--log-driver",
+        "local",
+        "busybox",
+        "sh",
+        "-c",
+        "echo waiting; read x; echo got $x; dd if=/dev/zero of=/ballast bs=1k count=300 2>/dev/null",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d.docker_ok(&["logs", &name]).contains("waiting") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let state = d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &name]);
+    assert_eq!(state.trim(), "running", "{}", d.docker_ok(&["logs", &name]));
+
+    // A follower that hangs up is let go at once: berthd closes its end of the connection
+    // and its follow task ends, letting go of the log file it reads.
+    let pid = d.pid().expect("berthd runs");
+    let id = inspect_json(d, &name)["Id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    let log = d
+        .data_root()
+        .join("containers")
+        .join(&id)
+        .join(format!("{id}-json.log"));
+    let log_readers = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| std::fs::read_link(e.path()).is_ok_and(|l| l == log))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    // The writer's own descriptor.
+    let idle = log_readers();
+    let (follower, server) = open_with_server_end(
+        d.socket(),
+        pid,
+        &format!("/v1.41/containers/{name}/logs?follow=1&stdout=1&stderr=1"),
+    );
+    assert_eq!(
+        log_readers(),
+        idle + 1,
+        "the follower reads {}",
+        log.display()
+    );
+    drop(follower);
+    let hung_up = Instant::now();
+    while (sockets_of(pid).contains(&server) || log_readers() > idle)
+        && hung_up.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = hung_up.elapsed();
+    assert!(
+        !sockets_of(pid).contains(&server) && log_readers() == idle,
+        "berthd still serves a follower 30 s after it hung up"
+    );
+    println!("a follower's hang-up ended its stream in {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+
+    // A later attach feeds the waiting read.
+    let out = d.docker_with_input(&["attach", &name], b"hello\n");
+    assert!(out.stdout.contains("got hello"), "{out:?}");
+    assert_eq!(d.docker_ok(&["wait", &name]).trim(), "0");
+    let logs = d.docker_ok(&["logs", &name]);
+    assert_eq!(logs, "waiting\ngot hello\n");
+
+    // Pruning it reclaims its writable layer, ballast included.
+    let (gone, reclaimed) = prune_api(d, serde_json::json!({ "label": [tag] }));
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert!(reclaimed >= 300 * 1024, "reclaimed {reclaimed} bytes");
+}

@@ -20,6 +20,10 @@ pub enum EngineError {
     /// The operation is valid but berth does not support it yet.
     #[error("{0}")]
     Unsupported(String),
+    /// The operation exists, but not for this object as it was configured (reading the
+    /// logs of a container whose log driver keeps none): Docker's NotImplemented.
+    #[error("{0}")]
+    NotImplemented(String),
     /// The request is understood and refused by rule (removing a network in use, or a
     /// pre-defined one).
     #[error("{0}")]

@@ -111,6 +111,65 @@ pub fn parse_api_time(s: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::new(secs, nanos as u32))
 }
 
+/// Go's `time.ParseDuration` (`24h`, `1h30m`, `1.5s`, `-10m`): seconds, negative for a
+/// leading `-`. `None` for anything else, `0` with no unit included.
+pub fn parse_go_duration(s: &str) -> Option<f64> {
+    let (sign, mut rest) = match s.as_bytes().first() {
+        Some(b'-') => (-1.0, &s[1..]),
+        Some(b'+') => (1.0, &s[1..]),
+        _ => (1.0, s),
+    };
+    if rest == "0" {
+        return Some(0.0);
+    }
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(end);
+        if number.is_empty() || number == "." {
+            return None;
+        }
+        let value: f64 = number.parse().ok()?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = next;
+    }
+    total.is_finite().then_some(sign * total)
+}
+
+/// A time in a filter (`until`), as dockerd reads it: a Go duration back from `now`
+/// (`24h`), RFC 3339, or Unix seconds with an optional fraction.
+pub fn parse_filter_time(s: &str, now: SystemTime) -> Option<SystemTime> {
+    if s != "0" {
+        if let Some(secs) = parse_go_duration(s) {
+            let d = Duration::try_from_secs_f64(secs.abs()).ok()?;
+            return if secs >= 0.0 {
+                Some(now.checked_sub(d).unwrap_or(UNIX_EPOCH))
+            } else {
+                now.checked_add(d)
+            };
+        }
+    }
+    parse_api_time(s)
+}
+
 /// Seconds since the epoch, for the API's integer timestamps.
 pub fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
@@ -121,6 +180,27 @@ pub fn unix_secs(t: SystemTime) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_times_as_dockerd_reads_them() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let back = |s: &str| parse_filter_time(s, now).map(unix_secs);
+        assert_eq!(back("24h"), Some(1_700_000_000 - 86_400));
+        assert_eq!(back("1h30m"), Some(1_700_000_000 - 5_400));
+        assert_eq!(back("1.5s").map(|s| s < 1_700_000_000), Some(true));
+        assert_eq!(back("-10m"), Some(1_700_000_600));
+        assert_eq!(back("1600000000"), Some(1_600_000_000));
+        assert_eq!(back("0"), Some(0));
+        assert_eq!(back("2023-11-14T22:13:20Z"), Some(1_700_000_000));
+        for bad in ["", "h", "10", "10x", "1h-", "abc"] {
+            assert_eq!(
+                parse_go_duration(bad),
+                None,
+                "{bad}: a Go duration needs units"
+            );
+        }
+        assert_eq!(back("abc"), None);
+    }
 
     #[test]
     fn formats_and_parses() {

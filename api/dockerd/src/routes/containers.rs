@@ -39,7 +39,7 @@ pub async fn route(
     match (method, segs.as_slice()) {
         (Method::POST, ["containers", "create"]) => create(state, req, &q).await,
         (Method::GET, ["containers", "json"]) => list(state, &q).await,
-        (Method::POST, ["containers", "prune"]) => prune(state).await,
+        (Method::POST, ["containers", "prune"]) => prune(state, &q).await,
         (Method::GET, ["containers", id, "json"]) => inspect(state, id, q.flag("size")).await,
         (Method::POST, ["containers", id, "start"]) => {
             match state.engine.containers.start(id).await {
@@ -261,10 +261,7 @@ fn matches_filters(
                 r.name.contains(v)
             }),
             "id" => any(&|v| r.id.starts_with(v)),
-            "label" => any(&|v| match v.split_once('=') {
-                Some((k, val)) => r.config.labels.get(k).is_some_and(|x| x == val),
-                None => r.config.labels.contains_key(v),
-            }),
+            "label" => labels_match(&r.config.labels, values),
             "exited" => any(&|v| {
                 r.state.status == Status::Exited
                     && v.parse::<i32>().is_ok_and(|c| c == r.state.exit_code)
@@ -381,7 +378,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         "ResolvConfPath": "",
         "HostnamePath": "",
         "HostsPath": "",
-        "LogPath": c.log_path(),
+        "LogPath": c.shown_log_path().await,
         "Name": format!("/{}", r.name),
         "RestartCount": r.restart_count,
         "Driver": "overlayfs over virtio-fs",
@@ -393,12 +390,14 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         "HostConfig": {
             "Binds": null,
             "ContainerIDFile": "",
-            "LogConfig": { "Type": r.host_config.log_type, "Config": {} },
+            "LogConfig": { "Type": r.host_config.log_type, "Config": r.host_config.log_options },
             "NetworkMode": r.host_config.network_mode,
             "PortBindings": super::networks::port_bindings(&r),
             "PublishAllPorts": r.host_config.publish_all_ports,
             "CapAdd": if r.host_config.cap_add.is_empty() { Value::Null } else { json!(r.host_config.cap_add) },
             "CapDrop": if r.host_config.cap_drop.is_empty() { Value::Null } else { json!(r.host_config.cap_drop) },
+            "CgroupnsMode": "private",
+            "GroupAdd": if r.host_config.group_add.is_empty() { Value::Null } else { json!(r.host_config.group_add) },
             "Dns": r.host_config.dns,
             "DnsSearch": r.host_config.dns_search,
             "DnsOptions": r.host_config.dns_options,
@@ -414,7 +413,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "Init": r.host_config.init,
             "ConsoleSize": r.host_config.console_size,
             "Isolation": "",
-            "Runtime": "berth",
+            "Runtime": engine::container::spec::RUNTIME,
         },
         "GraphDriver": { "Name": "overlay", "Data": null },
         "Mounts": [],
@@ -484,21 +483,82 @@ async fn wait(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
     Ok(r)
 }
 
-async fn prune(state: &Arc<State>) -> ApiResult {
+/// Docker's `label` filter on containers (moby's `MatchKVList`): every value must match,
+/// `k` by the key alone, `k=v` by key and value.
+fn labels_match(labels: &std::collections::BTreeMap<String, String>, values: &[String]) -> bool {
+    values.iter().all(|v| match v.split_once('=') {
+        Some((k, val)) => labels.get(k).is_some_and(|x| x == val),
+        None => labels.contains_key(v.as_str()),
+    })
+}
+
+/// Whether `docker container prune`'s filters let it remove a container with `labels`
+/// created at `created` (dockerd's `label`, `label!` and `until`).
+fn prunable(
+    labels: &std::collections::BTreeMap<String, String>,
+    created: SystemTime,
+    filters: &HashMap<String, Vec<String>>,
+    until: Option<SystemTime>,
+) -> bool {
+    if until.is_some_and(|u| created > u) {
+        return false;
+    }
+    let label = filters.get("label").map_or(&[][..], Vec::as_slice);
+    if !labels_match(labels, label) {
+        return false;
+    }
+    match filters.get("label!").filter(|v| !v.is_empty()) {
+        Some(not) => !labels_match(labels, not),
+        None => true,
+    }
+}
+
+/// `docker container prune`: every container not running that the filters let through;
+/// the space reclaimed is their writable layers', as dockerd counts it.
+async fn prune(state: &Arc<State>, q: &Query) -> ApiResult {
+    let filters = q.filters()?;
+    if let Some(key) = filters
+        .keys()
+        .find(|k| !matches!(k.as_str(), "label" | "label!" | "until"))
+    {
+        return Err(ApiError::bad_request(format!("invalid filter '{key}'")));
+    }
+    let until = match filters.get("until").map(Vec::as_slice) {
+        None | Some([]) => None,
+        Some([v]) => Some(
+            engine::time::parse_filter_time(v, SystemTime::now())
+                .ok_or_else(|| ApiError::bad_request(format!("invalid filter 'until={v}'")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "more than one until filter specified",
+            ))
+        }
+    };
     let mut deleted = Vec::new();
+    let mut reclaimed = 0u64;
     for c in state.engine.containers.all().await {
         let r = c.record().await;
-        if matches!(
+        if !matches!(
             r.state.status,
             Status::Created | Status::Exited | Status::Dead
-        ) && state.engine.containers.remove(&r.id, false).await.is_ok()
+        ) || !prunable(&r.config.labels, r.created, &filters, until)
         {
+            continue;
+        }
+        // Measured before it goes; a layer that cannot be measured counts as nothing.
+        let size = match state.engine.containers.sizes(&r.id).await {
+            Ok((rw, _)) => rw,
+            Err(_) => 0,
+        };
+        if state.engine.containers.remove(&r.id, false).await.is_ok() {
             deleted.push(r.id);
+            reclaimed = reclaimed.saturating_add(size);
         }
     }
     json(
         StatusCode::OK,
-        &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": 0 }),
+        &json!({ "ContainersDeleted": deleted, "SpaceReclaimed": reclaimed }),
     )
 }
 
@@ -796,7 +856,7 @@ async fn logs(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
     let follow = q.flag("follow");
     let timestamps = q.flag("timestamps");
     let tty = r.config.tty;
-    let path = c.log_path();
+    let path = c.readable_log().await?;
     let (mut reader, first) = LogReader::open(&path, &opts)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let format_entry = move |e: &Entry| -> Bytes {

@@ -162,7 +162,7 @@ async fn info(state: &Arc<State>) -> ApiResult {
             "Images": counts.images,
             "Driver": "overlayfs over virtio-fs",
             "DriverStatus": [["Guest root filesystem", "virtio-fs share of the host overlay"]],
-            "Plugins": { "Volume": [], "Network": ["null"], "Authorization": null, "Log": ["json-file"] },
+            "Plugins": { "Volume": [], "Network": ["null"], "Authorization": null, "Log": ["json-file", "local"] },
             "MemoryLimit": true,
             "SwapLimit": false,
             "KernelMemory": false,

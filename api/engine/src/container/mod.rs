@@ -123,6 +123,26 @@ impl Container {
         self.dir.join(format!("{}-json.log", self.id))
     }
 
+    /// The json-file log to read, or why there is none to read (the `none` driver), in
+    /// dockerd's words.
+    pub async fn readable_log(&self) -> Result<PathBuf> {
+        match self.record.lock().await.host_config.log_config() {
+            Ok(logs::LogConfig::None) => Err(EngineError::NotImplemented(
+                "configured logging driver does not support reading".into(),
+            )),
+            _ => Ok(self.log_path()),
+        }
+    }
+
+    /// The log path `docker inspect` shows: dockerd shows it for json-file only.
+    pub async fn shown_log_path(&self) -> PathBuf {
+        if self.record.lock().await.host_config.log_type == "json-file" {
+            self.log_path()
+        } else {
+            PathBuf::new()
+        }
+    }
+
     /// The guest's console log.
     pub fn console_path(&self) -> PathBuf {
         self.dir.join("console.log")
@@ -464,6 +484,9 @@ impl Containers {
             _ => {}
         }
         let image = self.images.resolve_for_container(&record.image_id)?;
+        let log_config = record.host_config.log_config().map_err(|e| {
+            EngineError::InvalidArgument(format!("cannot start container {}: {e}", record.id))
+        })?;
         let rootfs = container.rootfs();
         let run_dir = vm::run_dir(&self.config.exec_root, &record.id);
         let mut container_spec = vm::LaunchSpec::container_spec(&record.config.hostname);
@@ -607,7 +630,7 @@ impl Containers {
         log::debug!("container {}: running in VM {vmm_pid}", container.id);
         self.event(&container.record().await, "start", &[]);
 
-        let pumps = stdio::connect(&container, streams)?;
+        let pumps = stdio::connect(&container, streams, log_config)?;
         drop(op);
 
         watcher::spawn(watcher::Watch {
@@ -1067,6 +1090,7 @@ fn process_spec(record: &Record) -> ProcessSpec {
     spec.stdin = record.config.open_stdin;
     spec.container = Some(vm::CONTAINER.to_string());
     spec.user = (!record.config.user.is_empty()).then(|| record.config.user.clone());
+    spec.group_add = record.host_config.group_add.clone();
     spec.capabilities =
         spec::capabilities(&record.host_config.cap_add, &record.host_config.cap_drop);
     spec

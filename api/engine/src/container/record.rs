@@ -7,6 +7,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::logs::{LogConfig, LogConfigError};
+
 /// A container's lifecycle state, as Docker names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -97,6 +99,13 @@ pub struct HostConfig {
     #[serde(default)]
     pub restart_max_retries: i64,
     pub log_type: String,
+    /// `--log-opt`, as given (checked against `log_type` at create).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub log_options: BTreeMap<String, String>,
+    /// `--group-add`: group names or ids, resolved in the guest against the image's
+    /// `/etc/group`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_add: Vec<String>,
     /// `-p`: by container port (`80/tcp`), the host addresses and ports asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_bindings: BTreeMap<String, Vec<PortBindingSpec>>,
@@ -205,6 +214,12 @@ impl HostConfig {
         }
         let whole = (self.nano_cpus + 999_999_999) / 1_000_000_000;
         whole.clamp(1, 64) as u8
+    }
+
+    /// How its output is kept. Checked at create; a record that no longer reads (written
+    /// by a berth that accepted more) says why at start.
+    pub fn log_config(&self) -> Result<LogConfig, LogConfigError> {
+        LogConfig::parse(&self.log_type, &self.log_options)
     }
 
     /// Guest memory in MiB: `--memory`.

@@ -187,7 +187,15 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "RestartPolicy",
     "LogConfig",
     "Isolation",
+    "GroupAdd",
+    "Runtime",
+    "CgroupnsMode",
+    "PidMode",
+    "UTSMode",
 ];
+
+/// The one runtime berth has: every container in its own microVM (`docker info` names it).
+pub const RUNTIME: &str = "berth";
 
 /// The label that chooses how a container's VM starts (`docker run --label
 /// io.berth.start=cold`): `clone` (from a template, the daemon's default unless `berthd
@@ -596,10 +604,8 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         let default_ok = match (k.as_str(), v) {
             ("MemorySwappiness", Value::Number(n)) => n.as_i64() == Some(-1),
             ("OomScoreAdj", _) => is_unset(v),
-            // The agent always gives a container its own cgroup namespace.
-            ("CgroupnsMode", Value::String(s)) => s == "private",
             ("IpcMode", Value::String(s)) => s == "private" || s == "shareable",
-            ("PidMode" | "UTSMode" | "UsernsMode" | "Cgroup", Value::String(s)) => s.is_empty(),
+            ("UsernsMode" | "Cgroup", Value::String(s)) => s.is_empty(),
             _ => false,
         };
         if !default_ok {
@@ -658,25 +664,89 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
             "can't create 'AutoRemove' container with restart policy".into(),
         ));
     }
-    let log_type = match hc.get("LogConfig") {
+    let (log_type, log_options) = match hc.get("LogConfig") {
         Some(Value::Object(lc)) => {
             let t = string(lc.get("Type"), "LogConfig.Type")?;
-            if !t.is_empty() && t != "json-file" {
-                return Err(unsupported(
-                    &format!("--log-driver {t}"),
-                    "berth logs with json-file",
-                ));
-            }
-            if lc.get("Config").is_some_and(|c| !is_unset(c)) {
-                return Err(unsupported(
-                    "--log-opt",
-                    "log options are not implemented yet",
-                ));
-            }
-            "json-file".to_string()
+            let options = string_map(lc.get("Config"), "LogConfig.Config")?;
+            super::logs::LogConfig::parse(&t, &options)
+                .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+            // The daemon's default driver is named, as dockerd names it in inspect.
+            let t = if t.is_empty() { "json-file".into() } else { t };
+            (t, options)
         }
-        _ => "json-file".to_string(),
+        _ => ("json-file".to_string(), BTreeMap::new()),
     };
+    let group_add = string_list(hc.get("GroupAdd"), "GroupAdd")?.unwrap_or_default();
+    if group_add.len() > agent_protocol::MAX_GROUP_ADD {
+        return Err(EngineError::InvalidArgument(format!(
+            "too many groups in --group-add ({}, at most {})",
+            group_add.len(),
+            agent_protocol::MAX_GROUP_ADD
+        )));
+    }
+    for g in &group_add {
+        if g.is_empty()
+            || g.len() > agent_protocol::MAX_USER_LEN
+            || g.chars().any(|c| c.is_control() || c == ':')
+        {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid group in --group-add: {g:?}"
+            )));
+        }
+    }
+    let runtime = string(hc.get("Runtime"), "Runtime")?;
+    if !runtime.is_empty() && runtime != RUNTIME {
+        return Err(EngineError::InvalidArgument(format!(
+            "unknown or invalid runtime name: {runtime} (berth's one runtime is \"{RUNTIME}\": every container runs in its own microVM)"
+        )));
+    }
+    match string(hc.get("CgroupnsMode"), "CgroupnsMode")?.as_str() {
+        // The agent gives every container a cgroup namespace of its own.
+        "" | "private" => {}
+        "host" => {
+            return Err(unsupported(
+                "--cgroupns host",
+                "the container runs in its own VM, whose kernel is not the host's: the host's cgroup hierarchy is out of its reach",
+            ))
+        }
+        other => {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid cgroup namespace mode: {other}"
+            )))
+        }
+    }
+    match string(hc.get("PidMode"), "PidMode")?.as_str() {
+        "" => {}
+        "host" => {
+            return Err(unsupported(
+                "--pid host",
+                "the container runs in its own VM, whose kernel does not see the host's processes",
+            ))
+        }
+        m if m.starts_with("container:") => {
+            return Err(unsupported(
+                &format!("--pid {m}"),
+                "each container runs in its own VM, and two VMs cannot share processes",
+            ))
+        }
+        other => {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid PID mode: {other}"
+            )))
+        }
+    }
+    match string(hc.get("UTSMode"), "UTSMode")?.as_str() {
+        "" => {}
+        "host" => return Err(unsupported(
+            "--uts host",
+            "the container runs in its own VM, whose kernel has its own host name, not the host's",
+        )),
+        other => {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid UTS mode: {other}"
+            )))
+        }
+    }
     let isolation = string(hc.get("Isolation"), "Isolation")?;
     if !isolation.is_empty() && isolation != "default" {
         return Err(unsupported(
@@ -740,6 +810,8 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         restart_policy,
         restart_max_retries,
         log_type,
+        log_options,
+        group_add,
     })
 }
 
@@ -877,6 +949,36 @@ mod tests {
     }
 
     #[test]
+    fn process_and_log_options_sdks_send_are_read() {
+        let mut body = cli_body();
+        body["HostConfig"]["GroupAdd"] = json!(["audio", "1234"]);
+        body["HostConfig"]["Runtime"] = json!("berth");
+        body["HostConfig"]["CgroupnsMode"] = json!("private");
+        body["HostConfig"]["LogConfig"] =
+            json!({"Type": "json-file", "Config": {"max-size": "1k", "max-file": "2"}});
+        let r = parse(&body).unwrap();
+        let h = &r.host_config;
+        assert_eq!(h.group_add, ["audio", "1234"]);
+        assert_eq!(h.log_type, "json-file");
+        assert_eq!(h.log_options["max-size"], "1k");
+        assert_eq!(
+            h.log_config(),
+            Ok(super::super::logs::LogConfig::Store {
+                max_size: Some(1000),
+                max_files: 2
+            })
+        );
+        // The CLI's defaults: the daemon's driver, named as dockerd names it.
+        let r = parse(&cli_body()).unwrap();
+        assert_eq!(r.host_config.log_type, "json-file");
+        assert!(r.host_config.log_options.is_empty());
+        for driver in ["local", "none"] {
+            body["HostConfig"]["LogConfig"] = json!({"Type": driver, "Config": {}});
+            assert_eq!(parse(&body).unwrap().host_config.log_type, driver);
+        }
+    }
+
+    #[test]
     fn network_options_are_read() {
         let mut body = cli_body();
         body["HostConfig"]["NetworkMode"] = json!("appnet");
@@ -951,7 +1053,36 @@ mod tests {
             ("/Volumes", json!({"/data": {}}), "Volumes"),
             ("/HostConfig/Privileged", json!(true), "--privileged"),
             ("/HostConfig/Init", json!(true), "--init"),
-            ("/HostConfig/CgroupnsMode", json!("host"), "CgroupnsMode"),
+            ("/HostConfig/CgroupnsMode", json!("host"), "--cgroupns host"),
+            ("/HostConfig/PidMode", json!("host"), "--pid host"),
+            (
+                "/HostConfig/PidMode",
+                json!("container:x"),
+                "--pid container:x",
+            ),
+            ("/HostConfig/UTSMode", json!("host"), "--uts host"),
+            (
+                "/HostConfig/Runtime",
+                json!("runc"),
+                "invalid runtime name: runc",
+            ),
+            (
+                "/HostConfig/LogConfig",
+                json!({"Type": "syslog", "Config": {}}),
+                "syslog log driver",
+            ),
+            (
+                "/HostConfig/LogConfig",
+                json!({"Type": "json-file", "Config": {"max-szie": "1m"}}),
+                "unknown log opt 'max-szie'",
+            ),
+            (
+                "/HostConfig/LogConfig",
+                json!({"Type": "local", "Config": {"compress": "true"}}),
+                "compress=true",
+            ),
+            ("/HostConfig/GroupAdd", json!(["a:b"]), "--group-add"),
+            ("/HostConfig/GroupAdd", json!([""]), "--group-add"),
             (
                 "/NetworkingConfig/EndpointsConfig",
                 json!({"default": {"Aliases": ["web"]}}),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 
-use super::logs::{LogWriter, Stream};
+use super::logs::{LogConfig, LogWriter, Stream};
 use super::{lock_std, vm, Chunk, Container};
 use crate::{EngineError, Result};
 
@@ -19,8 +19,9 @@ use crate::{EngineError, Result};
 pub fn connect(
     container: &Arc<Container>,
     streams: vm::Streams,
+    log_config: LogConfig,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let log = LogWriter::open(&container.log_path())
+    let log = LogWriter::for_config(&container.log_path(), log_config)
         .map_err(|e| EngineError::internal("cannot open the container log", e))?;
     let log = Arc::new(std::sync::Mutex::new(log));
     let mut pumps = vec![spawn_pump(
@@ -55,7 +56,8 @@ pub fn connect(
 /// Copies one output stream of the container to its log and attached clients.
 fn spawn_pump(
     container: Arc<Container>,
-    log: Arc<std::sync::Mutex<LogWriter>>,
+    // `None`: the `none` driver keeps nothing; attached clients still get every byte.
+    log: Arc<std::sync::Mutex<Option<LogWriter>>>,
     stream: Stream,
     source: std::os::unix::net::UnixStream,
 ) -> Result<tokio::task::JoinHandle<()>> {
@@ -72,7 +74,7 @@ fn spawn_pump(
                 Ok(n) => n,
             };
             let data = Bytes::copy_from_slice(&buf[..n]);
-            if let Err(e) = lock_std(&log).write(stream, &data) {
+            if let Some(Err(e)) = lock_std(&log).as_mut().map(|l| l.write(stream, &data)) {
                 log::warn!("container {}: cannot write its log: {e}", container.id);
             }
             container
@@ -90,7 +92,9 @@ fn spawn_pump(
             }
             lock_std(&container.attachers).retain(|tx| !tx.is_closed());
         }
-        let _ = lock_std(&log).finish(stream);
+        if let Some(l) = lock_std(&log).as_mut() {
+            let _ = l.finish(stream);
+        }
         container.log_written.send_modify(|n| *n += 0);
     }))
 }
@@ -139,6 +143,7 @@ mod tests {
                 stdout,
                 stderr: Some(stderr),
             },
+            LogConfig::DEFAULT,
         )
         .unwrap();
         assert_eq!(pumps.len(), 2);
@@ -187,6 +192,33 @@ mod tests {
         let mut read = String::new();
         std::io::Read::read_to_string(&mut &guest_in, &mut read).unwrap();
         assert_eq!(read, "input");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_none_driver_keeps_nothing_and_attached_clients_still_hear_everything() {
+        let dir = std::env::temp_dir().join(format!("berth-stdio-none-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = container(&dir);
+        let mut attached = c.attach_output(16);
+        let (stdout, mut guest_out) = UnixStream::pair().unwrap();
+        let streams = vm::Streams {
+            stdin: None,
+            stdout,
+            stderr: None,
+        };
+        let pumps = connect(&c, streams, LogConfig::None).unwrap();
+        guest_out.write_all(b"unlogged\n").unwrap();
+        drop(guest_out);
+        for pump in pumps {
+            pump.await.unwrap();
+        }
+        let chunk = attached
+            .try_recv()
+            .expect("the attached client got the output");
+        assert_eq!(chunk.data, Bytes::from_static(b"unlogged\n"));
+        assert!(!c.log_path().exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
