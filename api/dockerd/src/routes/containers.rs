@@ -98,6 +98,8 @@ pub async fn route(
         }
         (Method::POST, ["containers", id, "attach"]) => attach(state, req, id, &q, version).await,
         (Method::GET, ["containers", id, "logs"]) => logs(state, id, &q).await,
+        (Method::GET, ["containers", id, "top"]) => super::stats::top(state, id, &q).await,
+        (Method::GET, ["containers", id, "stats"]) => super::stats::stats(state, id, &q).await,
         (_, ["containers", id, what, ..]) => {
             // Docker endpoints berth does not implement: refused by name, never faked.
             let Some((_, command)) = UNSUPPORTED.iter().find(|(w, _)| w == what) else {
@@ -117,8 +119,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("exec", "docker exec"),
     ("pause", "docker pause"),
     ("unpause", "docker unpause"),
-    ("top", "docker top"),
-    ("stats", "docker stats"),
     ("export", "docker export"),
     ("archive", "docker cp"),
     ("changes", "docker diff"),

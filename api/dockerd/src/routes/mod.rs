@@ -4,4 +4,5 @@
 pub mod containers;
 pub mod images;
 pub mod networks;
+pub mod stats;
 pub mod system;

@@ -8,9 +8,11 @@
 
 pub mod logs;
 mod net;
+pub mod ps;
 pub mod record;
 pub mod sandbox;
 pub mod spec;
+pub mod stats;
 mod stdio;
 pub mod template;
 pub mod vm;
