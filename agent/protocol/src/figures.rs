@@ -69,10 +69,12 @@ pub struct CpuFigures {
     pub container_user_ns: u64,
     /// System time of the container's processes, those they have waited for included.
     pub container_system_ns: u64,
-    /// All the VM's CPU time, idle included, summed over its CPUs (`/proc/stat`'s first
-    /// line: user, nice, system, idle, iowait, irq, softirq): Docker's `system_cpu_usage`.
+    /// All the VM's CPU time, idle included: its uptime (`CLOCK_BOOTTIME`) times its online
+    /// CPUs, what `/proc/stat`'s user to softirq would sum to if no timer tick were lost.
+    /// Docker's `system_cpu_usage`.
     pub vm_total_ns: u64,
-    /// The part of `vm_total_ns` that was not idle or waiting for I/O.
+    /// The part of `vm_total_ns` that was not idle or waiting for I/O (`/proc/stat`, in
+    /// ticks).
     pub vm_busy_ns: u64,
     /// The VM's online CPUs.
     pub online_cpus: u32,

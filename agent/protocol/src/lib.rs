@@ -60,8 +60,8 @@
 //! terminal, command name and arguments (cut to [`MAX_PS_ARGS_LEN`]); at most
 //! [`MAX_LISTED_PROCESSES`] of them. The host formats them as `ps` would (`docker top`).
 //! [`Request::Stats`] answers [`GuestStats`]: the CPU time of the container's processes
-//! (with that of the children they have reaped), the VM's total and busy CPU time and
-//! online CPUs (`/proc/stat`), its memory (`/proc/meminfo`, `/proc/vmstat`), the number of
+//! (with that of the children they have reaped), the VM's total CPU time (uptime times
+//! online CPUs), busy CPU time and online CPUs (`/proc/stat`), its memory (`/proc/meminfo`, `/proc/vmstat`), the number of
 //! the container's processes, and the counters of the VM's interfaces but `lo`
 //! (`/proc/net/dev`). Containers have no cgroup of their own in the VM, so memory and
 //! network are the VM's: the container is its only tenant besides the agent. Both are read
