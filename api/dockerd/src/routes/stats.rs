@@ -80,7 +80,7 @@ pub async fn stats(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
         let mut lifecycle = c.lifecycle();
         loop {
             let sample = tokio::select! {
-                _ = tx.closed() => return,
+                _ = tx.closed() => return gone(&id),
                 s = state.engine.containers.stats(&c) => s,
             };
             let sample = match sample {
@@ -97,12 +97,12 @@ pub async fn stats(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
             }
             let frame = Frame::data(Bytes::from(format!("{line}\n")));
             if tx.send(Ok(frame)).await.is_err() {
-                return;
+                return gone(&id);
             }
             let Some(sample) = sample else { return };
             prev = Some(sample);
             tokio::select! {
-                _ = tx.closed() => return,
+                _ = tx.closed() => return gone(&id),
                 _ = tokio::time::sleep(INTERVAL) => {}
                 // Stopping ends the stream now, not a tick later.
                 _ = lifecycle.wait_for(|l| !l.running) => return,
@@ -113,6 +113,11 @@ pub async fn stats(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+/// The end of a stream whose client went away (the end-to-end test reads this line).
+fn gone(id: &str) {
+    log::debug!("container {id}: stats stream ended: the client went away");
 }
 
 fn cpu_stats(s: Option<&StatsSample>) -> Value {
