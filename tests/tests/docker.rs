@@ -2157,3 +2157,202 @@ fn open_stdin_waits_for_a_later_attach_and_followers_that_hang_up_are_let_go() {
     assert_eq!(gone.len(), 1, "{gone:?}");
     assert!(reclaimed >= 300 * 1024, "reclaimed {reclaimed} bytes");
 }
+
+// --- top and stats -------------------------------------------------------------------------
+
+/// The `docker stats --format '{{json .}}'` row of `name`.
+fn stats_row(d: &Daemon, name: &str) -> serde_json::Value {
+    let out = d.docker_ok(&["stats", "--no-stream", "--format", "{{json .}}", name]);
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Docker's human sizes (`12.5MiB`, `256MiB`, `1.2GiB`, `0B`) in bytes.
+fn human_bytes(s: &str) -> f64 {
+    let s = s.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: f64 = n.parse().unwrap_or_else(|_| panic!("{s:?}"));
+    let scale = match unit {
+        "B" => 1.0,
+        "KiB" | "kB" => 1024.0,
+        "MiB" | "MB" => 1024.0 * 1024.0,
+        "GiB" | "GB" => 1024.0 * 1024.0 * 1024.0,
+        other => panic!("unit {other:?} in {s:?}"),
+    };
+    n * scale
+}
+
+#[test]
+fn top_and_stats_show_the_guests_processes_and_figures() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("top");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "-m",
+        "256m",
+        "--name",
+        &name,
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 1000 & while true; do sleep 1; done",
+    ]);
+
+    // docker top: ps -ef's table, pids as the container sees them.
+    let out = d.docker_ok(&["top", &name]);
+    let mut lines = out.lines();
+    let titles: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        titles,
+        ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"],
+        "{out}"
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    let init = rows.iter().find(|r| r.get(1) == Some(&"1"));
+    let init = init.unwrap_or_else(|| panic!("no PID 1: {out}"));
+    assert_eq!((init[0], init[2]), ("root", "0"), "{out}");
+    assert_eq!(
+        init[7..].join(" "),
+        "sh -c sleep 1000 & while true; do sleep 1; done"
+    );
+    let sleeper = rows.iter().find(|r| r[7..].join(" ") == "sleep 1000");
+    let sleeper = sleeper.unwrap_or_else(|| panic!("no background sleep: {out}"));
+    assert_eq!(sleeper[2], "1", "{out}");
+
+    let out = d.docker_ok(&["top", &name, "aux"]);
+    let titles: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        titles,
+        ["USER", "PID", "%CPU", "%MEM", "VSZ", "RSS", "TTY", "STAT", "START", "TIME", "COMMAND"],
+        "{out}"
+    );
+    assert!(out.contains("sleep 1000"), "{out}");
+    let out = d.docker_ok(&["top", &name, "-o", "pid,comm"]);
+    assert!(out.starts_with("PID") && out.contains("sleep"), "{out}");
+    let out = d.docker(&["top", &name, "-L"]);
+    assert_ne!(out.code(), 0);
+    assert!(out.stderr.contains("berth formats docker top"), "{out:?}");
+
+    // docker stats: the VM's size is the limit; what the guest uses is below it.
+    let started = Instant::now();
+    let out = d.docker_ok(&["stats", "--no-stream", &name]);
+    eprintln!(
+        "docker stats --no-stream took {:?} (two samples a second apart)",
+        started.elapsed()
+    );
+    assert!(
+        out.lines()
+            .next()
+            .unwrap_or_default()
+            .contains("MEM USAGE / LIMIT"),
+        "{out}"
+    );
+    assert!(out.contains(" / 256MiB"), "{out}");
+    let row = stats_row(d, &name);
+    let mem = row["MemUsage"].as_str().unwrap_or_default();
+    let (used, limit) = mem.split_once(" / ").unwrap_or_else(|| panic!("{row}"));
+    let (used, limit) = (human_bytes(used), human_bytes(limit));
+    assert_eq!(limit, 256.0 * 1024.0 * 1024.0, "{row}");
+    assert!(used > 0.0 && used < limit, "{row}");
+    let pids: u32 = row["PIDs"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert!(pids >= 2, "{row}");
+    assert_eq!(row["Name"], name.as_str(), "{row}");
+
+    // Docker's SDK for Python agrees (its own client, its own decoding).
+    let stopped = unique("stopped");
+    d.docker_ok(&["run", "--name", &stopped, "busybox", "true"]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk/top_stats.py");
+    let mut sdk = Command::new("/usr/bin/python3");
+    sdk.arg(&script)
+        .args([&name, &stopped])
+        .env("DOCKER_HOST", format!("unix://{}", d.socket().display()));
+    let out = run(sdk, b"", Duration::from_secs(300));
+    assert!(out.status.success(), "{out:?}");
+    eprint!("{}", out.stdout);
+    // The SDK closed its stream after two samples: berthd's task for it has ended.
+    let id = d.docker_ok(&["inspect", "-f", "{{.Id}}", &name]);
+    let gone = format!(
+        "container {}: stats stream ended: the client went away",
+        id.trim()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains(&gone) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(d.log().contains(&gone), "no {gone:?} in berthd's log");
+
+    // A stopped container: top is refused as by dockerd; stats is dockerd's empty row.
+    let out = d.docker(&["top", &stopped]);
+    assert_ne!(out.code(), 0);
+    assert!(out.stderr.contains("is not running"), "{out:?}");
+    let row = stats_row(d, &stopped);
+    assert_eq!(row["CPUPerc"], "0.00%", "{row}");
+
+    // A busy loop on its one vCPU shows up as CPU %.
+    let busy = unique("busy");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--cpus",
+        "1",
+        "--name",
+        &busy,
+        "busybox",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let row = stats_row(d, &busy);
+    let cpu: f64 = row["CPUPerc"]
+        .as_str()
+        .and_then(|c| c.trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("{row}"));
+    eprintln!("busy container: CPU {cpu}%");
+    assert!(cpu > 20.0, "{row}");
+
+    // A stream ends when its container stops.
+    let socket = d.socket().to_owned();
+    let path = format!("/containers/{busy}/stats");
+    let stream = std::thread::spawn(move || http_unix(&socket, "GET", &path, "", b""));
+    std::thread::sleep(Duration::from_secs(3));
+    d.docker_ok(&["kill", &busy]);
+    let stopped_at = Instant::now();
+    let reply = stream
+        .join()
+        .expect("stream thread")
+        .expect("the stream ended");
+    eprintln!(
+        "stats stream ended {:?} after the kill",
+        stopped_at.elapsed()
+    );
+    assert_eq!(reply.status, 200);
+    let samples: Vec<serde_json::Value> = reply
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(!samples.is_empty());
+    assert!(
+        samples.iter().all(|s| s["id"].as_str().is_some()),
+        "{samples:?}"
+    );
+
+    d.docker_ok(&["rm", "-f", &name, &stopped, &busy]);
+}

@@ -263,6 +263,11 @@ impl Container {
         }
     }
 
+    /// The container's root, for reading its files from the agent.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
     /// The container's devpts, where its terminals come from.
     pub fn devpts(&self) -> BorrowedFd<'_> {
         self.devpts.as_fd()

@@ -12,6 +12,7 @@
 
 pub mod caps;
 pub mod container;
+pub mod figures;
 pub mod identity;
 pub mod init;
 pub mod logger;

@@ -17,9 +17,10 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use agent_protocol::ContainerSpec;
+use agent_protocol::{ContainerSpec, GuestStats, ProcessList};
 
 use crate::container::{Container, ContainerError};
+use crate::figures::{self, NsId};
 use crate::spawn::{self, PidNs, Prepared, SpawnError};
 use crate::stdio::{self, Attached, InputKind, Plan};
 use crate::sys::{self, Latch};
@@ -82,6 +83,16 @@ pub enum ProcessError {
     Refresh(#[source] crate::identity::RefreshError),
     #[error("cannot configure the VM's network")]
     Network(#[source] crate::net::NetError),
+    #[error("container {id:?} is not running")]
+    ContainerNotRunning { id: String },
+    #[error("cannot read the figures of container {id:?}")]
+    Figures {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    VmFigures(#[from] crate::figures::FiguresError),
 }
 
 impl ProcessError {
@@ -102,6 +113,8 @@ impl ProcessError {
             ProcessError::ContainerBusy { .. } => ErrorCode::InvalidState,
             ProcessError::Setup { source, .. } => source.code(),
             ProcessError::Refresh(_) | ProcessError::Network(_) => ErrorCode::Internal,
+            ProcessError::ContainerNotRunning { .. } => ErrorCode::InvalidState,
+            ProcessError::Figures { .. } | ProcessError::VmFigures(_) => ErrorCode::Internal,
         }
     }
 
@@ -121,6 +134,7 @@ impl ProcessError {
             ProcessError::Refresh(source) => {
                 format!("{self}: {source}: {}", crate::source_chain(source))
             }
+            ProcessError::Figures { source, .. } => format!("{self}: {source}"),
             _ => self.to_string(),
         }
     }
@@ -501,6 +515,38 @@ impl ProcessTable {
         }
         inner.containers.remove(id);
         Ok(())
+    }
+
+    /// The PID namespace and handles of running container `id`, for reading its figures
+    /// without the lock.
+    fn running_container(&self, id: &str) -> Result<(NsId, Arc<Container>), ProcessError> {
+        let inner = self.lock();
+        let e = inner
+            .containers
+            .get(id)
+            .ok_or_else(|| ProcessError::UnknownContainer { id: id.to_owned() })?;
+        match &e.pidns {
+            Some(ns) if !e.init_exited => {
+                let ns = NsId::of(ns.as_fd()).map_err(|source| ProcessError::Figures {
+                    id: id.to_owned(),
+                    source,
+                })?;
+                Ok((ns, Arc::clone(&e.handles)))
+            }
+            _ => Err(ProcessError::ContainerNotRunning { id: id.to_owned() }),
+        }
+    }
+
+    /// The processes of running container `id` (see [`crate::figures`]).
+    pub fn list_processes(&self, id: &str) -> Result<ProcessList, ProcessError> {
+        let (ns, container) = self.running_container(id)?;
+        Ok(figures::list_processes(ns, Some(container.root())))
+    }
+
+    /// The CPU time of running container `id`'s processes and the VM's figures.
+    pub fn stats(&self, id: &str) -> Result<GuestStats, ProcessError> {
+        let (ns, _) = self.running_container(id)?;
+        Ok(figures::stats(ns)?)
     }
 
     fn start_pumps(self: &Arc<Self>, id: &str, p: &mut Process, pid: i32, plan: Plan) {

@@ -184,6 +184,12 @@ impl Agent {
             Request::ConfigureNetwork { interfaces } => crate::net::configure(&interfaces)
                 .map(|()| Response::Ok)
                 .map_err(ProcessError::Network),
+            Request::ListProcesses { container } => t
+                .list_processes(&container)
+                .map(|list| Response::Processes { list }),
+            Request::Stats { container } => {
+                t.stats(&container).map(|stats| Response::Stats { stats })
+            }
             Request::Shutdown { grace_ms } => {
                 let grace = grace_ms
                     .map(|ms| Duration::from_millis(u64::from(ms)))

@@ -888,3 +888,62 @@ fn volumes_and_bind_mounts() {
     let e = c.create_container("c2", &spec).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::SetupFailed), "{e}");
 }
+
+#[test]
+fn a_containers_processes_and_figures_are_its_own() {
+    if !available() {
+        return;
+    }
+    let a = TestAgent::start("figures");
+    let mut c = a.client();
+    let root = a.rootfs("root");
+    c.create_container("c1", &dir_spec(&root, "figures"))
+        .unwrap();
+    // Not started yet: nothing to list.
+    let e = c.list_processes("c1").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
+    let e = c.stats("nope").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UnknownContainer), "{e}");
+    let mut init = sh_in("c1", "sleep 1000 & while :; do :; done");
+    init.user = Some("app".into());
+    c.create_process("c1-init", &init).unwrap();
+    c.start_process("c1-init").unwrap();
+    // The busy loop and its sleeping child, pids as the container sees them.
+    let deadline = std::time::Instant::now() + T;
+    let list = loop {
+        let list = c.list_processes("c1").unwrap();
+        if list.processes.len() == 2 || std::time::Instant::now() > deadline {
+            break list;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let init = list.processes.iter().find(|p| p.pid == 1);
+    let init = init.unwrap_or_else(|| panic!("{list:?}"));
+    assert_eq!((init.ppid, init.uid), (0, 1000));
+    assert_eq!(init.user.as_deref(), Some("app"));
+    assert_eq!(init.args, "sh -c sleep 1000 & while :; do :; done");
+    let sleep = list.processes.iter().find(|p| p.comm == "sleep");
+    let sleep = sleep.unwrap_or_else(|| panic!("{list:?}"));
+    assert_eq!((sleep.ppid, sleep.args.as_str()), (1, "sleep 1000"));
+    assert!(sleep.start_time_ns <= list.now_ns && sleep.rss_bytes > 0);
+    // An exec'd process is the container's too; the agent and the host are not.
+    let o = run(&mut c, "e1", sh_in("c1", "echo $$; sleep 0.5"));
+    assert_eq!(o.status, exited(0), "{}", o.stderr);
+    let before = c.stats("c1").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = c.stats("c1").unwrap();
+    assert_eq!(after.pids, 2, "{after:?}");
+    let used = |s: &agent_client::GuestStats| s.cpu.container_user_ns + s.cpu.container_system_ns;
+    // A busy loop for 1.5 s: well over half a second of CPU, whatever the host's load.
+    assert!(
+        used(&after) - used(&before) > 300_000_000,
+        "{before:?} {after:?}"
+    );
+    assert!(after.cpu.vm_total_ns > before.cpu.vm_total_ns);
+    assert!(after.memory.total > 0 && after.memory.free <= after.memory.total);
+    assert!(!after.networks.iter().any(|n| n.name == "lo"));
+    c.signal("c1-init", libc::SIGKILL).unwrap();
+    c.wait_process("c1-init").unwrap();
+    let e = c.stats("c1").unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
+}

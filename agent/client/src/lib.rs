@@ -41,7 +41,8 @@ use agent_protocol::{
     PROTOCOL_VERSION,
 };
 pub use agent_protocol::{
-    ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry, MountSpec, ProcessSpec,
+    ContainerSpec, CpuFigures, DnsConfig, ErrorCode, ExitStatus, FsSource, GuestStats, HostsEntry,
+    InterfaceCounters, MemoryFigures, MountSpec, ProcessInfo, ProcessList, ProcessSpec,
     ProtocolVersion, Rlimit, RlimitResource, StdioStream, TtySize,
 };
 pub use dial::{dial_hybrid_vsock, DialError, Endpoint};
@@ -535,6 +536,31 @@ impl AgentClient {
         self.call_ok(&Request::ConfigureNetwork {
             interfaces: interfaces.to_vec(),
         })
+    }
+
+    /// The processes of running container `container` (1.4), as `ps` needs them.
+    pub fn list_processes(&mut self, container: &str) -> Result<ProcessList, ClientError> {
+        self.require_minor("list_processes", agent_protocol::FIGURES_MINOR)?;
+        let req = Request::ListProcesses {
+            container: container.to_owned(),
+        };
+        match self.call(&req, self.request_timeout)? {
+            Response::Processes { list } => Ok(list),
+            other => Err(self.unexpected("list_processes", other)),
+        }
+    }
+
+    /// The CPU time of running container `container`'s processes and its VM's figures
+    /// (1.4), for `docker stats`.
+    pub fn stats(&mut self, container: &str) -> Result<GuestStats, ClientError> {
+        self.require_minor("stats", agent_protocol::FIGURES_MINOR)?;
+        let req = Request::Stats {
+            container: container.to_owned(),
+        };
+        match self.call(&req, self.request_timeout)? {
+            Response::Stats { stats } => Ok(stats),
+            other => Err(self.unexpected("stats", other)),
+        }
     }
 
     pub fn shutdown(mut self, grace: Option<Duration>) -> Result<(), ClientError> {

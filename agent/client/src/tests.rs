@@ -495,3 +495,75 @@ fn a_refresh_brings_fresh_bytes_and_the_hosts_time_to_a_1_2_agent_only() {
     drop(c);
     vmm.join();
 }
+
+#[test]
+fn processes_and_stats_come_from_a_1_4_agent_validated() {
+    let dir = temp_dir("figures");
+    let uds = dir.join("vm.sock");
+    let vmm = FakeVmm::start(&uds, |s, _| {
+        let mut s = accept_connect(s);
+        agent_hello(&mut s);
+        let r: Request = read_frame(&mut s).unwrap();
+        assert_eq!(
+            r,
+            Request::ListProcesses {
+                container: "c1".into()
+            }
+        );
+        let list = ProcessList {
+            now_ns: 2,
+            mem_total_bytes: 3,
+            processes: vec![],
+            truncated: false,
+        };
+        write_frame(&mut s, &Response::Processes { list }).unwrap();
+        let r: Request = read_frame(&mut s).unwrap();
+        assert_eq!(
+            r,
+            Request::Stats {
+                container: "c1".into()
+            }
+        );
+        // A hostile answer: no CPU online.
+        let stats = GuestStats {
+            memory: MemoryFigures {
+                total: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        write_frame(&mut s, &Response::Stats { stats }).unwrap();
+    });
+    let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
+    assert_eq!(c.list_processes("c1").unwrap().now_ns, 2);
+    let e = c.stats("c1").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ClientError::InvalidReply {
+                request: "stats",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // An invalid reply leaves nothing to trust on the connection.
+    assert!(matches!(c.stats("c1"), Err(ClientError::Broken)));
+    vmm.join();
+
+    // A 1.3 agent does not know them: refused before sending.
+    let uds = dir.join("vm2.sock");
+    let vmm = FakeVmm::start(&uds, |s, _| {
+        let mut s = accept_connect(s);
+        hello_as(&mut s, ProtocolVersion { major: 1, minor: 3 }, "1.3");
+    });
+    let mut c = AgentClient::connect(&uds, Duration::from_secs(10)).unwrap();
+    for e in [
+        c.list_processes("c1").unwrap_err(),
+        c.stats("c1").unwrap_err(),
+    ] {
+        assert!(matches!(e, ClientError::AgentTooOld { .. }), "{e}");
+    }
+    drop(c);
+    vmm.join();
+}

@@ -53,12 +53,29 @@
 //! `agent-client` does ([`CONTAINERS_MINOR`]). New fields are left out of the encoding when
 //! unset, so a plain spec reads exactly as in 1.0.
 //!
+//! # Processes and figures (1.4)
+//! [`Request::ListProcesses`] answers the processes of a running container (those in its
+//! PID namespace; [`ProcessInfo`]): pids as seen inside the container, the user named by
+//! the container's `/etc/passwd`, state, start time on the guest's clock, CPU time, memory,
+//! terminal, command name and arguments (cut to [`MAX_PS_ARGS_LEN`]); at most
+//! [`MAX_LISTED_PROCESSES`] of them. The host formats them as `ps` would (`docker top`).
+//! [`Request::Stats`] answers [`GuestStats`]: the CPU time of the container's processes
+//! (with that of the children they have reaped), the VM's total CPU time (uptime times
+//! online CPUs), busy CPU time and online CPUs (`/proc/stat`), its memory (`/proc/meminfo`, `/proc/vmstat`), the number of
+//! the container's processes, and the counters of the VM's interfaces but `lo`
+//! (`/proc/net/dev`). Containers have no cgroup of their own in the VM, so memory and
+//! network are the VM's: the container is its only tenant besides the agent. Both are read
+//! from `/proc` on the connection's thread, nothing kept between requests; a container
+//! whose init has not started or has exited is `InvalidState`. Hosts check for
+//! [`FIGURES_MINOR`] first, as `agent-client` does.
+//!
 //! # Compatibility
 //! A minor version may add request types, optional fields (with serde defaults) and error
 //! codes; it never changes the meaning of an existing field. Unknown fields are ignored,
 //! unknown requests get an [`ErrorCode::Unsupported`] reply, unknown error codes decode as
 //! [`ErrorCode::Unknown`]. A different major version is refused at `Hello`.
 
+mod figures;
 mod frame;
 mod messages;
 mod parse;
@@ -66,6 +83,9 @@ mod validate;
 
 pub mod caps;
 
+pub use figures::{
+    CpuFigures, GuestStats, InterfaceCounters, MemoryFigures, ProcessInfo, ProcessList,
+};
 pub use frame::{decode, encode, read_frame, read_frame_body, write_frame, FrameError};
 pub use messages::{
     ConnectionHeader, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry,
@@ -76,8 +96,9 @@ pub use parse::{parse_header, parse_request, ParseError};
 pub use validate::{
     validate_container_id, validate_process_id, ValidationError, MAX_ADDITIONAL_GIDS, MAX_ARGS,
     MAX_ARG_LEN, MAX_CAPABILITIES, MAX_DNS_ENTRIES, MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD,
-    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_INTERFACES, MAX_MESSAGE_LEN, MAX_MOUNTS,
-    MAX_NAMES_PER_HOST, MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_REFRESH_ENTROPY,
+    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_INTERFACES, MAX_LISTED_INTERFACES,
+    MAX_LISTED_PROCESSES, MAX_MESSAGE_LEN, MAX_MOUNTS, MAX_NAMES_PER_HOST, MAX_PATH_LEN,
+    MAX_PROCESS_ID_LEN, MAX_PS_ARGS_LEN, MAX_PS_COMM_LEN, MAX_PS_USER_LEN, MAX_REFRESH_ENTROPY,
     MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN,
     MIN_REFRESH_ENTROPY,
 };
@@ -93,7 +114,7 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 3 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 4 };
 
 /// The first minor version (of major 1) with containers: [`Request::CreateContainer`],
 /// [`Request::DeleteContainer`] and the container fields of [`ProcessSpec`].
@@ -104,3 +125,7 @@ pub const REFRESH_MINOR: u16 = 2;
 
 /// The first minor version (of major 1) with [`Request::ConfigureNetwork`].
 pub const NETWORK_MINOR: u16 = 3;
+
+/// The first minor version (of major 1) with [`Request::ListProcesses`] and
+/// [`Request::Stats`].
+pub const FIGURES_MINOR: u16 = 4;

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::figures::{GuestStats, ProcessList};
+
 /// A protocol version. Peers with the same major version can talk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProtocolVersion {
@@ -339,6 +341,14 @@ pub enum Request {
     /// processes, containers included, share the VM's network namespace, as a Docker
     /// container's processes share theirs. Answer: `Ok`, or an error naming the step.
     ConfigureNetwork { interfaces: Vec<InterfaceConfig> },
+    /// (1.4) List the processes of a running container (those in its PID namespace), with
+    /// what `ps` shows of them. Answer: `Processes`, `UnknownContainer`, or `InvalidState`
+    /// when its init has not started or has exited.
+    ListProcesses { container: String },
+    /// (1.4) The figures `docker stats` shows: the CPU time of a running container's
+    /// processes, and the VM's CPU time, memory and network counters. Answer: `Stats`,
+    /// `UnknownContainer`, or `InvalidState`.
+    Stats { container: String },
 }
 
 impl Request {
@@ -355,6 +365,8 @@ impl Request {
         "delete_container",
         "refresh",
         "configure_network",
+        "list_processes",
+        "stats",
     ];
 
     /// This request's `"type"` tag.
@@ -371,6 +383,8 @@ impl Request {
             Request::DeleteContainer { .. } => "delete_container",
             Request::Refresh { .. } => "refresh",
             Request::ConfigureNetwork { .. } => "configure_network",
+            Request::ListProcesses { .. } => "list_processes",
+            Request::Stats { .. } => "stats",
         }
     }
 }
@@ -405,6 +419,14 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    /// (1.4) The answer to `ListProcesses`.
+    Processes {
+        list: ProcessList,
+    },
+    /// (1.4) The answer to `Stats`.
+    Stats {
+        stats: GuestStats,
+    },
 }
 
 impl Response {
@@ -416,6 +438,8 @@ impl Response {
             Response::Started { .. } => "started",
             Response::Exited { .. } => "exited",
             Response::Error { .. } => "error",
+            Response::Processes { .. } => "processes",
+            Response::Stats { .. } => "stats",
         }
     }
 
@@ -606,6 +630,12 @@ mod tests {
                 realtime_ns: 0,
                 hostname: None,
             },
+            Request::ListProcesses {
+                container: "c1".into(),
+            },
+            Request::Stats {
+                container: "c1".into(),
+            },
         ];
         for r in &all {
             assert_eq!(&round_trip(r), r);
@@ -627,6 +657,61 @@ mod tests {
                 signal: Some(9),
             },
             Response::error(ErrorCode::NotFound, "no such file"),
+            Response::Processes {
+                list: crate::ProcessList {
+                    now_ns: 5,
+                    mem_total_bytes: 6,
+                    processes: vec![crate::ProcessInfo {
+                        pid: 1,
+                        ppid: 0,
+                        uid: 1000,
+                        user: Some("app".into()),
+                        state: "R".into(),
+                        nice: -5,
+                        threads: 3,
+                        session_leader: true,
+                        foreground: true,
+                        tty_nr: 34816,
+                        start_time_ns: 1_700_000_000_000_000_000,
+                        cpu_time_ns: 12_000_000,
+                        rss_bytes: 1 << 20,
+                        vsz_bytes: 4 << 20,
+                        comm: "sh".into(),
+                        args: "sh -c while :; do :; done".into(),
+                    }],
+                    truncated: true,
+                },
+            },
+            Response::Stats {
+                stats: crate::GuestStats {
+                    cpu: crate::CpuFigures {
+                        container_user_ns: 1,
+                        container_system_ns: 2,
+                        vm_total_ns: 30,
+                        vm_busy_ns: 4,
+                        online_cpus: 2,
+                    },
+                    memory: crate::MemoryFigures {
+                        total: 256 << 20,
+                        free: 200 << 20,
+                        inactive_file: 3,
+                        pgmajfault: 9,
+                        ..Default::default()
+                    },
+                    pids: 3,
+                    networks: vec![crate::InterfaceCounters {
+                        name: "eth0".into(),
+                        rx_bytes: 1,
+                        rx_packets: 2,
+                        rx_errors: 3,
+                        rx_dropped: 4,
+                        tx_bytes: 5,
+                        tx_packets: 6,
+                        tx_errors: 7,
+                        tx_dropped: 8,
+                    }],
+                },
+            },
         ] {
             assert_eq!(round_trip(&r), r);
         }
@@ -661,6 +746,11 @@ mod tests {
             json,
             r#"{"type":"attach","process_id":"c1","stream":"stdin"}"#
         );
+        let json = serde_json::to_string(&Request::ListProcesses {
+            container: "c1".into(),
+        })
+        .unwrap();
+        assert_eq!(json, r#"{"type":"list_processes","container":"c1"}"#);
         let json = serde_json::to_string(&Response::error(ErrorCode::NotFound, "x")).unwrap();
         assert_eq!(json, r#"{"type":"error","code":"not_found","message":"x"}"#);
     }

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use crate::figures::{GuestStats, InterfaceCounters, ProcessInfo, ProcessList};
 use crate::messages::{
     ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, InterfaceConfig, MountSpec,
     Notification, ProcessSpec, Request, Response,
@@ -54,6 +55,21 @@ pub const MAX_MOUNTS: usize = 256;
 pub const MAX_CAPABILITIES: usize = 64;
 /// Longest capability name.
 const MAX_CAPABILITY_LEN: usize = 32;
+/// Most processes one `ListProcesses` answer lists (the frame stays under its cap with
+/// every string at its longest).
+pub const MAX_LISTED_PROCESSES: usize = 512;
+/// Longest `args` of a listed process, in bytes.
+pub const MAX_PS_ARGS_LEN: usize = 512;
+/// Longest `comm` of a listed process (Linux's are at most 15 bytes).
+pub const MAX_PS_COMM_LEN: usize = 64;
+/// Longest user name of a listed process.
+pub const MAX_PS_USER_LEN: usize = 64;
+/// Most interfaces a `Stats` answer carries.
+pub const MAX_LISTED_INTERFACES: usize = 64;
+/// Longest interface name (Linux's `IFNAMSIZ` less its NUL).
+const MAX_IFNAME_LEN: usize = 15;
+/// Most CPUs a VM is said to have online.
+const MAX_ONLINE_CPUS: u32 = 1024;
 /// Highest signal number (Linux's `SIGRTMAX`).
 const MAX_SIGNAL: i32 = 64;
 /// Linux's highest pid (`PID_MAX_LIMIT`).
@@ -565,6 +581,9 @@ impl Request {
                 }
                 Ok(())
             }
+            Request::ListProcesses { container } | Request::Stats { container } => {
+                validate_container_id(container)
+            }
             Request::Shutdown { grace_ms } => match grace_ms {
                 Some(ms) if *ms > MAX_SHUTDOWN_GRACE_MS => Err(invalid(
                     "grace_ms",
@@ -609,6 +628,8 @@ impl Response {
             Response::Error { code: _, message } => {
                 check_len("error message", message, MAX_MESSAGE_LEN)
             }
+            Response::Processes { list } => list.validate(),
+            Response::Stats { stats } => stats.validate(),
         }
     }
 
@@ -623,6 +644,130 @@ impl Response {
             message.truncate(end);
         }
         Response::Error { code, message }
+    }
+}
+
+/// Text for a `ps` column: bounded, printable, no control characters.
+fn check_ps_text(field: &'static str, s: &str, max: usize) -> Result<(), ValidationError> {
+    check_len(field, s, max)?;
+    if s.chars().any(char::is_control) {
+        return Err(invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn check_pid(field: &'static str, pid: u32) -> Result<(), ValidationError> {
+    if pid == 0 || pid > MAX_PID {
+        return Err(invalid(field, format!("{pid} is not a valid pid")));
+    }
+    Ok(())
+}
+
+impl ProcessInfo {
+    fn validate(&self) -> Result<(), ValidationError> {
+        check_pid("pid", self.pid)?;
+        if self.ppid > MAX_PID {
+            return Err(invalid("ppid", format!("{} is not a valid pid", self.ppid)));
+        }
+        if let Some(user) = &self.user {
+            if user.is_empty() {
+                return Err(ValidationError::Empty { field: "user" });
+            }
+            check_ps_text("user", user, MAX_PS_USER_LEN)?;
+            // A column of its own: a space would shift every column after it.
+            if user.chars().any(char::is_whitespace) {
+                return Err(invalid("user", "contains white space"));
+            }
+        }
+        let mut state = self.state.chars();
+        match (state.next(), state.next()) {
+            (Some(c), None) if c.is_ascii_alphabetic() => {}
+            _ => {
+                return Err(invalid(
+                    "state",
+                    format!("{:?} is not one letter", self.state),
+                ))
+            }
+        }
+        if !(-20..=19).contains(&self.nice) {
+            return Err(invalid("nice", format!("{} is not -20 to 19", self.nice)));
+        }
+        check_ps_text("comm", &self.comm, MAX_PS_COMM_LEN)?;
+        check_ps_text("args", &self.args, MAX_PS_ARGS_LEN)
+    }
+}
+
+impl ProcessList {
+    /// Checks the count, every process, and that no pid is listed twice.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        check_count("processes", self.processes.len(), MAX_LISTED_PROCESSES)?;
+        let mut pids = HashSet::new();
+        for p in &self.processes {
+            p.validate()?;
+            if !pids.insert(p.pid) {
+                return Err(invalid("pid", format!("{} is listed twice", p.pid)));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl InterfaceCounters {
+    fn validate(&self) -> Result<(), ValidationError> {
+        if self.name.is_empty() {
+            return Err(ValidationError::Empty {
+                field: "interface name",
+            });
+        }
+        check_len("interface name", &self.name, MAX_IFNAME_LEN)?;
+        if !self
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@'))
+        {
+            return Err(invalid(
+                "interface name",
+                "only ASCII letters, digits, '_', '-', '.' and '@' are allowed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl GuestStats {
+    /// Checks the CPU count, the memory figures against the total, and the interfaces.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let cpus = self.cpu.online_cpus;
+        if cpus == 0 || cpus > MAX_ONLINE_CPUS {
+            return Err(invalid(
+                "online_cpus",
+                format!("{cpus} is not 1 to {MAX_ONLINE_CPUS}"),
+            ));
+        }
+        if self.cpu.vm_busy_ns > self.cpu.vm_total_ns {
+            return Err(invalid("vm_busy_ns", "is more than vm_total_ns"));
+        }
+        let m = &self.memory;
+        if m.total == 0 {
+            return Err(invalid("memory total", "is 0"));
+        }
+        if m.free > m.total || m.available > m.total {
+            return Err(invalid(
+                "memory",
+                "free or available is more than the total",
+            ));
+        }
+        check_count("networks", self.networks.len(), MAX_LISTED_INTERFACES)?;
+        for (i, n) in self.networks.iter().enumerate() {
+            n.validate()?;
+            if self.networks[..i].iter().any(|o| o.name == n.name) {
+                return Err(invalid(
+                    "interface name",
+                    format!("{} is listed twice", n.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1132,6 +1277,204 @@ mod tests {
             Response::Error { message, .. } => assert_eq!(message.len(), MAX_MESSAGE_LEN),
             other => panic!("{other:?}"),
         }
+    }
+
+    pub(crate) fn process(pid: u32) -> ProcessInfo {
+        ProcessInfo {
+            pid,
+            ppid: 0,
+            uid: 0,
+            user: Some("root".into()),
+            state: "S".into(),
+            nice: 0,
+            threads: 1,
+            session_leader: true,
+            foreground: false,
+            tty_nr: 0,
+            start_time_ns: 1,
+            cpu_time_ns: 2,
+            rss_bytes: 4096,
+            vsz_bytes: 8192,
+            comm: "sh".into(),
+            args: "sh -c sleep 1000".into(),
+        }
+    }
+
+    pub(crate) fn stats() -> GuestStats {
+        GuestStats {
+            cpu: crate::CpuFigures {
+                container_user_ns: 1,
+                container_system_ns: 2,
+                vm_total_ns: 10,
+                vm_busy_ns: 3,
+                online_cpus: 2,
+            },
+            memory: crate::MemoryFigures {
+                total: 100,
+                free: 50,
+                available: 60,
+                ..Default::default()
+            },
+            pids: 2,
+            networks: vec![InterfaceCounters {
+                name: "eth0".into(),
+                rx_bytes: 1,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn figures() {
+        let list = |processes| Response::Processes {
+            list: ProcessList {
+                now_ns: 3,
+                mem_total_bytes: 100,
+                processes,
+                truncated: false,
+            },
+        };
+        assert_eq!(list(vec![process(1), process(7)]).validate(), Ok(()));
+        assert_eq!(list(vec![]).validate(), Ok(()));
+        let mut unnamed = process(2);
+        unnamed.user = None;
+        unnamed.args = String::new();
+        assert_eq!(list(vec![unnamed]).validate(), Ok(()));
+        type Mutation = Box<dyn Fn(&mut ProcessInfo)>;
+        let bad: Vec<(&str, Mutation)> = vec![
+            ("pid 0", Box::new(|p| p.pid = 0)),
+            ("huge pid", Box::new(|p| p.pid = MAX_PID + 1)),
+            ("huge ppid", Box::new(|p| p.ppid = u32::MAX)),
+            ("empty user", Box::new(|p| p.user = Some(String::new()))),
+            ("spaced user", Box::new(|p| p.user = Some("a b".into()))),
+            (
+                "long user",
+                Box::new(|p| p.user = Some("u".repeat(MAX_PS_USER_LEN + 1))),
+            ),
+            ("two-letter state", Box::new(|p| p.state = "SS".into())),
+            ("empty state", Box::new(|p| p.state = String::new())),
+            ("odd state", Box::new(|p| p.state = "\n".into())),
+            ("nice 20", Box::new(|p| p.nice = 20)),
+            ("nice -21", Box::new(|p| p.nice = -21)),
+            ("escape in comm", Box::new(|p| p.comm = "\u{1b}[2J".into())),
+            (
+                "long comm",
+                Box::new(|p| p.comm = "c".repeat(MAX_PS_COMM_LEN + 1)),
+            ),
+            ("newline in args", Box::new(|p| p.args = "a\nb".into())),
+            (
+                "long args",
+                Box::new(|p| p.args = "a".repeat(MAX_PS_ARGS_LEN + 1)),
+            ),
+        ];
+        for (name, mutate) in bad {
+            let mut p = process(3);
+            mutate(&mut p);
+            assert!(
+                list(vec![p]).validate().is_err(),
+                "{name} passed validation"
+            );
+        }
+        assert!(list(vec![process(1), process(1)]).validate().is_err());
+        assert!(
+            list((1..=MAX_LISTED_PROCESSES as u32 + 1).map(process).collect())
+                .validate()
+                .is_err()
+        );
+
+        let answer = |s| Response::Stats { stats: s };
+        assert_eq!(answer(stats()).validate(), Ok(()));
+        type StatsMutation = Box<dyn Fn(&mut GuestStats)>;
+        let bad: Vec<(&str, StatsMutation)> = vec![
+            ("no cpu", Box::new(|s| s.cpu.online_cpus = 0)),
+            ("too many cpus", Box::new(|s| s.cpu.online_cpus = 1025)),
+            ("busy above total", Box::new(|s| s.cpu.vm_busy_ns = 11)),
+            ("no memory", Box::new(|s| s.memory.total = 0)),
+            ("free above total", Box::new(|s| s.memory.free = 101)),
+            (
+                "available above total",
+                Box::new(|s| s.memory.available = 101),
+            ),
+            (
+                "empty interface name",
+                Box::new(|s| s.networks[0].name.clear()),
+            ),
+            (
+                "long interface name",
+                Box::new(|s| s.networks[0].name = "e".repeat(16)),
+            ),
+            (
+                "spaced interface name",
+                Box::new(|s| s.networks[0].name = "eth 0".into()),
+            ),
+            (
+                "interface twice",
+                Box::new(|s| s.networks.push(s.networks[0].clone())),
+            ),
+            (
+                "too many interfaces",
+                Box::new(|s| {
+                    s.networks = (0..=MAX_LISTED_INTERFACES)
+                        .map(|i| InterfaceCounters {
+                            name: format!("eth{i}"),
+                            ..Default::default()
+                        })
+                        .collect()
+                }),
+            ),
+        ];
+        for (name, mutate) in bad {
+            let mut s = stats();
+            mutate(&mut s);
+            assert!(answer(s).validate().is_err(), "{name} passed validation");
+        }
+        for r in [
+            Request::ListProcesses {
+                container: "../c".into(),
+            },
+            Request::Stats {
+                container: String::new(),
+            },
+        ] {
+            assert!(r.validate().is_err(), "{r:?}");
+        }
+        assert_eq!(
+            Request::Stats {
+                container: "c1".into()
+            }
+            .validate(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_largest_process_list_fits_in_a_frame() {
+        let mut p = process(1);
+        p.user = Some("\"".repeat(MAX_PS_USER_LEN));
+        p.comm = "\"".repeat(MAX_PS_COMM_LEN);
+        p.args = "\"".repeat(MAX_PS_ARGS_LEN);
+        p.ppid = MAX_PID;
+        p.uid = u32::MAX;
+        p.nice = -20;
+        p.threads = u32::MAX;
+        p.tty_nr = u32::MAX;
+        p.start_time_ns = u64::MAX;
+        p.cpu_time_ns = u64::MAX;
+        p.rss_bytes = u64::MAX;
+        p.vsz_bytes = u64::MAX;
+        let r = Response::Processes {
+            list: ProcessList {
+                now_ns: u64::MAX,
+                mem_total_bytes: u64::MAX,
+                processes: (1..=MAX_LISTED_PROCESSES as u32)
+                    .map(|pid| ProcessInfo { pid, ..p.clone() })
+                    .collect(),
+                truncated: true,
+            },
+        };
+        assert_eq!(r.validate(), Ok(()));
+        let frame = crate::encode(&r).unwrap();
+        assert!(frame.len() <= crate::MAX_FRAME_LEN, "{}", frame.len());
     }
 
     #[test]

@@ -108,6 +108,8 @@ pub async fn route(
             Ok(status(StatusCode::NO_CONTENT))
         }
         (Method::GET, ["containers", id, "logs"]) => logs(state, id, &q).await,
+        (Method::GET, ["containers", id, "top"]) => super::stats::top(state, id, &q).await,
+        (Method::GET, ["containers", id, "stats"]) => super::stats::stats(state, id, &q).await,
         (_, ["containers", id, what, ..]) => {
             // Docker endpoints berth does not implement: refused by name, never faked.
             let Some((_, command)) = UNSUPPORTED.iter().find(|(w, _)| w == what) else {
@@ -124,8 +126,6 @@ pub async fn route(
 }
 
 const UNSUPPORTED: &[(&str, &str)] = &[
-    ("top", "docker top"),
-    ("stats", "docker stats"),
     ("export", "docker export"),
     ("archive", "docker cp"),
     ("changes", "docker diff"),

@@ -7,4 +7,5 @@ pub mod events;
 pub mod exec;
 pub mod images;
 pub mod networks;
+pub mod stats;
 pub mod system;
