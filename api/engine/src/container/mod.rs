@@ -90,6 +90,9 @@ pub struct Container {
     stdin: watch::Sender<Option<StdinSink>>,
     log_written: watch::Sender<u64>,
     restart: std::sync::Mutex<restart::RestartState>,
+    /// What `top` and `stats` show while the VM is paused: read just before it was, since
+    /// a paused guest's agent cannot answer.
+    frozen: std::sync::Mutex<Option<stats::Frozen>>,
 }
 
 impl Container {
@@ -112,6 +115,7 @@ impl Container {
             stdin: watch::channel(None).0,
             log_written: watch::channel(0).0,
             restart: Default::default(),
+            frozen: Default::default(),
         })
     }
 

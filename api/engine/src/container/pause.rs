@@ -9,7 +9,7 @@ use std::time::Duration;
 use vmm_launcher::control::{self, Request};
 
 use super::record::Status;
-use super::{vm, Container, Containers};
+use super::{lock_std, vm, Container, Containers};
 use crate::{EngineError, Result};
 
 /// The longest a pause or resume may take: the VMM parks every vCPU within a second even
@@ -36,6 +36,8 @@ impl Containers {
                 )));
             }
         }
+        let frozen = self.freeze_readings(&c).await;
+        *lock_std(&c.frozen) = Some(frozen);
         self.vm_request(&c, Request::Pause).await?;
         let mut r = c.record.lock().await;
         r.state.paused = true;
@@ -71,6 +73,7 @@ impl Containers {
 
     async fn resume(&self, c: &Container) -> Result<()> {
         self.vm_request(c, Request::Resume).await?;
+        lock_std(&c.frozen).take();
         let mut r = c.record.lock().await;
         r.state.paused = false;
         c.save(&r).await?;

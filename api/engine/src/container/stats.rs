@@ -9,14 +9,14 @@
 //! costs this host: the VMM process's private memory and CPU time are given apart
 //! ([`VmmFigures`]), never mixed into the guest's figures.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use agent_client::{ClientError, ErrorCode};
+use agent_client::{ClientError, ErrorCode, ProcessList};
 pub use agent_client::{CpuFigures, GuestStats, InterfaceCounters, MemoryFigures};
 
 use super::ps::{local_time, PsFormat};
 use super::record::Status;
-use super::{vm, Container, Containers};
+use super::{lock_std, vm, Container, Containers};
 use crate::{EngineError, Result};
 
 /// `docker top`'s answer.
@@ -51,6 +51,24 @@ pub struct StatsSample {
     pub vmm: Option<VmmFigures>,
 }
 
+/// The readings taken as a container is paused, which `top` and `stats` show until it
+/// resumes: its guest's clock, processes and counters do not move meanwhile.
+#[derive(Debug, Clone, Default)]
+pub struct Frozen {
+    processes: Option<ProcessList>,
+    stats: Option<GuestStats>,
+}
+
+/// How long the readings before a pause may take; a guest too busy to answer in that time
+/// is paused without them, and `top` then says so.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn paused_without(id: &str, what: &str) -> EngineError {
+    EngineError::Conflict(format!(
+        "Container {id} is paused and its {what} could not be read before it was: unpause the container first"
+    ))
+}
+
 fn not_running(id: &str) -> EngineError {
     EngineError::Conflict(format!("container {id} is not running"))
 }
@@ -69,13 +87,20 @@ impl Containers {
     pub async fn top(&self, name_or_id: &str, ps_args: &str) -> Result<Top> {
         let format = PsFormat::parse(ps_args).map_err(EngineError::InvalidArgument)?;
         let c = self.get(name_or_id).await?;
-        if c.record.lock().await.state.status != Status::Running {
-            return Err(not_running(&c.id));
-        }
-        let list = match c.agent(|a| a.list_processes(vm::CONTAINER)).await {
-            None => return Err(not_running(&c.id)),
-            Some(Err(e)) => return Err(agent_error(&c.id, "the processes", e)),
-            Some(Ok(list)) => list,
+        let paused = {
+            let r = c.record.lock().await;
+            if r.state.status != Status::Running {
+                return Err(not_running(&c.id));
+            }
+            r.state.paused
+        };
+        let list = if paused {
+            lock_std(&c.frozen)
+                .as_ref()
+                .and_then(|f| f.processes.clone())
+                .ok_or_else(|| paused_without(&c.id, "processes"))?
+        } else {
+            self.list_processes(&c).await?
         };
         if list.truncated {
             log::info!(
@@ -90,26 +115,62 @@ impl Containers {
         })
     }
 
+    async fn list_processes(&self, c: &Container) -> Result<ProcessList> {
+        match c.agent(|a| a.list_processes(vm::CONTAINER)).await {
+            None => Err(not_running(&c.id)),
+            Some(Err(e)) => Err(agent_error(&c.id, "the processes", e)),
+            Some(Ok(list)) => Ok(list),
+        }
+    }
+
+    /// Reads what `top` and `stats` show while the container is paused; what cannot be
+    /// read in time is left out.
+    pub(super) async fn freeze_readings(&self, c: &Container) -> Frozen {
+        let processes = tokio::time::timeout(FREEZE_TIMEOUT, self.list_processes(c))
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        let stats = tokio::time::timeout(FREEZE_TIMEOUT, self.guest_stats(c))
+            .await
+            .ok()
+            .and_then(|r| r.ok().flatten());
+        Frozen { processes, stats }
+    }
+
+    /// The guest's figures; `None` when its init has ended.
+    async fn guest_stats(&self, c: &Container) -> Result<Option<GuestStats>> {
+        match c.agent(|a| a.stats(vm::CONTAINER)).await {
+            None => Ok(None),
+            Some(Err(e)) => match agent_error(&c.id, "the figures", e) {
+                EngineError::Conflict(_) => Ok(None),
+                other => Err(other),
+            },
+            Some(Ok(g)) => Ok(Some(g)),
+        }
+    }
+
     /// One reading of a container's figures; `None` when it is not running (Docker then
     /// answers an empty sample).
     pub async fn stats(&self, c: &Container) -> Result<Option<StatsSample>> {
-        let (status, mem_mib) = {
+        let (status, paused, mem_mib) = {
             let r = c.record.lock().await;
-            (r.state.status, r.host_config.mem_mib())
+            (r.state.status, r.state.paused, r.host_config.mem_mib())
         };
         if status != Status::Running {
             return Ok(None);
         }
         let vmm_pid = c.runtime.lock().await.as_ref().map(|r| r.vmm_pid);
-        let guest = match c.agent(|a| a.stats(vm::CONTAINER)).await {
-            None => return Ok(None),
-            Some(Err(e)) => {
-                return match agent_error(&c.id, "the figures", e) {
-                    EngineError::Conflict(_) => Ok(None),
-                    other => Err(other),
-                }
+        let guest = if paused {
+            // The guest's counters stand still while it is paused, as a frozen cgroup's do.
+            match lock_std(&c.frozen).as_ref().and_then(|f| f.stats.clone()) {
+                Some(g) => g,
+                None => return Err(paused_without(&c.id, "figures")),
             }
-            Some(Ok(g)) => g,
+        } else {
+            match self.guest_stats(c).await? {
+                Some(g) => g,
+                None => return Ok(None),
+            }
         };
         let vmm = match vmm_pid {
             Some(pid) => tokio::task::spawn_blocking(move || vmm_figures(pid))
