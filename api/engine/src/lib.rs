@@ -15,6 +15,7 @@ pub mod error;
 pub mod fsutil;
 pub mod ids;
 pub mod image;
+pub mod layerfs;
 pub mod network;
 pub mod time;
 
