@@ -402,7 +402,7 @@ fn import_from_files_and_stdin_with_changes() {
     let f = berth.docker(&["import", "-c", "RUN echo no", rootfs.to_str().unwrap()]);
     assert_eq!(f.code(), 1);
     assert!(
-        f.stderr.contains("RUN is not a valid change command"),
+        f.stderr.contains("run is not a valid change command"),
         "{}",
         f.stderr
     );
@@ -965,7 +965,7 @@ fn malformed_archives_and_api_errors_in_docker_format() {
             "POST",
             "/v1.41/images/create?fromSrc=-&changes=RUN%20x",
             400,
-            "RUN is not a valid change command",
+            "run is not a valid change command",
         ),
     ] {
         let (got, v) = api_json(&berth, method, path, b"");

@@ -7,6 +7,8 @@
 //! are serialised by its record lock; the VM itself is driven from blocking threads.
 
 pub mod initlayer;
+mod layer;
+pub use layer::{CommitOptions, Export};
 pub mod logs;
 mod net;
 pub mod record;
