@@ -1396,16 +1396,16 @@ fn tar_member(file: &std::path::Path, member: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// The names of a `tar -tv` listing, and whether each is a symlink (its target).
+/// The names of a `tar -tv` listing, and each symlink's target.
 fn tar_names(listing: &str) -> std::collections::BTreeMap<String, Option<String>> {
     listing
         .lines()
         .map(|l| {
             let name = l.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
-            let name = name.trim_end_matches('/').to_string();
-            match name.split_once(" -> ") {
-                Some((n, t)) if l.starts_with('l') => (n.to_string(), Some(t.to_string())),
-                _ => (name, None),
+            match (name.split_once(" -> "), name.split_once(" link to ")) {
+                (Some((n, t)), _) if l.starts_with('l') => (n.to_string(), Some(t.to_string())),
+                (_, Some((n, _))) if l.starts_with('h') => (n.to_string(), None),
+                _ => (name.trim_end_matches('/').to_string(), None),
             }
         })
         .collect()

@@ -164,9 +164,7 @@ impl<W: Write> Writer<W> {
                     return Ok(());
                 };
                 let mut h = header(tar::EntryType::Symlink, st);
-                self.tar
-                    .append_link(&mut h, path, Path::new(&target))
-                    .map_err(write)?;
+                append_symlink(&mut self.tar, &mut h, path, target.as_bytes()).map_err(write)?;
             }
             Kind::Fifo | Kind::Char | Kind::Block => {
                 let entry = match kind {
@@ -197,6 +195,35 @@ impl<W: Write> Writer<W> {
         out.flush().map_err(LayerFsError::Write)?;
         Ok(entries)
     }
+}
+
+/// A symlink entry whose target is written byte for byte (the tar crate's `append_link`
+/// normalises it as a path: `/` would become `//`, `./x` `x`), in a GNU long-link entry
+/// when it does not fit the header.
+fn append_symlink<W: Write>(
+    tar: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    path: &Path,
+    target: &[u8],
+) -> io::Result<()> {
+    let slot_len = h.as_old().linkname.len();
+    if target.len() > slot_len {
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongLink);
+        long.set_mode(0o644);
+        long.set_uid(0);
+        long.set_gid(0);
+        long.set_mtime(0);
+        long.set_size(target.len() as u64 + 1);
+        long.set_cksum();
+        tar.append(&long, target.chain(&[0u8][..]))?;
+    }
+    let slot = &mut h.as_old_mut().linkname;
+    slot.fill(0);
+    let n = target.len().min(slot_len);
+    slot[..n].copy_from_slice(&target[..n]);
+    tar.append_data(h, path, io::empty())
 }
 
 /// `docker export`: the merged file system of `stack` (topmost first: the container's upper

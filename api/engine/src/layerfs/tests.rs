@@ -85,6 +85,8 @@ fn fixture() -> (Dir, PathBuf, Vec<PathBuf>) {
     write(&upper.join("newdir/sub/f"), "n\n");
     symlink("/etc/shadow", upper.join("leak")).unwrap();
     symlink("../../../../../../", upper.join("up")).unwrap();
+    symlink("/", upper.join("root-link")).unwrap();
+    symlink(format!("./{}/", "l".repeat(150)), upper.join("long-link")).unwrap();
     (d, upper, vec![top, base])
 }
 
@@ -117,9 +119,11 @@ fn diff_reads_whiteouts_opaque_directories_and_modifications() {
             "C /etc/passwd",
             "D /home",
             "A /leak",
+            "A /long-link",
             "A /newdir",
             "A /newdir/sub",
             "A /newdir/sub/f",
+            "A /root-link",
             "A /up",
             "C /var",
             "C /var/spool",
@@ -184,11 +188,13 @@ fn export_is_the_merged_view_and_follows_nothing() {
             "etc/",
             "etc/passwd",
             "leak",
+            "long-link",
             "newdir/",
             "newdir/sub/",
             "newdir/sub/f",
             "opt/",
             "opt/tool",
+            "root-link",
             "up",
             "var/",
             "var/spool/",
@@ -200,7 +206,16 @@ fn export_is_the_merged_view_and_follows_nothing() {
         got["leak"],
         (tar::EntryType::Symlink, b"/etc/shadow".to_vec())
     );
-    assert_eq!(got["up"].0, tar::EntryType::Symlink);
+    assert_eq!(
+        got["up"],
+        (tar::EntryType::Symlink, b"../../../../../../".to_vec())
+    );
+    // Targets byte for byte, long ones too.
+    assert_eq!(got["root-link"].1, b"/");
+    assert_eq!(
+        got["long-link"].1,
+        format!("./{}/", "l".repeat(150)).as_bytes()
+    );
     assert_eq!(
         got["bin/sh"],
         (tar::EntryType::Link, b"bin/busybox".to_vec())
