@@ -16,6 +16,7 @@ pub mod events;
 pub mod fsutil;
 pub mod ids;
 pub mod image;
+pub mod layerfs;
 pub mod network;
 pub mod time;
 

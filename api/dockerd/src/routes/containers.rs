@@ -1,5 +1,5 @@
 //! The container endpoints: create, start, attach (hijacked), wait, logs, stop, kill,
-//! remove, list, inspect, rename, resize, prune; and clear refusals for the ones berth does
+//! remove, list, inspect, rename, resize, prune, diff, export; and clear refusals for the ones berth does
 //! not have yet.
 
 use std::collections::HashMap;
@@ -110,6 +110,8 @@ pub async fn route(
         (Method::GET, ["containers", id, "logs"]) => logs(state, id, &q).await,
         (Method::GET, ["containers", id, "top"]) => super::stats::top(state, id, &q).await,
         (Method::GET, ["containers", id, "stats"]) => super::stats::stats(state, id, &q).await,
+        (Method::GET, ["containers", id, "changes"]) => changes(state, id).await,
+        (Method::GET, ["containers", id, "export"]) => export(state, id).await,
         (_, ["containers", id, what, ..]) => {
             // Docker endpoints berth does not implement: refused by name, never faked.
             let Some((_, command)) = UNSUPPORTED.iter().find(|(w, _)| w == what) else {
@@ -125,12 +127,44 @@ pub async fn route(
     }
 }
 
-const UNSUPPORTED: &[(&str, &str)] = &[
-    ("export", "docker export"),
-    ("archive", "docker cp"),
-    ("changes", "docker diff"),
-    ("checkpoints", "checkpoints"),
-];
+const UNSUPPORTED: &[(&str, &str)] = &[("archive", "docker cp"), ("checkpoints", "checkpoints")];
+
+/// `docker diff`: `[{"Path", "Kind"}]`, or `null` when nothing changed (as dockerd answers).
+async fn changes(state: &Arc<State>, id: &str) -> ApiResult {
+    let changes = state.engine.containers.changes(id).await?;
+    if changes.is_empty() {
+        return json(StatusCode::OK, &Value::Null);
+    }
+    let out: Vec<Value> = changes
+        .iter()
+        .map(|c| json!({ "Path": c.path, "Kind": c.kind as u8 }))
+        .collect();
+    json(StatusCode::OK, &out)
+}
+
+/// `docker export`: the container is found and its layers opened before the tar streams;
+/// a failure after that ends the stream early (the client sees a truncated archive).
+async fn export(state: &Arc<State>, id: &str) -> ApiResult {
+    let source = state.engine.containers.export(id).await?;
+    let (body, writer) = crate::http::streamed_body();
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut buffered = std::io::BufWriter::with_capacity(256 << 10, writer);
+        let result = source.write_to(&mut buffered);
+        match (result, buffered.into_inner()) {
+            (Ok(()), _) => {}
+            (Err(e), Ok(writer)) => {
+                log::warn!("docker export {id} failed: {e}");
+                writer.fail(std::io::Error::other(e.to_string()));
+            }
+            (Err(e), Err(_)) => log::warn!("docker export {id} failed: {e}"),
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    Ok(r)
+}
 
 async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
     let body: Value = json_body(req.into_body()).await?;

@@ -35,13 +35,6 @@ pub fn ping(req: &Request<Incoming>) -> ApiResult {
     Ok(r)
 }
 
-fn not_yet(command: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!("berth does not support {command} yet"),
-    )
-}
-
 pub async fn route(
     state: &Arc<State>,
     req: Request<Incoming>,
@@ -63,8 +56,7 @@ pub async fn route(
         (Method::POST, ["volumes", "create"]) => {
             Err(ApiError::bad_request("berth does not support volumes yet"))
         }
-        // Commands berth does not have yet: refused by name, never a bare 404.
-        (Method::POST, ["commit"]) => Err(not_yet("docker commit")),
+        (Method::POST, ["commit"]) => commit(state, req).await,
         (Method::GET, ["events"]) => {
             super::events::events(state, &crate::http::Query::parse(req.uri().query())).await
         }
@@ -76,6 +68,35 @@ pub async fn route(
         ))),
         _ => Err(not_found()),
     }
+}
+
+/// `POST /commit`: `docker commit`. The query names the container and the image; the body,
+/// if any, is a container config to start from.
+async fn commit(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
+    let q = crate::http::Query::parse(req.uri().query());
+    let body = crate::http::read_body(req.into_body(), crate::http::MAX_JSON_BODY).await?;
+    let config = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON in the request body: {e}")))?;
+        (!v.is_null()).then_some(v)
+    };
+    let opts = engine::container::CommitOptions {
+        container: q.get("container").unwrap_or_default().to_string(),
+        repo: q.get("repo").unwrap_or_default().to_string(),
+        tag: q.get("tag").unwrap_or_default().to_string(),
+        comment: q.get("comment").unwrap_or_default().to_string(),
+        author: q.get("author").unwrap_or_default().to_string(),
+        // Docker pauses unless told not to.
+        pause: q
+            .get("pause")
+            .is_none_or(|p| !matches!(p, "0" | "false" | "False")),
+        changes: q.all("changes").to_vec(),
+        config,
+    };
+    let id = state.engine.containers.commit(opts).await?;
+    json(StatusCode::CREATED, &json!({ "Id": id }))
 }
 
 fn uname() -> (String, String) {

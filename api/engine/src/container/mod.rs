@@ -7,6 +7,9 @@
 //! are serialised by its record lock; the VM itself is driven from blocking threads.
 
 pub mod exec;
+pub mod initlayer;
+mod layer;
+pub use layer::{CommitOptions, Export};
 pub mod logs;
 mod net;
 mod pause;

@@ -36,9 +36,14 @@ impl Containers {
                 )));
             }
         }
-        let frozen = self.freeze_readings(&c).await;
+        self.park(&c).await
+    }
+
+    /// Pauses a running container whose lifecycle lock the caller holds.
+    pub(super) async fn park(&self, c: &Container) -> Result<()> {
+        let frozen = self.freeze_readings(c).await;
         *lock_std(&c.frozen) = Some(frozen);
-        self.vm_request(&c, Request::Pause).await?;
+        self.vm_request(c, Request::Pause).await?;
         let mut r = c.record.lock().await;
         r.state.paused = true;
         c.save(&r).await?;
@@ -71,7 +76,7 @@ impl Containers {
         self.resume(c).await
     }
 
-    async fn resume(&self, c: &Container) -> Result<()> {
+    pub(super) async fn resume(&self, c: &Container) -> Result<()> {
         self.vm_request(c, Request::Resume).await?;
         lock_std(&c.frozen).take();
         let mut r = c.record.lock().await;

@@ -15,7 +15,7 @@ static BOOT_RETRIES: AtomicU64 = AtomicU64::new(0);
 
 /// What a sandbox is made of.
 pub struct SandboxSpec {
-    /// The image's layers, lowest first.
+    /// The image's layers, lowest first (the container's init layer goes above them).
     pub layers: Vec<PathBuf>,
     /// The container's directory (its writable layer is there).
     pub dir: PathBuf,
@@ -31,8 +31,12 @@ pub fn create(
     spec: &SandboxSpec,
 ) -> Result<(Vm, Streams, u32), LaunchError> {
     let launch = &spec.launch;
+    let init = super::initlayer::prepare(&spec.dir, &spec.layers)
+        .map_err(|e| LaunchError::Failed(vmm_launcher::chain(&e)))?;
+    let mut layers = spec.layers.clone();
+    layers.push(init);
     vm::mount_rootfs(
-        &spec.layers,
+        &layers,
         &spec.dir.join("upper"),
         &spec.dir.join("work"),
         &launch.rootfs,

@@ -1,7 +1,7 @@
-//! `docker import --change` (and, later, `docker commit --change`): Dockerfile instructions
-//! applied to an image's container config. Docker accepts CMD, ENTRYPOINT, ENV, EXPOSE,
-//! HEALTHCHECK, LABEL, ONBUILD, STOPSIGNAL, USER, VOLUME and WORKDIR here, with the
-//! Dockerfile's quoting, line continuations and `$VAR` substitution.
+//! `docker import --change` and `docker commit --change`: Dockerfile instructions applied to
+//! a container config. dockerd accepts CMD, ENTRYPOINT, ENV, EXPOSE, HEALTHCHECK, LABEL,
+//! ONBUILD, USER, VOLUME and WORKDIR here (not STOPSIGNAL: dockerd 20.10 refuses it), with
+//! the Dockerfile's quoting, line continuations and `$VAR` substitution.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +10,7 @@ use super::config::ContainerConfig;
 /// Why a change does not apply. Messages follow Docker's where it has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ChangeError {
+    /// dockerd names the instruction lowercased, as its Dockerfile parser keeps it.
     #[error("{0} is not a valid change command")]
     NotAllowed(String),
     #[error("{0} requires at least one argument")]
@@ -80,7 +81,6 @@ pub fn apply(config: &mut ContainerConfig, changes: &[String]) -> Result<(), Cha
                 }
             }
             "USER" => config.user = single(&upper, rest, &env)?,
-            "STOPSIGNAL" => config.stop_signal = single(&upper, rest, &env)?,
             "WORKDIR" => {
                 let dir = single(&upper, rest, &env)?;
                 config.working_dir = if dir.starts_with('/') {
@@ -139,7 +139,7 @@ pub fn apply(config: &mut ContainerConfig, changes: &[String]) -> Result<(), Cha
                     .push(rest.to_string());
             }
             "HEALTHCHECK" => config.healthcheck = Some(healthcheck(rest)?),
-            _ => return Err(ChangeError::NotAllowed(keyword.to_string())),
+            _ => return Err(ChangeError::NotAllowed(keyword.to_ascii_lowercase())),
         }
     }
     Ok(())
@@ -519,7 +519,6 @@ mod tests {
             "WORKDIR /srv",
             "WORKDIR app/../data",
             "USER nobody",
-            "STOPSIGNAL SIGINT",
             "VOLUME [\"/v1\", \"/v2\"]",
             "ONBUILD RUN echo x",
             "HEALTHCHECK --interval=30s --retries=3 CMD curl -f http://localhost/",
@@ -543,7 +542,6 @@ mod tests {
         assert_eq!(ports, ["53/udp", "80/tcp", "8000/tcp", "8001/tcp"]);
         assert_eq!(c.working_dir, "/srv/data");
         assert_eq!(c.user, "nobody");
-        assert_eq!(c.stop_signal, "SIGINT");
         assert_eq!(c.volumes.unwrap().len(), 2);
         assert_eq!(c.on_build.unwrap(), ["RUN echo x"]);
         let hc = c.healthcheck.unwrap();
@@ -575,8 +573,13 @@ mod tests {
             let mut c = ContainerConfig::default();
             apply(&mut c, &[s.to_string()]).unwrap_err().to_string()
         };
-        assert_eq!(err("RUN echo"), "RUN is not a valid change command");
-        assert_eq!(err("FROM busybox"), "FROM is not a valid change command");
+        assert_eq!(err("RUN echo"), "run is not a valid change command");
+        assert_eq!(err("FROM busybox"), "from is not a valid change command");
+        assert_eq!(err("FOO bar"), "foo is not a valid change command");
+        assert_eq!(
+            err("STOPSIGNAL SIGINT"),
+            "stopsignal is not a valid change command"
+        );
         assert!(err("EXPOSE 99999").contains("invalid containerPort"));
         assert!(err("ENV A=\"unterminated").contains("matching quote"));
         assert!(err("ENV").contains("requires at least one argument"));

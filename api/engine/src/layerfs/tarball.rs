@@ -1,0 +1,299 @@
+//! Tar streams of layer stacks: `docker export` (a container's whole merged file system:
+//! its image and its changes, whiteouts applied) and the new layer of `docker commit` (the
+//! upper dir alone, overlayfs's whiteouts turned into the image spec's `.wh.` entries).
+//!
+//! Entries are written as they are read, parents first, siblings by name; nothing is built
+//! in memory but the current path's sibling lists. A regular file is opened only after it
+//! was listed, by openat2 below its layer's root, and written with the size of what was
+//! opened (a file a running guest truncates meanwhile is padded with zeros, one it extends
+//! is cut: a tar entry's size is fixed by its header). Symlinks are written as symlinks,
+//! devices and FIFOs as headers: nothing is followed or opened but regular files. Files
+//! with more than one link are written once, then as hard links to their first path.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::{carried_xattrs, child, merge, Kind, LayerFsError, Merged, Tree};
+
+/// The image spec's whiteout prefix and opaque marker.
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// What a layer stream held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSummary {
+    /// Entries written (whiteouts and opaque markers included): 0 is an empty layer.
+    pub entries: u64,
+    /// Upper entries whose name starts with `.wh.`, which a layer cannot carry (it would
+    /// read them as whiteouts): left out.
+    pub skipped_names: u64,
+}
+
+/// Writes a stack's entries as tar, remembering hard links.
+struct Writer<W: Write> {
+    tar: tar::Builder<W>,
+    /// (device, inode) of files with several links → the path first written.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    entries: u64,
+}
+
+fn header(kind: tar::EntryType, st: &libc::stat) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(st.st_mode & 0o7777);
+    h.set_uid(u64::from(st.st_uid));
+    h.set_gid(u64::from(st.st_gid));
+    h.set_mtime(u64::try_from(st.st_mtime).unwrap_or(0));
+    h.set_size(0);
+    h
+}
+
+/// Reads exactly `left` bytes of `inner`, zeros after its end.
+struct Exactly<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exactly<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = match self.inner.read(&mut buf[..want])? {
+            0 => {
+                buf[..want].fill(0);
+                want
+            }
+            n => n,
+        };
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+impl<W: Write> Writer<W> {
+    fn new(out: W) -> Self {
+        Writer {
+            tar: tar::Builder::new(out),
+            links: HashMap::new(),
+            entries: 0,
+        }
+    }
+
+    /// An empty regular file (a whiteout or an opaque marker) at `rel`.
+    fn marker(&mut self, rel: &[u8], st: &libc::stat) -> Result<(), LayerFsError> {
+        let mut h = header(tar::EntryType::Regular, st);
+        self.tar
+            .append_data(
+                &mut h,
+                Path::new(std::ffi::OsStr::from_bytes(rel)),
+                io::empty(),
+            )
+            .map_err(LayerFsError::Write)?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// The entry `rel` of `tree`, as it was listed (`kind`, `st`). An entry that went away
+    /// or changed kind since it was listed is left out.
+    fn entry(
+        &mut self,
+        tree: &Tree,
+        rel: &[u8],
+        kind: Kind,
+        st: &libc::stat,
+    ) -> Result<(), LayerFsError> {
+        let path = Path::new(std::ffi::OsStr::from_bytes(rel));
+        let write = LayerFsError::Write;
+        match kind {
+            Kind::Dir => {
+                let mut h = header(tar::EntryType::Directory, st);
+                let mut name = rel.to_vec();
+                name.push(b'/');
+                self.tar
+                    .append_data(
+                        &mut h,
+                        Path::new(std::ffi::OsStr::from_bytes(&name)),
+                        io::empty(),
+                    )
+                    .map_err(write)?;
+            }
+            Kind::File => {
+                let key = (st.st_dev, st.st_ino);
+                if st.st_nlink > 1 {
+                    if let Some(first) = self.links.get(&key) {
+                        let mut h = header(tar::EntryType::Link, st);
+                        let target = Path::new(std::ffi::OsStr::from_bytes(first)).to_owned();
+                        self.tar.append_link(&mut h, path, target).map_err(write)?;
+                        self.entries += 1;
+                        return Ok(());
+                    }
+                }
+                let Some((file, now)) = tree.open_file(rel, st)? else {
+                    return Ok(());
+                };
+                let xattrs = carried_xattrs(&file);
+                if !xattrs.is_empty() {
+                    let keys: Vec<(String, Vec<u8>)> = xattrs
+                        .into_iter()
+                        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v))
+                        .collect();
+                    self.tar
+                        .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), &v[..])))
+                        .map_err(write)?;
+                }
+                let size = u64::try_from(now.st_size).unwrap_or(0);
+                let mut h = header(tar::EntryType::Regular, &now);
+                h.set_size(size);
+                let data = Exactly {
+                    inner: file.take(size),
+                    left: size,
+                };
+                self.tar.append_data(&mut h, path, data).map_err(write)?;
+                if st.st_nlink > 1 {
+                    self.links.insert(key, rel.to_vec());
+                }
+            }
+            Kind::Symlink => {
+                let Some(target) = tree.read_link(rel)? else {
+                    return Ok(());
+                };
+                let mut h = header(tar::EntryType::Symlink, st);
+                append_symlink(&mut self.tar, &mut h, path, target.as_bytes()).map_err(write)?;
+            }
+            Kind::Fifo | Kind::Char | Kind::Block => {
+                let entry = match kind {
+                    Kind::Fifo => tar::EntryType::Fifo,
+                    Kind::Char => tar::EntryType::Char,
+                    _ => tar::EntryType::Block,
+                };
+                let mut h = header(entry, st);
+                if kind != Kind::Fifo {
+                    h.set_device_major(libc::major(st.st_rdev)).map_err(write)?;
+                    h.set_device_minor(libc::minor(st.st_rdev)).map_err(write)?;
+                }
+                self.tar
+                    .append_data(&mut h, path, io::empty())
+                    .map_err(write)?;
+            }
+            // Sockets live only while their process does (Docker leaves them out too);
+            // whiteouts are the caller's to translate.
+            Kind::Socket | Kind::Whiteout => return Ok(()),
+        }
+        self.entries += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, LayerFsError> {
+        let entries = self.entries;
+        let mut out = self.tar.into_inner().map_err(LayerFsError::Write)?;
+        out.flush().map_err(LayerFsError::Write)?;
+        Ok(entries)
+    }
+}
+
+/// A symlink entry whose target is written byte for byte (the tar crate's `append_link`
+/// normalises it as a path: `/` would become `//`, `./x` `x`), in a GNU long-link entry
+/// when it does not fit the header.
+fn append_symlink<W: Write>(
+    tar: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    path: &Path,
+    target: &[u8],
+) -> io::Result<()> {
+    let slot_len = h.as_old().linkname.len();
+    if target.len() > slot_len {
+        let mut long = tar::Header::new_gnu();
+        long.as_old_mut().name[..13].copy_from_slice(b"././@LongLink");
+        long.set_entry_type(tar::EntryType::GNULongLink);
+        long.set_mode(0o644);
+        long.set_uid(0);
+        long.set_gid(0);
+        long.set_mtime(0);
+        long.set_size(target.len() as u64 + 1);
+        long.set_cksum();
+        tar.append(&long, target.chain(&[0u8][..]))?;
+    }
+    let slot = &mut h.as_old_mut().linkname;
+    slot.fill(0);
+    let n = target.len().min(slot_len);
+    slot[..n].copy_from_slice(&target[..n]);
+    tar.append_data(h, path, io::empty())
+}
+
+/// `docker export`: the merged file system of `stack` (topmost first: the container's upper
+/// dir, then its image's layers) as a tar stream.
+pub fn export(stack: &[Tree], out: impl Write) -> Result<(), LayerFsError> {
+    let what = stack.first().map_or("the container", |t| t.what);
+    let all: Vec<usize> = (0..stack.len()).collect();
+    let mut w = Writer::new(out);
+    let mut frames: Vec<(Vec<u8>, std::vec::IntoIter<Merged>)> =
+        vec![(Vec::new(), merge(stack, b"", &all)?.into_iter())];
+    while let Some((rel, entries)) = frames.last_mut() {
+        let Some(m) = entries.next() else {
+            frames.pop();
+            continue;
+        };
+        let path = child(rel, &m.name, what)?;
+        let Some(tree) = stack.get(m.layer) else {
+            continue;
+        };
+        w.entry(tree, &path, m.kind, &m.st)?;
+        if m.kind == Kind::Dir {
+            let below = merge(stack, &path, &m.dirs)?;
+            frames.push((path, below.into_iter()));
+        }
+    }
+    w.finish()?;
+    Ok(())
+}
+
+/// The layer `docker commit` adds: every entry of `upper` (an overlayfs upper dir), a
+/// whiteout as `.wh.<name>`, an opaque directory followed by its `.wh..wh..opq`.
+pub fn layer(upper: &Tree, out: impl Write) -> Result<LayerSummary, LayerFsError> {
+    let mut w = Writer::new(out);
+    let mut summary = LayerSummary::default();
+    let Some(root) = upper.list(b"")? else {
+        w.finish()?;
+        return Ok(summary);
+    };
+    let mut frames = vec![(Vec::new(), root.nodes.into_iter())];
+    while let Some((rel, nodes)) = frames.last_mut() {
+        let Some(node) = nodes.next() else {
+            frames.pop();
+            continue;
+        };
+        if node.name.as_bytes().starts_with(WHITEOUT_PREFIX) {
+            summary.skipped_names += 1;
+            continue;
+        }
+        let path = child(rel, &node.name, upper.what)?;
+        match node.kind {
+            Kind::Whiteout => {
+                let mut name = WHITEOUT_PREFIX.to_vec();
+                name.extend_from_slice(node.name.as_bytes());
+                let marker = child(rel, std::ffi::OsStr::from_bytes(&name), upper.what)?;
+                w.marker(&marker, &node.st)?;
+            }
+            Kind::Dir => {
+                let Some(listing) = upper.list(&path)? else {
+                    continue;
+                };
+                w.entry(upper, &path, node.kind, &node.st)?;
+                if listing.opaque {
+                    let marker = child(&path, OPAQUE_MARKER.as_ref(), upper.what)?;
+                    w.marker(&marker, &node.st)?;
+                }
+                frames.push((path, listing.nodes.into_iter()));
+            }
+            kind => w.entry(upper, &path, kind, &node.st)?,
+        }
+    }
+    summary.entries = w.finish()?;
+    Ok(summary)
+}
