@@ -2588,3 +2588,131 @@ fn diff_export_and_commit_read_the_writable_layer_on_the_host() {
     d.docker_ok(&["rm", "-f", &live, &name, &fresh, &child]);
     d.docker_ok(&["rmi", &tagged, &live_image]);
 }
+
+#[test]
+fn events_tell_what_happened_and_system_df_counts_it() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let epoch = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    };
+    let name = unique("events");
+    let label = format!("ev={name}");
+    let since = epoch().saturating_sub(1).to_string();
+    let out = d.docker(&[
+        "run", "--name", &name, "--label", &label, "busybox", "sh", "-c", "exit 3",
+    ]);
+    assert_eq!(out.code(), 3, "{out:?}");
+    d.docker_ok(&["tag", "busybox", &format!("{name}:tagged")]);
+    d.docker_ok(&["rmi", &format!("{name}:tagged")]);
+    d.docker_ok(&["rename", &name, &format!("{name}-2")]);
+    d.docker_ok(&["rm", &format!("{name}-2")]);
+    let until = (epoch() + 1).to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // A past `until`: the history between the two, then the stream ends.
+    let events = d.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=container",
+        "--filter",
+        &format!("label={label}"),
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}",
+    ]);
+    let actions: Vec<&str> = events
+        .lines()
+        .map(|l| l.split(' ').next().unwrap_or(""))
+        .filter(|a| *a != "attach")
+        .collect();
+    assert_eq!(
+        actions,
+        ["create", "start", "die", "rename", "destroy"],
+        "{events}"
+    );
+    assert!(events.contains(&format!("die {name} 3")), "{events}");
+    let images = d.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "type=image",
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ]);
+    assert!(images.contains(&format!("tag {name}:tagged")), "{images}");
+    assert!(images.contains(&format!("untag {name}:tagged")), "{images}");
+    let dies = d.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        "event=die",
+        "--filter",
+        &format!("container={name}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert_eq!(dies.trim(), "die", "{dies}");
+
+    // A future `until` holds the stream open until then, and what happens meanwhile
+    // reaches it.
+    let hold_until = (epoch() + 8).to_string();
+    let label_filter = format!("label={label}");
+    let follow = d.docker_command(&[
+        "events",
+        "--until",
+        &hold_until,
+        "--filter",
+        &label_filter,
+        "--format",
+        "{{.Action}}",
+    ]);
+    let t = Instant::now();
+    let follower = std::thread::spawn(move || run(follow, b"", Duration::from_secs(120)));
+    std::thread::sleep(Duration::from_secs(2));
+    d.docker_ok(&[
+        "create", "--name", &name, "--label", &label, "busybox", "true",
+    ]);
+    d.docker_ok(&["rm", &name]);
+    let held = follower.join().expect("the follower");
+    assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(held.code(), 0, "{held:?}");
+    assert_eq!(held.stdout, "create\ndestroy\n", "{held:?}");
+
+    // system df, as a table and as JSON.
+    let df = d.docker_ok(&["system", "df"]);
+    assert!(df.starts_with("TYPE"), "{df}");
+    assert!(df.contains("Images") && df.contains("Containers"), "{df}");
+    let json = d.docker_ok(&["system", "df", "--format", "{{json .}}"]);
+    let first: serde_json::Value =
+        serde_json::from_str(json.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["Type"], "Images", "{json}");
+    let r = d.api("GET", "/v1.41/system/df", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("JSON");
+    assert!(v["LayersSize"].as_u64().expect("LayersSize") > 0, "{v}");
+    assert!(
+        v["Images"]
+            .as_array()
+            .expect("Images")
+            .iter()
+            .any(|i| i["RepoTags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "busybox:latest"))),
+        "{v}"
+    );
+}
