@@ -2716,3 +2716,182 @@ fn events_tell_what_happened_and_system_df_counts_it() {
         "{v}"
     );
 }
+
+#[test]
+fn health_checks_run_in_the_guest_and_follow_dockerds_rules() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("health");
+    let image = format!("{name}-img:1");
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        .saturating_sub(1)
+        .to_string();
+    // An image with a HEALTHCHECK (committed from a container that never ran: no VM).
+    d.docker_ok(&["create", "--name", &name, "busybox", "true"]);
+    d.docker_ok(&[
+        "commit",
+        "-c",
+        "HEALTHCHECK --interval=1s --timeout=20s --retries=2 CMD test -f /tmp/ok",
+        &name,
+        &image,
+    ]);
+    d.docker_ok(&["rm", &name]);
+    // --no-healthcheck turns it off.
+    let off = format!("{name}-off");
+    d.docker_ok(&["create", "--name", &off, "--no-healthcheck", &image, "true"]);
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{json .Config.Healthcheck.Test}} {{json .State.Health}}",
+            &off
+        ])
+        .trim(),
+        r#"["NONE"] null"#
+    );
+    d.docker_ok(&["rm", &off]);
+    // Bad checks are refused with dockerd's words.
+    let out = d.docker(&[
+        "create",
+        "--health-interval",
+        "1ns",
+        "--health-cmd",
+        "true",
+        "busybox",
+    ]);
+    assert_ne!(out.code(), 0, "{out:?}");
+    assert!(out.stderr.contains("cannot be less than 1ms"), "{out:?}");
+
+    // The image's check runs: unhealthy after two failures, healthy once the file exists.
+    d.docker_ok(&["run", "-d", "--name", &name, &image, "sleep", "1000"]);
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{json .Config.Healthcheck.Test}}", &name])
+            .trim(),
+        r#"["CMD","test","-f","/tmp/ok"]"#
+    );
+    let status = wait_inspect(d, &name, "{{.State.Health.Status}}", "unhealthy");
+    assert_eq!(status, "unhealthy");
+    let streak: u32 = d
+        .docker_ok(&["inspect", "-f", "{{.State.Health.FailingStreak}}", &name])
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(streak >= 2, "{streak}");
+    assert_eq!(
+        d.docker_ok(&[
+            "ps",
+            "--filter",
+            "health=unhealthy",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Names}} {{.Status}}"
+        ])
+        .trim()
+        .split(' ')
+        .next(),
+        Some(name.as_str())
+    );
+    assert!(d
+        .docker_ok(&[
+            "ps",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Status}}"
+        ])
+        .contains("(unhealthy)"));
+    d.docker_ok(&["exec", &name, "touch", "/tmp/ok"]);
+    assert_eq!(
+        wait_inspect(d, &name, "{{.State.Health.Status}}", "healthy"),
+        "healthy"
+    );
+    let log: serde_json::Value =
+        serde_json::from_str(&d.docker_ok(&["inspect", "-f", "{{json .State.Health.Log}}", &name]))
+            .expect("JSON");
+    let log = log.as_array().expect("a list");
+    assert!(!log.is_empty() && log.len() <= 5, "{log:?}");
+    assert_eq!(log.last().expect("a probe")["ExitCode"], 0, "{log:?}");
+    assert!(log.iter().any(|p| p["ExitCode"] == 1), "{log:?}");
+    assert_eq!(
+        d.docker_ok(&[
+            "ps",
+            "--filter",
+            "health=healthy",
+            "--filter",
+            &format!("name={name}"),
+            "--format",
+            "{{.Names}}"
+        ])
+        .trim(),
+        name
+    );
+    let until = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs()
+        + 1)
+    .to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    let events = d.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until,
+        "--filter",
+        &format!("container={name}"),
+        "--filter",
+        "event=health_status",
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert_eq!(events, "health_status: unhealthy\nhealth_status: healthy\n");
+    d.docker_ok(&["rm", "-f", &name]);
+
+    // A probe that outlives its timeout is killed and counts as a failure.
+    let slow = format!("{name}-slow");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &slow,
+        "--health-cmd",
+        "sleep 60",
+        "--health-timeout",
+        "2s",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert_eq!(
+        wait_inspect(d, &slow, "{{.State.Health.Status}}", "unhealthy"),
+        "unhealthy"
+    );
+    let log: serde_json::Value =
+        serde_json::from_str(&d.docker_ok(&["inspect", "-f", "{{json .State.Health.Log}}", &slow]))
+            .expect("JSON");
+    let last = &log.as_array().expect("a list")[0];
+    assert_eq!(last["ExitCode"], -1, "{log}");
+    assert!(
+        last["Output"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Health check exceeded timeout (2s)"),
+        "{log}"
+    );
+    // No probe is left behind in the guest.
+    let top = d.docker_ok(&["top", &slow]);
+    assert!(top.matches("sleep 60").count() <= 1, "{top}");
+    d.docker_ok(&["rm", "-f", &slow]);
+    d.docker_ok(&["rmi", &image]);
+}

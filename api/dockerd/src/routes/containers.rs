@@ -212,7 +212,14 @@ pub(crate) fn status_text(r: &Record) -> String {
         Status::Running if r.state.paused => {
             format!("Up {} (Paused)", human_duration(since(r.state.started_at)))
         }
-        Status::Running => format!("Up {}", human_duration(since(r.state.started_at))),
+        Status::Running => {
+            let health = match r.state.health.as_ref().map(|h| h.status.as_str()) {
+                None => String::new(),
+                Some("starting") => " (health: starting)".into(),
+                Some(other) => format!(" ({other})"),
+            };
+            format!("Up {}{health}", human_duration(since(r.state.started_at)))
+        }
         Status::Exited if r.state.finished_at.is_some() => format!(
             "Exited ({}) {} ago",
             r.state.exit_code,
@@ -307,6 +314,21 @@ fn matches_filters(
                         .starts_with(v.trim_start_matches("sha256:"))
             }),
             "isolation" => any(&|v| v == "default"),
+            "health" => {
+                for v in values {
+                    if !["starting", "healthy", "unhealthy", "none"].contains(&v.as_str()) {
+                        return Err(ApiError::bad_request(format!(
+                            "Unrecognised filter value for health: {v}"
+                        )));
+                    }
+                }
+                let status = r
+                    .state
+                    .health
+                    .as_ref()
+                    .map_or("none", |h| h.status.as_str());
+                any(&|v| v == status)
+            }
             other => return Err(ApiError::bad_request(format!("Invalid filter '{other}'"))),
         };
         if !ok {
@@ -475,6 +497,21 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         },
         "NetworkSettings": super::networks::network_settings(&r)
     });
+    if let Some(h) = &st.health {
+        v["State"]["Health"] = json!({
+            "Status": h.status,
+            "FailingStreak": h.failing_streak,
+            "Log": h.log.iter().map(|p| json!({
+                "Start": rfc3339(p.start),
+                "End": rfc3339(p.end),
+                "ExitCode": p.exit_code,
+                "Output": p.output,
+            })).collect::<Vec<_>>(),
+        });
+    }
+    if let Some(check) = &r.config.healthcheck {
+        v["Config"]["Healthcheck"] = json!(check);
+    }
     if with_size {
         let (rw, root) = state.engine.containers.sizes(&r.id).await?;
         v["SizeRw"] = json!(rw);

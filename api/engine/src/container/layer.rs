@@ -253,7 +253,11 @@ fn image_config_of(c: &ContainerConfig, image: &ImageContainerConfig) -> ImageCo
         stdin_once: c.stdin_once,
         env: (!c.env.is_empty()).then(|| c.env.clone()),
         cmd: c.cmd.clone(),
-        healthcheck: image.healthcheck.clone(),
+        healthcheck: c
+            .healthcheck
+            .as_ref()
+            .and_then(|h| serde_json::to_value(h).ok())
+            .or_else(|| image.healthcheck.clone()),
         image: c.image.clone(),
         volumes: image.volumes.clone(),
         working_dir: c.working_dir.clone(),

@@ -7,6 +7,7 @@
 //! are serialised by its record lock; the VM itself is driven from blocking threads.
 
 pub mod exec;
+pub mod health;
 pub mod initlayer;
 mod layer;
 pub use layer::{CommitOptions, Export};
@@ -611,6 +612,7 @@ impl Containers {
                 paused: false,
                 restarting: false,
                 manually_stopped: r.state.manually_stopped,
+                health: None,
             };
             if let Some((name, endpoint, prefix, gateway)) = &attached {
                 if let Some(settings) = r.networks.get_mut(name) {
@@ -638,6 +640,7 @@ impl Containers {
         container.lifecycle.send_modify(|l| l.running = true);
         log::debug!("container {}: running in VM {vmm_pid}", container.id);
         self.event(&container.record().await, "start", &[]);
+        self.start_health_monitor(&container).await;
 
         let pumps = stdio::connect(&container, streams, log_config)?;
         drop(op);

@@ -64,6 +64,9 @@ pub struct ContainerConfig {
     pub stop_signal: Option<String>,
     pub stop_timeout: Option<i64>,
     pub exposed_ports: BTreeMap<String, serde_json::Value>,
+    /// Its own check merged with its image's (`None`: neither has one).
+    #[serde(default)]
+    pub healthcheck: Option<super::health::Healthcheck>,
 }
 
 impl ContainerConfig {
@@ -252,6 +255,9 @@ pub struct State {
     /// `unless-stopped` policy remembers across berthd restarts. A start clears it.
     #[serde(default)]
     pub manually_stopped: bool,
+    /// Docker's `State.Health`: only for a container with a health check.
+    #[serde(default)]
+    pub health: Option<super::health::Health>,
 }
 
 impl State {
@@ -280,6 +286,7 @@ impl Default for State {
             paused: false,
             restarting: false,
             manually_stopped: false,
+            health: None,
         }
     }
 }

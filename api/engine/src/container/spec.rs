@@ -158,6 +158,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "StopSignal",
     "StopTimeout",
     "ExposedPorts",
+    "Healthcheck",
     "HostConfig",
     "NetworkingConfig",
     // Metadata without effect on a container.
@@ -216,7 +217,6 @@ fn refusal(field: &str) -> &'static str {
         "SecurityOpt" => {
             "the container is isolated by its own VM; per-process security options are not applied yet"
         }
-        "Healthcheck" => "health checks come with a later version",
         _ => "the option is not implemented yet",
     }
 }
@@ -292,6 +292,7 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
         working_dir: string(obj.get("WorkingDir"), "WorkingDir")?,
         labels: string_map(obj.get("Labels"), "Labels")?,
         stop_signal: (!stop_signal.is_empty()).then_some(stop_signal),
+        healthcheck: super::health::parse(obj.get("Healthcheck"))?,
         stop_timeout,
         exposed_ports,
     };
@@ -852,6 +853,16 @@ pub fn merge(user: &mut ContainerConfig, image: &ImageRuntimeConfig) {
     if user.stop_signal.is_none() {
         user.stop_signal = image.stop_signal.clone().filter(|s| !s.is_empty());
     }
+    let image_check = match super::health::parse(image.healthcheck.as_ref()) {
+        Ok(check) => check,
+        Err(e) => {
+            // The image is already stored; its check cannot run, and the container says so
+            // in its log rather than failing every start.
+            log::warn!("the image's HEALTHCHECK cannot be used: {e}");
+            None
+        }
+    };
+    user.healthcheck = super::health::merge(user.healthcheck.take(), image_check);
 }
 
 /// Parses a signal name (`SIGTERM`, `TERM`, `term`) or number.

@@ -106,6 +106,7 @@ impl ContainerConfig {
             labels: self.labels.clone(),
             exposed_ports: self.exposed_ports.clone(),
             volumes: self.volumes.clone(),
+            healthcheck: self.healthcheck.clone(),
         }
     }
 }

@@ -61,6 +61,8 @@ pub struct ImageRuntimeConfig {
     pub exposed_ports: Option<BTreeMap<String, serde_json::Value>>,
     #[serde(default)]
     pub volumes: Option<BTreeMap<String, serde_json::Value>>,
+    #[serde(default)]
+    pub healthcheck: Option<serde_json::Value>,
 }
 
 /// An image, ready to run a container from.
