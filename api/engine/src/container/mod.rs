@@ -891,6 +891,25 @@ impl Containers {
     /// Removes a container (killing it first with `force`).
     pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
         let c = self.get(name_or_id).await?;
+        // A start may be under way as `rm -f` comes (a restart policy's, or a client's):
+        // once it is done the container is running, and forcing means killing it again.
+        let mut attempts = 0;
+        loop {
+            match self.remove_once(&c, force).await {
+                Err(EngineError::Conflict(_))
+                    if force
+                        && attempts < 5
+                        && c.record.lock().await.state.status == Status::Running =>
+                {
+                    attempts += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn remove_once(&self, c: &Arc<Container>, force: bool) -> Result<()> {
+        let c = c.clone();
         if c.record.lock().await.state.restarting {
             if !force {
                 return Err(EngineError::Conflict(format!(
