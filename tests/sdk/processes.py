@@ -22,6 +22,7 @@ def check(cond, what):
 def main():
     client = docker.DockerClient(base_url=os.environ["DOCKER_HOST"], version="1.41", timeout=600)
     name = f"sdk-{os.getpid()}"
+    since = int(time.time()) - 1
     c = client.containers.run(
         "busybox",
         ["sh", "-c", "echo started; while true; do echo tick; sleep 0.5; done"],
@@ -72,6 +73,12 @@ def main():
         stream.close()
         check(any(b"tick" in l for l in lines), f"logs(stream=True) ({lines[:3]!r})")
 
+        # Attach: the output as it comes.
+        attached = c.attach(stdout=True, stderr=True, stream=True, logs=False)
+        first = next(iter(attached))
+        attached.close()
+        check(b"tick" in first, f"attach(stream=True) ({first!r})")
+
         # Pause: no output while paused, exec refused, the state says so.
         c.pause()
         c.reload()
@@ -112,6 +119,19 @@ def main():
     finally:
         c.remove(force=True)
     check(name not in [x.name for x in client.containers.list(all=True)], "remove")
+
+    # What happened, as events: dockerd's actions, in order.
+    until = int(time.time()) + 1
+    time.sleep(1.1)
+    actions = [
+        e["Action"]
+        for e in client.events(since=since, until=until, decode=True, filters={"container": name})
+    ]
+    base = [a.split(":")[0] for a in actions if a != "attach"]
+    for want in ["create", "start", "exec_create", "exec_start", "exec_die", "pause",
+                 "unpause", "update", "kill", "die", "destroy"]:
+        check(want in base, f"event {want} ({actions})")
+    check(base[0] == "create" and base[-1] == "destroy", f"events in order ({actions})")
 
 
 if __name__ == "__main__":
