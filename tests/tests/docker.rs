@@ -2901,3 +2901,135 @@ fn health_checks_run_in_the_guest_and_follow_dockerds_rules() {
     d.docker_ok(&["rm", "-f", &slow]);
     d.docker_ok(&["rmi", &image]);
 }
+
+/// Attaches to `name` through the API with stdin, as the CLI does (a hijacked connection),
+/// with `detach_keys` if given; returns the connection once the daemon has switched
+/// protocols.
+fn attach_raw(d: &Daemon, name: &str, detach_keys: Option<&str>) -> std::os::unix::net::UnixStream {
+    use std::io::{Read, Write};
+    let keys = detach_keys
+        .map(|k| format!("&detachKeys={k}"))
+        .unwrap_or_default();
+    let mut conn = std::os::unix::net::UnixStream::connect(d.socket()).expect("berthd's socket");
+    write!(
+        conn,
+        "POST /v1.41/containers/{name}/attach?stream=1&stdin=1&stdout=1&stderr=1{keys} HTTP/1.1\r\nHost: berth\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn.read_exact(&mut byte).expect("the answer's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn
+}
+
+/// Reads `conn` until `want` shows up (or 60 s pass); returns what was read.
+fn read_until(conn: &mut std::os::unix::net::UnixStream, want: &str) -> String {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(want) {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Whether the daemon closed `conn` within 60 s (reading whatever comes first).
+fn closed(conn: &mut std::os::unix::net::UnixStream) -> bool {
+    use std::io::Read;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn detach_keys_leave_the_container_running() {
+    use std::io::Write;
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("detach");
+    d.docker_ok(&["run", "-d", "-i", "-t", "--name", &name, "busybox", "sh"]);
+    // Custom keys: what comes before them reaches the shell, the keys do not.
+    let mut conn = attach_raw(d, &name, Some("ctrl-a,b"));
+    conn.write_all(b"echo hel''lo-one\n").unwrap();
+    let out = read_until(&mut conn, "hello-one");
+    assert!(out.contains("hello-one"), "{out}");
+    conn.write_all(b"\x01b").unwrap();
+    assert!(closed(&mut conn), "the stream outlived the detach keys");
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &name])
+            .trim(),
+        "running"
+    );
+    // Docker's default keys, ctrl-p ctrl-q; a lone ctrl-p followed by something else
+    // reaches the shell.
+    let mut conn = attach_raw(d, &name, None);
+    conn.write_all(b"echo hel''lo-two\n").unwrap();
+    let out = read_until(&mut conn, "hello-two");
+    assert!(out.contains("hello-two"), "{out}");
+    conn.write_all(b"\x10\x11").unwrap();
+    assert!(closed(&mut conn), "the stream outlived ctrl-p ctrl-q");
+    // Bad keys are refused with dockerd's words.
+    let r = d.api(
+        "POST",
+        &format!("/v1.41/containers/{name}/attach?stream=1&stdin=1&detachKeys=ctrl-1"),
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("Invalid detach keys (ctrl-1) provided"),
+        "{}",
+        r.text()
+    );
+    // The same for an exec with a terminal.
+    let exec = d.api(
+        "POST",
+        &format!("/v1.41/containers/{name}/exec"),
+        br#"{"Cmd":["sh"],"AttachStdin":true,"AttachStdout":true,"Tty":true,"DetachKeys":"ctrl-x"}"#,
+    );
+    assert_eq!(exec.status, 201, "{}", exec.text());
+    let v: serde_json::Value = serde_json::from_slice(&exec.body).expect("JSON");
+    let id = v["Id"].as_str().expect("an id").to_string();
+    let mut conn = std::os::unix::net::UnixStream::connect(d.socket()).expect("berthd's socket");
+    let body = r#"{"Detach":false,"Tty":true}"#;
+    write!(
+        conn,
+        "POST /v1.41/exec/{id}/start HTTP/1.1\r\nHost: berth\r\nConnection: Upgrade\r\nUpgrade: tcp\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let head = read_until(&mut conn, "\r\n\r\n");
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn.write_all(b"echo hel''lo-three\n").unwrap();
+    let out = read_until(&mut conn, "hello-three");
+    assert!(out.contains("hello-three"), "{out}");
+    conn.write_all(b"\x18").unwrap();
+    assert!(
+        closed(&mut conn),
+        "the exec's stream outlived its detach key"
+    );
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", &name])
+            .trim(),
+        "running"
+    );
+    d.docker_ok(&["rm", "-f", &name]);
+}

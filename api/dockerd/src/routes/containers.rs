@@ -671,6 +671,10 @@ async fn attach(
     let want_stdout = q.flag("stdout");
     let want_stderr = q.flag("stderr");
     let tty = r.config.tty;
+    // dockerd scans only a terminal's input for the detach keys.
+    let detach_keys = crate::detach::parse(q.get("detachKeys").unwrap_or_default())
+        .map_err(ApiError::bad_request)?;
+    let scanner = tty.then(|| crate::detach::Scanner::new(detach_keys));
     // Register before answering, so output produced right after start is not missed.
     let output = stream.then(|| c.attach_output(256));
     let replay = if q.flag("logs") {
@@ -774,9 +778,15 @@ async fn attach(
         let mut reader = std::io::Cursor::new(early).chain(reader);
         // Input stops with the output: when the container is gone (or never started) there
         // is nothing left to feed.
+        let detached = Arc::new(tokio::sync::Notify::new());
         let pump = want_stdin.then(|| {
             let c = container.clone();
-            tokio::spawn(async move { pump_stdin(&c, &mut reader, stdin_once).await })
+            let detached = detached.clone();
+            tokio::spawn(async move {
+                if pump_stdin(&c, &mut reader, stdin_once, scanner).await {
+                    detached.notify_one();
+                }
+            })
         });
         let _stop_pump = AbortOnDrop(pump);
         for e in replay {
@@ -796,6 +806,8 @@ async fn attach(
                 let chunk = tokio::select! {
                     chunk = rx.recv() => chunk,
                     () = hung_up(fd) => None,
+                    // The client typed the detach keys: its stream ends, the container runs on.
+                    () = detached.notified() => None,
                 };
                 let Some(chunk) = chunk else { break };
                 if want(chunk.stream)
@@ -854,34 +866,50 @@ impl Drop for AbortOnDrop {
 }
 
 /// Copies an attached client's input to the container's stdin; with StdinOnce, the end of
-/// the client's input closes the container's stdin.
+/// the client's input closes the container's stdin. Returns `true` when the client typed
+/// the detach keys (`scanner`, on a terminal): then stdin stays open for a later attach.
 async fn pump_stdin<R: tokio::io::AsyncRead + Unpin>(
     c: &Arc<Container>,
     reader: &mut R,
     stdin_once: bool,
-) {
+    mut scanner: Option<crate::detach::Scanner>,
+) -> bool {
     let mut sinks = c.stdin();
     let sink = loop {
         if let Some(s) = sinks.borrow_and_update().clone() {
             break s;
         }
         if c.record().await.state.status == Status::Exited && c.lifecycle().borrow().exits > 0 {
-            return;
+            return false;
         }
         if sinks.changed().await.is_err() {
-            return;
+            return false;
         }
     };
     let mut buf = vec![0u8; 32 << 10];
+    let mut passed = Vec::with_capacity(buf.len());
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        passed.clear();
+        let detach = match scanner.as_mut() {
+            Some(s) => s.feed(&buf[..n], &mut passed),
+            None => {
+                passed.extend_from_slice(&buf[..n]);
+                false
+            }
+        };
         let mut guard = sink.lock().await;
-        let Some(stdin) = guard.as_mut() else { return };
-        if stdin.write_all(&buf[..n]).await.is_err() {
-            return;
+        let Some(stdin) = guard.as_mut() else {
+            return false;
+        };
+        if stdin.write_all(&passed).await.is_err() {
+            return false;
+        }
+        if detach {
+            return true;
         }
     }
     if stdin_once {
@@ -890,6 +918,7 @@ async fn pump_stdin<R: tokio::io::AsyncRead + Unpin>(
             let _ = s.shutdown().await;
         }
     }
+    false
 }
 
 async fn logs(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {

@@ -132,6 +132,12 @@ async fn start(
         state.engine.containers.exec_start(&exec.id, false).await?;
     }
     let tty = exec.config.tty;
+    let scanner = match tty {
+        true => Some(crate::detach::Scanner::new(
+            crate::detach::parse(&exec.config.detach_keys).map_err(ApiError::bad_request)?,
+        )),
+        false => None,
+    };
     let content_type = if !tty && version >= Version(1, 42) {
         "application/vnd.docker.multiplexed-stream"
     } else {
@@ -202,7 +208,15 @@ async fn start(
             stderr,
         } = io;
         let reader = std::io::Cursor::new(early).chain(reader);
-        let pump = stdin.map(|sink| tokio::spawn(pump_input(reader, sink)));
+        let detached = Arc::new(tokio::sync::Notify::new());
+        let pump = stdin.map(|sink| {
+            let detached = detached.clone();
+            tokio::spawn(async move {
+                if pump_input(reader, sink, scanner).await {
+                    detached.notify_one();
+                }
+            })
+        });
         let _stop_pump = AbortOnDrop(pump);
         let mut output = merge_output(stdout, stderr);
         let mut client_gone = false;
@@ -210,6 +224,8 @@ async fn start(
             let next = tokio::select! {
                 next = output.recv() => next,
                 () = hung_up(fd) => { client_gone = true; None }
+                // Detached: the process runs on, as under dockerd, its output dropped.
+                () = detached.notified() => { client_gone = true; None }
             };
             let Some((stream, data)) = next else { break };
             if writer.write_all(&encode(tty, stream, &data)).await.is_err() {
@@ -264,19 +280,37 @@ fn merge_output(
 }
 
 /// Copies the client's input to the process's stdin; the end of the input closes it (an
-/// exec's stdin is closed with its client's, as under dockerd).
-async fn pump_input<R: AsyncRead + Unpin>(mut reader: R, mut sink: tokio::net::UnixStream) {
+/// exec's stdin is closed with its client's, as under dockerd). Returns `true` when the
+/// client typed the detach keys (`scanner`, on a terminal).
+async fn pump_input<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut sink: tokio::net::UnixStream,
+    mut scanner: Option<crate::detach::Scanner>,
+) -> bool {
     let mut buf = vec![0u8; 32 << 10];
+    let mut passed = Vec::with_capacity(buf.len());
     loop {
         let n = match reader.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if sink.write_all(&buf[..n]).await.is_err() {
-            return;
+        passed.clear();
+        let detach = match scanner.as_mut() {
+            Some(s) => s.feed(&buf[..n], &mut passed),
+            None => {
+                passed.extend_from_slice(&buf[..n]);
+                false
+            }
+        };
+        if sink.write_all(&passed).await.is_err() {
+            return false;
+        }
+        if detach {
+            return true;
         }
     }
     let _ = sink.shutdown().await;
+    false
 }
 
 /// Aborts a task when dropped.
