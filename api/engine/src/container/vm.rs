@@ -496,6 +496,40 @@ pub fn shutdown(vmm: &mut Child, uds: &Path) {
 /// Lines of the guest console kept in a VM's failure report.
 const CONSOLE_TAIL_LINES: usize = 8;
 
+/// How much of a console is searched for the OOM killer's report: a guest that floods its
+/// console costs the search no more than this.
+const OOM_SCAN_LIMIT: u64 = 16 << 20;
+
+/// Whether the guest kernel's OOM killer killed a process during this run of the VM: its
+/// report ("Out of memory: Killed process N (name)", printed at KERN_ERR, which the quiet
+/// console still shows) is in the console, which the VMM starts afresh at every boot. The
+/// VM runs one container, so a kill in it is the container's (Docker's OOMKilled: any
+/// process of the container's cgroup, not only its first). A container could print such a
+/// line only to fool its own record.
+pub fn oom_killed(console: &Path) -> bool {
+    use std::io::{BufRead, Read};
+    let Ok(file) = std::fs::File::open(console) else {
+        return false;
+    };
+    let mut reader = std::io::BufReader::new(file.take(OOM_SCAN_LIMIT));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {
+                if line.windows(OOM_MARK.len()).any(|w| w == OOM_MARK) {
+                    return true;
+                }
+            }
+        }
+    }
+}
+
+/// What the kernel's `oom_kill_process` prints: "Out of memory: Killed process N (name)",
+/// or "Memory cgroup out of memory: ..." inside a memory cgroup.
+const OOM_MARK: &[u8] = b"of memory: Killed process ";
+
 /// What ended a VM whose agent connection broke while its process ran: how the VMM exited
 /// (waited for a little: the connection's end and the VMM's race) and the guest console's
 /// last lines, for the container's record; and the VMM's own last words (its log), for the
@@ -529,6 +563,29 @@ pub fn how_it_ended(vmm: &mut Child, console: &Path, run_dir: &Path) -> (String,
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_oom_killers_report_is_found_in_the_console() {
+        let dir = std::env::temp_dir().join(format!("berth-oom-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let console = dir.join("console.log");
+        assert!(!super::oom_killed(&console));
+        std::fs::write(&console, "boot\n[ 3.1] tail invoked oom-killer\n").unwrap();
+        assert!(!super::oom_killed(&console));
+        std::fs::write(
+            &console,
+            "boot\n[    3.2] Out of memory: Killed process 12 (tail) total-vm:1kB\n",
+        )
+        .unwrap();
+        assert!(super::oom_killed(&console));
+        std::fs::write(
+            &console,
+            "[ 3.2] Memory cgroup out of memory: Killed process 12 (tail)\n",
+        )
+        .unwrap();
+        assert!(super::oom_killed(&console));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     use super::*;
 
     /// How a VM ended, for the container's record: every end named, none of them clean.

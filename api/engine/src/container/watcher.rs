@@ -56,6 +56,7 @@ pub(super) fn spawn(w: Watch) {
         containers,
     } = w;
     let console = c.console_path();
+    let scanned = console.clone();
     tokio::spawn(async move {
         // Waited for asynchronously: a running container holds no thread (tokio's
         // blocking pool is bounded; one thread per container would stall every launch
@@ -107,6 +108,9 @@ pub(super) fn spawn(w: Watch) {
                 (255, ended)
             }
         };
+        let oom_killed = tokio::task::spawn_blocking(move || vm::oom_killed(&scanned))
+            .await
+            .unwrap_or(false);
         let op = c.op.clone().lock_owned().await;
         *c.runtime.lock().await = None;
         c.stdin.send_replace(None);
@@ -118,6 +122,7 @@ pub(super) fn spawn(w: Watch) {
             r.state.paused = false;
             r.state.exit_code = exit_code;
             r.state.error = error;
+            r.state.oom_killed = oom_killed;
             r.state.finished_at = Some(SystemTime::now());
             super::clear_network_runtime(&mut r);
             if let Err(e) = c.save(&r).await {
@@ -130,6 +135,10 @@ pub(super) fn spawn(w: Watch) {
             l.exits += 1;
             l.exit_code = exit_code;
         });
+        if oom_killed {
+            // As dockerd: the oom event comes before the die.
+            containers.event(&c.record().await, "oom", &[]);
+        }
         containers.event(
             &c.record().await,
             "die",
