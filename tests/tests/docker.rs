@@ -1568,6 +1568,17 @@ fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
     );
     let out = d.docker(&["pause", &name]);
     assert!(out.stderr.contains("is already paused"), "{out:?}");
+    // top and stats answer while it is paused, with what was read just before.
+    let top = d.docker_ok(&["top", &name]);
+    assert!(top.contains("while true"), "{top}");
+    let stats = d.docker_ok(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.Name}} {{.MemUsage}}",
+        &name,
+    ]);
+    assert!(stats.starts_with(&name) && stats.contains("MiB"), "{stats}");
     d.docker_ok(&["unpause", &name]);
     let out = d.docker(&["unpause", &name]);
     assert!(out.stderr.contains("is not paused"), "{out:?}");
