@@ -1401,7 +1401,17 @@ fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
     let name = unique("exec");
     let out = run_sh(
         d,
-        &["-d", "--name", &name, "-e", "FOO=bar", "-w", "/tmp"],
+        &[
+            "-d",
+            "--name",
+            &name,
+            "-e",
+            "FOO=bar",
+            "-w",
+            "/tmp",
+            "--ulimit",
+            "nofile=1000:2000",
+        ],
         "echo started; while true; do echo tick; sleep 0.2; done",
     );
     assert!(out.status.success(), "{out:?}");
@@ -1459,6 +1469,17 @@ fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
     assert_eq!(
         d.docker_ok(&["exec", &name, "cat", "/tmp/in"]),
         "through exec\n"
+    );
+    // --ulimit holds for the container's processes, exec'd ones too.
+    assert_eq!(
+        d.docker_ok(&["exec", &name, "sh", "-c", "ulimit -n; ulimit -Hn"]),
+        "1000\n2000\n"
+    );
+    let out = d.docker(&["run", "--rm", "--ulimit", "nofile=3:2", "busybox", "true"]);
+    assert!(
+        out.stderr
+            .contains("soft limit must be less than or equal to hard limit"),
+        "{out:?}"
     );
     // Docker's exit codes for what cannot run.
     let out = d.docker(&["exec", &name, "/no/such/program"]);
@@ -3058,7 +3079,13 @@ fn detach_keys_leave_the_container_running_and_oom_kills_are_reported() {
 
     // A process of the container killed by the guest's OOM killer: OOMKilled, and the oom
     // event before the die, as dockerd reports a container whose cgroup hit its limit.
-    let out = d.docker(&["exec", &name, "tail", "/dev/zero"]);
+    // A string doubled until the VM's memory runs out: quick even in the emulated host.
+    let out = d.docker(&[
+        "exec",
+        &name,
+        "awk",
+        "BEGIN { s = \"x\"; while (1) s = s s }",
+    ]);
     assert_eq!(out.code(), 137, "{out:?}");
     d.docker_ok(&["kill", &name]);
     assert_eq!(

@@ -454,6 +454,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "CapDrop": if r.host_config.cap_drop.is_empty() { Value::Null } else { json!(r.host_config.cap_drop) },
             "CgroupnsMode": "private",
             "GroupAdd": if r.host_config.group_add.is_empty() { Value::Null } else { json!(r.host_config.group_add) },
+            "Ulimits": if r.host_config.ulimits.is_empty() { Value::Null } else { json!(r.host_config.ulimits) },
             "Dns": r.host_config.dns,
             "DnsSearch": r.host_config.dns_search,
             "DnsOptions": r.host_config.dns_options,

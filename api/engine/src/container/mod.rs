@@ -1122,6 +1122,19 @@ fn process_spec(record: &Record) -> ProcessSpec {
     spec.container = Some(vm::CONTAINER.to_string());
     spec.user = (!record.config.user.is_empty()).then(|| record.config.user.clone());
     spec.group_add = record.host_config.group_add.clone();
+    spec.rlimits = record
+        .host_config
+        .ulimits
+        .iter()
+        .filter_map(|u| {
+            let limit = |n: i64| if n < 0 { u64::MAX } else { n as u64 };
+            Some(agent_protocol::Rlimit {
+                resource: spec::rlimit_resource(&u.name)?,
+                soft: limit(u.soft),
+                hard: limit(u.hard),
+            })
+        })
+        .collect();
     spec.capabilities =
         spec::capabilities(&record.host_config.cap_add, &record.host_config.cap_drop);
     spec

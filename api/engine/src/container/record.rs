@@ -84,6 +84,15 @@ impl ContainerConfig {
     }
 }
 
+/// One `--ulimit` (Docker's `{Name, Soft, Hard}`; -1 is unlimited).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Ulimit {
+    pub name: String,
+    pub soft: i64,
+    pub hard: i64,
+}
+
 /// The part of Docker's `HostConfig` berth honours.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostConfig {
@@ -109,6 +118,9 @@ pub struct HostConfig {
     /// `/etc/group`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub group_add: Vec<String>,
+    /// `--ulimit`s, for every process of the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
     /// `-p`: by container port (`80/tcp`), the host addresses and ports asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_bindings: BTreeMap<String, Vec<PortBindingSpec>>,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::record::{restart, ContainerConfig, HostConfig, PortBindingSpec};
+use super::record::{restart, ContainerConfig, HostConfig, PortBindingSpec, Ulimit};
 use crate::image::ImageRuntimeConfig;
 use crate::{EngineError, Result};
 
@@ -189,6 +189,7 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "LogConfig",
     "Isolation",
     "GroupAdd",
+    "Ulimits",
     "Runtime",
     "CgroupnsMode",
     "PidMode",
@@ -695,6 +696,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
             )));
         }
     }
+    let ulimits = parse_ulimits(hc.get("Ulimits"))?;
     let runtime = string(hc.get("Runtime"), "Runtime")?;
     if !runtime.is_empty() && runtime != RUNTIME {
         return Err(EngineError::InvalidArgument(format!(
@@ -813,6 +815,74 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         log_type,
         log_options,
         group_add,
+        ulimits,
+    })
+}
+
+/// At most this many `--ulimit`s: there are 16 kinds.
+const MAX_ULIMITS: usize = 16;
+
+/// Docker's `--ulimit` (`HostConfig.Ulimits`), checked as dockerd checks it; -1 is
+/// unlimited. Applied to every process of the container, exec'd ones included.
+pub fn parse_ulimits(v: Option<&Value>) -> Result<Vec<Ulimit>> {
+    let list = match v {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(list)) => list,
+        Some(_) => {
+            return Err(EngineError::InvalidArgument(
+                "HostConfig.Ulimits must be a list".into(),
+            ))
+        }
+    };
+    if list.len() > MAX_ULIMITS {
+        return Err(EngineError::InvalidArgument(format!(
+            "too many ulimits ({}, at most {MAX_ULIMITS})",
+            list.len()
+        )));
+    }
+    let mut out: Vec<Ulimit> = Vec::new();
+    for u in list {
+        let name = string(u.get("Name"), "Ulimits.Name")?;
+        if rlimit_resource(&name).is_none() {
+            return Err(EngineError::InvalidArgument(format!(
+                "invalid ulimit type: {name}"
+            )));
+        }
+        let soft = int(u.get("Soft"), "Ulimits.Soft")?;
+        let hard = int(u.get("Hard"), "Ulimits.Hard")?;
+        let limit = |n: i64| if n < 0 { u64::MAX } else { n as u64 };
+        if limit(soft) > limit(hard) {
+            return Err(EngineError::InvalidArgument(format!(
+                "ulimit soft limit must be less than or equal to hard limit: {soft} > {hard}"
+            )));
+        }
+        out.retain(|o| o.name != name);
+        out.push(Ulimit { name, soft, hard });
+    }
+    Ok(out)
+}
+
+/// The agent's name for a limit Docker names.
+pub fn rlimit_resource(name: &str) -> Option<agent_protocol::RlimitResource> {
+    use agent_protocol::RlimitResource as R;
+    Some(match name {
+        "as" => R::As,
+        "core" => R::Core,
+        "cpu" => R::Cpu,
+        "data" => R::Data,
+        "fsize" => R::Fsize,
+        "locks" => R::Locks,
+        "memlock" => R::Memlock,
+        "msgqueue" => R::Msgqueue,
+        "nice" => R::Nice,
+        "nofile" => R::Nofile,
+        "nproc" => R::Nproc,
+        "rss" => R::Rss,
+        "rtprio" => R::Rtprio,
+        "rttime" => R::Rttime,
+        "sigpending" => R::Sigpending,
+        "stack" => R::Stack,
+        _ => return None,
     })
 }
 
@@ -921,6 +991,38 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulimits_are_checked_as_dockerd_checks_them() {
+        let u = parse_ulimits(Some(&json!([
+            {"Name": "nofile", "Soft": 1024, "Hard": 2048},
+            {"Name": "core", "Soft": -1, "Hard": -1},
+            {"Name": "nofile", "Soft": 10, "Hard": 20}
+        ])))
+        .unwrap();
+        assert_eq!(u.len(), 2);
+        assert_eq!(
+            u[1],
+            Ulimit {
+                name: "nofile".into(),
+                soft: 10,
+                hard: 20
+            }
+        );
+        for (v, want) in [
+            (
+                json!([{"Name": "nofiles", "Soft": 1, "Hard": 1}]),
+                "invalid ulimit type: nofiles",
+            ),
+            (json!([{"Name": "nofile", "Soft": 3, "Hard": 2}]), "3 > 2"),
+            (json!([{"Name": "nofile", "Soft": -1, "Hard": 2}]), "-1 > 2"),
+            (json!({"Name": "nofile"}), "must be a list"),
+        ] {
+            let e = parse_ulimits(Some(&v)).unwrap_err().to_string();
+            assert!(e.contains(want), "{v}: {e}");
+        }
+        assert!(parse_ulimits(Some(&Value::Null)).unwrap().is_empty());
+    }
     use serde_json::json;
 
     fn cli_body() -> Value {
