@@ -469,7 +469,11 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
         br#"{"Image":"busybox","Cmd":["true"],"HostConfig":{"SecurityOpt":["seccomp=unconfined"]}}"#,
     );
     assert_eq!(r.status, 400, "{}", r.text());
-    assert!(r.text().contains("SecurityOpt"), "{}", r.text());
+    assert!(
+        r.text().contains("--security-opt seccomp=unconfined"),
+        "{}",
+        r.text()
+    );
     // `rm --link` names a link: it must not remove the container.
     let kept = unique("kept");
     d.docker_ok(&["create", "--name", &kept, "busybox", "true"]);
@@ -1411,6 +1415,8 @@ fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
             "/tmp",
             "--ulimit",
             "nofile=1000:2000",
+            "--security-opt",
+            "no-new-privileges",
         ],
         "echo started; while true; do echo tick; sleep 0.2; done",
     );
@@ -1469,6 +1475,18 @@ fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
     assert_eq!(
         d.docker_ok(&["exec", &name, "cat", "/tmp/in"]),
         "through exec\n"
+    );
+    // no-new-privileges, for the container's processes and exec'd ones.
+    assert_eq!(
+        d.docker_ok(&[
+            "exec",
+            &name,
+            "grep",
+            "NoNewPrivs",
+            "/proc/1/status",
+            "/proc/self/status"
+        ]),
+        "/proc/1/status:NoNewPrivs:\t1\n/proc/self/status:NoNewPrivs:\t1\n"
     );
     // --ulimit holds for the container's processes, exec'd ones too.
     assert_eq!(

@@ -79,10 +79,11 @@ pub enum Stage {
     Lookup = 16,
     TtyOwner = 17,
     Capabilities = 18,
+    NoNewPrivileges = 19,
 }
 
 impl Stage {
-    const ALL: [Stage; 18] = [
+    const ALL: [Stage; 19] = [
         Stage::Setsid,
         Stage::ControllingTty,
         Stage::Stdio,
@@ -101,6 +102,7 @@ impl Stage {
         Stage::Lookup,
         Stage::TtyOwner,
         Stage::Capabilities,
+        Stage::NoNewPrivileges,
     ];
 
     fn from_u32(v: u32) -> Option<Stage> {
@@ -129,6 +131,7 @@ impl fmt::Display for Stage {
             Stage::Lookup => "looking up the program in $PATH",
             Stage::TtyOwner => "giving the terminal to the user",
             Stage::Capabilities => "dropping capabilities",
+            Stage::NoNewPrivileges => "setting no_new_privs",
         })
     }
 }
@@ -359,6 +362,9 @@ pub struct Prepared {
     bounding: Option<u64>,
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
     tty: bool,
+    /// Docker's `--security-opt no-new-privileges`: set before exec, so that neither the
+    /// program nor anything it runs gains privileges (setuid bits, file capabilities).
+    no_new_privileges: bool,
 }
 
 // SAFETY: the raw pointers in `Prepared` point into the CStrings it owns, which are never
@@ -503,6 +509,7 @@ impl Prepared {
                 })
                 .collect(),
             tty: spec.tty,
+            no_new_privileges: spec.no_new_privileges,
         })
     }
 
@@ -805,6 +812,9 @@ unsafe fn child(p: &Prepared, stdio: [RawFd; 3], join: Option<&RawJoin>, report:
         if libc::chdir(p.cwd.as_ptr()) < 0 {
             fail(report, Stage::Chdir);
         }
+        if p.no_new_privileges && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(report, Stage::NoNewPrivileges);
+        }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         if libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut()) < 0 {
@@ -1075,10 +1085,10 @@ mod tests {
         assert_eq!(child_exit_code(Stage::Exec, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Lookup, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Exec, libc::EACCES), 126);
-        for v in 1..=18 {
+        for v in 1..=19 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(19), None);
+        assert_eq!(Stage::from_u32(20), None);
     }
 }

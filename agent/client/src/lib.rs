@@ -374,6 +374,9 @@ impl AgentClient {
         {
             self.require_containers("create_process")?;
         }
+        if spec.no_new_privileges {
+            self.require_minor("create_process", agent_protocol::NO_NEW_PRIVILEGES_MINOR)?;
+        }
         self.call_ok(&Request::CreateProcess {
             id: id.to_owned(),
             spec: spec.clone(),

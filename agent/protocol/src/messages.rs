@@ -156,6 +156,10 @@ pub struct ProcessSpec {
     /// default set in a container, everything outside one (as in 1.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Vec<String>>,
+    /// (1.5) Docker's `--security-opt no-new-privileges`: the process, and whatever it
+    /// runs, cannot gain privileges through setuid bits or file capabilities.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
 }
 
 fn default_cwd() -> String {
@@ -184,6 +188,7 @@ impl ProcessSpec {
             user: None,
             group_add: Vec::new(),
             capabilities: None,
+            no_new_privileges: false,
         }
     }
 }
@@ -556,6 +561,7 @@ mod tests {
             user: Some("app:staff".into()),
             group_add: vec!["audio".into(), "44".into()],
             capabilities: Some(vec!["CAP_CHOWN".into(), "CAP_KILL".into()]),
+            no_new_privileges: true,
         }
     }
 

@@ -455,6 +455,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "CgroupnsMode": "private",
             "GroupAdd": if r.host_config.group_add.is_empty() { Value::Null } else { json!(r.host_config.group_add) },
             "Ulimits": if r.host_config.ulimits.is_empty() { Value::Null } else { json!(r.host_config.ulimits) },
+            "SecurityOpt": if r.host_config.security_opt.is_empty() { Value::Null } else { json!(r.host_config.security_opt) },
             "Dns": r.host_config.dns,
             "DnsSearch": r.host_config.dns_search,
             "DnsOptions": r.host_config.dns_options,

@@ -1122,6 +1122,9 @@ fn process_spec(record: &Record) -> ProcessSpec {
     spec.container = Some(vm::CONTAINER.to_string());
     spec.user = (!record.config.user.is_empty()).then(|| record.config.user.clone());
     spec.group_add = record.host_config.group_add.clone();
+    // Checked at create.
+    spec.no_new_privileges =
+        spec::no_new_privileges(&record.host_config.security_opt).unwrap_or(true);
     spec.rlimits = record
         .host_config
         .ulimits

@@ -121,6 +121,9 @@ pub struct HostConfig {
     /// `--ulimit`s, for every process of the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ulimits: Vec<Ulimit>,
+    /// `--security-opt`, as given (only `no-new-privileges` is accepted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
     /// `-p`: by container port (`80/tcp`), the host addresses and ports asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub port_bindings: BTreeMap<String, Vec<PortBindingSpec>>,

@@ -190,6 +190,7 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "Isolation",
     "GroupAdd",
     "Ulimits",
+    "SecurityOpt",
     "Runtime",
     "CgroupnsMode",
     "PidMode",
@@ -215,9 +216,6 @@ fn refusal(field: &str) -> &'static str {
             "legacy links are not supported: put the containers on a user-defined network, where they find each other by name"
         }
         "MacAddress" => "a container's MAC address is derived from its IP address",
-        "SecurityOpt" => {
-            "the container is isolated by its own VM; per-process security options are not applied yet"
-        }
         _ => "the option is not implemented yet",
     }
 }
@@ -697,6 +695,8 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         }
     }
     let ulimits = parse_ulimits(hc.get("Ulimits"))?;
+    let security_opt = string_list(hc.get("SecurityOpt"), "SecurityOpt")?.unwrap_or_default();
+    no_new_privileges(&security_opt)?;
     let runtime = string(hc.get("Runtime"), "Runtime")?;
     if !runtime.is_empty() && runtime != RUNTIME {
         return Err(EngineError::InvalidArgument(format!(
@@ -816,7 +816,41 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         log_options,
         group_add,
         ulimits,
+        security_opt,
     })
+}
+
+/// Docker's `--security-opt`: `no-new-privileges` (with `:true`/`=true`/`:false`/`=false`)
+/// is applied in the guest; the Linux security modules' options are refused by name.
+pub fn no_new_privileges(opts: &[String]) -> Result<bool> {
+    let mut on = false;
+    for opt in opts {
+        let (key, value) = match opt.split_once([':', '=']) {
+            Some((k, v)) => (k, Some(v)),
+            None => (opt.as_str(), None),
+        };
+        match (key, value) {
+            ("no-new-privileges", None | Some("true")) => on = true,
+            ("no-new-privileges", Some("false")) => on = false,
+            ("no-new-privileges", Some(_)) => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "invalid --security-opt 2: {opt:?}"
+                )))
+            }
+            ("seccomp" | "apparmor" | "label" | "systempaths" | "writable-cgroups", _) => {
+                return Err(unsupported(
+                    &format!("--security-opt {opt}"),
+                    "the container is isolated by its own VM; seccomp profiles, AppArmor and SELinux labels are not applied inside it",
+                ))
+            }
+            _ => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "invalid --security-opt 1: {opt:?}"
+                )))
+            }
+        }
+    }
+    Ok(on)
 }
 
 /// At most this many `--ulimit`s: there are 16 kinds.
@@ -1217,11 +1251,42 @@ mod tests {
             assert!(e.contains(expect), "{path}: {e}");
         }
         let mut body = cli_body();
-        body["Healthcheck"] = json!({"Test": ["CMD", "true"]});
+        body["Healthcheck"] = json!({"Test": ["CMD", "true"], "Interval": 5});
         assert!(parse(&body)
             .unwrap_err()
             .to_string()
-            .contains("Healthcheck"));
+            .contains("Interval in Healthcheck cannot be less than 1ms"));
+        // Kept: a health check, ulimits, no-new-privileges.
+        let mut body = cli_body();
+        body["Healthcheck"] = json!({"Test": ["CMD-SHELL", "true"], "Retries": 2});
+        body["HostConfig"]["SecurityOpt"] = json!(["no-new-privileges"]);
+        body["HostConfig"]["Ulimits"] = json!([{"Name": "nproc", "Soft": 10, "Hard": 20}]);
+        let req = parse(&body).unwrap();
+        assert_eq!(req.config.healthcheck.unwrap().retries, 2);
+        assert_eq!(req.host_config.ulimits.len(), 1);
+        assert_eq!(req.host_config.security_opt, ["no-new-privileges"]);
+    }
+
+    #[test]
+    fn security_opts_are_no_new_privileges_or_refused() {
+        let opts =
+            |v: &[&str]| no_new_privileges(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert!(opts(&["no-new-privileges"]).unwrap());
+        assert!(opts(&["no-new-privileges:true"]).unwrap());
+        assert!(opts(&["no-new-privileges=true"]).unwrap());
+        assert!(!opts(&["no-new-privileges:false"]).unwrap());
+        assert!(!opts(&[]).unwrap());
+        let e = opts(&["seccomp=unconfined"]).unwrap_err().to_string();
+        assert!(
+            e.contains("berth does not support --security-opt seccomp=unconfined"),
+            "{e}"
+        );
+        assert!(opts(&["apparmor=x"]).is_err());
+        assert!(opts(&["no-new-privileges:maybe"]).is_err());
+        assert!(opts(&["bogus"])
+            .unwrap_err()
+            .to_string()
+            .contains("invalid --security-opt"));
     }
 
     #[test]
