@@ -99,22 +99,25 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// The entry `rel` of `tree`, as it was listed (`kind`, `st`). An entry that went away
-    /// or changed kind since it was listed is left out.
+    /// The entry `rel` of `tree`, as it was listed (`kind`, `st`), named `name` in the
+    /// archive. An entry that went away or changed kind since it was listed is left out.
     fn entry(
         &mut self,
         tree: &Tree,
         rel: &[u8],
+        name: &[u8],
         kind: Kind,
         st: &libc::stat,
     ) -> Result<(), LayerFsError> {
-        let path = Path::new(std::ffi::OsStr::from_bytes(rel));
+        let path = Path::new(std::ffi::OsStr::from_bytes(name));
         let write = LayerFsError::Write;
         match kind {
             Kind::Dir => {
                 let mut h = header(tar::EntryType::Directory, st);
-                let mut name = rel.to_vec();
-                name.push(b'/');
+                let mut name = name.to_vec();
+                if !name.ends_with(b"/") {
+                    name.push(b'/');
+                }
                 self.tar
                     .append_data(
                         &mut h,
@@ -156,7 +159,7 @@ impl<W: Write> Writer<W> {
                 };
                 self.tar.append_data(&mut h, path, data).map_err(write)?;
                 if st.st_nlink > 1 {
-                    self.links.insert(key, rel.to_vec());
+                    self.links.insert(key, name.to_vec());
                 }
             }
             Kind::Symlink => {
@@ -243,7 +246,7 @@ pub fn export(stack: &[Tree], out: impl Write) -> Result<(), LayerFsError> {
         let Some(tree) = stack.get(m.layer) else {
             continue;
         };
-        w.entry(tree, &path, m.kind, &m.st)?;
+        w.entry(tree, &path, &path, m.kind, &m.st)?;
         if m.kind == Kind::Dir {
             let below = merge(stack, &path, &m.dirs)?;
             frames.push((path, below.into_iter()));
@@ -284,16 +287,53 @@ pub fn layer(upper: &Tree, out: impl Write) -> Result<LayerSummary, LayerFsError
                 let Some(listing) = upper.list(&path)? else {
                     continue;
                 };
-                w.entry(upper, &path, node.kind, &node.st)?;
+                w.entry(upper, &path, &path, node.kind, &node.st)?;
                 if listing.opaque {
                     let marker = child(&path, OPAQUE_MARKER.as_ref(), upper.what)?;
                     w.marker(&marker, &node.st)?;
                 }
                 frames.push((path, listing.nodes.into_iter()));
             }
-            kind => w.entry(upper, &path, kind, &node.st)?,
+            kind => w.entry(upper, &path, &path, kind, &node.st)?,
         }
     }
     summary.entries = w.finish()?;
     Ok(summary)
+}
+
+/// `docker cp`'s archive of one entry of `tree`: `rel` (`""` for the tree's root), examined
+/// as `st`, written under the name `name` (the archive's entries start with it, as dockerd
+/// rebases them), and for a directory everything below it, parents first. The tree is one
+/// directory, not a stack (a container's mounted root, where overlayfs did the merging).
+pub fn subtree(
+    tree: &Tree,
+    rel: &[u8],
+    st: &libc::stat,
+    name: &[u8],
+    out: impl Write,
+) -> Result<(), LayerFsError> {
+    let mut w = Writer::new(out);
+    let kind = Kind::of(st);
+    w.entry(tree, rel, name, kind, st)?;
+    if kind == Kind::Dir {
+        if let Some(listing) = tree.list(rel)? {
+            let mut frames = vec![(rel.to_vec(), name.to_vec(), listing.nodes.into_iter())];
+            while let Some((rel, name, nodes)) = frames.last_mut() {
+                let Some(node) = nodes.next() else {
+                    frames.pop();
+                    continue;
+                };
+                let path = child(rel, &node.name, tree.what)?;
+                let shown = child(name, &node.name, tree.what)?;
+                w.entry(tree, &path, &shown, node.kind, &node.st)?;
+                if node.kind == Kind::Dir {
+                    if let Some(below) = tree.list(&path)? {
+                        frames.push((path, shown, below.nodes.into_iter()));
+                    }
+                }
+            }
+        }
+    }
+    w.finish()?;
+    Ok(())
 }
