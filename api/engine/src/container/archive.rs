@@ -450,13 +450,9 @@ fn archive_path(root: &impl AsFd, path: &str) -> Result<(PathStat, Source), Copy
     let req = Request::parse(path);
     let target = find(root, &req, path)?;
     let stat = stat_of(root, &req, &target)?;
-    // The root itself is archived as `.` (its entries as `./bin`, ...), a name any tar
-    // extracts in place.
-    let name = if req.name == "/" {
-        b".".to_vec()
-    } else {
-        req.name.as_bytes().to_vec()
-    };
+    // Named as dockerd rebases them: the path's last element (`.` for `dir/.`, its
+    // entries `./a`; `/` for the root, its entries `//bin`, which the CLI rebases).
+    let name = req.name.as_bytes().to_vec();
     Ok((
         stat,
         Source {
@@ -502,8 +498,8 @@ fn extract(
     input: impl Read,
     opts: ExtractOptions,
 ) -> Result<(), CopyError> {
-    let mut comps = Request::parse(path).dir;
     let req = Request::parse(path);
+    let mut comps = req.dir.clone();
     if !req.is_dir_itself() {
         comps.push(req.base.clone());
     }
@@ -900,13 +896,10 @@ pub struct CopyRoot {
 
 impl Drop for CopyRoot {
     fn drop(&mut self) {
+        // Lazily: the root's descriptor, closed right after this (fields drop after
+        // `drop`), keeps the detached overlay alive until then; the lifecycle lock, dropped
+        // last, keeps a start from mounting the same upper dir meanwhile.
         if let Some(target) = self.mounted.take() {
-            // The descriptor goes first, or the lazy unmount would keep the overlay alive.
-            let placeholder =
-                nix::fcntl::open("/", OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty());
-            if let Ok(p) = placeholder {
-                drop(std::mem::replace(&mut self.root, p));
-            }
             vm::unmount_rootfs(&target);
         }
     }
