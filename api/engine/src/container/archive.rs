@@ -335,13 +335,10 @@ fn resolve_in_root(root: &impl AsFd, comps: &[Vec<u8>]) -> Result<String, CopyEr
             }
             _ => {}
         }
-        let target = match open_in_root(root, &join(&done), OFlag::O_PATH | OFlag::O_DIRECTORY) {
-            Ok(dir) => match nix::fcntl::readlinkat(&dir, OsStr::from_bytes(&c)) {
-                Ok(t) => Some(t),
-                Err(_) => None,
-            },
-            Err(_) => None,
-        };
+        // Not a symlink, or not there: kept as it is.
+        let target = open_in_root(root, &join(&done), OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .ok()
+            .and_then(|dir| nix::fcntl::readlinkat(&dir, OsStr::from_bytes(&c)).ok());
         let Some(target) = target else {
             done.push(c);
             if done.iter().map(|c| c.len() + 1).sum::<usize>() > crate::layerfs::MAX_PATH_LEN {
@@ -549,7 +546,7 @@ struct Meta {
 
 impl<R: AsFd> Extractor<'_, R> {
     /// The path of `comps` (below the destination) from the root.
-    fn from_root(&self, comps: &[Vec<u8>]) -> Vec<u8> {
+    fn rooted(&self, comps: &[Vec<u8>]) -> Vec<u8> {
         let mut all = self.dest.clone();
         all.extend(comps.iter().cloned());
         join(&all)
@@ -567,7 +564,7 @@ impl<R: AsFd> Extractor<'_, R> {
                 shown(&join(&comps[..i]))
             ))
         };
-        match open_in_root(self.root, &self.from_root(comps), flags) {
+        match open_in_root(self.root, &self.rooted(comps), flags) {
             Ok(fd) => return Ok(fd),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Err(through(comps.len())),
@@ -580,15 +577,14 @@ impl<R: AsFd> Extractor<'_, R> {
             }
         }
         // Down from the destination: each level opened (or made, then opened) confined.
-        let mut cur = open_in_root(self.root, &self.from_root(&[]), flags).map_err(|source| {
-            CopyError::Io {
+        let mut cur =
+            open_in_root(self.root, &self.rooted(&[]), flags).map_err(|source| CopyError::Io {
                 op: "open the destination of",
                 path: shown(name),
                 source,
-            }
-        })?;
+            })?;
         for i in 0..comps.len() {
-            let rel = self.from_root(&comps[..=i]);
+            let rel = self.rooted(&comps[..=i]);
             cur = match open_in_root(self.root, &rel, flags) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
@@ -772,7 +768,7 @@ impl<R: AsFd> Extractor<'_, R> {
                 }
                 let tdir = open_in_root(
                     self.root,
-                    &self.from_root(tparent),
+                    &self.rooted(tparent),
                     OFlag::O_PATH | OFlag::O_DIRECTORY,
                 )
                 .map_err(|_| bad())?;
@@ -852,7 +848,7 @@ impl<R: AsFd> Extractor<'_, R> {
         for (comps, mtime) in dirs {
             if let Ok(fd) = open_in_root(
                 self.root,
-                &self.from_root(&comps),
+                &self.rooted(&comps),
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW,
             ) {
                 let t = TimeSpec::new(mtime, 0);

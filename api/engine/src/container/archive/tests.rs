@@ -49,7 +49,9 @@ fn assert_outside_untouched(t: &TempDir) {
 }
 
 /// name → (kind, contents or link target) of a tar stream.
-fn listing(tar: &[u8]) -> BTreeMap<String, (char, Vec<u8>)> {
+type Listing = BTreeMap<String, (char, Vec<u8>)>;
+
+fn listing(tar: &[u8]) -> Listing {
     let mut a = tar::Archive::new(tar);
     let mut out = BTreeMap::new();
     for e in a.entries().unwrap() {
@@ -72,10 +74,7 @@ fn listing(tar: &[u8]) -> BTreeMap<String, (char, Vec<u8>)> {
     out
 }
 
-fn archive_of(
-    root: &OwnedFd,
-    path: &str,
-) -> Result<(PathStat, BTreeMap<String, (char, Vec<u8>)>), CopyError> {
+fn archive_of(root: &OwnedFd, path: &str) -> Result<(PathStat, Listing), CopyError> {
     let (stat, source) = archive_path(root, path)?;
     let mut out = Vec::new();
     source.write_to(&mut out)?;
