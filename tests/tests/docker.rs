@@ -481,10 +481,7 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     assert_ne!(out.code(), 0, "{out:?}");
     assert!(out.stderr.contains("links"), "{out:?}");
     // Commands berth does not have yet are refused by name.
-    for (method, path) in [
-        ("GET", format!("/v1.41/containers/{kept}/archive?path=/")),
-        ("GET", format!("/v1.41/containers/{kept}/checkpoints")),
-    ] {
+    for (method, path) in [("GET", format!("/v1.41/containers/{kept}/checkpoints"))] {
         let r = d.api(method, &path, b"");
         assert_eq!(r.status, 501, "{path}: {}", r.text());
         assert!(r.text().contains("berth does not support"), "{path}");
@@ -3139,4 +3136,203 @@ fn detach_keys_leave_the_container_running_and_oom_kills_are_reported() {
     ]);
     assert_eq!(events, "oom\ndie\n");
     d.docker_ok(&["rm", "-f", &name]);
+}
+
+/// A tar stream of `files` (name, contents), as `docker cp -` reads one from stdin.
+fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        b.append_data(&mut h, name, *data).expect("tar entry");
+    }
+    b.into_inner().expect("tar")
+}
+
+#[test]
+fn cp_copies_both_ways_in_the_containers_root_and_nowhere_else() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let scratch = Scratch::new("docker-cp");
+    let src = scratch.path("src");
+    std::fs::create_dir_all(src.join("tree/sub")).unwrap();
+    std::fs::write(src.join("hello.txt"), "hello from the host\n").unwrap();
+    std::fs::write(src.join("tree/a"), "A\n").unwrap();
+    std::fs::write(src.join("tree/sub/b"), "B in a tree\n").unwrap();
+    let s = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_string();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+
+    // A container that never ran: cp in and out with no VM (its overlay mounted for the
+    // copy and unmounted after it).
+    let c = unique("cp");
+    let script = "cat /hello.txt /tree/sub/b; while :; do sleep 1; done";
+    d.docker_ok(&["create", "--name", &c, "busybox", "sh", "-c", script]);
+    let id = d
+        .docker_ok(&["inspect", "-f", "{{.Id}}", &c])
+        .trim()
+        .to_string();
+    d.docker_ok(&["cp", &s(&src.join("hello.txt")), &format!("{c}:/hello.txt")]);
+    d.docker_ok(&["cp", &s(&src.join("tree")), &format!("{c}:/tree")]);
+    let out = scratch.path("out-created");
+    d.docker_ok(&["cp", &format!("{c}:/tree"), &s(&out)]);
+    assert_eq!(
+        std::fs::read_to_string(out.join("sub/b")).unwrap(),
+        "B in a tree\n"
+    );
+    // A file of the image, and the stat header the CLI needs for `-`.
+    let passwd = d.docker_ok(&["cp", &format!("{c}:/etc/passwd"), "-"]);
+    assert!(
+        passwd.contains("passwd") && passwd.contains("root:"),
+        "{passwd}"
+    );
+    let missing = d.docker(&["cp", &format!("{c}:/nope"), "-"]);
+    assert!(!missing.status.success());
+    assert!(
+        missing
+            .stderr
+            .contains(&format!("Could not find the file /nope in container {c}")),
+        "{}",
+        missing.stderr
+    );
+    assert_eq!(
+        wait_inspect(d, &c, "{{.State.Status}}", "created"),
+        "created"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&format!("{id}/rootfs")),
+        "the copy left its mount behind"
+    );
+    // A PUT into a file is dockerd's 400.
+    let reply = d.api_typed(
+        "PUT",
+        &format!("/v1.41/containers/{c}/archive?path=/etc/passwd"),
+        "application/x-tar",
+        &tar_of(&[("x", b"x")]),
+    );
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains("not a directory"), "{}", reply.text());
+
+    // Started: the guest reads what was copied in before it ran.
+    d.docker_ok(&["start", &c]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut logs = String::new();
+    while !logs.contains("B in a tree") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        logs = d.docker_ok(&["logs", &c]);
+    }
+    assert!(
+        logs.contains("hello from the host") && logs.contains("B in a tree"),
+        "{logs}"
+    );
+
+    // Running: what the guest writes, cp reads; what cp writes, the guest reads, also
+    // over a file it read before.
+    d.docker_ok(&["exec", &c, "sh", "-c", "echo from the guest > /g"]);
+    let g = d.docker_ok(&["cp", &format!("{c}:/g"), "-"]);
+    assert!(g.contains("from the guest"), "{g}");
+    std::fs::write(src.join("put.txt"), "first\n").unwrap();
+    d.docker_ok(&["cp", &s(&src.join("put.txt")), &format!("{c}:/put.txt")]);
+    assert_eq!(d.docker_ok(&["exec", &c, "cat", "/put.txt"]), "first\n");
+    std::fs::write(src.join("put.txt"), "second, longer\n").unwrap();
+    d.docker_ok(&["cp", &s(&src.join("put.txt")), &format!("{c}:/put.txt")]);
+    assert_eq!(
+        d.docker_ok(&["exec", &c, "cat", "/put.txt"]),
+        "second, longer\n"
+    );
+    // A directory tree, and a tar stream from stdin.
+    d.docker_ok(&["cp", &s(&src.join("tree")), &format!("{c}:/tmp/")]);
+    assert_eq!(
+        d.docker_ok(&["exec", &c, "cat", "/tmp/tree/sub/b"]),
+        "B in a tree\n"
+    );
+    let streamed = d.docker_with_input(
+        &["cp", "-", &format!("{c}:/tmp")],
+        &tar_of(&[("streamed/s.txt", b"from a stream\n")]),
+    );
+    assert!(streamed.status.success(), "{streamed:?}");
+    assert_eq!(
+        d.docker_ok(&["exec", &c, "cat", "/tmp/streamed/s.txt"]),
+        "from a stream\n"
+    );
+    let tree = d.docker_ok(&["cp", &format!("{c}:/tmp/tree"), "-"]);
+    assert!(
+        tree.contains("tree/sub/b") && tree.contains("B in a tree"),
+        "{tree}"
+    );
+    let out = scratch.path("out-running");
+    d.docker_ok(&["cp", &format!("{c}:/tmp/tree/."), &s(&out)]);
+    assert_eq!(std::fs::read_to_string(out.join("a")).unwrap(), "A\n");
+    let missing = d.docker(&["cp", &format!("{c}:/tmp/nope"), "-"]);
+    assert!(
+        missing.stderr.contains(&format!(
+            "Could not find the file /tmp/nope in container {c}"
+        )),
+        "{}",
+        missing.stderr
+    );
+
+    // A guest's symlinks lead nowhere outside its root: to the host's root, to a host
+    // directory by its absolute path, up with `..`.
+    let secret_dir = scratch.path("host-secret");
+    std::fs::create_dir_all(&secret_dir).unwrap();
+    std::fs::write(secret_dir.join("secret"), "host secret\n").unwrap();
+    let plant = format!(
+        "ln -s / /hostroot; ln -s {} /leak; ln -s ../../../../../.. /up",
+        s(&secret_dir)
+    );
+    d.docker_ok(&["exec", &c, "sh", "-c", &plant]);
+    for path in ["/leak/secret", "/up/leak/secret"] {
+        let r = d.docker(&["cp", &format!("{c}:{path}"), "-"]);
+        assert!(!r.status.success(), "{path}: {r:?}");
+        assert!(!r.stdout.contains("host secret"), "{path}");
+    }
+    let marker = unique("berth-cp-marker");
+    std::fs::write(src.join(&marker), "confined\n").unwrap();
+    for dest in ["/hostroot/tmp", "/up/tmp"] {
+        d.docker_ok(&["cp", &s(&src.join(&marker)), &format!("{c}:{dest}")]);
+    }
+    assert!(
+        !std::path::Path::new("/tmp").join(&marker).exists(),
+        "a copy went through the guest's symlink onto the host"
+    );
+    assert_eq!(
+        d.docker_ok(&["exec", &c, "cat", &format!("/tmp/{marker}")]),
+        "confined\n"
+    );
+    // Stopped: read from its writable layer again.
+    d.docker_ok(&["stop", "-t", "1", &c]);
+    let after = d.docker_ok(&["cp", &format!("{c}:/put.txt"), "-"]);
+    assert!(after.contains("second, longer"), "{after}");
+    let now = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1)
+    .to_string();
+    let actions = d.docker_ok(&[
+        "events",
+        "--since",
+        &started,
+        "--until",
+        &now,
+        "--filter",
+        &format!("container={c}"),
+        "--format",
+        "{{.Action}}",
+    ]);
+    assert!(
+        actions.contains("archive-path") && actions.contains("extract-to-dir"),
+        "{actions}"
+    );
+    d.docker_ok(&["rm", "-f", &c]);
 }

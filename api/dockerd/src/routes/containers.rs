@@ -1,5 +1,5 @@
 //! The container endpoints: create, start, attach (hijacked), wait, logs, stop, kill,
-//! remove, list, inspect, rename, resize, prune, diff, export; and clear refusals for the ones berth does
+//! remove, list, inspect, rename, resize, prune, diff, export, archive (`docker cp`); and clear refusals for the ones berth does
 //! not have yet.
 
 use std::collections::HashMap;
@@ -112,6 +112,19 @@ pub async fn route(
         (Method::GET, ["containers", id, "stats"]) => super::stats::stats(state, id, &q).await,
         (Method::GET, ["containers", id, "changes"]) => changes(state, id).await,
         (Method::GET, ["containers", id, "export"]) => export(state, id).await,
+        (Method::HEAD, ["containers", id, "archive"]) => {
+            let stat = state
+                .engine
+                .containers
+                .stat_path(id, archive_path_param(&q)?)
+                .await?;
+            let mut r = status(StatusCode::OK);
+            r.headers_mut()
+                .insert(PATH_STAT_HEADER, path_stat_header(&stat)?);
+            Ok(r)
+        }
+        (Method::GET, ["containers", id, "archive"]) => archive(state, id, &q).await,
+        (Method::PUT, ["containers", id, "archive"]) => extract(state, req, id, &q).await,
         (_, ["containers", id, what, ..]) => {
             // Docker endpoints berth does not implement: refused by name, never faked.
             let Some((_, command)) = UNSUPPORTED.iter().find(|(w, _)| w == what) else {
@@ -127,7 +140,76 @@ pub async fn route(
     }
 }
 
-const UNSUPPORTED: &[(&str, &str)] = &[("archive", "docker cp"), ("checkpoints", "checkpoints")];
+const UNSUPPORTED: &[(&str, &str)] = &[("checkpoints", "checkpoints")];
+
+/// The header `HEAD` and `GET /containers/{id}/archive` describe the path in.
+const PATH_STAT_HEADER: &str = "X-Docker-Container-Path-Stat";
+
+/// The archive endpoints' `path`, required as dockerd requires it.
+fn archive_path_param(q: &Query) -> Result<&str, ApiError> {
+    match q.get("path") {
+        Some(p) if !p.is_empty() => Ok(p),
+        _ => Err(ApiError::bad_request("Path cannot be empty")),
+    }
+}
+
+fn path_stat_header(stat: &engine::container::archive::PathStat) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(&stat.header_value())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `docker cp CONTAINER:PATH ...`: the path is found and opened, and its stat sent in the
+/// header, before the tar streams; a failure after that ends the stream early.
+async fn archive(state: &Arc<State>, id: &str, q: &Query) -> ApiResult {
+    let source = state
+        .engine
+        .containers
+        .archive_path(id, archive_path_param(q)?)
+        .await?;
+    let header = path_stat_header(&source.stat)?;
+    let (body, writer) = crate::http::streamed_body();
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut buffered = std::io::BufWriter::with_capacity(256 << 10, writer);
+        let result = source.write_to(&mut buffered);
+        match (result, buffered.into_inner()) {
+            (Ok(()), _) => {}
+            (Err(e), Ok(writer)) => {
+                log::warn!("docker cp from {id} failed: {e}");
+                writer.fail(std::io::Error::other(e.to_string()));
+            }
+            (Err(e), Err(_)) => log::warn!("docker cp from {id} failed: {e}"),
+        }
+    });
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/x-tar"));
+    r.headers_mut().insert(PATH_STAT_HEADER, header);
+    Ok(r)
+}
+
+/// `docker cp ... CONTAINER:PATH`: the archive is received whole into a scratch file first
+/// (a stalled client holds no thread and no lock of the container), then extracted.
+async fn extract(state: &Arc<State>, req: Request<Incoming>, id: &str, q: &Query) -> ApiResult {
+    let path = archive_path_param(q)?.to_string();
+    // The container is looked up before its upload is received, as dockerd answers a
+    // missing one at once.
+    state.engine.containers.get(id).await?;
+    let opts = engine::container::archive::ExtractOptions {
+        no_overwrite_dir_non_dir: q.flag("noOverwriteDirNonDir"),
+        copy_uid_gid: q.flag("copyUIDGID"),
+    };
+    let scratch = state.engine.images.scratch_file()?;
+    let input = crate::http::spool_body(req.into_body(), scratch)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot receive the archive: {e}")))?;
+    state
+        .engine
+        .containers
+        .extract_to_dir(id, &path, opts, input)
+        .await?;
+    Ok(status(StatusCode::OK))
+}
 
 /// `docker diff`: `[{"Path", "Kind"}]`, or `null` when nothing changed (as dockerd answers).
 async fn changes(state: &Arc<State>, id: &str) -> ApiResult {

@@ -6,6 +6,7 @@
 //! runs, `<exec-root>/<id>/` holds the VM's sockets. Lifecycle operations on one container
 //! are serialised by its record lock; the VM itself is driven from blocking threads.
 
+pub mod archive;
 pub mod exec;
 pub mod health;
 pub mod initlayer;

@@ -81,7 +81,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn of(st: &libc::stat) -> Kind {
+    /// The kind of what `st` describes.
+    pub fn of(st: &libc::stat) -> Kind {
         match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => Kind::Dir,
             libc::S_IFLNK => Kind::Symlink,
@@ -137,6 +138,11 @@ impl Tree {
             source: e.into(),
         })?;
         Ok(Tree { root, what })
+    }
+
+    /// A tree rooted at an open directory (`docker cp`'s, resolved in a container's root).
+    pub fn from_fd(root: OwnedFd, what: &'static str) -> Tree {
+        Tree { root, what }
     }
 
     /// Opens `rel` below the root without following a symlink anywhere in it.

@@ -88,48 +88,38 @@ impl<W: Write> Writer<W> {
     /// An empty regular file (a whiteout or an opaque marker) at `rel`.
     fn marker(&mut self, rel: &[u8], st: &libc::stat) -> Result<(), LayerFsError> {
         let mut h = header(tar::EntryType::Regular, st);
-        self.tar
-            .append_data(
-                &mut h,
-                Path::new(std::ffi::OsStr::from_bytes(rel)),
-                io::empty(),
-            )
-            .map_err(LayerFsError::Write)?;
+        append_named(&mut self.tar, &mut h, rel, io::empty()).map_err(LayerFsError::Write)?;
         self.entries += 1;
         Ok(())
     }
 
-    /// The entry `rel` of `tree`, as it was listed (`kind`, `st`). An entry that went away
-    /// or changed kind since it was listed is left out.
+    /// The entry `rel` of `tree`, as it was listed (`kind`, `st`), named `name` in the
+    /// archive. An entry that went away or changed kind since it was listed is left out.
     fn entry(
         &mut self,
         tree: &Tree,
         rel: &[u8],
+        name: &[u8],
         kind: Kind,
         st: &libc::stat,
     ) -> Result<(), LayerFsError> {
-        let path = Path::new(std::ffi::OsStr::from_bytes(rel));
         let write = LayerFsError::Write;
         match kind {
             Kind::Dir => {
                 let mut h = header(tar::EntryType::Directory, st);
-                let mut name = rel.to_vec();
-                name.push(b'/');
-                self.tar
-                    .append_data(
-                        &mut h,
-                        Path::new(std::ffi::OsStr::from_bytes(&name)),
-                        io::empty(),
-                    )
-                    .map_err(write)?;
+                let mut name = name.to_vec();
+                if !name.ends_with(b"/") {
+                    name.push(b'/');
+                }
+                append_named(&mut self.tar, &mut h, &name, io::empty()).map_err(write)?;
             }
             Kind::File => {
                 let key = (st.st_dev, st.st_ino);
                 if st.st_nlink > 1 {
                     if let Some(first) = self.links.get(&key) {
                         let mut h = header(tar::EntryType::Link, st);
-                        let target = Path::new(std::ffi::OsStr::from_bytes(first)).to_owned();
-                        self.tar.append_link(&mut h, path, target).map_err(write)?;
+                        let target = first.clone();
+                        append_link(&mut self.tar, &mut h, name, &target).map_err(write)?;
                         self.entries += 1;
                         return Ok(());
                     }
@@ -154,9 +144,9 @@ impl<W: Write> Writer<W> {
                     inner: file.take(size),
                     left: size,
                 };
-                self.tar.append_data(&mut h, path, data).map_err(write)?;
+                append_named(&mut self.tar, &mut h, name, data).map_err(write)?;
                 if st.st_nlink > 1 {
-                    self.links.insert(key, rel.to_vec());
+                    self.links.insert(key, name.to_vec());
                 }
             }
             Kind::Symlink => {
@@ -164,7 +154,7 @@ impl<W: Write> Writer<W> {
                     return Ok(());
                 };
                 let mut h = header(tar::EntryType::Symlink, st);
-                append_symlink(&mut self.tar, &mut h, path, target.as_bytes()).map_err(write)?;
+                append_link(&mut self.tar, &mut h, name, target.as_bytes()).map_err(write)?;
             }
             Kind::Fifo | Kind::Char | Kind::Block => {
                 let entry = match kind {
@@ -177,9 +167,7 @@ impl<W: Write> Writer<W> {
                     h.set_device_major(libc::major(st.st_rdev)).map_err(write)?;
                     h.set_device_minor(libc::minor(st.st_rdev)).map_err(write)?;
                 }
-                self.tar
-                    .append_data(&mut h, path, io::empty())
-                    .map_err(write)?;
+                append_named(&mut self.tar, &mut h, name, io::empty()).map_err(write)?;
             }
             // Sockets live only while their process does (Docker leaves them out too);
             // whiteouts are the caller's to translate.
@@ -197,13 +185,40 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// A symlink entry whose target is written byte for byte (the tar crate's `append_link`
-/// normalises it as a path: `/` would become `//`, `./x` `x`), in a GNU long-link entry
-/// when it does not fit the header.
-fn append_symlink<W: Write>(
+/// Appends `h` named `name` byte for byte: the tar crate would normalise a path (`./a` would
+/// become `a`, and `docker cp`'s archives of `dir/.` must start with `./`: the CLI rebases
+/// them on it). A name too long for the header goes through the tar crate's long names,
+/// with a PAX `path` record carrying the exact bytes when normalising would change them.
+fn append_named<W: Write>(
     tar: &mut tar::Builder<W>,
     h: &mut tar::Header,
-    path: &Path,
+    name: &[u8],
+    data: impl Read,
+) -> io::Result<()> {
+    let slot = &mut h.as_old_mut().name;
+    if name.len() <= slot.len() {
+        slot.fill(0);
+        slot[..name.len()].copy_from_slice(name);
+        h.set_cksum();
+        return tar.append(h, data);
+    }
+    let mut normal = name.strip_prefix(b"./").unwrap_or(name);
+    while let Some(rest) = normal.strip_prefix(b"/") {
+        normal = rest;
+    }
+    if normal.len() != name.len() {
+        tar.append_pax_extensions([("path", name)])?;
+    }
+    tar.append_data(h, Path::new(std::ffi::OsStr::from_bytes(normal)), data)
+}
+
+/// A symlink or hard link entry (`h` says which) whose target is written byte for byte (the
+/// tar crate's `append_link` normalises it as a path: `/` would become `//`, `./x` `x`), in
+/// a GNU long-link entry when it does not fit the header.
+fn append_link<W: Write>(
+    tar: &mut tar::Builder<W>,
+    h: &mut tar::Header,
+    name: &[u8],
     target: &[u8],
 ) -> io::Result<()> {
     let slot_len = h.as_old().linkname.len();
@@ -223,7 +238,7 @@ fn append_symlink<W: Write>(
     slot.fill(0);
     let n = target.len().min(slot_len);
     slot[..n].copy_from_slice(&target[..n]);
-    tar.append_data(h, path, io::empty())
+    append_named(tar, h, name, io::empty())
 }
 
 /// `docker export`: the merged file system of `stack` (topmost first: the container's upper
@@ -243,7 +258,7 @@ pub fn export(stack: &[Tree], out: impl Write) -> Result<(), LayerFsError> {
         let Some(tree) = stack.get(m.layer) else {
             continue;
         };
-        w.entry(tree, &path, m.kind, &m.st)?;
+        w.entry(tree, &path, &path, m.kind, &m.st)?;
         if m.kind == Kind::Dir {
             let below = merge(stack, &path, &m.dirs)?;
             frames.push((path, below.into_iter()));
@@ -284,16 +299,53 @@ pub fn layer(upper: &Tree, out: impl Write) -> Result<LayerSummary, LayerFsError
                 let Some(listing) = upper.list(&path)? else {
                     continue;
                 };
-                w.entry(upper, &path, node.kind, &node.st)?;
+                w.entry(upper, &path, &path, node.kind, &node.st)?;
                 if listing.opaque {
                     let marker = child(&path, OPAQUE_MARKER.as_ref(), upper.what)?;
                     w.marker(&marker, &node.st)?;
                 }
                 frames.push((path, listing.nodes.into_iter()));
             }
-            kind => w.entry(upper, &path, kind, &node.st)?,
+            kind => w.entry(upper, &path, &path, kind, &node.st)?,
         }
     }
     summary.entries = w.finish()?;
     Ok(summary)
+}
+
+/// `docker cp`'s archive of one entry of `tree`: `rel` (`""` for the tree's root), examined
+/// as `st`, written under the name `name` (the archive's entries start with it, as dockerd
+/// rebases them), and for a directory everything below it, parents first. The tree is one
+/// directory, not a stack (a container's mounted root, where overlayfs did the merging).
+pub fn subtree(
+    tree: &Tree,
+    rel: &[u8],
+    st: &libc::stat,
+    name: &[u8],
+    out: impl Write,
+) -> Result<(), LayerFsError> {
+    let mut w = Writer::new(out);
+    let kind = Kind::of(st);
+    w.entry(tree, rel, name, kind, st)?;
+    if kind == Kind::Dir {
+        if let Some(listing) = tree.list(rel)? {
+            let mut frames = vec![(rel.to_vec(), name.to_vec(), listing.nodes.into_iter())];
+            while let Some((rel, name, nodes)) = frames.last_mut() {
+                let Some(node) = nodes.next() else {
+                    frames.pop();
+                    continue;
+                };
+                let path = child(rel, &node.name, tree.what)?;
+                let shown = child(name, &node.name, tree.what)?;
+                w.entry(tree, &path, &shown, node.kind, &node.st)?;
+                if node.kind == Kind::Dir {
+                    if let Some(below) = tree.list(&path)? {
+                        frames.push((path, shown, below.nodes.into_iter()));
+                    }
+                }
+            }
+        }
+    }
+    w.finish()?;
+    Ok(())
 }
