@@ -3008,22 +3008,14 @@ fn closed(conn: &mut std::os::unix::net::UnixStream) -> bool {
 }
 
 #[test]
-fn detach_keys_leave_the_container_running_and_oom_kills_are_reported() {
+fn detach_keys_leave_the_container_running() {
     use std::io::Write;
     if !ready() {
         return;
     }
     let d = daemon();
     let name = unique("detach");
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        .saturating_sub(1)
-        .to_string();
-    d.docker_ok(&[
-        "run", "-d", "-i", "-t", "-m", "96m", "--name", &name, "busybox", "sh",
-    ]);
+    d.docker_ok(&["run", "-d", "-i", "-t", "--name", &name, "busybox", "sh"]);
     // Custom keys: what comes before them reaches the shell, the keys do not.
     let mut conn = attach_raw(d, &name, Some("ctrl-a,b"));
     conn.write_all(b"echo hel''lo-one\n").unwrap();
@@ -3094,49 +3086,6 @@ fn detach_keys_leave_the_container_running_and_oom_kills_are_reported() {
         "running false"
     );
 
-    // A process of the container killed by the guest's OOM killer: OOMKilled, and the oom
-    // event before the die, as dockerd reports a container whose cgroup hit its limit.
-    // A string doubled until the VM's memory runs out: quick even in the emulated host.
-    let out = d.docker(&[
-        "exec",
-        &name,
-        "awk",
-        "BEGIN { s = \"x\"; while (1) s = s s }",
-    ]);
-    assert_eq!(out.code(), 137, "{out:?}");
-    d.docker_ok(&["kill", &name]);
-    assert_eq!(
-        wait_inspect(
-            d,
-            &name,
-            "{{.State.Status}} {{.State.OOMKilled}}",
-            "exited true"
-        ),
-        "exited true"
-    );
-    let until = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("after 1970")
-        .as_secs()
-        + 1)
-    .to_string();
-    std::thread::sleep(Duration::from_millis(1100));
-    let events = d.docker_ok(&[
-        "events",
-        "--since",
-        &since,
-        "--until",
-        &until,
-        "--filter",
-        &format!("container={name}"),
-        "--filter",
-        "event=oom",
-        "--filter",
-        "event=die",
-        "--format",
-        "{{.Action}}",
-    ]);
-    assert_eq!(events, "oom\ndie\n");
     d.docker_ok(&["rm", "-f", &name]);
 }
 
