@@ -141,6 +141,7 @@ test-microvm:
 		| python3 -c 'import json,sys; names=sys.argv[1:]; found={m["target"]["name"]: m["executable"] for m in map(json.loads, sys.stdin) if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in names}; print(" ".join(found[n] for n in names if n in found))' $(MICROVM_TESTS)); \
 	set -- $$bins; \
 	test $$# -eq $(words $(MICROVM_TESTS)) || { echo "test-microvm: missing test binaries ($$bins)" >&2; exit 1; }; \
+	$(RELEASE)/berth-test-images || exit 1; \
 	tests/run-microvm --threads $(MICROVM_THREADS) vms=$$1,$$2,$$3 docker=$$4
 	$(DONE)
 

@@ -118,7 +118,9 @@ def main():
         check(status["StatusCode"] == 137, f"wait after kill ({status})")
     finally:
         c.remove(force=True)
-    check(name not in [x.name for x in client.containers.list(all=True)], "remove")
+    # Filtered by name: other tests' containers come and go meanwhile, and the SDK's list()
+    # inspects each one it listed.
+    check(not client.containers.list(all=True, filters={"name": name}), "remove")
 
     # What happened, as events: dockerd's actions, in order.
     until = int(time.time()) + 1

@@ -1127,7 +1127,7 @@ fn user_networks_resolve_names_and_stay_apart() {
     // (busybox's static wget crashes where the image has no NSS libraries; nc does not.)
     let script = format!(
         "for i in $(seq 90); do {GET} | nc -w 2 {web} 80 2>/dev/null | grep served-by && break; sleep 1; done; \
-         {GET} | nc -w 5 www 80 | grep served-by; cat /etc/resolv.conf /etc/hosts; hostname; hostname -d"
+         for i in $(seq 10); do {GET} | nc -w 5 www 80 2>/dev/null | grep served-by && break; sleep 1; done; cat /etc/resolv.conf /etc/hosts; hostname; hostname -d"
     );
     let out = run_sh(
         d,
@@ -1264,7 +1264,7 @@ fn network_none_has_only_lo_and_a_guest_cannot_pose_as_another() {
     let script = format!(
         "ping -c 1 -W 5 172.17.0.1 >/dev/null && echo BEFORE; \
          /bin/netprobe forge eth0 {forged} 200; /bin/netprobe runts eth0 100; \
-         ping -c 1 -W 5 172.17.0.1 >/dev/null && echo AFTER; cat /sys/class/net/eth0/address"
+         for i in 1 2 3 4 5 6; do ping -c 1 -W 5 172.17.0.1 >/dev/null && echo AFTER && break; done; cat /sys/class/net/eth0/address"
     );
     // Detached, and kept running: the bridge forgets a port's addresses when its tap goes.
     let script = format!("{script}; echo DONE; exec sleep 600");
