@@ -36,9 +36,9 @@ pub fn parse(spec: &str) -> Result<Vec<u8>, String> {
             _ => return Err(invalid()),
         };
         keys.push(byte);
-    }
-    if keys.len() > MAX_KEYS {
-        return Err(invalid());
+        if keys.len() > MAX_KEYS {
+            return Err(invalid());
+        }
     }
     Ok(keys)
 }

@@ -4,7 +4,6 @@
 //! unmodified Docker CLI and SDKs drive it; every container runs in its own microVM.
 
 mod conns;
-mod detach;
 mod http;
 mod router;
 mod routes;

@@ -8,9 +8,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -19,7 +18,10 @@ use engine::container::record::{Record, Status};
 use engine::container::{Container, CreateOptions, WaitCondition};
 use engine::time::{parse_api_time, rfc3339, unix_secs, ZERO_TIME};
 
-use crate::http::{channel_body, empty, json, json_body, status, ApiError, ApiResult, Query, Resp};
+use super::hijack::{
+    hung_up, scan_input, stream_permit, switching_protocols, upgraded_socket, AbortOnDrop,
+};
+use crate::http::{channel_body, json, json_body, status, ApiError, ApiResult, Query, Resp};
 use crate::router::{not_found, State, Version};
 
 pub async fn route(
@@ -756,9 +758,9 @@ async fn attach(
     let want_stderr = q.flag("stderr");
     let tty = r.config.tty;
     // dockerd scans only a terminal's input for the detach keys.
-    let detach_keys = crate::detach::parse(q.get("detachKeys").unwrap_or_default())
+    let detach_keys = berthd::detach::parse(q.get("detachKeys").unwrap_or_default())
         .map_err(ApiError::bad_request)?;
-    let scanner = tty.then(|| crate::detach::Scanner::new(detach_keys));
+    let scanner = tty.then(|| berthd::detach::Scanner::new(detach_keys));
     // Register before answering, so output produced right after start is not missed.
     let output = stream.then(|| c.attach_output(256));
     let replay = if q.flag("logs") {
@@ -824,37 +826,14 @@ async fn attach(
         return Ok(resp);
     }
 
-    // The stream will hold its socket outside the connection table: it takes a permit of
-    // its own first, or the client hears why not.
-    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "berthd already serves its limit of attached streams ({}); try again when one ends",
-                state.stream_cap
-            ),
-        )
-    })?;
+    let permit = stream_permit(state)?;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let stdin_once = r.config.stdin_once;
     let container = c.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                log::debug!("attach upgrade failed: {e}");
-                return;
-            }
-        };
-        // The socket itself, to see a client hang up (the Docker CLI shuts its sending side
-        // at once when it has no input, so end of input says nothing).
-        let (stream, early) = match upgraded.downcast::<TokioIo<tokio::net::UnixStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-            Err(_) => {
-                log::error!("attach: the upgraded connection is not a Unix stream");
-                return;
-            }
+        let Some((stream, early)) = upgraded_socket(on_upgrade, "attach").await else {
+            return;
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let (reader, mut writer) = stream.into_split();
@@ -907,46 +886,7 @@ async fn attach(
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
     });
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("tcp"));
-    Ok(resp)
-}
-
-/// How often an attached stream with nothing to send checks that its client is still there.
-const HANG_UP_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Returns once the peer of socket `fd` has closed it entirely (POLLHUP: both directions shut,
-/// where a client that only ended its input gives POLLRDHUP alone).
-pub(crate) async fn hung_up(fd: std::os::fd::RawFd) {
-    loop {
-        tokio::time::sleep(HANG_UP_CHECK).await;
-        let mut p = libc::pollfd {
-            fd,
-            events: 0,
-            revents: 0,
-        };
-        // SAFETY: poll(2) with a zero timeout on one pollfd that outlives the call; `fd` is
-        // the caller's open socket (it holds the stream's write half throughout).
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        if n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
-            return;
-        }
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
+    switching_protocols(content_type)
 }
 
 /// Copies an attached client's input to the container's stdin; with StdinOnce, the end of
@@ -956,7 +896,7 @@ async fn pump_stdin<R: tokio::io::AsyncRead + Unpin>(
     c: &Arc<Container>,
     reader: &mut R,
     stdin_once: bool,
-    mut scanner: Option<crate::detach::Scanner>,
+    mut scanner: Option<berthd::detach::Scanner>,
 ) -> bool {
     let mut sinks = c.stdin();
     let sink = loop {
@@ -977,14 +917,7 @@ async fn pump_stdin<R: tokio::io::AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        passed.clear();
-        let detach = match scanner.as_mut() {
-            Some(s) => s.feed(&buf[..n], &mut passed),
-            None => {
-                passed.extend_from_slice(&buf[..n]);
-                false
-            }
-        };
+        let detach = scan_input(scanner.as_mut(), &buf[..n], &mut passed);
         let mut guard = sink.lock().await;
         let Some(stdin) = guard.as_mut() else {
             return false;

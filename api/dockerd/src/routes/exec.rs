@@ -9,9 +9,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CONNECTION, CONTENT_TYPE, UPGRADE};
+use hyper::header::{HeaderValue, CONTENT_TYPE, UPGRADE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -19,8 +18,11 @@ use tokio::sync::mpsc;
 use engine::container::exec::ExecIo;
 use engine::container::logs::Stream;
 
-use super::containers::{encode, hung_up};
-use crate::http::{channel_body, empty, json, read_body, status, ApiError, ApiResult, Query};
+use super::containers::encode;
+use super::hijack::{
+    hung_up, scan_input, stream_permit, switching_protocols, upgraded_socket, AbortOnDrop,
+};
+use crate::http::{channel_body, json, read_body, status, ApiError, ApiResult, Query};
 use crate::router::{not_found, State, Version};
 
 /// `/exec/...`.
@@ -133,8 +135,8 @@ async fn start(
     }
     let tty = exec.config.tty;
     let scanner = match tty {
-        true => Some(crate::detach::Scanner::new(
-            crate::detach::parse(&exec.config.detach_keys).map_err(ApiError::bad_request)?,
+        true => Some(berthd::detach::Scanner::new(
+            berthd::detach::parse(&exec.config.detach_keys).map_err(ApiError::bad_request)?,
         )),
         false => None,
     };
@@ -162,31 +164,12 @@ async fn start(
             .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         return Ok(resp);
     };
-    let permit = state.streams.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "berthd already serves its limit of attached streams ({}); try again when one ends",
-                state.stream_cap
-            ),
-        )
-    })?;
+    let permit = stream_permit(state)?;
     let st = state.clone();
     tokio::spawn(async move {
         let _permit = permit;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                log::debug!("exec upgrade failed: {e}");
-                return;
-            }
-        };
-        let (socket, early) = match upgraded.downcast::<TokioIo<tokio::net::UnixStream>>() {
-            Ok(parts) => (parts.io.into_inner(), parts.read_buf),
-            Err(_) => {
-                log::error!("exec: the upgraded connection is not a Unix stream");
-                return;
-            }
+        let Some((socket, early)) = upgraded_socket(on_upgrade, "exec").await else {
+            return;
         };
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket);
         let (reader, mut writer) = socket.into_split();
@@ -245,13 +228,7 @@ async fn start(
         let _ = writer.flush().await;
         let _ = writer.shutdown().await;
     });
-    let mut resp = Response::new(empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(UPGRADE, HeaderValue::from_static("tcp"));
-    Ok(resp)
+    switching_protocols(content_type)
 }
 
 /// The process's output streams as one channel of chunks, ending when both have ended.
@@ -285,7 +262,7 @@ fn merge_output(
 async fn pump_input<R: AsyncRead + Unpin>(
     mut reader: R,
     mut sink: tokio::net::UnixStream,
-    mut scanner: Option<crate::detach::Scanner>,
+    mut scanner: Option<berthd::detach::Scanner>,
 ) -> bool {
     let mut buf = vec![0u8; 32 << 10];
     let mut passed = Vec::with_capacity(buf.len());
@@ -294,14 +271,7 @@ async fn pump_input<R: AsyncRead + Unpin>(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        passed.clear();
-        let detach = match scanner.as_mut() {
-            Some(s) => s.feed(&buf[..n], &mut passed),
-            None => {
-                passed.extend_from_slice(&buf[..n]);
-                false
-            }
-        };
+        let detach = scan_input(scanner.as_mut(), &buf[..n], &mut passed);
         if sink.write_all(&passed).await.is_err() {
             return false;
         }
@@ -311,15 +281,4 @@ async fn pump_input<R: AsyncRead + Unpin>(
     }
     let _ = sink.shutdown().await;
     false
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = &self.0 {
-            task.abort();
-        }
-    }
 }

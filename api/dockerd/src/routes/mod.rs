@@ -5,6 +5,7 @@ pub mod containers;
 pub mod df;
 pub mod events;
 pub mod exec;
+mod hijack;
 pub mod images;
 pub mod networks;
 pub mod stats;

@@ -488,8 +488,8 @@ pub struct ExtractOptions {
 }
 
 /// `PUT`: extracts the tar stream `input` (plain or gzip) into the directory `path`
-/// (followed if it is a symlink), confined to `root`.
-fn extract(
+/// (followed if it is a symlink), confined to `root`. Public for the fuzz target.
+pub fn extract(
     root: &impl AsFd,
     path: &str,
     input: impl Read,
