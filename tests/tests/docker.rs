@@ -1643,6 +1643,84 @@ fn exec_runs_beside_the_main_process_and_pause_parks_the_vm() {
     d.docker_ok(&["rm", &name]);
 }
 
+/// `--init` and `--privileged`, which mean the guest here: an init of the agent's own as
+/// the container's PID 1 (reaping, passing signals on, exiting with the program's status),
+/// and every capability, the guest's devices and an unmasked /proc and writable /sys.
+#[test]
+fn init_and_privileged_mean_the_guest() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("init");
+    let out = d.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--init",
+        "--privileged",
+        "busybox",
+        "sleep",
+        "600",
+    ]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Init}} {{.HostConfig.Privileged}}",
+            &name
+        ]),
+        "true true\n"
+    );
+    // The program is PID 1's child, not PID 1; an orphan left by an exec'd process is
+    // reaped (with the program as PID 1, sleep, it would stay a zombie).
+    let script =
+        "cat /proc/1/comm; p=$(pidof sleep); [ \"$p\" != 1 ] && grep PPid /proc/$p/status; \
+        sh -c 'sleep 0.3 & exit 0'; sleep 3; \
+        echo zombies $(grep -l '^State:.Z' /proc/[0-9]*/status 2>/dev/null | wc -l)";
+    let out = d.docker(&["exec", &name, "sh", "-c", script]);
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (0, "init\nPPid:\t1\nzombies 0\n"),
+        "{out:?}"
+    );
+    // Privileged: every capability for the program, the guest's /dev/kmsg, /sys writable,
+    // nothing of /proc masked.
+    let script = "grep CapEff /proc/$(pidof sleep)/status; test -c /dev/kmsg && echo kmsg; \
+        grep -c ' /sys sysfs rw' /proc/mounts; grep -c /proc/interrupts /proc/mounts";
+    let out = d.docker(&["exec", &name, "sh", "-c", script]);
+    assert_eq!(
+        out.stdout, "CapEff:\t000001ffffffffff\nkmsg\n1\n0\n",
+        "{out:?}"
+    );
+    // docker stop's SIGTERM reaches the program through the init: it ends by that signal
+    // (143), not by the SIGKILL after the grace period (137).
+    d.docker_ok(&["stop", "-t", "120", &name]);
+    assert_eq!(
+        d.docker_ok(&["inspect", "-f", "{{.State.ExitCode}}", &name]),
+        "143\n"
+    );
+    d.docker_ok(&["rm", &name]);
+    // Without --privileged, the same image has Docker's defaults; with --init, a program
+    // that cannot run fails as it would without one.
+    let out = run_sh(
+        d,
+        &["--rm", "--init"],
+        "grep -c ' /sys sysfs ro' /proc/mounts; grep -c /proc/interrupts /proc/mounts; \
+         test -e /dev/kmsg || echo no-kmsg; exit 3",
+    );
+    assert_eq!(
+        (out.code(), out.stdout.as_str()),
+        (3, "1\n1\nno-kmsg\n"),
+        "{out:?}"
+    );
+    let out = d.docker(&["run", "--rm", "--init", "busybox", "/no/such/program"]);
+    assert_eq!(out.code(), 127, "{out:?}");
+    assert!(out.stderr.contains("executable file not found"), "{out:?}");
+}
+
 /// Whether a full id printed by `ps -q --no-trunc` is container `name`'s.
 fn name_matches(d: &Daemon, name: &str, id: &str) -> bool {
     d.docker_ok(&["inspect", "-f", "{{.Id}}", name]).trim() == id.trim()

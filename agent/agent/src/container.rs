@@ -161,6 +161,7 @@ struct Namespaces {
 pub struct Container {
     hostname: String,
     readonly_root: bool,
+    privileged: bool,
     ns: Namespaces,
     /// `O_PATH` of the container's `/`, for reading its files from the agent.
     root: OwnedFd,
@@ -231,6 +232,7 @@ impl Container {
         Ok(Container {
             hostname: spec.hostname.clone(),
             readonly_root: spec.readonly_rootfs,
+            privileged: spec.privileged,
             ns: setup.ns,
             root: setup.root,
             devpts: setup.devpts,
@@ -259,6 +261,7 @@ impl Container {
             mnt: self.ns.mnt.as_fd(),
             init: init.then_some(InitSetup {
                 readonly_root: self.readonly_root,
+                privileged: self.privileged,
             }),
         }
     }
@@ -430,6 +433,12 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
     ];
 
     let volumes = prepare_volumes(dir, spec)?;
+    // Read while the guest's /dev is still in reach.
+    let devices = if spec.privileged {
+        guest_devices(Path::new("/dev"))?
+    } else {
+        Vec::new()
+    };
 
     nix::unistd::chdir(staging).map_err(|e| ContainerError::Pivot(nix_err(e)))?;
     // pivot_root(".", "."): the old root ends up stacked on the new one, and is detached
@@ -484,22 +493,28 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
     for &(link, target) in DEV_LINKS {
         std::os::unix::fs::symlink(target, link).map_err(create_err(link))?;
     }
-    mount_fs(
-        "sysfs",
-        "/sys",
-        MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
-        None,
-    )?;
+    for d in &devices {
+        add_device(d)?;
+    }
+    // Docker's --privileged: /sys and the cgroup tree writable, nothing masked.
+    let sys_flags = if spec.privileged {
+        NOSUID_NODEV_NOEXEC
+    } else {
+        MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC
+    };
+    mount_fs("sysfs", "/sys", sys_flags, None)?;
     mount(
         Some("cgroup2"),
         "/sys/fs/cgroup",
         Some("cgroup2"),
-        MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+        sys_flags,
         None::<&str>,
     )
     .map_err(mount_err("cgroup2", "/sys/fs/cgroup"))?;
-    for path in MASKED_SYS {
-        mask(path)?;
+    if !spec.privileged {
+        for path in MASKED_SYS {
+            mask(path)?;
+        }
     }
     for v in &volumes {
         attach_volume(v)?;
@@ -556,6 +571,95 @@ struct Volume {
 
 /// Mounts every volume's source under the state directory and takes a detached copy of it
 /// (recursive, read-only where asked), parents first as Docker orders them.
+/// A device node of the guest, for a privileged container's `/dev`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestDevice {
+    /// Below `/dev`, e.g. `net/tun`.
+    pub path: String,
+    pub block: bool,
+    pub rdev: u64,
+    pub mode: u32,
+}
+
+/// Entries of the guest's `/dev` a privileged container gets: every device node, as
+/// Docker gives a privileged container the host's (runc's `HostDevices`), less what the
+/// container's `/dev` has of its own (its `pts`, `shm`, `mqueue`, console and the basic
+/// nodes).
+const SKIPPED_DEV: &[&str] = &[
+    "pts", "shm", "mqueue", "fd", "console", "ptmx", "null", "zero", "full", "random", "urandom",
+    "tty",
+];
+
+/// The most device nodes copied, and the deepest directory walked.
+const MAX_DEVICES: usize = 4096;
+const MAX_DEV_DEPTH: usize = 4;
+
+/// The device nodes under `root` (the guest's devtmpfs), walked without recursion.
+pub fn guest_devices(root: &Path) -> Result<Vec<GuestDevice>, ContainerError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut found = Vec::new();
+    let mut dirs = vec![(root.to_owned(), String::new(), 0usize)];
+    while let Some((dir, prefix, depth)) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir).map_err(|source| ContainerError::Prepare {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if prefix.is_empty() && SKIPPED_DEV.contains(&name.as_str()) {
+                continue;
+            }
+            let path = format!("{prefix}{name}");
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            let kind = meta.file_type();
+            if kind.is_dir() && depth < MAX_DEV_DEPTH {
+                dirs.push((entry.path(), format!("{path}/"), depth + 1));
+            } else if (kind.is_char_device() || kind.is_block_device()) && found.len() < MAX_DEVICES
+            {
+                found.push(GuestDevice {
+                    path,
+                    block: kind.is_block_device(),
+                    rdev: meta.rdev(),
+                    mode: meta.mode() & 0o7777,
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(found)
+}
+
+/// Makes `d` in the container's `/dev` (a tmpfs of its own), its directories first.
+fn add_device(d: &GuestDevice) -> Result<(), ContainerError> {
+    let path = format!("/dev/{}", d.path);
+    if let Some((parent, _)) = path.rsplit_once('/') {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(create_err(parent))?;
+    }
+    let kind = if d.block {
+        nix::sys::stat::SFlag::S_IFBLK
+    } else {
+        nix::sys::stat::SFlag::S_IFCHR
+    };
+    nix::sys::stat::mknod(
+        path.as_str(),
+        kind,
+        nix::sys::stat::Mode::from_bits_truncate(d.mode),
+        d.rdev,
+    )
+    .map_err(nix_err)
+    // mknod's mode passes through the umask.
+    .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(d.mode)))
+    .map_err(create_err(&path))
+}
+
 fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, ContainerError> {
     let mut mounts: Vec<_> = spec.mounts.iter().collect();
     mounts.sort_by_key(|m| m.destination.split('/').filter(|c| !c.is_empty()).count());

@@ -397,6 +397,9 @@ impl ProcessTable {
                 let (join, pidns) = match &entry {
                     None => (None, PidNs::Inherit),
                     Some(e) if e.init_exited => return Err(SpawnError::ContainerStopped),
+                    Some(e) if e.pidns.is_some() && p.spec.init => {
+                        return Err(SpawnError::InitNotFirst)
+                    }
                     Some(e) => match &e.pidns {
                         None => (Some(e.handles.join(true)), PidNs::New),
                         Some(ns) => (Some(e.handles.join(false)), PidNs::Join(ns.as_fd())),

@@ -80,10 +80,11 @@ pub enum Stage {
     TtyOwner = 17,
     Capabilities = 18,
     NoNewPrivileges = 19,
+    Init = 20,
 }
 
 impl Stage {
-    const ALL: [Stage; 19] = [
+    const ALL: [Stage; 20] = [
         Stage::Setsid,
         Stage::ControllingTty,
         Stage::Stdio,
@@ -103,6 +104,7 @@ impl Stage {
         Stage::TtyOwner,
         Stage::Capabilities,
         Stage::NoNewPrivileges,
+        Stage::Init,
     ];
 
     fn from_u32(v: u32) -> Option<Stage> {
@@ -132,6 +134,7 @@ impl fmt::Display for Stage {
             Stage::TtyOwner => "giving the terminal to the user",
             Stage::Capabilities => "dropping capabilities",
             Stage::NoNewPrivileges => "setting no_new_privs",
+            Stage::Init => "starting the program under the container's init",
         })
     }
 }
@@ -171,6 +174,8 @@ pub enum SpawnError {
     PidNamespace(#[source] io::Error),
     #[error("the container is not running: its init process has exited")]
     ContainerStopped,
+    #[error("an init (--init) is for the container's first process only")]
+    InitNotFirst,
     #[error("fork failed")]
     Fork(#[source] io::Error),
     #[error("cannot start the thread that starts the process")]
@@ -226,9 +231,10 @@ impl SpawnError {
                 source,
                 ..
             } if is_not_executable(source) => ErrorCode::PermissionDenied,
-            SpawnError::Nul { .. } | SpawnError::User(_) | SpawnError::Capability(_) => {
-                ErrorCode::InvalidArgument
-            }
+            SpawnError::Nul { .. }
+            | SpawnError::User(_)
+            | SpawnError::Capability(_)
+            | SpawnError::InitNotFirst => ErrorCode::InvalidArgument,
             SpawnError::ContainerStopped => ErrorCode::InvalidState,
             _ => ErrorCode::SpawnFailed,
         }
@@ -365,6 +371,9 @@ pub struct Prepared {
     /// Docker's `--security-opt no-new-privileges`: set before exec, so that neither the
     /// program nor anything it runs gains privileges (setuid bits, file capabilities).
     no_new_privileges: bool,
+    /// Docker's `--init`: a container's first process forks the program and stays as its
+    /// init (see [`become_init`]).
+    init: bool,
 }
 
 // SAFETY: the raw pointers in `Prepared` point into the CStrings it owns, which are never
@@ -510,6 +519,7 @@ impl Prepared {
                 .collect(),
             tty: spec.tty,
             no_new_privileges: spec.no_new_privileges,
+            init: spec.init,
         })
     }
 
@@ -525,6 +535,8 @@ impl Prepared {
 pub struct InitSetup {
     /// Remount the container's root read-only once the working directory exists.
     pub readonly_root: bool,
+    /// Docker's `--privileged`: `/proc` without Docker's masked and read-only paths.
+    pub privileged: bool,
 }
 
 /// The namespaces a container process joins in the child.
@@ -733,6 +745,9 @@ unsafe fn child(p: &Prepared, stdio: [RawFd; 3], join: Option<&RawJoin>, report:
             }
             if let Some(init) = &j.init {
                 init_container(p, init, report);
+                if p.init {
+                    become_init(report);
+                }
             }
         }
         if p.tty && libc::ioctl(stdio[0], libc::TIOCSCTTY, 0) < 0 {
@@ -885,10 +900,16 @@ unsafe fn init_container(p: &Prepared, init: &InitSetup, report: RawFd) {
         {
             fail(report, Stage::Proc);
         }
-        for path in MASKED_PROC {
+        // Docker leaves /proc whole for --privileged.
+        let (masked, readonly) = if init.privileged {
+            (&[][..], &[][..])
+        } else {
+            (MASKED_PROC, READONLY_PROC)
+        };
+        for path in masked {
             mask(path, report);
         }
-        for path in READONLY_PROC {
+        for path in readonly {
             let p = path.as_ptr();
             if libc::mount(p, p, ptr::null(), libc::MS_BIND | libc::MS_REC, ptr::null()) < 0 {
                 if *libc::__errno_location() == libc::ENOENT {
@@ -912,6 +933,80 @@ unsafe fn init_container(p: &Prepared, init: &InitSetup, report: RawFd) {
             let flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY;
             if libc::mount(ptr::null(), c"/".as_ptr(), ptr::null(), flags, ptr::null()) < 0 {
                 fail(report, Stage::ReadonlyRoot);
+            }
+        }
+    }
+}
+
+/// Docker's `--init` (tini as `docker-init`), done by the agent itself: this process, the
+/// PID 1 of the container's namespace, forks the program's process and stays behind as a
+/// minimal init. It reaps every child that ends (orphans of the namespace come to it),
+/// passes every signal it is sent on to the program, and when the program ends it exits
+/// with the program's status (128 + the signal for a killed one, as Docker reports it), at
+/// which the kernel ends the rest of the namespace. Returns in the program's process only.
+///
+/// Why not exec a separate init binary: one would have to be mounted into every image, and
+/// the agent already is a reaping PID 1; the fork costs no exec and holds no file open.
+///
+/// # Safety
+/// Only in the forked child (see [`child`]), as the container's first process, after
+/// [`init_container`], with every signal still blocked.
+unsafe fn become_init(report: RawFd) {
+    // SAFETY: fork(2), setsid(2), close_range(2), close(2), prctl(2), sigprocmask(2),
+    // sigwaitinfo(2), waitpid(2), kill(2) and _exit(2) are async-signal-safe; every pointer
+    // is to a local or a static C string.
+    unsafe {
+        let program = libc::fork();
+        if program < 0 {
+            fail(report, Stage::Init);
+        }
+        if program == 0 {
+            // Its own session, so that it can take the terminal as its controlling one.
+            if libc::setsid() < 0 {
+                fail(report, Stage::Setsid);
+            }
+            return;
+        }
+        // Nothing of the agent's stays open here: a pipe end or connection held by the
+        // init would keep another process's stream from ending. The exec report pipe goes
+        // too, so the agent hears of the program's exec alone.
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) < 0 {
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        libc::prctl(libc::PR_SET_NAME, c"init".as_ptr(), 0, 0, 0);
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        // Blocked, every signal waits for sigwaitinfo below: a namespace's init has no
+        // default action to fall to, and SIGKILL from the agent still ends it.
+        libc::sigprocmask(libc::SIG_SETMASK, &all, ptr::null_mut());
+        loop {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let sig = libc::sigwaitinfo(&all, &mut info);
+            if sig < 0 {
+                continue;
+            }
+            if sig != libc::SIGCHLD {
+                libc::kill(program, sig);
+                continue;
+            }
+            // One SIGCHLD may stand for many children.
+            loop {
+                let mut status = 0;
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid <= 0 {
+                    break;
+                }
+                if pid != program {
+                    continue;
+                }
+                if libc::WIFEXITED(status) {
+                    libc::_exit(libc::WEXITSTATUS(status));
+                }
+                if libc::WIFSIGNALED(status) {
+                    libc::_exit(128 + libc::WTERMSIG(status));
+                }
             }
         }
     }
@@ -1085,10 +1180,10 @@ mod tests {
         assert_eq!(child_exit_code(Stage::Exec, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Lookup, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Exec, libc::EACCES), 126);
-        for v in 1..=19 {
+        for v in 1..=20 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(20), None);
+        assert_eq!(Stage::from_u32(21), None);
     }
 }

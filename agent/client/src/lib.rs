@@ -377,6 +377,9 @@ impl AgentClient {
         if spec.no_new_privileges {
             self.require_minor("create_process", agent_protocol::NO_NEW_PRIVILEGES_MINOR)?;
         }
+        if spec.init {
+            self.require_minor("create_process", agent_protocol::INIT_PRIVILEGED_MINOR)?;
+        }
         self.call_ok(&Request::CreateProcess {
             id: id.to_owned(),
             spec: spec.clone(),
@@ -497,6 +500,9 @@ impl AgentClient {
     /// files. Processes run in it through [`ProcessSpec::container`].
     pub fn create_container(&mut self, id: &str, spec: &ContainerSpec) -> Result<(), ClientError> {
         self.require_containers("create_container")?;
+        if spec.privileged {
+            self.require_minor("create_container", agent_protocol::INIT_PRIVILEGED_MINOR)?;
+        }
         self.call_ok(&Request::CreateContainer {
             id: id.to_owned(),
             spec: spec.clone(),

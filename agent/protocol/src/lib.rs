@@ -114,7 +114,7 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 5 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 6 };
 
 /// The first minor version (of major 1) with containers: [`Request::CreateContainer`],
 /// [`Request::DeleteContainer`] and the container fields of [`ProcessSpec`].
@@ -133,3 +133,7 @@ pub const FIGURES_MINOR: u16 = 4;
 /// The first minor version (of major 1) with [`ProcessSpec::no_new_privileges`]: an older
 /// agent would ignore the field, so hosts check first.
 pub const NO_NEW_PRIVILEGES_MINOR: u16 = 5;
+
+/// The first minor version (of major 1) with [`ProcessSpec::init`] and
+/// [`ContainerSpec::privileged`]: an older agent would ignore both, so hosts check first.
+pub const INIT_PRIVILEGED_MINOR: u16 = 6;

@@ -160,6 +160,12 @@ pub struct ProcessSpec {
     /// runs, cannot gain privileges through setuid bits or file capabilities.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_new_privileges: bool,
+    /// (1.6) Docker's `--init`: the program runs as the child of a minimal init that is
+    /// the container's PID 1, reaps every orphan and passes the signals it gets on to the
+    /// program; the init exits with the program's status. Only for a container's first
+    /// process.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
 }
 
 fn default_cwd() -> String {
@@ -189,6 +195,7 @@ impl ProcessSpec {
             group_add: Vec::new(),
             capabilities: None,
             no_new_privileges: false,
+            init: false,
         }
     }
 }
@@ -264,6 +271,11 @@ pub struct ContainerSpec {
     /// Docker's own mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountSpec>,
+    /// (1.6) Docker's `--privileged`, bounded by the VM: the guest's devices in `/dev`,
+    /// `/sys` and the cgroup tree writable, `/proc` unmasked. The processes' capabilities
+    /// are their own ([`ProcessSpec::capabilities`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub privileged: bool,
 }
 
 impl ContainerSpec {
@@ -278,6 +290,7 @@ impl ContainerSpec {
             dns: None,
             shm_size: None,
             mounts: Vec::new(),
+            privileged: false,
         }
     }
 }
@@ -562,6 +575,7 @@ mod tests {
             group_add: vec!["audio".into(), "44".into()],
             capabilities: Some(vec!["CAP_CHOWN".into(), "CAP_KILL".into()]),
             no_new_privileges: true,
+            init: true,
         }
     }
 
@@ -588,6 +602,7 @@ mod tests {
                 destination: "/data".into(),
                 readonly: true,
             }],
+            privileged: true,
         }
     }
 

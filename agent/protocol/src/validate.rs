@@ -467,6 +467,9 @@ impl ProcessSpec {
         if let Some(c) = &self.container {
             validate_container_id(c)?;
         }
+        if self.init && self.container.is_none() {
+            return Err(invalid("init", "only for a process in a container"));
+        }
         if let Some(u) = &self.user {
             check_user_string("user", u)?;
             if self.uid != 0 || self.gid != 0 || !self.additional_gids.is_empty() {

@@ -387,6 +387,8 @@ impl Containers {
         let record = c.record().await;
         can_exec(&c, record.state.status, record.state.paused).map_err(internal)?;
         let mut spec = process_spec(&record);
+        // The container's init, if it has one, is already running.
+        spec.init = false;
         let cfg = &exec.config;
         spec.argv = cfg.argv.clone();
         merge_env(&mut spec.env, &cfg.env);

@@ -379,6 +379,7 @@ impl Containers {
         let record = c.record().await;
         let mut spec = process_spec(&record);
         spec.argv = argv;
+        spec.init = false;
         spec.tty = false;
         spec.tty_size = None;
         spec.stdin = false;

@@ -502,6 +502,7 @@ impl Containers {
         let run_dir = vm::run_dir(&self.config.exec_root, &record.id);
         let mut container_spec = vm::LaunchSpec::container_spec(&record.config.hostname);
         container_spec.domainname = record.config.domainname.clone();
+        container_spec.privileged = record.host_config.privileged;
         // Its network: an address and a tap on the bridge, its ports bound (a port in use
         // fails here, before anything of the container runs).
         let net = self.join_network(&record).await?;
@@ -1139,8 +1140,18 @@ fn process_spec(record: &Record) -> ProcessSpec {
             })
         })
         .collect();
-    spec.capabilities =
-        spec::capabilities(&record.host_config.cap_add, &record.host_config.cap_drop);
+    // Docker's --privileged: every capability, whatever --cap-add and --cap-drop say.
+    spec.capabilities = if record.host_config.privileged {
+        Some(
+            agent_protocol::caps::NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        )
+    } else {
+        spec::capabilities(&record.host_config.cap_add, &record.host_config.cap_drop)
+    };
+    spec.init = record.host_config.init == Some(true);
     spec
 }
 

@@ -780,19 +780,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         Some(Value::Bool(b)) => Some(*b),
         _ => None,
     };
-    if init == Some(true) {
-        return Err(unsupported(
-            "--init",
-            "there is no init process to inject into the guest yet",
-        ));
-    }
     let privileged = boolean(hc.get("Privileged"), "Privileged")?;
-    if privileged {
-        return Err(unsupported(
-            "--privileged",
-            "the container's own VM is its boundary, but full capabilities and devices inside it are not implemented yet",
-        ));
-    }
     Ok(HostConfig {
         start: None,
         auto_remove,
@@ -1198,8 +1186,6 @@ mod tests {
             // Maps whose values are empty are still set.
             ("/HostConfig/Tmpfs", json!({"/x": ""}), "Tmpfs"),
             ("/Volumes", json!({"/data": {}}), "Volumes"),
-            ("/HostConfig/Privileged", json!(true), "--privileged"),
-            ("/HostConfig/Init", json!(true), "--init"),
             ("/HostConfig/CgroupnsMode", json!("host"), "--cgroupns host"),
             ("/HostConfig/PidMode", json!("host"), "--pid host"),
             (
@@ -1261,7 +1247,11 @@ mod tests {
         body["Healthcheck"] = json!({"Test": ["CMD-SHELL", "true"], "Retries": 2});
         body["HostConfig"]["SecurityOpt"] = json!(["no-new-privileges"]);
         body["HostConfig"]["Ulimits"] = json!([{"Name": "nproc", "Soft": 10, "Hard": 20}]);
+        body["HostConfig"]["Init"] = json!(true);
+        body["HostConfig"]["Privileged"] = json!(true);
         let req = parse(&body).unwrap();
+        assert_eq!(req.host_config.init, Some(true));
+        assert!(req.host_config.privileged);
         assert_eq!(req.config.healthcheck.unwrap().retries, 2);
         assert_eq!(req.host_config.ulimits.len(), 1);
         assert_eq!(req.host_config.security_opt, ["no-new-privileges"]);
