@@ -493,8 +493,7 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     for (flag, value, named) in [
         ("--tmpfs", Some("/x"), "Tmpfs"),
         ("-v", Some("/data"), "Volumes"),
-        ("--privileged", None, "--privileged"),
-        ("--init", None, "--init"),
+        ("--device", Some("/dev/null"), "Devices"),
     ] {
         let mut args = vec!["create", flag];
         args.extend(value);
