@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """berth through the Docker SDK for Python (Debian's python3-docker), not the CLI: create,
-start, exec (with and without a tty, demultiplexed), logs streamed, pause and unpause,
-update, wait and remove, each checked as a user of the SDK would. Run by
+start, exec (with and without a tty, demultiplexed), files in and out (put_archive,
+get_archive), logs streamed, pause and unpause, update, wait and remove, each checked as a user of the SDK would. Run by
 tests/tests/docker.rs with DOCKER_HOST set to berthd's socket; prints one line per check
 and exits non-zero at the first failure."""
 
+import io
 import os
 import sys
+import tarfile
 import time
 
 import docker
@@ -62,6 +64,47 @@ def main():
         check(info["ExitCode"] == 3 and info["ContainerID"] == c.id, "exec_inspect after start")
         c.reload()
         check(e["Id"] in (c.attrs.get("ExecIDs") or []), "the container lists its execs")
+
+        # Files in and out: put_archive extracts a tar into the container's filesystem (in
+        # its VM, seen by its processes at once); get_archive returns a tar of a path and the
+        # path's stat in a header, as dockerd does.
+        data = b"hello from the sdk\n"
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            member = tarfile.TarInfo("greeting.txt")
+            member.size, member.mode, member.mtime = len(data), 0o640, 1_700_000_000
+            t.addfile(member, io.BytesIO(data))
+            sub = tarfile.TarInfo("sub")
+            sub.type, sub.mode = tarfile.DIRTYPE, 0o755
+            t.addfile(sub)
+        check(c.put_archive("/tmp", buf.getvalue()) is True, "put_archive")
+        r = c.exec_run(["sh", "-c", "cat /tmp/greeting.txt; stat -c %a /tmp/greeting.txt; test -d /tmp/sub && echo dir"])
+        check(r.output == data + b"640\ndir\n", f"put_archive's files in the guest ({r.output!r})")
+        c.exec_run(["sh", "-c", "echo made inside > /tmp/sub/inner"])
+        bits, stat = c.get_archive("/tmp/greeting.txt")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as t:
+            got = t.extractfile("greeting.txt").read()
+            mtime = t.getmember("greeting.txt").mtime
+        check(got == data and mtime == 1_700_000_000, f"get_archive of a file ({got!r}, {mtime})")
+        check(
+            stat["name"] == "greeting.txt" and stat["size"] == len(data) and stat["mode"] == 0o640,
+            f"get_archive's stat header ({stat})",
+        )
+        bits, stat = c.get_archive("/tmp/sub")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as t:
+            names = sorted(t.getnames())
+            inner = t.extractfile("sub/inner").read()
+        check(names == ["sub", "sub/inner"] and inner == b"made inside\n", f"get_archive of a directory ({names})")
+        check(stat["name"] == "sub" and stat["mode"] & 0x80000000, f"a directory's stat ({stat})")
+        for what, call in [
+            ("get_archive", lambda: c.get_archive("/no/such/path")),
+            ("put_archive", lambda: c.put_archive("/no/such/dir", buf.getvalue())),
+        ]:
+            try:
+                call()
+                check(False, f"{what} of a missing path fails")
+            except docker.errors.NotFound as err:
+                check("could not find the file" in str(err).lower(), f"{what} of a missing path: 404 ({err})")
 
         # Logs streamed as they come.
         stream = c.logs(stream=True, follow=True)
@@ -130,8 +173,8 @@ def main():
         for e in client.events(since=since, until=until, decode=True, filters={"container": name})
     ]
     base = [a.split(":")[0] for a in actions if a != "attach"]
-    for want in ["create", "start", "exec_create", "exec_start", "exec_die", "pause",
-                 "unpause", "update", "kill", "die", "destroy"]:
+    for want in ["create", "start", "exec_create", "exec_start", "exec_die", "extract-to-dir",
+                 "archive-path", "pause", "unpause", "update", "kill", "die", "destroy"]:
         check(want in base, f"event {want} ({actions})")
     check(base[0] == "create" and base[-1] == "destroy", f"events in order ({actions})")
 

@@ -647,7 +647,9 @@ impl Daemon {
         cmd
     }
 
-    /// Runs `docker ARGS` (120 s limit).
+    /// Runs `docker ARGS` (240 s limit: a daemon's first `run` of a size builds its VM
+    /// template, which on a slow CI machine inside the emulated host was seen to take 92 s,
+    /// and a stalled first boot is given 90 s before its retry).
     pub fn docker(&self, args: &[&str]) -> Finished {
         self.docker_with_input(args, b"")
     }
@@ -656,7 +658,7 @@ impl Daemon {
     /// what the daemon and its containers' consoles said last: a hang seen once in CI must
     /// be diagnosable from the log.
     pub fn docker_with_input(&self, args: &[&str], input: &[u8]) -> Finished {
-        let timeout = Duration::from_secs(120);
+        let timeout = Duration::from_secs(240);
         run_within(self.docker_command(args), input, timeout).unwrap_or_else(|stderr| {
             let mut consoles = String::new();
             if let Ok(entries) = std::fs::read_dir(self.data_root().join("containers")) {

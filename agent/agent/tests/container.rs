@@ -114,6 +114,17 @@ impl TestAgent {
 
 impl Drop for TestAgent {
     fn drop(&mut self) {
+        // Asked first: the agent kills every container's processes and exits. Killed
+        // alone, it would leave them running (a test that failed once left a busy loop
+        // spinning for an hour).
+        if let Ok(mut c) = AgentClient::connect_endpoint(Endpoint::Unix(self.sock.clone()), T) {
+            c.set_request_timeout(Some(T));
+            let _ = c.shutdown(Some(Duration::from_millis(200)));
+            let deadline = Instant::now() + T;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // Every mount was in the containers' own namespaces, gone with the agent: these
@@ -986,12 +997,12 @@ fn a_containers_processes_and_figures_are_its_own() {
     c.create_process("c1-init", &init).unwrap();
     c.start_process("c1-init").unwrap();
     // The busy loop and its sleeping child, pids as the container sees them.
-    let deadline = std::time::Instant::now() + T;
+    let deadline = Instant::now() + T;
     let list = loop {
         let list = c.list_processes("c1").unwrap();
         // Two processes, the second past its exec (a fork of sh is listed as sh first).
         let exec_done = list.processes.iter().any(|p| p.comm == "sleep");
-        if (list.processes.len() == 2 && exec_done) || std::time::Instant::now() > deadline {
+        if (list.processes.len() == 2 && exec_done) || Instant::now() > deadline {
             break list;
         }
         std::thread::sleep(Duration::from_millis(50));

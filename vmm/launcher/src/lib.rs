@@ -161,13 +161,32 @@ fn ended_or(vmm: &mut Child, otherwise: LaunchError) -> LaunchError {
 pub fn dump_and_kill(vmm: &mut Child) -> String {
     let mut threads = String::new();
     if let Ok(None) = vmm.try_wait() {
-        // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
-        unsafe { libc::kill(vmm.id() as i32, libc::SIGUSR1) };
-        std::thread::sleep(Duration::from_millis(500));
+        // Read before any signal: what a VMM was doing is what the caller needs to know.
         threads = thread_states(vmm.id());
+        // A VMM takes SIGUSR1 only once its loop runs (it blocks the signal then, for its
+        // signalfd); before that the signal would kill it and the dump would never come.
+        if blocks_sigusr1(vmm.id()) {
+            // SAFETY: kill(2) on our own child, not yet reaped (we hold its Child).
+            unsafe { libc::kill(vmm.id() as i32, libc::SIGUSR1) };
+            std::thread::sleep(Duration::from_millis(500));
+        } else {
+            threads.push_str(" (still setting the VM up: no device state to ask for)");
+        }
     }
     kill(vmm);
     threads
+}
+
+/// Whether `pid`'s main thread has SIGUSR1 blocked (`SigBlk` in its status).
+fn blocks_sigusr1(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGUSR1 - 1)) != 0)
 }
 
 /// One line per thread of `pid`: `name state wchan syscall`.
@@ -255,6 +274,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn only_a_process_that_blocks_sigusr1_is_asked_for_a_dump() {
+        use std::os::unix::process::CommandExt;
+        let mut plain = Command::new("sleep").arg("30").spawn().unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: only async-signal-safe calls (sigemptyset, sigaddset, sigprocmask) on a
+        // set on the child's own stack, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGUSR1);
+                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                Ok(())
+            });
+        }
+        let mut blocking = cmd.spawn().unwrap();
+        assert!(!blocks_sigusr1(plain.id()));
+        assert!(blocks_sigusr1(blocking.id()));
+        let said = dump_and_kill(&mut plain);
+        assert!(said.contains("still setting the VM up"), "{said}");
+        assert!(said.starts_with("sleep "), "{said}");
+        let said = dump_and_kill(&mut blocking);
+        assert!(!said.contains("still setting"), "{said}");
+        // Killed by SIGKILL, not by the SIGUSR1 it was sent (which it blocks).
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(blocking.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert_eq!(plain.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 
     #[test]

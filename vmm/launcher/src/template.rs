@@ -61,9 +61,12 @@ pub enum TemplateError {
         #[source]
         source: io::Error,
     },
-    #[error("the template VM did not come up (its console: {console})")]
+    /// `console` is where its console log was kept; `tail`, its last lines (a retry's log
+    /// line must say why, far from the file).
+    #[error("the template VM did not come up (its console, kept at {console}, ended: [{tail}])")]
     Boot {
         console: PathBuf,
+        tail: String,
         #[source]
         source: LaunchError,
     },
@@ -104,12 +107,17 @@ pub fn ensure(
     let _ = std::fs::remove_dir_all(&build);
     std::fs::create_dir(&build).map_err(io("create", &build))?;
     let built = build_in(vmm, boot, &build, sockets, boot_timeout);
-    if let Err(e) = built {
+    if let Err(mut e) = built {
         // The console log explains a failed boot: kept, beside the place of the template.
-        let _ = std::fs::rename(
-            build.join("console.log"),
-            parent.join(format!("{name}.failed-console.log")),
-        );
+        let kept = parent.join(format!("{name}.failed-console.log"));
+        let kept = match std::fs::rename(build.join("console.log"), &kept) {
+            Ok(()) => kept,
+            Err(_) => build.join("console.log"),
+        };
+        if let TemplateError::Boot { console, tail, .. } = &mut e {
+            *tail = crate::console_tail(&kept, 10).join(" | ");
+            *console = kept;
+        }
         let _ = std::fs::remove_dir_all(&build);
         return Err(e);
     }
@@ -202,6 +210,7 @@ fn build_in(
     crate::tie_to_parent(&mut cmd);
     let mut child = launch(&mut cmd, &uds, boot_timeout).map_err(|source| TemplateError::Boot {
         console: console.clone(),
+        tail: String::new(),
         source,
     })?;
     let ask = |r: Request| control::request(&control_sock, &r, Duration::from_secs(60));

@@ -47,10 +47,17 @@ pub fn create(
         cfg.boot_retries,
         |timeout| start_vm(cfg, templates, launch, spec.start, timeout),
         |attempt, why| {
+            // A template's failure carries its own console's end; a container's VM's console
+            // is its own file.
             let tail = vmm_launcher::console_tail(&launch.console_log, 10);
             let total = BOOT_RETRIES.fetch_add(1, Ordering::Relaxed) + 1;
+            let console = if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; its console ended: {tail:?}")
+            };
             log::warn!(
-                "boot retry {attempt} of {} ({total} in this daemon): {why}; its console ended: {tail:?}",
+                "boot retry {attempt} of {} ({total} in this daemon): {why}{console}",
                 cfg.boot_retries
             );
         },
@@ -272,14 +279,17 @@ mod tests {
         use vmm_launcher::template::TemplateError;
         let silent = template_failure(TemplatesError::Build(TemplateError::Boot {
             console: "/t/console.log".into(),
+            tail: "Linux version".into(),
             source: vmm_launcher::LaunchError::Exited(vmm_launcher::VmmExit::GuestShutdown),
         }));
         assert!(
-            matches!(&silent, LaunchError::SilentBootFailure(m) if m.starts_with("cannot build the VM template")),
+            matches!(&silent, LaunchError::SilentBootFailure(m)
+                if m.starts_with("cannot build the VM template") && m.contains("ended: [Linux version]")),
             "{silent:?}"
         );
         let loud = template_failure(TemplatesError::Build(TemplateError::Boot {
             console: "/t/console.log".into(),
+            tail: String::new(),
             source: vmm_launcher::LaunchError::Exited(vmm_launcher::VmmExit::GuestPanic),
         }));
         assert!(matches!(loud, LaunchError::Failed(_)), "{loud:?}");
