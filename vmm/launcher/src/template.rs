@@ -70,14 +70,23 @@ pub enum TemplateError {
         #[source]
         source: LaunchError,
     },
-    #[error("the template VM could not be snapshotted")]
-    Snapshot(#[source] ControlError),
+    #[error("the template VM could not be snapshotted ({booted_after_ms} ms after its start, in {took_ms} ms)")]
+    Snapshot {
+        booted_after_ms: u128,
+        took_ms: u128,
+        #[source]
+        source: ControlError,
+    },
     #[error("the template VM did not stop as asked: {0}")]
     Stop(String),
 }
 
 /// How long the snapshotted template VM gets to stop.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a snapshot may take: it parks the vCPUs and writes the guest's memory (256 MiB
+/// by default) to a file, well under a second on hardware; inside the emulated host on a
+/// CI machine running slow, beside three busy VMs, one was seen past 60 s.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The template in `dir`, built from `boot` (with `vmm` as the VMM binary, its agent
 /// awaited up to `boot_timeout`) unless it is there already. Of `boot`, the size, kernel,
@@ -208,25 +217,35 @@ fn build_in(
         .stderr(Stdio::inherit());
     // The template VM must not outlive its builder, however the builder ends.
     crate::tie_to_parent(&mut cmd);
+    let started = std::time::Instant::now();
     let mut child = launch(&mut cmd, &uds, boot_timeout).map_err(|source| TemplateError::Boot {
         console: console.clone(),
         tail: String::new(),
         source,
     })?;
-    let ask = |r: Request| control::request(&control_sock, &r, Duration::from_secs(60));
+    let ask = |r: Request, timeout| control::request(&control_sock, &r, timeout);
     settle_free_page_reports(&control_sock);
-    let snapshot = ask(Request::Snapshot {
-        state: build.join("vm.state"),
-        memory: build.join("vm.mem"),
+    let snapshot_start = std::time::Instant::now();
+    let snapshot = ask(
+        Request::Snapshot {
+            state: build.join("vm.state"),
+            memory: build.join("vm.mem"),
+        },
+        SNAPSHOT_TIMEOUT,
+    )
+    .map_err(|source| TemplateError::Snapshot {
+        booted_after_ms: (snapshot_start - started).as_millis(),
+        took_ms: snapshot_start.elapsed().as_millis(),
+        source,
     });
     // Stopped whatever the snapshot's outcome: a template VM has no other use.
-    let stopped = ask(Request::Shutdown);
+    let stopped = ask(Request::Shutdown, Duration::from_secs(60));
     let exit = wait_exit(&mut child, STOP_TIMEOUT);
     if exit.is_none() {
         let _ = child.kill();
         let _ = child.wait();
     }
-    snapshot.map_err(TemplateError::Snapshot)?;
+    snapshot?;
     stopped.map_err(|e| TemplateError::Stop(e.to_string()))?;
     match exit {
         Some(VmmExit::GuestShutdown) => {}

@@ -43,6 +43,22 @@ pub fn create(
         &spec.dir.join("empty"),
     )
     .map_err(LaunchError::Failed)?;
+    if launch.readonly_rootfs {
+        let made = super::mounts::make_mountpoints(
+            &launch.rootfs,
+            launch
+                .container
+                .mounts
+                .iter()
+                .map(|m| m.destination.as_str()),
+        );
+        if let Err(e) = made {
+            vm::unmount_rootfs(&launch.rootfs);
+            return Err(LaunchError::Failed(format!(
+                "cannot make the mount points in the read-only root: {e}"
+            )));
+        }
+    }
     let result = with_boot_retries(
         cfg.boot_retries,
         |timeout| start_vm(cfg, templates, launch, spec.start, timeout),
@@ -174,12 +190,20 @@ fn template_failure(e: TemplatesError) -> LaunchError {
     use vmm_launcher::VmmExit;
     let message = format!("cannot build the VM template: {}", vmm_launcher::chain(&e));
     match e {
-        TemplatesError::Build(TemplateError::Boot {
-            source:
-                vmm_launcher::LaunchError::Stalled(_)
-                | vmm_launcher::LaunchError::Exited(VmmExit::GuestShutdown | VmmExit::GuestCrash),
-            ..
-        }) => LaunchError::SilentBootFailure(message),
+        TemplatesError::Build(b)
+            if matches!(
+                *b,
+                TemplateError::Boot {
+                    source: vmm_launcher::LaunchError::Stalled(_)
+                        | vmm_launcher::LaunchError::Exited(
+                            VmmExit::GuestShutdown | VmmExit::GuestCrash
+                        ),
+                    ..
+                }
+            ) =>
+        {
+            LaunchError::SilentBootFailure(message)
+        }
         _ => LaunchError::Failed(message),
     }
 }
@@ -277,7 +301,7 @@ mod tests {
     #[test]
     fn a_template_vm_that_died_silently_is_a_silent_boot_failure() {
         use vmm_launcher::template::TemplateError;
-        let silent = template_failure(TemplatesError::Build(TemplateError::Boot {
+        let silent = template_failure(TemplatesError::from(TemplateError::Boot {
             console: "/t/console.log".into(),
             tail: "Linux version".into(),
             source: vmm_launcher::LaunchError::Exited(vmm_launcher::VmmExit::GuestShutdown),
@@ -287,7 +311,7 @@ mod tests {
                 if m.starts_with("cannot build the VM template") && m.contains("ended: [Linux version]")),
             "{silent:?}"
         );
-        let loud = template_failure(TemplatesError::Build(TemplateError::Boot {
+        let loud = template_failure(TemplatesError::from(TemplateError::Boot {
             console: "/t/console.log".into(),
             tail: String::new(),
             source: vmm_launcher::LaunchError::Exited(vmm_launcher::VmmExit::GuestPanic),

@@ -40,8 +40,15 @@ pub enum TemplatesError {
         #[source]
         source: std::io::Error,
     },
+    /// Boxed: a build's failure says much (its console's end), and errors travel by value.
     #[error(transparent)]
-    Build(#[from] TemplateError),
+    Build(Box<TemplateError>),
+}
+
+impl From<TemplateError> for TemplatesError {
+    fn from(e: TemplateError) -> Self {
+        TemplatesError::Build(Box::new(e))
+    }
 }
 
 /// A file's identity as the file system sees it: a change of any part is a new version.
