@@ -95,8 +95,9 @@ fn docker_exit_codes_for_berth_failures() {
     let out = d.docker(&["run", "--rm", "--network", "host", "busybox", "true"]);
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr.contains("--network host"), "{out:?}");
-    let out = d.docker(&["run", "--rm", "-v", "/tmp:/x", "busybox", "true"]);
+    let out = d.docker(&["run", "--rm", "-v", "data:/x", "busybox", "true"]);
     assert_eq!(out.code(), 125, "{out:?}");
+    assert!(out.stderr.contains("named volumes"), "{out:?}");
 }
 
 #[test]
@@ -491,7 +492,7 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     d.docker_ok(&["rm", &kept]);
     // Options the CLI sends as maps with empty values, or as plain flags, are refused too.
     for (flag, value, named) in [
-        ("--tmpfs", Some("/x"), "Tmpfs"),
+        ("--volumes-from", Some("other"), "VolumesFrom"),
         ("-v", Some("/data"), "Volumes"),
         ("--device", Some("/dev/null"), "Devices"),
     ] {
@@ -3363,4 +3364,180 @@ fn cp_copies_both_ways_in_the_containers_root_and_nowhere_else() {
         "{actions}"
     );
     d.docker_ok(&["rm", "-f", &c]);
+}
+
+/// `-v`, `--mount`, `--tmpfs`, `--read-only` and `--shm-size` in one VM (cloned from a
+/// template with that many shares): each bind a virtio-fs share of its own, live both ways,
+/// `:ro` refused by the VMM whatever the guest does; symlinks planted on the host resolve
+/// inside the container; `docker cp` goes through the binds; what berth cannot do is
+/// refused by name.
+#[test]
+fn binds_tmpfs_and_read_only_roots() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let host = std::env::temp_dir().join(unique("binds"));
+    let (rw, ro) = (host.join("rw"), host.join("ro"));
+    std::fs::create_dir_all(&rw).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(rw.join("hello"), "from the host\n").unwrap();
+    std::fs::write(ro.join("kept"), "unchanged\n").unwrap();
+    std::fs::write(host.join("secret"), "host secret\n").unwrap();
+    // Planted as a hostile image or user would: they must resolve inside the container.
+    std::os::unix::fs::symlink("/etc", rw.join("etc-link")).unwrap();
+    std::os::unix::fs::symlink("../secret", rw.join("up-link")).unwrap();
+    let made = host.join("made/by/run");
+    let name = unique("binds");
+    let (rw_s, ro_s, made_s) = (
+        rw.to_str().unwrap(),
+        ro.to_str().unwrap(),
+        made.to_str().unwrap(),
+    );
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--hostname",
+        "inside",
+        "-v",
+        &format!("{rw_s}:/data"),
+        "--mount",
+        &format!("type=bind,source={ro_s},target=/srv/ro,readonly"),
+        "-v",
+        &format!("{made_s}:/made:rw"),
+        "--tmpfs",
+        "/scratch:size=1m,mode=1770",
+        "--mount",
+        "type=tmpfs,destination=/t2,tmpfs-size=2097152",
+        "--read-only",
+        "--shm-size",
+        "8m",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    assert!(made.is_dir(), "-v makes a missing host directory");
+    let sh = |script: &str| d.docker(&["exec", &name, "sh", "-c", script]);
+    let out = sh("cat /data/hello /srv/ro/kept; echo written > /data/new && echo rw; \
+         touch /srv/ro/x 2>/dev/null || echo ro refused; \
+         touch /etc/x 2>/dev/null || echo root ro; touch /made/m && echo made rw; \
+         stat -c %a /scratch; dd if=/dev/zero of=/scratch/f bs=1k count=2048 2>/dev/null || echo full; \
+         df -k /t2 /dev/shm | awk 'NR > 1 { print $2 }'; \
+         cat /data/etc-link/hostname /data/up-link 2>&1");
+    assert_eq!(
+        out.stdout,
+        "from the host\nunchanged\nrw\nro refused\nroot ro\nmade rw\n1770\nfull\n\
+         2048\n8192\ninside\ncat: can't open '/data/up-link': No such file or directory\n",
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rw.join("new")).unwrap(),
+        "written\n"
+    );
+    assert!(made.join("m").exists());
+    let names: Vec<_> = std::fs::read_dir(&ro)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["kept"], "a read-only bind was written");
+    // Live: a host change shows up in the running container.
+    std::fs::write(rw.join("live"), "changed on the host\n").unwrap();
+    let out = sh("cat /data/live");
+    assert_eq!(out.stdout, "changed on the host\n", "{out:?}");
+
+    // docker cp goes through the binds; the read-only root, a read-only bind and a tmpfs
+    // are refused by name.
+    let out = d.docker_ok(&["cp", &format!("{name}:/data/live"), "-"]);
+    assert!(out.contains("changed on the host"), "{out}");
+    let src = host.join("put.txt");
+    std::fs::write(&src, "copied in\n").unwrap();
+    let src = src.to_str().unwrap();
+    d.docker_ok(&["cp", src, &format!("{name}:/data/")]);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("put.txt")).unwrap(),
+        "copied in\n"
+    );
+    for (dest, says) in [
+        ("/srv/ro/", "mounted volume is marked read-only"),
+        ("/etc/", "container rootfs is marked read-only"),
+        ("/scratch/", "tmpfs mount (/scratch)"),
+    ] {
+        let out = d.docker(&["cp", src, &format!("{name}:{dest}")]);
+        assert!(
+            !out.status.success() && out.stderr.contains(says),
+            "{dest}: {out:?}"
+        );
+    }
+
+    let v = inspect_json(d, &name);
+    assert_eq!(v["HostConfig"]["ReadonlyRootfs"], true, "{v}");
+    assert_eq!(v["HostConfig"]["ShmSize"], 8 << 20, "{v}");
+    assert_eq!(v["HostConfig"]["Binds"][0], format!("{rw_s}:/data"), "{v}");
+    let mounts: Vec<String> = v["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {} {} {}",
+                m["Type"], m["Source"], m["Destination"], m["RW"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            format!("\"bind\" \"{rw_s}\" \"/data\" true"),
+            format!("\"bind\" \"{made_s}\" \"/made\" true"),
+            format!("\"bind\" \"{ro_s}\" \"/srv/ro\" false"),
+            "\"tmpfs\" \"\" \"/t2\" true".to_string(),
+            "\"tmpfs\" \"\" \"/scratch\" true".to_string(),
+        ],
+        "{v}"
+    );
+    d.docker_ok(&["rm", "-f", &name]);
+    assert!(
+        rw.join("new").exists(),
+        "removing the container left the bind alone"
+    );
+
+    // Refused at create, by name, with nothing made.
+    let file = host.join("secret");
+    let missing = host.join("missing");
+    for (args, says) in [
+        (
+            vec!["-v".to_string(), format!("{}:/f", file.display())],
+            "single file",
+        ),
+        (
+            vec![
+                "--mount".to_string(),
+                format!("type=bind,source={},target=/x", missing.display()),
+            ],
+            "bind source path does not exist",
+        ),
+        (vec!["-v".into(), "data:/x".into()], "named volumes"),
+        (
+            vec!["-v".into(), format!("{rw_s}:/x:shared")],
+            "propagation",
+        ),
+        (
+            vec!["--tmpfs".into(), "/x:huge=always".into()],
+            "invalid tmpfs option",
+        ),
+    ] {
+        let mut full = vec!["create".to_string()];
+        full.extend(args);
+        full.extend(["busybox".to_string(), "true".to_string()]);
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        let out = d.docker(&full);
+        assert!(
+            !out.status.success() && out.stderr.contains(says),
+            "{full:?}: {out:?}"
+        );
+    }
+    assert!(!missing.exists());
+    let _ = std::fs::remove_dir_all(&host);
 }

@@ -407,6 +407,14 @@ fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, Cont
             None::<&str>,
         )
         .map_err(mount_err(&format!("virtiofs {tag}"), staging_str))?,
+        // Refused by validation; said again rather than assumed.
+        FsSource::Tmpfs { .. } => {
+            return Err(ContainerError::Mount {
+                what: "a tmpfs".to_owned(),
+                target: "the root".to_owned(),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            })
+        }
     }
 
     // The generated files, as detached bind mounts: once the root has moved, the agent's
@@ -706,6 +714,19 @@ fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, Cont
                 .map_err(mount_err(&format!("virtiofs {tag}"), &m.destination))?;
                 false
             }
+            FsSource::Tmpfs { options } => {
+                std::fs::create_dir(&staging).map_err(prepare)?;
+                let (flags, data) = tmpfs_options(options);
+                mount(
+                    Some("tmpfs"),
+                    staging_str.as_str(),
+                    Some("tmpfs"),
+                    flags,
+                    Some(data.as_str()),
+                )
+                .map_err(mount_err("a tmpfs", &m.destination))?;
+                false
+            }
         };
         let tree =
             sys::clone_mount(&staging_str, true).map_err(|source| ContainerError::Mount {
@@ -727,6 +748,42 @@ fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, Cont
         });
     }
     Ok(volumes)
+}
+
+/// A tmpfs's mount flags and data from its (validated) options, mount(8)'s way: the last
+/// of two opposite flags wins.
+fn tmpfs_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        let (flag, set) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, true),
+            "rw" => (MsFlags::MS_RDONLY, false),
+            "noexec" => (MsFlags::MS_NOEXEC, true),
+            "exec" => (MsFlags::MS_NOEXEC, false),
+            "nosuid" => (MsFlags::MS_NOSUID, true),
+            "suid" => (MsFlags::MS_NOSUID, false),
+            "nodev" => (MsFlags::MS_NODEV, true),
+            "dev" => (MsFlags::MS_NODEV, false),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, true),
+            "async" => (MsFlags::MS_SYNCHRONOUS, false),
+            "dirsync" => (MsFlags::MS_DIRSYNC, true),
+            "noatime" => (MsFlags::MS_NOATIME, true),
+            "atime" => (MsFlags::MS_NOATIME, false),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, true),
+            "diratime" => (MsFlags::MS_NODIRATIME, false),
+            "relatime" => (MsFlags::MS_RELATIME, true),
+            "norelatime" => (MsFlags::MS_RELATIME, false),
+            "strictatime" => (MsFlags::MS_STRICTATIME, true),
+            "nostrictatime" => (MsFlags::MS_STRICTATIME, false),
+            _ => {
+                data.push(o.as_str());
+                continue;
+            }
+        };
+        flags.set(flag, set);
+    }
+    (flags, data.join(","))
 }
 
 /// Attaches a volume inside the container, creating its mount point (through the image's

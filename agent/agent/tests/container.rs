@@ -943,6 +943,15 @@ fn volumes_and_bind_mounts() {
             destination: "/etc/app/app.conf".into(),
             readonly: true,
         },
+        MountSpec {
+            source: FsSource::Tmpfs {
+                options: ["size=1m", "mode=1770", "noexec", "nosuid", "exec"]
+                    .map(String::from)
+                    .to_vec(),
+            },
+            destination: "/scratch".into(),
+            readonly: false,
+        },
     ];
     c.create_container("c1", &spec).unwrap();
     let o = run(
@@ -953,11 +962,16 @@ fn volumes_and_bind_mounts() {
             "cat /srv/data/hello /srv/data/sub/inner /etc/app/app.conf; \
              echo written > /srv/data/new && echo rw data; \
              touch /srv/data/sub/x 2>/dev/null || echo ro sub; \
-             echo x >> /etc/app/app.conf 2>/dev/null || echo ro conf",
+             echo x >> /etc/app/app.conf 2>/dev/null || echo ro conf; \
+             stat -c %a /scratch; awk '$2 == \"/scratch\" { print $3, $4 }' /proc/mounts; \
+             dd if=/dev/zero of=/scratch/f bs=1k count=2048 2>/dev/null || echo full; \
+             du -k /scratch/f | cut -f1",
         ),
     );
     assert_eq!(
-        o.stdout, "from the host\nnested\nkey=value\nrw data\nro sub\nro conf\n",
+        o.stdout,
+        "from the host\nnested\nkey=value\nrw data\nro sub\nro conf\n\
+         1770\ntmpfs rw,nosuid,relatime,size=1024k,mode=1770\nfull\n1024\n",
         "{}",
         o.stderr
     );

@@ -503,6 +503,13 @@ impl AgentClient {
         if spec.privileged {
             self.require_minor("create_container", agent_protocol::INIT_PRIVILEGED_MINOR)?;
         }
+        if spec
+            .mounts
+            .iter()
+            .any(|m| matches!(m.source, agent_protocol::FsSource::Tmpfs { .. }))
+        {
+            self.require_minor("create_container", agent_protocol::TMPFS_MINOR)?;
+        }
         self.call_ok(&Request::CreateContainer {
             id: id.to_owned(),
             spec: spec.clone(),

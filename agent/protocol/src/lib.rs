@@ -94,13 +94,13 @@ pub use messages::{
 };
 pub use parse::{parse_header, parse_request, ParseError};
 pub use validate::{
-    validate_container_id, validate_process_id, ValidationError, MAX_ADDITIONAL_GIDS, MAX_ARGS,
-    MAX_ARG_LEN, MAX_CAPABILITIES, MAX_DNS_ENTRIES, MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD,
-    MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_INTERFACES, MAX_LISTED_INTERFACES,
-    MAX_LISTED_PROCESSES, MAX_MESSAGE_LEN, MAX_MOUNTS, MAX_NAMES_PER_HOST, MAX_PATH_LEN,
-    MAX_PROCESS_ID_LEN, MAX_PS_ARGS_LEN, MAX_PS_COMM_LEN, MAX_PS_USER_LEN, MAX_REFRESH_ENTROPY,
-    MAX_SHUTDOWN_GRACE_MS, MAX_USER_LEN, MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN,
-    MIN_REFRESH_ENTROPY,
+    check_tmpfs_option, validate_container_id, validate_process_id, ValidationError,
+    MAX_ADDITIONAL_GIDS, MAX_ARGS, MAX_ARG_LEN, MAX_CAPABILITIES, MAX_DNS_ENTRIES,
+    MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD, MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_INTERFACES,
+    MAX_LISTED_INTERFACES, MAX_LISTED_PROCESSES, MAX_MESSAGE_LEN, MAX_MOUNTS, MAX_NAMES_PER_HOST,
+    MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_PS_ARGS_LEN, MAX_PS_COMM_LEN, MAX_PS_USER_LEN,
+    MAX_REFRESH_ENTROPY, MAX_SHUTDOWN_GRACE_MS, MAX_TMPFS_OPTIONS, MAX_USER_LEN,
+    MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN, MIN_REFRESH_ENTROPY, TMPFS_FLAGS,
 };
 
 /// The vsock port the agent listens on (guest side).
@@ -114,7 +114,7 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 6 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 7 };
 
 /// The first minor version (of major 1) with containers: [`Request::CreateContainer`],
 /// [`Request::DeleteContainer`] and the container fields of [`ProcessSpec`].
@@ -137,3 +137,7 @@ pub const NO_NEW_PRIVILEGES_MINOR: u16 = 5;
 /// The first minor version (of major 1) with [`ProcessSpec::init`] and
 /// [`ContainerSpec::privileged`]: an older agent would ignore both, so hosts check first.
 pub const INIT_PRIVILEGED_MINOR: u16 = 6;
+
+/// The first minor version (of major 1) with [`FsSource::Tmpfs`] mounts: an older agent
+/// would refuse the spec it cannot read, so hosts check first and say why.
+pub const TMPFS_MINOR: u16 = 7;

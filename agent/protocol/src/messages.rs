@@ -209,6 +209,15 @@ pub enum FsSource {
     Virtiofs { tag: String },
     /// A directory already inside the VM, bind-mounted (tests, and shares mounted by hand).
     Directory { path: String },
+    /// (1.7) A tmpfs of the guest's memory (Docker's `--tmpfs`, `--mount type=tmpfs`):
+    /// `options` are mount(8)'s, each a flag (`noexec`, `nosuid`, `nodev`, their opposites,
+    /// `ro`, `rw`, the atime flags, `sync`, `dirsync`) or one of `size=`, `mode=` (octal),
+    /// `uid=`, `gid=`, `nr_inodes=`; anything else is refused. The guest's kernel enforces
+    /// the size.
+    Tmpfs {
+        #[serde(default)]
+        options: Vec<String>,
+    },
 }
 
 /// (1.1) A filesystem mounted into a container: a volume or bind mount (`docker run -v`).

@@ -322,7 +322,73 @@ impl FsSource {
                 Ok(())
             }
             FsSource::Directory { path } => check_absolute_path("directory path", path),
+            FsSource::Tmpfs { options } => {
+                check_count("tmpfs options", options.len(), MAX_TMPFS_OPTIONS)?;
+                options.iter().try_for_each(|o| check_tmpfs_option(o))
+            }
         }
+    }
+}
+
+/// Most options one tmpfs mount takes.
+pub const MAX_TMPFS_OPTIONS: usize = 32;
+
+/// The flags a tmpfs mount takes, as mount(8) names them (each has its MS_ flag in the
+/// agent).
+pub const TMPFS_FLAGS: &[&str] = &[
+    "ro",
+    "rw",
+    "noexec",
+    "exec",
+    "nosuid",
+    "suid",
+    "nodev",
+    "dev",
+    "sync",
+    "async",
+    "dirsync",
+    "atime",
+    "noatime",
+    "diratime",
+    "nodiratime",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+];
+
+/// One tmpfs option: a flag of [`TMPFS_FLAGS`], or `size=` (bytes, with a `k`, `m` or `g`
+/// suffix, or a `%` of the guest's memory), `mode=` (octal, at most 7777), `uid=`, `gid=`
+/// (numbers) or `nr_inodes=` (a number, with a suffix).
+pub fn check_tmpfs_option(option: &str) -> Result<(), ValidationError> {
+    const FIELD: &str = "tmpfs option";
+    check_len(FIELD, option, 64)?;
+    if TMPFS_FLAGS.contains(&option) {
+        return Ok(());
+    }
+    let Some((key, value)) = option.split_once('=') else {
+        return Err(invalid(FIELD, format!("unknown option {option:?}")));
+    };
+    let number = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let sized = |v: &str| {
+        let digits = v.strip_suffix(['k', 'K', 'm', 'M', 'g', 'G']).unwrap_or(v);
+        number(digits)
+    };
+    let ok = match key {
+        "size" => sized(value) || value.strip_suffix('%').is_some_and(number),
+        "nr_inodes" => sized(value),
+        "mode" => {
+            value.len() <= 5
+                && value.bytes().all(|b| (b'0'..=b'7').contains(&b))
+                && u32::from_str_radix(value, 8).is_ok_and(|m| m <= 0o7777)
+        }
+        "uid" | "gid" => number(value) && value.parse::<u32>().is_ok(),
+        _ => return Err(invalid(FIELD, format!("unknown option {option:?}"))),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(FIELD, format!("invalid value in {option:?}")))
     }
 }
 
@@ -382,6 +448,12 @@ impl ContainerSpec {
     /// Checks every field against the limits above.
     pub fn validate(&self) -> Result<(), ValidationError> {
         self.rootfs.validate()?;
+        if matches!(self.rootfs, FsSource::Tmpfs { .. }) {
+            return Err(invalid(
+                "rootfs",
+                "must be a share or a directory, not a tmpfs",
+            ));
+        }
         check_host_name("hostname", &self.hostname, false)?;
         check_host_name("domainname", &self.domainname, true)?;
         check_count("hosts", self.hosts.len(), MAX_HOSTS_ENTRIES)?;
@@ -1177,7 +1249,49 @@ mod tests {
                     }]
                 }),
             ),
+            (
+                "tmpfs root",
+                Box::new(|c| c.rootfs = FsSource::Tmpfs { options: vec![] }),
+            ),
         ];
+        let tmpfs = |options: &[&str]| FsSource::Tmpfs {
+            options: options.iter().map(|o| o.to_string()).collect(),
+        };
+        for bad in [
+            &["size=1x"][..],
+            &["size="],
+            &["mode=8"],
+            &["mode=17777"],
+            &["uid=-1"],
+            &["uid=4294967296"],
+            &["exec,nosuid"],
+            &["huge=always"],
+            &["mpol=bind"],
+            &["context=x"],
+            &["size=1%%"],
+        ] {
+            assert!(tmpfs(bad).validate().is_err(), "{bad:?} passed validation");
+        }
+        assert!(tmpfs(&["ro"; MAX_TMPFS_OPTIONS + 1]).validate().is_err());
+        tmpfs(&[
+            "size=64m",
+            "size=10%",
+            "size=4096",
+            "mode=1777",
+            "mode=0700",
+            "uid=1000",
+            "gid=0",
+            "nr_inodes=1k",
+            "noexec",
+            "nosuid",
+            "nodev",
+            "exec",
+            "ro",
+            "rw",
+            "noatime",
+        ])
+        .validate()
+        .unwrap();
         for (name, mutate) in cases {
             let mut c = base_container();
             mutate(&mut c);

@@ -471,7 +471,7 @@ async fn list(state: &Arc<State>, q: &Query) -> ApiResult {
                 "Status": status_text(r),
                 "HostConfig": { "NetworkMode": r.host_config.network_mode },
                 "NetworkSettings": super::networks::ps_networks(r),
-                "Mounts": [],
+                "Mounts": r.host_config.mounts.iter().map(|m| m.inspect()).collect::<Vec<_>>(),
             });
             if let Some((rw, root)) = sizes.get(&r.id) {
                 v["SizeRw"] = json!(rw);
@@ -528,7 +528,11 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
         "AppArmorProfile": "",
         "ExecIDs": exec_ids,
         "HostConfig": {
-            "Binds": null,
+            "Binds": if r.host_config.binds.is_empty() { Value::Null } else { json!(r.host_config.binds) },
+            "Mounts": if r.host_config.mount_requests.is_empty() { Value::Null } else { json!(r.host_config.mount_requests) },
+            "Tmpfs": if r.host_config.tmpfs.is_empty() { Value::Null } else { json!(r.host_config.tmpfs) },
+            "ReadonlyRootfs": r.host_config.readonly_rootfs,
+            "ShmSize": if r.host_config.shm_size > 0 { r.host_config.shm_size } else { 64 << 20 },
             "ContainerIDFile": "",
             "LogConfig": { "Type": r.host_config.log_type, "Config": r.host_config.log_options },
             "NetworkMode": r.host_config.network_mode,
@@ -558,7 +562,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "Runtime": engine::container::spec::RUNTIME,
         },
         "GraphDriver": { "Name": "overlay", "Data": null },
-        "Mounts": [],
+        "Mounts": r.host_config.mounts.iter().map(|m| m.inspect()).collect::<Vec<_>>(),
         "Config": {
             "Hostname": r.config.hostname,
             "Domainname": r.config.domainname,

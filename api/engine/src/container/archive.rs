@@ -41,6 +41,7 @@ use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use tokio::sync::OwnedMutexGuard;
 
+use super::mounts::MountPoint;
 use super::record::Status;
 use super::{initlayer, vm, Container, Containers};
 use crate::image::unpack::{components, decompress, UnpackError};
@@ -277,7 +278,7 @@ struct OpenHow {
 
 /// Opens `rel` as if `root` were `/`: symlinks, absolute or with `..`, are followed but
 /// never lead above `root`, nor onto another mount, nor through magic links.
-fn open_in_root(root: &impl AsFd, rel: &[u8], flags: OFlag) -> io::Result<OwnedFd> {
+pub(crate) fn open_in_root(root: &impl AsFd, rel: &[u8], flags: OFlag) -> io::Result<OwnedFd> {
     let path = CString::new(rel).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     let how = OpenHow {
         flags: (flags | OFlag::O_CLOEXEC).bits() as u64,
@@ -925,7 +926,17 @@ fn blocking_error(e: tokio::task::JoinError) -> EngineError {
 impl Containers {
     /// The container's root for a copy: the running container's mounted overlay, or the
     /// overlay mounted for this copy. Holds its lifecycle lock.
-    async fn copy_root(&self, c: &Arc<Container>) -> Result<CopyRoot> {
+    ///
+    /// A path in one of the container's bind mounts is copied from or to the bind's host
+    /// directory (`path` becomes the path in it), as dockerd copies through its volumes; a
+    /// path in a tmpfs is refused (its files live in the VM's memory), and so is a write to
+    /// a read-only root or bind. Returns the root and the path in it.
+    async fn copy_root(
+        &self,
+        c: &Arc<Container>,
+        path: &str,
+        write: bool,
+    ) -> Result<(CopyRoot, String)> {
         let op = c.op.clone().lock_owned().await;
         let record = c.record().await;
         let rootfs = c.rootfs();
@@ -939,6 +950,44 @@ impl Containers {
                 )))
             }
         };
+        match in_mount(&record.host_config.mounts, path)? {
+            Some((MountPoint::Tmpfs { destination, .. }, _)) => {
+                return Err(EngineError::InvalidArgument(format!(
+                    "berth does not support copying within a tmpfs mount ({destination}): its files live in the container's VM, out of the host's reach"
+                )))
+            }
+            Some((
+                MountPoint::Bind {
+                    source, readonly, ..
+                },
+                rel,
+            )) => {
+                if write && *readonly {
+                    return Err(EngineError::Forbidden(
+                        "mounted volume is marked read-only".into(),
+                    ));
+                }
+                let root = nix::fcntl::open(
+                    source.as_str(),
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| EngineError::internal(format!("cannot open {source}"), e))?;
+                let root = CopyRoot {
+                    root,
+                    mounted: None,
+                    _op: op,
+                };
+                return Ok((root, rel));
+            }
+            None if write && record.host_config.readonly_rootfs => {
+                return Err(EngineError::Forbidden(
+                    "container rootfs is marked read-only".into(),
+                ))
+            }
+            None => {}
+        }
+        let path = path.to_string();
         let images = self.images.clone();
         let dir = c.dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -968,11 +1017,14 @@ impl Containers {
                 Mode::empty(),
             );
             match opened {
-                Ok(root) => Ok(CopyRoot {
-                    root,
-                    mounted: (!running).then_some(rootfs),
-                    _op: op,
-                }),
+                Ok(root) => Ok((
+                    CopyRoot {
+                        root,
+                        mounted: (!running).then_some(rootfs),
+                        _op: op,
+                    },
+                    path,
+                )),
                 Err(e) => {
                     if !running {
                         vm::unmount_rootfs(&rootfs);
@@ -991,10 +1043,10 @@ impl Containers {
     /// `HEAD /containers/{id}/archive`: what `path` is in the container.
     pub async fn stat_path(&self, name_or_id: &str, path: &str) -> Result<PathStat> {
         let c = self.get(name_or_id).await?;
-        let root = self.copy_root(&c).await?;
+        let (root, inner) = self.copy_root(&c, path, false).await?;
         let (path, name) = (path.to_string(), name_or_id.to_string());
         tokio::task::spawn_blocking(move || {
-            stat_path(&root.root, &path).map_err(|e| e.engine(&path, &name))
+            stat_path(&root.root, &inner).map_err(|e| e.engine(&path, &name))
         })
         .await
         .map_err(blocking_error)?
@@ -1004,10 +1056,11 @@ impl Containers {
     /// [`Archive::write_to`].
     pub async fn archive_path(&self, name_or_id: &str, path: &str) -> Result<Archive> {
         let c = self.get(name_or_id).await?;
-        let root = self.copy_root(&c).await?;
+        let (root, inner) = self.copy_root(&c, path, false).await?;
         let (p, name) = (path.to_string(), name_or_id.to_string());
         let archive = tokio::task::spawn_blocking(move || {
-            let (stat, source) = archive_path(&root.root, &p).map_err(|e| e.engine(&p, &name))?;
+            let (stat, source) =
+                archive_path(&root.root, &inner).map_err(|e| e.engine(&p, &name))?;
             Ok::<_, EngineError>(Archive {
                 stat,
                 source,
@@ -1030,11 +1083,11 @@ impl Containers {
         input: std::fs::File,
     ) -> Result<()> {
         let c = self.get(name_or_id).await?;
-        let root = self.copy_root(&c).await?;
+        let (root, inner) = self.copy_root(&c, path, true).await?;
         let (p, name) = (path.to_string(), name_or_id.to_string());
         tokio::task::spawn_blocking(move || {
             let input = io::BufReader::with_capacity(256 << 10, input);
-            let result = extract(&root.root, &p, input, opts).map_err(|e| e.engine(&p, &name));
+            let result = extract(&root.root, &inner, input, opts).map_err(|e| e.engine(&p, &name));
             drop(root);
             result
         })
@@ -1043,6 +1096,52 @@ impl Containers {
         self.event(&c.record().await, "extract-to-dir", &[]);
         Ok(())
     }
+}
+
+/// The mount `path` is in (the deepest one) and the path within it, its trailing `/` or
+/// `/.` kept (they mean something to a copy). A path that climbs with `..` into a mount is
+/// refused rather than guessed at.
+fn in_mount<'a>(mounts: &'a [MountPoint], path: &str) -> Result<Option<(&'a MountPoint, String)>> {
+    if mounts.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    let climbs = names.contains(&"..");
+    let mut clean: Vec<&str> = Vec::new();
+    for n in &names {
+        if *n == ".." {
+            clean.pop();
+        } else {
+            clean.push(n);
+        }
+    }
+    let under = |dest: &str| {
+        let dest: Vec<&str> = dest.split('/').filter(|c| !c.is_empty()).collect();
+        clean.starts_with(&dest).then_some(dest.len())
+    };
+    let Some((mount, depth)) = mounts
+        .iter()
+        .filter_map(|m| under(m.destination()).map(|d| (m, d)))
+        .max_by_key(|(_, d)| *d)
+    else {
+        return Ok(None);
+    };
+    if climbs {
+        return Err(EngineError::InvalidArgument(format!(
+            "berth does not support copying through '..' into a mount ({}): give the path without it",
+            mount.destination()
+        )));
+    }
+    let mut rel = format!("/{}", names[depth..].join("/"));
+    if path.ends_with("/.") {
+        rel.push_str(if rel == "/" { "." } else { "/." });
+    } else if path.ends_with('/') && rel != "/" {
+        rel.push('/');
+    }
+    Ok(Some((mount, rel)))
 }
 
 #[cfg(test)]

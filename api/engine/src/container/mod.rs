@@ -13,6 +13,7 @@ pub mod initlayer;
 mod layer;
 pub use layer::{CommitOptions, Export};
 pub mod logs;
+pub mod mounts;
 mod net;
 mod pause;
 pub mod ps;
@@ -503,6 +504,22 @@ impl Containers {
         let mut container_spec = vm::LaunchSpec::container_spec(&record.config.hostname);
         container_spec.domainname = record.config.domainname.clone();
         container_spec.privileged = record.host_config.privileged;
+        container_spec.readonly_rootfs = record.host_config.readonly_rootfs;
+        if record.host_config.shm_size > 0 {
+            container_spec.shm_size = Some(record.host_config.shm_size as u64);
+        }
+        container_spec.mounts = mounts::agent_mounts(&record.host_config.mounts);
+        let binds = record
+            .host_config
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                mounts::MountPoint::Bind {
+                    source, readonly, ..
+                } => Some((PathBuf::from(source), *readonly)),
+                mounts::MountPoint::Tmpfs { .. } => None,
+            })
+            .collect();
         // Its network: an address and a tap on the bridge, its ports bound (a port in use
         // fails here, before anything of the container runs).
         let net = self.join_network(&record).await?;
@@ -533,6 +550,8 @@ impl Containers {
             container: container_spec,
             process: process_spec(&record),
             net: net_launch.map(net::launch_net),
+            readonly_rootfs: record.host_config.readonly_rootfs,
+            binds,
         };
         let sandbox = sandbox::SandboxSpec {
             layers: image.layers.clone(),

@@ -144,6 +144,22 @@ pub struct HostConfig {
     pub cap_add: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cap_drop: Vec<String>,
+    /// `-v` binds, `--mount`s and `--tmpfs`, as given (inspect shows them so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_requests: Vec<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tmpfs: BTreeMap<String, String>,
+    /// All of them, read at create (binds, then `--mount`s, then `--tmpfs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<super::mounts::MountPoint>,
+    /// `--read-only`: the root share read-only in the VMM and in the guest.
+    #[serde(default)]
+    pub readonly_rootfs: bool,
+    /// `--shm-size` in bytes; 0: Docker's 64 MiB.
+    #[serde(default)]
+    pub shm_size: i64,
     /// How its VM starts (the `io.berth.start` annotation); `None`: the daemon's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<crate::StartPath>,

@@ -195,6 +195,11 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "CgroupnsMode",
     "PidMode",
     "UTSMode",
+    "Binds",
+    "Mounts",
+    "Tmpfs",
+    "ReadonlyRootfs",
+    "ShmSize",
 ];
 
 /// The one runtime berth has: every container in its own microVM (`docker info` names it).
@@ -209,8 +214,8 @@ pub const START_LABEL: &str = "io.berth.start";
 /// Explains the options berth refuses, by field.
 fn refusal(field: &str) -> &'static str {
     match field {
-        "Binds" | "Mounts" | "Volumes" | "VolumesFrom" | "VolumeDriver" | "Tmpfs" => {
-            "volumes and mounts come with a later version"
+        "Volumes" | "VolumesFrom" | "VolumeDriver" => {
+            "berth has no volume store yet; bind a host directory (-v /host/dir:/path) or use --tmpfs"
         }
         "Links" => {
             "legacy links are not supported: put the containers on a user-defined network, where they find each other by name"
@@ -781,7 +786,26 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         _ => None,
     };
     let privileged = boolean(hc.get("Privileged"), "Privileged")?;
+    let binds = string_list(hc.get("Binds"), "Binds")?.unwrap_or_default();
+    let mount_requests = match hc.get("Mounts") {
+        Some(Value::Array(a)) => a.clone(),
+        _ => Vec::new(),
+    };
+    let tmpfs = string_map(hc.get("Tmpfs"), "Tmpfs")?;
+    let mounts = super::mounts::parse_all(&binds, &mount_requests, &tmpfs)?;
+    let shm_size = int(hc.get("ShmSize"), "ShmSize")?;
+    if shm_size < 0 {
+        return Err(EngineError::InvalidArgument(
+            "SHM size can not be less than 0".into(),
+        ));
+    }
     Ok(HostConfig {
+        binds,
+        mount_requests,
+        tmpfs,
+        mounts,
+        readonly_rootfs: boolean(hc.get("ReadonlyRootfs"), "ReadonlyRootfs")?,
+        shm_size,
         start: None,
         auto_remove,
         network_mode,
@@ -1164,7 +1188,8 @@ mod tests {
                 json!(["NO_SUCH"]),
                 "unknown capability",
             ),
-            ("/HostConfig/Binds", json!(["/a:/b"]), "volumes"),
+            ("/HostConfig/Binds", json!(["data:/b"]), "named volumes"),
+            ("/HostConfig/ShmSize", json!(-1), "SHM size"),
             ("/HostConfig/CpuShares", json!(512), "CpuShares"),
             ("/HostConfig/NetworkMode", json!("host"), "network host"),
             (
@@ -1184,8 +1209,9 @@ mod tests {
             ),
             ("/Domainname", json!("bad domain"), "domainname"),
             // Maps whose values are empty are still set.
-            ("/HostConfig/Tmpfs", json!({"/x": ""}), "Tmpfs"),
+            ("/HostConfig/Tmpfs", json!({"x": ""}), "must be absolute"),
             ("/Volumes", json!({"/data": {}}), "Volumes"),
+            ("/HostConfig/VolumesFrom", json!(["other"]), "VolumesFrom"),
             ("/HostConfig/CgroupnsMode", json!("host"), "--cgroupns host"),
             ("/HostConfig/PidMode", json!("host"), "--pid host"),
             (

@@ -71,6 +71,11 @@ pub struct LaunchSpec {
     pub process: ProcessSpec,
     /// Its network device's host side, if it has one (`--network none` has not).
     pub net: Option<NetLaunch>,
+    /// `--read-only`: the root share read-only in the VMM, whatever the guest does.
+    pub readonly_rootfs: bool,
+    /// Its bind mounts' host directories and whether each is read-only, shared in this
+    /// order under [`super::mounts::bind_tag`]s.
+    pub binds: Vec<(PathBuf, bool)>,
 }
 
 /// A VM's network device: the tap its VMM serves it on (inherited by the VMM process), the
@@ -239,6 +244,17 @@ pub fn boot_spec(cfg: &EngineConfig, spec: &LaunchSpec) -> BootSpec {
     // The VMM's control socket: `docker pause` parks the VM's vCPUs through it.
     boot.control = Some(control_socket(&spec.run_dir));
     boot.shares[0].dir = spec.rootfs.clone();
+    boot.shares[0].read_only = spec.readonly_rootfs;
+    // Each bind is a share of its own, confined by the VMM like the root; a read-only one
+    // is refused writes by the VMM, not only by the guest's mount flags.
+    for (i, (dir, read_only)) in spec.binds.iter().enumerate() {
+        boot.shares.push(Share {
+            tag: super::mounts::bind_tag(i),
+            dir: dir.clone(),
+            read_only: *read_only,
+            nosuid: false,
+        });
+    }
     if let (Some(net), Some(device)) = (&spec.net, boot.net.as_mut()) {
         device.mac = net.mac;
         device.tap_fd = Some(net.tap.as_raw_fd());

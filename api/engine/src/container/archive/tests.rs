@@ -388,3 +388,33 @@ fn symlink_breakout_is_read_lexically() {
     assert!(!climbs_out(2, b"a/../../../x"));
     assert!(climbs_out(2, b"a/../../../../x"));
 }
+
+#[test]
+fn copies_within_a_mount_go_to_it_with_their_meaning_kept() {
+    let bind = |d: &str| MountPoint::Bind {
+        source: format!("/host{d}"),
+        destination: d.into(),
+        readonly: false,
+        mode: String::new(),
+    };
+    let mounts = [bind("/data"), bind("/data/sub"), bind("/srv")];
+    let at = |p: &str| {
+        in_mount(&mounts, p)
+            .unwrap()
+            .map(|(m, rel)| (m.destination().to_string(), rel))
+    };
+    assert_eq!(at("/etc/passwd"), None);
+    assert_eq!(at("/database"), None);
+    assert_eq!(at("/data"), Some(("/data".into(), "/".into())));
+    assert_eq!(at("/data/"), Some(("/data".into(), "/".into())));
+    assert_eq!(at("/data/."), Some(("/data".into(), "/.".into())));
+    assert_eq!(at("data/x/"), Some(("/data".into(), "/x/".into())));
+    assert_eq!(at("//data/./x/."), Some(("/data".into(), "/x/.".into())));
+    assert_eq!(at("/data/sub/f"), Some(("/data/sub".into(), "/f".into())));
+    assert!(in_mount(&mounts, "/etc/../data/x").is_err());
+    assert_eq!(
+        in_mount(&mounts, "/data/x/../../etc").unwrap().map(|m| m.1),
+        None
+    );
+    assert_eq!(in_mount(&[], "/data/../data").unwrap().map(|m| m.1), None);
+}
