@@ -202,13 +202,13 @@ fn wrongly_typed_fields_are_refused_by_name_and_unknown_ones_ignored() {
         ),
         // What berth refuses cannot come in under a wrongly typed parent...
         (
-            r#""HostConfig": [{"Binds": ["/:/host"]}]"#,
+            r#""HostConfig": [{"VolumesFrom": ["other"]}]"#,
             "HostConfig must be an object",
         ),
         // ...nor under another spelling, which dockerd's decoder matches.
         (
-            r#""hostconfig": {"binds": ["/:/host"]}"#,
-            "HostConfig.Binds",
+            r#""hostconfig": {"volumesfrom": ["other"]}"#,
+            "HostConfig.VolumesFrom",
         ),
     ] {
         let json = format!(r#"{{"Image": "busybox", "Cmd": ["true"], {body}}}"#);
