@@ -1747,7 +1747,9 @@ fn restart_policies_hold_across_exits_and_daemon_restarts() {
         "-c",
         "echo run; exit 3",
     ]);
-    // always: restarted after a clean exit too, until a client stops it.
+    // always: restarted after a clean exit too, until a client stops it. It exits at once,
+    // so the stop below comes while its policy waits or starts it again: a stop must win
+    // over both.
     d.docker_ok(&[
         "run",
         "-d",
@@ -1756,9 +1758,8 @@ fn restart_policies_hold_across_exits_and_daemon_restarts() {
         "--restart",
         "always",
         "busybox",
-        "sh",
-        "-c",
-        "echo up; sleep 2",
+        "echo",
+        "up",
     ]);
     // Running when berthd stops: each comes back by its policy.
     d.docker_ok(&[
@@ -1811,11 +1812,17 @@ fn restart_policies_hold_across_exits_and_daemon_restarts() {
     // A client's stop holds: no restart after it.
     d.docker_ok(&["stop", "always"]);
     d.docker_ok(&["stop", "stopped"]);
+    let count_at_stop = d.docker_ok(&["inspect", "-f", "{{.RestartCount}}", "always"]);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
-        d.docker_ok(&["inspect", "-f", "{{.State.Status}}", "always"])
-            .trim(),
-        "exited"
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.RestartCount}}",
+            "always"
+        ])
+        .trim(),
+        format!("exited {}", count_at_stop.trim())
     );
     // update: the policy changes; the VM's size is refused by name.
     d.docker_ok(&["update", "--restart", "on-failure:5", "plain"]);
@@ -1840,8 +1847,16 @@ fn restart_policies_hold_across_exits_and_daemon_restarts() {
     // stopped one does not; `always` comes back even after its stop (as under dockerd);
     // `plain`, updated to on-failure, failed at the stop (PID 1 ignores SIGTERM, so it was
     // killed: 137) and comes back; `fails` used up its retries.
+    let ups = |d: &Berthd| d.docker_ok(&["logs", "always"]).matches("up").count();
+    let ups_before = ups(&d);
     d.restart();
-    for name in ["kept", "always", "plain"] {
+    // `always` exits at once: it is seen coming back by its output.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while ups(&d) <= ups_before {
+        assert!(Instant::now() < deadline, "`always` did not come back");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for name in ["kept", "plain"] {
         assert_eq!(
             wait_inspect(&d, name, "{{.State.Status}}", "running"),
             "running",

@@ -89,6 +89,10 @@ pub struct Container {
     /// Held by lifecycle operations (start, the exit cleanup, removal) for their duration;
     /// the record lock is only ever held briefly.
     op: Arc<Mutex<()>>,
+    /// Held by a start for its whole duration (taken before `op`): a stop or kill that
+    /// comes during a start waits for it and then applies to the container it started,
+    /// rather than finding it "not running" and letting the start win.
+    starting: Arc<Mutex<()>>,
     record: Mutex<Record>,
     runtime: Mutex<Option<Runtime>>,
     lifecycle: watch::Sender<Lifecycle>,
@@ -114,6 +118,7 @@ impl Container {
             id: record.id.clone(),
             dir,
             op: Arc::new(Mutex::new(())),
+            starting: Arc::new(Mutex::new(())),
             record: Mutex::new(record),
             runtime: Mutex::new(None),
             lifecycle: watch::channel(lifecycle).0,
@@ -466,6 +471,7 @@ impl Containers {
 
     async fn start_as(&self, name_or_id: &str, by_policy: bool) -> Result<()> {
         let container = self.get(name_or_id).await?;
+        let _starting = container.starting.clone().lock_owned().await;
         // Serialises with other lifecycle operations, including the previous run's cleanup.
         let op = container.op.clone().lock_owned().await;
         {
@@ -704,6 +710,9 @@ impl Containers {
     /// StopTimeout, else 10, when not given).
     pub async fn stop(&self, name_or_id: &str, timeout: Option<i64>) -> Result<()> {
         let c = self.get(name_or_id).await?;
+        // A start under way (its policy's, or a client's) ends first; this stop then
+        // applies to what it started. Held only until the stop is on record.
+        let starting = c.starting.lock().await;
         // A container waiting to be restarted by its policy stays stopped.
         if self.cancel_restart(&c).await? {
             self.stopped_by_client(&c, false).await;
@@ -724,6 +733,7 @@ impl Containers {
         };
         let timeout = timeout.unwrap_or(default_timeout);
         self.stopped_by_client(&c, true).await;
+        drop(starting);
         // A paused guest hears no signal: resumed first, as dockerd does.
         if let Err(e) = self.resume_if_paused(&c).await {
             log::warn!("container {}: {e}; it will be killed", c.id);
@@ -802,12 +812,8 @@ impl Containers {
             Some(s) => spec::parse_signal(s)
                 .ok_or_else(|| EngineError::InvalidArgument(format!("Invalid signal: {s}")))?,
         };
-        if c.record.lock().await.state.status != Status::Running {
-            return Err(EngineError::Conflict(format!(
-                "Container {} is not running",
-                c.id
-            )));
-        }
+        // As stop: a start under way ends first.
+        let starting = c.starting.lock().await;
         let stop_signal = c
             .record
             .lock()
@@ -817,9 +823,21 @@ impl Containers {
             .as_deref()
             .and_then(spec::parse_signal)
             .unwrap_or(libc::SIGTERM);
-        // As dockerd: a kill by SIGKILL or the stop signal ends the container for good.
-        self.stopped_by_client(&c, signo == libc::SIGKILL || signo == stop_signal)
-            .await;
+        // As dockerd: a kill by SIGKILL or the stop signal ends the container for good,
+        // and one that its policy is about to restart is not restarted.
+        let ends_it = signo == libc::SIGKILL || signo == stop_signal;
+        if ends_it && self.cancel_restart(&c).await? {
+            self.stopped_by_client(&c, false).await;
+            return Ok(());
+        }
+        if c.record.lock().await.state.status != Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "Container {} is not running",
+                c.id
+            )));
+        }
+        self.stopped_by_client(&c, ends_it).await;
+        drop(starting);
         self.resume_if_paused(&c).await?;
         let mut lifecycle = c.lifecycle();
         let exits = lifecycle.borrow().exits;

@@ -6,7 +6,6 @@
 //! run before is started again.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::record::Status;
@@ -63,38 +62,42 @@ impl Containers {
         }
     }
 
-    /// Called by the exit watcher once the container's VM is off: starts it again after
-    /// its backoff when its policy says so.
-    pub(super) async fn after_exit(&self, c: &Arc<Container>, exit_code: i32) {
+    /// Called by the exit watcher as it records the exit, under the same record lock, so
+    /// that no one sees the container exited and not restarting when its policy will start
+    /// it again (a stop in between would find nothing to stop, and lose to the restart):
+    /// decides by the policy, counts the restart and marks the container restarting.
+    /// Returns the backoff to wait, once the VM is off, before `schedule_restart`.
+    pub(super) fn decide_restart(
+        &self,
+        c: &Container,
+        r: &mut super::record::Record,
+        exit_code: i32,
+    ) -> Option<Duration> {
         let exit_on_next = std::mem::take(&mut lock_std(&c.restart).exit_on_next);
-        if exit_on_next || self.shutting_down.load(Ordering::SeqCst) {
-            return;
+        if exit_on_next
+            || self.shutting_down.load(Ordering::SeqCst)
+            || r.host_config.auto_remove
+            || !r
+                .host_config
+                .should_restart(exit_code, r.restart_count, r.state.manually_stopped)
+        {
+            return None;
         }
-        let delay = {
-            let mut r = c.record.lock().await;
-            if r.state.status != Status::Exited
-                || !r.host_config.should_restart(
-                    exit_code,
-                    r.restart_count,
-                    r.state.manually_stopped,
-                )
-            {
-                return;
-            }
-            let ran = match (r.state.started_at, r.state.finished_at) {
-                (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default(),
-                _ => Duration::ZERO,
-            };
-            let delay = lock_std(&c.restart).next_backoff(ran);
-            r.restart_count = r.restart_count.saturating_add(1);
-            r.state.restarting = true;
-            if let Err(e) = c.save(&r).await {
-                log::warn!("container {}: {e}", c.id);
-            }
-            delay
+        let ran = match (r.state.started_at, r.state.finished_at) {
+            (Some(s), Some(f)) => f.duration_since(s).unwrap_or_default(),
+            _ => Duration::ZERO,
         };
+        let delay = lock_std(&c.restart).next_backoff(ran);
+        r.restart_count = r.restart_count.saturating_add(1);
+        r.state.restarting = true;
+        Some(delay)
+    }
+
+    /// Starts the container again after `delay`, unless a client cancels the restart
+    /// meanwhile.
+    pub(super) fn schedule_restart(&self, c: &Container, delay: Duration) {
         log::debug!(
-            "container {}: exited {exit_code}; its restart policy starts it in {delay:?}",
+            "container {}: its restart policy starts it in {delay:?}",
             c.id
         );
         let this = self.clone();

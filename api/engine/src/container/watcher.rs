@@ -115,7 +115,7 @@ pub(super) fn spawn(w: Watch) {
         *c.runtime.lock().await = None;
         c.stdin.send_replace(None);
         lock_std(&c.attachers).clear();
-        let auto_remove = {
+        let (auto_remove, restart_in) = {
             let mut r = c.record.lock().await;
             r.state.status = Status::Exited;
             r.state.pid = 0;
@@ -125,10 +125,11 @@ pub(super) fn spawn(w: Watch) {
             r.state.oom_killed = oom_killed;
             r.state.finished_at = Some(SystemTime::now());
             super::clear_network_runtime(&mut r);
+            let restart_in = containers.decide_restart(&c, &mut r, exit_code);
             if let Err(e) = c.save(&r).await {
                 log::error!("container {}: {e}", c.id);
             }
-            r.host_config.auto_remove
+            (r.host_config.auto_remove, restart_in)
         };
         c.lifecycle.send_modify(|l| {
             l.running = false;
@@ -161,8 +162,8 @@ pub(super) fn spawn(w: Watch) {
             if let Err(e) = remove_stopped(&registry, &images, &containers.events, &c).await {
                 log::warn!("container {}: cannot remove it after exit: {e}", c.id);
             }
-        } else {
-            containers.after_exit(&c, exit_code).await;
+        } else if let Some(delay) = restart_in {
+            containers.schedule_restart(&c, delay);
         }
     });
 }
