@@ -130,11 +130,13 @@ test-kvm:
 	$(CARGO) test --release -p berth-tests --test kvm_direct
 	$(DONE)
 
-# Real Linux microVMs (tests/tests/microvm.rs, virtiofs.rs, container.rs, docker.rs), built
-# here and run by tests/run-microvm: directly where `berth-vmm check` passes, else inside two
-# emulated virtualization hosts side by side (one vCPU each: with two, concurrent microVMs
-# crash it; tests/vmhost/README.md), MICROVM_THREADS tests at a time in each.
-MICROVM_TESTS := microvm virtiofs container docker
+# Real Linux microVMs (tests/tests/microvm.rs, virtiofs.rs, container.rs, network.rs,
+# docker.rs), built here and run by tests/run-microvm: directly where `berth-vmm check`
+# passes, else inside two emulated virtualization hosts side by side (one vCPU each: with
+# two, concurrent microVMs crash it; tests/vmhost/README.md), MICROVM_THREADS tests at a
+# time in each. The two groups take about as long: the network tests run beside the VMM's,
+# the other Docker CLI tests alone.
+MICROVM_TESTS := microvm virtiofs container network docker
 MICROVM_THREADS ?= 4
 test-microvm:
 	@bins=$$($(CARGO) test --release -p berth-tests $(addprefix --test ,$(MICROVM_TESTS)) --no-run --message-format=json \
@@ -142,7 +144,7 @@ test-microvm:
 	set -- $$bins; \
 	test $$# -eq $(words $(MICROVM_TESTS)) || { echo "test-microvm: missing test binaries ($$bins)" >&2; exit 1; }; \
 	$(RELEASE)/berth-test-images || exit 1; \
-	tests/run-microvm --threads $(MICROVM_THREADS) vms=$$1,$$2,$$3 docker=$$4
+	tests/run-microvm --threads $(MICROVM_THREADS) vms=$$1,$$2,$$3,$$4 docker=$$5
 	$(DONE)
 
 # (a) the VMM on this host's KVM with the test guest; (b) berth-vmm vs QEMU microvm booting

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod cli;
+
 /// The target directory's profile folder this test binary was built into.
 pub fn profile_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("BERTH_BIN_DIR") {
