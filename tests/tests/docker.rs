@@ -62,9 +62,20 @@ fn docker_exit_codes_for_berth_failures() {
     let out = d.docker(&["run", "--rm", "--network", "host", "busybox", "true"]);
     assert_eq!(out.code(), 125, "{out:?}");
     assert!(out.stderr.contains("--network host"), "{out:?}");
-    let out = d.docker(&["run", "--rm", "-v", "data:/x", "busybox", "true"]);
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "--mount",
+        "type=volume,target=/x,volume-opt=type=nfs",
+        "busybox",
+        "true",
+    ]);
     assert_eq!(out.code(), 125, "{out:?}");
-    assert!(out.stderr.contains("named volumes"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("berth does not support local volume options"),
+        "{out:?}"
+    );
 }
 
 #[test]
@@ -2994,7 +3005,17 @@ fn binds_tmpfs_and_read_only_roots() {
             ],
             "bind source path does not exist",
         ),
-        (vec!["-v".into(), "data:/x".into()], "named volumes"),
+        (
+            vec!["-v".into(), "bad/name:/x".into()],
+            "invalid characters for a local volume name",
+        ),
+        (
+            vec![
+                "--mount".into(),
+                "type=volume,target=/x,volume-driver=nfs".into(),
+            ],
+            "plugin \"nfs\" not found",
+        ),
         (
             vec!["-v".into(), format!("{rw_s}:/x:shared")],
             "propagation",
@@ -3016,4 +3037,187 @@ fn binds_tmpfs_and_read_only_roots() {
     }
     assert!(!missing.exists());
     let _ = std::fs::remove_dir_all(&host);
+}
+
+#[test]
+fn volumes_keep_data_fill_from_the_image_and_hold_while_in_use() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let tag = unique("v");
+    let (data, filled, bare, image) = (
+        format!("{tag}-data"),
+        format!("{tag}-filled"),
+        format!("{tag}-bare"),
+        format!("{tag}-seeded:test"),
+    );
+    let mountpoint_of = |name: &str| {
+        std::path::PathBuf::from(
+            d.docker_ok(&["volume", "inspect", "-f", "{{.Mountpoint}}", name])
+                .trim(),
+        )
+    };
+    // Created by hand, with a label, as dockerd shows one.
+    d.docker_ok(&["volume", "create", "--label", "team=a", &data]);
+    assert_eq!(
+        d.docker_ok(&[
+            "volume",
+            "inspect",
+            "-f",
+            "{{.Driver}} {{.Labels.team}} {{.Scope}} {{.Name}}",
+            &data
+        ])
+        .trim(),
+        format!("local a local {data}")
+    );
+    assert!(d
+        .docker_ok(&["volume", "ls", "-q", "--filter", "label=team=a"])
+        .lines()
+        .any(|l| l == data));
+    // Data outlives the container that wrote it; :ro is read-only in the guest; the host
+    // sees what the guest wrote.
+    let out = run_sh(
+        d,
+        &["--rm", "-v", &format!("{data}:/data")],
+        "echo kept > /data/f",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = run_sh(
+        d,
+        &["--rm", "-v", &format!("{data}:/data:ro")],
+        "cat /data/f; touch /data/g 2>/dev/null || echo read-only",
+    );
+    assert_eq!(out.stdout, "kept\nread-only\n", "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(mountpoint_of(&data).join("f")).unwrap(),
+        "kept\n"
+    );
+    assert!(!mountpoint_of(&data).join("g").exists());
+    // An image with a VOLUME, and files there.
+    let seed = unique("seed");
+    d.docker_ok(&[
+        "run",
+        "--name",
+        &seed,
+        "busybox",
+        "sh",
+        "-c",
+        "mkdir -p /seed && echo from-image > /seed/a && chmod 0750 /seed",
+    ]);
+    d.docker_ok(&["commit", "--change", "VOLUME /seed", &seed, &image]);
+    d.docker_ok(&["rm", &seed]);
+    // A new named volume is filled from the image (mode included); one with nocopy is not;
+    // one that has files is left as it is.
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{filled}:/seed"),
+        &image,
+        "sh",
+        "-c",
+        "cat /seed/a; stat -c %a /seed",
+    ]);
+    assert_eq!(out.stdout, "from-image\n750\n", "{out:?}");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{bare}:/seed:nocopy"),
+        &image,
+        "ls",
+        "-A",
+        "/seed",
+    ]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{data}:/seed"),
+        &image,
+        "ls",
+        "/seed",
+    ]);
+    assert_eq!(out.stdout, "f\n", "{out:?}");
+    // The image's VOLUME without -v: an anonymous volume, filled, shown in Mounts and
+    // Config.Volumes, and removed by rm -v.
+    let anon = unique("anon");
+    let out = d.docker(&["run", "--name", &anon, &image, "cat", "/seed/a"]);
+    assert_eq!(out.stdout, "from-image\n", "{out:?}");
+    let mounts = d.docker_ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}} {{.Name}} {{.Destination}} {{.RW}}{{end}} {{json .Config.Volumes}}",
+        &anon,
+    ]);
+    let fields: Vec<&str> = mounts.split_whitespace().collect();
+    assert_eq!(fields.len(), 5, "{mounts}");
+    assert_eq!(
+        (fields[0], fields[2], fields[3]),
+        ("volume", "/seed", "true")
+    );
+    assert_eq!(fields[1].len(), 64, "{mounts}");
+    assert_eq!(fields[4], r#"{"/seed":{}}"#);
+    let anon_volume = fields[1].to_string();
+    assert_eq!(
+        d.docker_ok(&["volume", "inspect", "-f", "{{json .Labels}}", &anon_volume])
+            .trim(),
+        r#"{"com.docker.volume.anonymous":""}"#
+    );
+    // In use, even by a stopped container: not removed, by rm or by prune.
+    let out = d.docker(&["volume", "rm", &anon_volume]);
+    assert!(
+        !out.status.success() && out.stderr.contains("volume is in use"),
+        "{out:?}"
+    );
+    d.docker_ok(&["rm", "-v", &anon]);
+    let out = d.docker(&["volume", "inspect", &anon_volume]);
+    assert!(
+        !out.status.success() && out.stderr.contains("no such volume"),
+        "{out:?}"
+    );
+    // -v /path under --rm: made and gone with the container.
+    let before = d.docker_ok(&["volume", "ls", "-q"]);
+    let out = run_sh(
+        d,
+        &["--rm", "-v", "/scratch"],
+        "echo x > /scratch/y && cat /scratch/y",
+    );
+    assert_eq!(out.stdout, "x\n", "{out:?}");
+    assert_eq!(d.docker_ok(&["volume", "ls", "-q"]), before);
+    // Prune leaves what a container uses, here a created one.
+    let holder = unique("holder");
+    d.docker_ok(&[
+        "create",
+        "--name",
+        &holder,
+        "--mount",
+        &format!("type=volume,source={data},target=/d"),
+        "busybox",
+        "true",
+    ]);
+    let out = d.docker(&["volume", "rm", &data]);
+    assert!(
+        !out.status.success() && out.stderr.contains("volume is in use"),
+        "{out:?}"
+    );
+    d.docker_ok(&[
+        "volume",
+        "prune",
+        "-f",
+        "--filter",
+        &format!("label!=keep-{tag}"),
+    ]);
+    let left = d.docker_ok(&["volume", "ls", "-q"]);
+    assert!(left.lines().any(|l| l == data), "{left}");
+    assert!(!left.lines().any(|l| l == filled || l == bare), "{left}");
+    d.docker_ok(&["rm", &holder]);
+    d.docker_ok(&["volume", "rm", &data]);
+    assert!(!d
+        .docker_ok(&["volume", "ls", "-q"])
+        .lines()
+        .any(|l| l == data));
+    d.docker_ok(&["rmi", &image]);
 }

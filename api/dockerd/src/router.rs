@@ -117,6 +117,9 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Result<Resp, Api
     if path == "/networks" || path.starts_with("/networks/") {
         return routes::networks::route(&state, req, &path).await;
     }
+    if path == "/volumes" || path.starts_with("/volumes/") {
+        return routes::volumes::route(&state, req, &path, version).await;
+    }
     if path.starts_with("/exec/") {
         return routes::exec::route(&state, req, &path, version).await;
     }

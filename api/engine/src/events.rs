@@ -21,6 +21,7 @@ pub enum Kind {
     Container,
     Image,
     Network,
+    Volume,
 }
 
 impl Kind {
@@ -29,6 +30,7 @@ impl Kind {
             Kind::Container => "container",
             Kind::Image => "image",
             Kind::Network => "network",
+            Kind::Volume => "volume",
         }
     }
 }

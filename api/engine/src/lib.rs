@@ -19,6 +19,7 @@ pub mod image;
 pub mod layerfs;
 pub mod network;
 pub mod time;
+pub mod volume;
 
 pub use error::{EngineError, Result};
 
@@ -150,9 +151,15 @@ impl Engine {
             )
             .await?,
         );
-        let containers =
-            container::Containers::open(&config, images.clone(), networks.clone(), events.clone())
-                .await?;
+        let volumes = std::sync::Arc::new(volume::Volumes::open(&config.data_root)?);
+        let containers = container::Containers::open(
+            &config,
+            images.clone(),
+            networks.clone(),
+            events.clone(),
+            volumes,
+        )
+        .await?;
         // Images hidden by `rmi -f` whose last container went away while berthd was down.
         images.release_unused(&containers.images_in_use().await)?;
         // Containers whose restart policy says so come back, as when dockerd starts.

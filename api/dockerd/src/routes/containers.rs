@@ -75,7 +75,11 @@ pub async fn route(
                     "berth does not support links: containers on a user-defined network find each other by name",
                 ));
             }
-            state.engine.containers.remove(id, q.flag("force")).await?;
+            state
+                .engine
+                .containers
+                .remove(id, q.flag("force"), q.flag("v"))
+                .await?;
             Ok(status(StatusCode::NO_CONTENT))
         }
         (Method::POST, ["containers", id, "rename"]) => {
@@ -576,7 +580,7 @@ async fn inspect(state: &Arc<State>, id: &str, with_size: bool) -> ApiResult {
             "Env": r.config.env,
             "Cmd": r.config.cmd,
             "Image": r.image,
-            "Volumes": null,
+            "Volumes": if r.config.volumes.is_empty() { Value::Null } else { json!(r.config.volumes) },
             "WorkingDir": r.config.working_dir,
             "Entrypoint": r.config.entrypoint,
             "OnBuild": null,
@@ -712,7 +716,13 @@ async fn prune(state: &Arc<State>, q: &Query) -> ApiResult {
             Ok((rw, _)) => rw,
             Err(_) => 0,
         };
-        if state.engine.containers.remove(&r.id, false).await.is_ok() {
+        if state
+            .engine
+            .containers
+            .remove(&r.id, false, false)
+            .await
+            .is_ok()
+        {
             deleted.push(r.id);
             reclaimed = reclaimed.saturating_add(size);
         }

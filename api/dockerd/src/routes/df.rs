@@ -1,5 +1,5 @@
 //! `GET /system/df` (`docker system df`): the disk space images and containers take, as
-//! dockerd reports it. berth has no volumes or build cache yet: both lists are empty.
+//! dockerd reports it, volumes included. berth has no build cache yet: that list is empty.
 //! Sizes are measured on the host's disk (unpacked layers, containers' writable layers), so
 //! the walk runs on a blocking thread.
 
@@ -41,9 +41,29 @@ pub async fn df(state: &Arc<State>) -> ApiResult {
             "SizeRw": rw,
             "SizeRootFs": root,
             "Labels": r.config.labels,
-            "Mounts": [],
+            "Mounts": r.host_config.mounts.iter().map(|m| m.inspect()).collect::<Vec<_>>(),
         }));
     }
+    let volume_users = state.engine.containers.volume_users().await;
+    let store_volumes = state.engine.containers.volume_store().list();
+    let sizes = {
+        let dirs: Vec<PathBuf> = store_volumes.iter().map(|v| v.mountpoint.clone()).collect();
+        tokio::task::spawn_blocking(move || dirs.iter().map(|d| tree_size(d)).collect::<Vec<u64>>())
+            .await
+            .map_err(|e| ApiError::from(engine::EngineError::internal("volume sizes", e)))?
+    };
+    let volumes: Vec<Value> = store_volumes
+        .iter()
+        .zip(sizes)
+        .map(|(v, size)| {
+            let mut j = super::volumes::volume_json(v);
+            j["UsageData"] = json!({
+                "Size": size,
+                "RefCount": volume_users.get(&v.record.name).map_or(0, Vec::len),
+            });
+            j
+        })
+        .collect();
     // Layers are shared between images: each is measured once, and what more than one
     // image holds is each one's SharedSize.
     let layer_sets: Vec<Vec<PathBuf>> = images.iter().map(|d| d.layer_dirs.clone()).collect();
@@ -97,7 +117,7 @@ pub async fn df(state: &Arc<State>) -> ApiResult {
             "LayersSize": layers_size,
             "Images": images,
             "Containers": containers,
-            "Volumes": [],
+            "Volumes": volumes,
             "BuildCache": [],
         }),
     )

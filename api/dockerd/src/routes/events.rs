@@ -60,7 +60,7 @@ pub fn to_json(e: &Event) -> Value {
             v["status"] = json!(e.action);
             v["id"] = json!(e.id);
         }
-        Kind::Network => {}
+        Kind::Network | Kind::Volume => {}
     }
     v
 }
@@ -92,6 +92,7 @@ pub fn matches(e: &Event, filters: &HashMap<String, Vec<String>>) -> bool {
         && any("type", &|v| e.kind.as_str() == v)
         && any("container", &named(Kind::Container))
         && any("network", &named(Kind::Network))
+        && any("volume", &named(Kind::Volume))
         && any("image", &|v| {
             let attr = if e.kind == Kind::Image {
                 "name"

@@ -10,3 +10,4 @@ pub mod images;
 pub mod networks;
 pub mod stats;
 pub mod system;
+pub mod volumes;

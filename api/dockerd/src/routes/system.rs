@@ -46,16 +46,6 @@ pub async fn route(
         (Method::GET | Method::HEAD, ["_ping"]) => ping(&req),
         (Method::GET, ["version"]) => version(state),
         (Method::GET, ["info"]) => info(state).await,
-        (Method::GET, ["volumes"]) => {
-            json(StatusCode::OK, &json!({ "Volumes": [], "Warnings": null }))
-        }
-        (Method::GET, ["volumes", name]) => Err(ApiError::not_found(format!(
-            "get {}: no such volume",
-            crate::http::percent_decode(name)
-        ))),
-        (Method::POST, ["volumes", "create"]) => {
-            Err(ApiError::bad_request("berth does not support volumes yet"))
-        }
         (Method::POST, ["commit"]) => commit(state, req).await,
         (Method::GET, ["events"]) => {
             super::events::events(state, &crate::http::Query::parse(req.uri().query())).await

@@ -31,6 +31,7 @@ use std::ffi::{CString, OsStr};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -475,6 +476,85 @@ impl Source {
         tarball::subtree(&self.tree, &self.rel, &self.st, &self.name, out)
             .map_err(CopyError::Archive)
     }
+}
+
+/// Copies the directory `path` of `root` (resolved confined to it) into the directory
+/// `into`, owners kept: its tar, written to an unnamed file beside `into`, extracted there
+/// under the rules of a client's archive. A `path` that is missing or not a directory
+/// copies nothing. For filling a new volume from the image ([`super::volumes::fill`]).
+pub(super) fn copy_dir(
+    root: &std::path::Path,
+    path: &str,
+    into: &std::path::Path,
+) -> Result<(), CopyError> {
+    let open_dir = |p: &std::path::Path| {
+        nix::fcntl::open(
+            p,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err("open", p.as_os_str().as_bytes()))
+    };
+    let root_fd = open_dir(root)?;
+    let (stat, source) = match archive_path(&root_fd, &format!("{path}/.")) {
+        Ok(found) => found,
+        Err(CopyError::NotFound(_) | CopyError::NotADirectory) => return Ok(()),
+        Err(CopyError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOTDIR) => {
+            return Ok(())
+        }
+        Err(e) => return Err(e),
+    };
+    if stat.mode & (1 << 31) == 0 {
+        return Ok(());
+    }
+    let beside = into.parent().unwrap_or(into);
+    let mut tar = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(beside)
+        .map_err(|e| CopyError::Io {
+            op: "make a temporary file in",
+            path: beside.display().to_string(),
+            source: e,
+        })?;
+    source.write_to(&mut tar)?;
+    io::Seek::rewind(&mut tar).map_err(|e| CopyError::Io {
+        op: "rewind",
+        path: "the volume's archive".into(),
+        source: e,
+    })?;
+    let into_fd = open_dir(into)?;
+    extract(
+        &into_fd,
+        "/",
+        io::BufReader::with_capacity(256 << 10, tar),
+        ExtractOptions {
+            no_overwrite_dir_non_dir: false,
+            copy_uid_gid: true,
+        },
+    )?;
+    // The volume takes the directory's own owner and mode too, as dockerd's copy does.
+    let rel = path.trim_start_matches('/');
+    let src = open_in_root(
+        &root_fd,
+        rel.as_bytes(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+    )
+    .map_err(|e| CopyError::Io {
+        op: "open",
+        path: shown(rel.as_bytes()),
+        source: e,
+    })?;
+    let st = nix::sys::stat::fstat(&src).map_err(io_err("stat", rel.as_bytes()))?;
+    nix::unistd::fchown(
+        &into_fd,
+        Some(nix::unistd::Uid::from_raw(st.st_uid)),
+        Some(nix::unistd::Gid::from_raw(st.st_gid)),
+    )
+    .map_err(io_err("set the owner of", into.as_os_str().as_bytes()))?;
+    nix::sys::stat::fchmod(&into_fd, Mode::from_bits_truncate(st.st_mode & 0o7777))
+        .map_err(io_err("set the mode of", into.as_os_str().as_bytes()))
 }
 
 /// `PUT`'s options (dockerd's query parameters).
@@ -958,6 +1038,9 @@ impl Containers {
             }
             Some((
                 MountPoint::Bind {
+                    source, readonly, ..
+                }
+                | MountPoint::Volume {
                     source, readonly, ..
                 },
                 rel,

@@ -12,6 +12,7 @@ pub mod health;
 pub mod initlayer;
 mod layer;
 pub use layer::{CommitOptions, Export};
+pub use volumes::Pruned;
 pub mod logs;
 pub mod mounts;
 mod net;
@@ -25,6 +26,7 @@ pub mod stats;
 mod stdio;
 pub mod template;
 pub mod vm;
+mod volumes;
 mod watcher;
 mod wire;
 
@@ -246,6 +248,7 @@ pub struct Containers {
     networks: Arc<crate::network::Networks>,
     execs: exec::ExecTable,
     events: Arc<crate::events::Events>,
+    volumes: Arc<crate::volume::Volumes>,
     /// Set when berthd stops: the exits that follow are not for restart policies.
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -268,6 +271,7 @@ impl Containers {
         images: Arc<ImageStore>,
         networks: Arc<crate::network::Networks>,
         events: Arc<crate::events::Events>,
+        volumes: Arc<crate::volume::Volumes>,
     ) -> Result<Containers> {
         let root = config.data_root.join("containers");
         std::fs::create_dir_all(&root)
@@ -315,6 +319,7 @@ impl Containers {
             networks,
             execs: Default::default(),
             events,
+            volumes,
             shutting_down: Default::default(),
         })
     }
@@ -403,6 +408,22 @@ impl Containers {
         if request.config.argv().is_empty() {
             return Err(EngineError::InvalidArgument("No command specified".into()));
         }
+        // The image's `VOLUME`s too.
+        mounts::add_anonymous_volumes(
+            &mut request.host_config.mounts,
+            request.config.volumes.keys().map(String::as_str),
+        )?;
+        // Taken before the registry's lock, as a volume's removal takes them.
+        let _volumes_guard = if request
+            .host_config
+            .mounts
+            .iter()
+            .any(|m| matches!(m, mounts::MountPoint::Volume { .. }))
+        {
+            Some(self.volumes.guard().await)
+        } else {
+            None
+        };
         let networks = self.endpoint_settings(&request)?;
         let id = ids::new_id();
         if request.config.hostname.is_empty() {
@@ -431,9 +452,15 @@ impl Containers {
                 }
             },
         };
+        let made_volumes = self.resolve_volumes(&mut request.host_config.mounts)?;
         let dir = self.root.join(&id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| EngineError::internal("cannot create the container directory", e))?;
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            self.forget_volumes(&made_volumes);
+            return Err(EngineError::internal(
+                "cannot create the container directory",
+                e,
+            ));
+        }
         let record = Record {
             id: id.clone(),
             name: name.clone(),
@@ -447,8 +474,12 @@ impl Containers {
             networks,
             ports: Vec::new(),
         };
-        let container = Container::new(dir, record.clone());
-        container.save(&record).await?;
+        let container = Container::new(dir.clone(), record.clone());
+        if let Err(e) = container.save(&record).await {
+            self.forget_volumes(&made_volumes);
+            let _ = crate::fsutil::remove_tree(&dir);
+            return Err(e);
+        }
         reg.names.insert(name, id.clone());
         reg.by_id.insert(id.clone(), container);
         self.event(&record, "create", &[]);
@@ -515,17 +546,7 @@ impl Containers {
             container_spec.shm_size = Some(record.host_config.shm_size as u64);
         }
         container_spec.mounts = mounts::agent_mounts(&record.host_config.mounts);
-        let binds = record
-            .host_config
-            .mounts
-            .iter()
-            .filter_map(|m| match m {
-                mounts::MountPoint::Bind {
-                    source, readonly, ..
-                } => Some((PathBuf::from(source), *readonly)),
-                mounts::MountPoint::Tmpfs { .. } => None,
-            })
-            .collect();
+        let binds = mounts::shares(&record.host_config.mounts);
         // Its network: an address and a tap on the bridge, its ports bound (a port in use
         // fails here, before anything of the container runs).
         let net = self.join_network(&record).await?;
@@ -564,6 +585,7 @@ impl Containers {
             dir: container.dir.clone(),
             launch: launch_spec,
             start: record.host_config.start.unwrap_or(self.config.start),
+            fill: volumes::to_fill(&record.host_config.mounts),
         };
         let cfg = self.config.clone();
         let templates = self.templates.clone();
@@ -586,8 +608,14 @@ impl Containers {
                 // As dockerd: a --rm container that cannot start is removed (docker run
                 // waits for that before it exits).
                 if record.host_config.auto_remove {
-                    if let Err(e) =
-                        remove_stopped(&self.registry, &self.images, &self.events, &container).await
+                    if let Err(e) = remove_stopped(
+                        &self.registry,
+                        &self.images,
+                        &self.events,
+                        &container,
+                        Some(self),
+                    )
+                    .await
                     {
                         log::warn!("container {}: cannot remove it: {e}", container.id);
                     }
@@ -927,14 +955,24 @@ impl Containers {
         }
     }
 
-    /// Removes a container (killing it first with `force`).
-    pub async fn remove(&self, name_or_id: &str, force: bool) -> Result<()> {
+    /// Removes a container (killing it first with `force`), and with `volumes` its
+    /// anonymous volumes that no other container uses (`docker rm -v`).
+    pub async fn remove(&self, name_or_id: &str, force: bool, volumes: bool) -> Result<()> {
         let c = self.get(name_or_id).await?;
+        let mounts = c.record.lock().await.host_config.mounts.clone();
+        self.remove_container(&c, force).await?;
+        if volumes {
+            self.remove_anonymous_volumes(&mounts).await;
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, c: &Arc<Container>, force: bool) -> Result<()> {
         // A start may be under way as `rm -f` comes (a restart policy's, or a client's):
         // once it is done the container is running, and forcing means killing it again.
         let mut attempts = 0;
         loop {
-            match self.remove_once(&c, force).await {
+            match self.remove_once(c, force).await {
                 Err(EngineError::Conflict(_))
                     if force
                         && attempts < 5
@@ -974,7 +1012,7 @@ impl Containers {
         if c.lifecycle.borrow().removed {
             return Ok(());
         }
-        remove_stopped(&self.registry, &self.images, &self.events, &c).await
+        remove_stopped(&self.registry, &self.images, &self.events, &c, None).await
     }
 
     /// Renames a container.
@@ -1047,6 +1085,7 @@ async fn remove_stopped(
     images: &Arc<ImageStore>,
     events: &crate::events::Events,
     c: &Arc<Container>,
+    anonymous_volumes_of: Option<&Containers>,
 ) -> Result<()> {
     let _op = c.op.clone().lock_owned().await;
     if c.lifecycle.borrow().removed {
@@ -1096,6 +1135,12 @@ async fn remove_stopped(
         if reg.names.get(&name) == Some(&c.id) {
             reg.names.remove(&name);
         }
+    }
+    // `--rm` takes the container's anonymous volumes with it, before whoever waits for the
+    // removal hears of it.
+    if let Some(containers) = anonymous_volumes_of {
+        let mounts = c.record.lock().await.host_config.mounts.clone();
+        containers.remove_anonymous_volumes(&mounts).await;
     }
     c.lifecycle.send_modify(|l| l.removed = true);
     {

@@ -4,9 +4,11 @@
 //! the host side when `:ro`; and tmpfs mounts (`--tmpfs` in `Tmpfs`, `--mount type=tmpfs`),
 //! made by the agent in the guest's memory, their size enforced by the guest's kernel.
 //!
-//! Named and anonymous volumes are refused by name until berth has a volume store; so is a
-//! bind of a single file (a share is a directory, and sharing the file's directory would
-//! hand the guest its neighbours).
+//! Volumes (`-v name:/path`, `-v /path`, `--mount type=volume`, an image's `VOLUME`) are
+//! directories of berth's volume store (crate::volume), served as a bind's host directory
+//! is; the parse leaves an anonymous volume's name empty, for the engine to make one when it
+//! creates the container. A bind of a single file is refused by name (a share is a
+//! directory, and sharing the file's directory would hand the guest its neighbours).
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
@@ -16,7 +18,7 @@ use serde_json::Value;
 
 use crate::{EngineError, Result};
 
-/// Most bind mounts one container has: each is a virtio-mmio device, and a VM has 19
+/// Most binds and volumes one container has: each is a virtio-mmio device, and a VM has 19
 /// interrupt lines for them (IRQs 5 to 23), of which the root share, vsock, the entropy
 /// device and the network card take four. Tmpfs mounts take none.
 pub const MAX_BINDS: usize = 15;
@@ -34,6 +36,25 @@ pub enum MountPoint {
         #[serde(default)]
         mode: String,
     },
+    /// A volume of berth's volume store, served as a bind's directory is.
+    Volume {
+        /// Empty, until the container is created, for an anonymous volume.
+        name: String,
+        /// The volume's directory on the host (empty until the container is created).
+        #[serde(default)]
+        source: String,
+        destination: String,
+        readonly: bool,
+        /// `-v`'s mode string as given, for inspect; empty from `--mount`.
+        #[serde(default)]
+        mode: String,
+        /// Not filled from the image's files at its destination (`nocopy`).
+        #[serde(default)]
+        nocopy: bool,
+        /// Labels for the volume, if this mount creates it (`--mount volume-label=`).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        labels: BTreeMap<String, String>,
+    },
     /// A tmpfs in the guest, with mount(8) options (Docker's defaults first, the user's
     /// after them: the last of two opposite flags wins).
     Tmpfs {
@@ -45,9 +66,23 @@ pub enum MountPoint {
 impl MountPoint {
     pub fn destination(&self) -> &str {
         match self {
-            MountPoint::Bind { destination, .. } | MountPoint::Tmpfs { destination, .. } => {
-                destination
+            MountPoint::Bind { destination, .. }
+            | MountPoint::Volume { destination, .. }
+            | MountPoint::Tmpfs { destination, .. } => destination,
+        }
+    }
+
+    /// The host directory a bind or volume serves (its virtio-fs share), and whether the
+    /// share is read-only; none for a tmpfs.
+    pub fn share(&self) -> Option<(&str, bool)> {
+        match self {
+            MountPoint::Bind {
+                source, readonly, ..
             }
+            | MountPoint::Volume {
+                source, readonly, ..
+            } => Some((source, *readonly)),
+            MountPoint::Tmpfs { .. } => None,
         }
     }
 
@@ -66,6 +101,23 @@ impl MountPoint {
                 "Mode": mode,
                 "RW": !readonly,
                 "Propagation": "rprivate",
+            }),
+            MountPoint::Volume {
+                name,
+                source,
+                destination,
+                readonly,
+                mode,
+                ..
+            } => serde_json::json!({
+                "Type": "volume",
+                "Name": name,
+                "Source": source,
+                "Destination": destination,
+                "Driver": crate::volume::LOCAL,
+                "Mode": mode,
+                "RW": !readonly,
+                "Propagation": "",
             }),
             MountPoint::Tmpfs {
                 destination,
@@ -93,8 +145,10 @@ fn refused(what: &str, why: &str) -> EngineError {
     EngineError::InvalidArgument(format!("berth does not support {what}: {why}"))
 }
 
-const VOLUMES_LATER: &str =
-    "berth has no volume store yet; bind a host directory (-v /host/dir:/path) or use --tmpfs";
+/// The propagation modes `-v` takes.
+const PROPAGATIONS: &[&str] = &[
+    "private", "rprivate", "shared", "rshared", "slave", "rslave",
+];
 
 /// A destination inside the container, cleaned: absolute, not `/`, no `..`.
 fn destination(kind: &str, path: &str) -> Result<String> {
@@ -185,33 +239,41 @@ fn propagation(mode: &str) -> Result<()> {
     }
 }
 
-/// `-v SRC:DST[:MODE]` (only host directories as SRC: a name is a named volume).
+/// An anonymous volume at `dest` (`-v /path`, `Volumes`, an image's `VOLUME`).
+pub fn anonymous_volume(dest: &str) -> Result<MountPoint> {
+    Ok(MountPoint::Volume {
+        name: String::new(),
+        source: String::new(),
+        destination: destination("volume", dest)?,
+        readonly: false,
+        mode: String::new(),
+        nocopy: false,
+        labels: BTreeMap::new(),
+    })
+}
+
+/// `-v SRC:DST[:MODE]`: a host directory when SRC is absolute, else a named volume; `-v
+/// DST` alone, an anonymous volume.
 pub fn parse_bind(spec: &str) -> Result<MountPoint> {
     let spec_err = || invalid(format!("invalid volume specification: '{spec}'"));
     let parts: Vec<&str> = spec.split(':').collect();
     let (source, dest, mode) = match parts.as_slice() {
         [source, dest] => (*source, *dest, ""),
         [source, dest, mode] => (*source, *dest, *mode),
-        [_] => {
-            return Err(refused(
-                &format!("anonymous volumes (-v {spec})"),
-                VOLUMES_LATER,
-            ))
-        }
+        [dest] if dest.starts_with('/') => return anonymous_volume(dest),
         _ => return Err(spec_err()),
     };
     if source.is_empty() || dest.is_empty() {
         return Err(spec_err());
     }
-    if !source.starts_with('/') {
-        return Err(refused(
-            &format!("named volumes (-v {spec})"),
-            VOLUMES_LATER,
-        ));
+    let is_bind = source.starts_with('/');
+    if !is_bind {
+        crate::volume::check_name(source)?;
     }
-    let destination = destination("bind", dest)?;
+    let destination = destination(if is_bind { "bind" } else { "volume" }, dest)?;
     let mut readonly = false;
     let mut rw_seen = false;
+    let mut nocopy = false;
     for m in mode.split(',').filter(|m| !m.is_empty()) {
         match m {
             "ro" | "rw" if rw_seen => return Err(invalid(format!("invalid mode: {mode}"))),
@@ -222,20 +284,26 @@ pub fn parse_bind(spec: &str) -> Result<MountPoint> {
             // SELinux relabelling: the guest has no SELinux and the host's labels are not
             // changed for a share, as dockerd leaves them on a host without SELinux.
             "z" | "Z" => {}
-            "nocopy" => {
+            "nocopy" if is_bind => {
                 return Err(invalid(format!(
                     "invalid mode: {mode}: nocopy applies to volumes, not to bind mounts"
                 )))
             }
-            m if [
-                "private", "rprivate", "shared", "rshared", "slave", "rslave",
-            ]
-            .contains(&m) =>
-            {
-                propagation(m)?
-            }
+            "nocopy" => nocopy = true,
+            m if PROPAGATIONS.contains(&m) => propagation(m)?,
             _ => return Err(invalid(format!("invalid mode: {mode}"))),
         }
+    }
+    if !is_bind {
+        return Ok(MountPoint::Volume {
+            name: source.to_string(),
+            source: String::new(),
+            destination,
+            readonly,
+            mode: mode.to_string(),
+            nocopy,
+            labels: BTreeMap::new(),
+        });
     }
     Ok(MountPoint::Bind {
         source: bind_source(source, true)?,
@@ -250,11 +318,7 @@ pub fn parse_tmpfs(dest: &str, options: &str) -> Result<MountPoint> {
     let destination = destination("tmpfs", dest)?;
     let mut all: Vec<String> = TMPFS_DEFAULTS.iter().map(|s| s.to_string()).collect();
     for o in options.split(',').filter(|o| !o.is_empty()) {
-        if [
-            "private", "rprivate", "shared", "rshared", "slave", "rslave",
-        ]
-        .contains(&o)
-        {
+        if PROPAGATIONS.contains(&o) {
             propagation(o)?;
             continue;
         }
@@ -403,16 +467,58 @@ pub fn parse_mount(v: &Value) -> Result<MountPoint> {
             }
             parse_tmpfs(target, &options.join(","))
         }
-        "volume" => Err(refused(
-            "volume mounts (--mount type=volume)",
-            VOLUMES_LATER,
-        )),
+        "volume" => {
+            if object(m, "BindOptions")?.is_some() {
+                return Err(config_err("BindOptions must not be specified".into()));
+            }
+            if object(m, "TmpfsOptions")?.is_some() {
+                return Err(config_err("TmpfsOptions must not be specified".into()));
+            }
+            if !source.is_empty() {
+                crate::volume::check_name(source)?;
+            }
+            let mut nocopy = false;
+            let mut labels = BTreeMap::new();
+            if let Some(o) = object(m, "VolumeOptions")? {
+                nocopy = bool_field(o, "NoCopy")?;
+                if let Some(l) = object(o, "Labels")? {
+                    for (k, v) in l {
+                        let v = v.as_str().ok_or_else(|| {
+                            invalid(format!("Mounts: label {k:?} must be a string"))
+                        })?;
+                        labels.insert(k.clone(), v.to_string());
+                    }
+                }
+                if let Some(d) = object(o, "DriverConfig")? {
+                    crate::volume::check_driver(str_field(d, "Name")?)?;
+                    if let Some(opts) = object(d, "Options")? {
+                        let keys = opts.keys().map(|k| (k.clone(), String::new())).collect();
+                        crate::volume::check_driver_opts(&keys)?;
+                    }
+                }
+                if !str_field(o, "Subpath")?.is_empty() {
+                    return Err(refused(
+                        "volume subpaths (volume-subpath)",
+                        "a volume is shared with the container's VM whole; bind the subdirectory of a host directory instead",
+                    ));
+                }
+            }
+            Ok(MountPoint::Volume {
+                name: source.to_string(),
+                source: String::new(),
+                destination: destination(kind, target)?,
+                readonly,
+                mode: String::new(),
+                nocopy,
+                labels,
+            })
+        }
         "" => Err(invalid(
             "invalid mount config: mount type must be given".into(),
         )),
         other => Err(refused(
             &format!("mounts of type {other:?}"),
-            "only bind and tmpfs mounts are supported",
+            "only bind, volume and tmpfs mounts are supported",
         )),
     }
 }
@@ -434,7 +540,7 @@ fn go_mode_to_unix(mode: u32) -> u32 {
 }
 
 /// Every mount of a create request (`Binds`, `Mounts`, `Tmpfs`), checked together: no two
-/// at one destination, at most [`MAX_BINDS`] binds.
+/// at one destination, at most [`MAX_BINDS`] binds and volumes.
 pub fn parse_all(
     binds: &[String],
     mounts: &[Value],
@@ -450,8 +556,28 @@ pub fn parse_all(
     for (dest, options) in tmpfs {
         all.push(parse_tmpfs(dest, options)?);
     }
+    check_all(&all)?;
+    Ok(all)
+}
+
+/// Adds an anonymous volume at each of `destinations` (the container's and its image's
+/// `Volumes`) that no other mount covers, as dockerd does; checks the whole again.
+pub fn add_anonymous_volumes<'a>(
+    all: &mut Vec<MountPoint>,
+    destinations: impl IntoIterator<Item = &'a str>,
+) -> Result<()> {
+    for dest in destinations {
+        let volume = anonymous_volume(dest)?;
+        if !all.iter().any(|m| m.destination() == volume.destination()) {
+            all.push(volume);
+        }
+    }
+    check_all(all)
+}
+
+fn check_all(all: &[MountPoint]) -> Result<()> {
     let mut seen = std::collections::BTreeSet::new();
-    for m in &all {
+    for m in all {
         if !seen.insert(m.destination()) {
             return Err(invalid(format!(
                 "Duplicate mount point: {}",
@@ -459,13 +585,10 @@ pub fn parse_all(
             )));
         }
     }
-    let binds = all
-        .iter()
-        .filter(|m| matches!(m, MountPoint::Bind { .. }))
-        .count();
-    if binds > MAX_BINDS {
+    let shares = all.iter().filter(|m| m.share().is_some()).count();
+    if shares > MAX_BINDS {
         return Err(refused(
-            &format!("{binds} bind mounts on one container"),
+            &format!("{shares} bind mounts and volumes on one container"),
             &format!("each is a device of the container's VM, which has room for {MAX_BINDS}"),
         ));
     }
@@ -476,7 +599,17 @@ pub fn parse_all(
             agent_protocol::MAX_MOUNTS
         )));
     }
-    Ok(all)
+    Ok(())
+}
+
+/// The container's virtio-fs shares besides its root, in [`bind_tag`] order: each bind's
+/// or volume's host directory and whether it is read-only.
+pub fn shares(mounts: &[MountPoint]) -> Vec<(std::path::PathBuf, bool)> {
+    mounts
+        .iter()
+        .filter_map(MountPoint::share)
+        .map(|(source, readonly)| (std::path::PathBuf::from(source), readonly))
+        .collect()
 }
 
 /// The virtio-fs tag of a container's `n`th bind.
@@ -484,13 +617,18 @@ pub fn bind_tag(n: usize) -> String {
     format!("bind{n}")
 }
 
-/// The agent's mounts for `mounts`, binds tagged in their order ([`bind_tag`]).
+/// The agent's mounts for `mounts`, binds and volumes tagged in their order ([`shares`]).
 pub fn agent_mounts(mounts: &[MountPoint]) -> Vec<agent_protocol::MountSpec> {
     let mut binds = 0;
     mounts
         .iter()
         .map(|m| match m {
             MountPoint::Bind {
+                destination,
+                readonly,
+                ..
+            }
+            | MountPoint::Volume {
                 destination,
                 readonly,
                 ..

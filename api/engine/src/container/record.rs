@@ -67,6 +67,9 @@ pub struct ContainerConfig {
     /// Its own check merged with its image's (`None`: neither has one).
     #[serde(default)]
     pub healthcheck: Option<super::health::Healthcheck>,
+    /// Docker's `Config.Volumes`: its own (`-v /path`) and its image's `VOLUME`s.
+    #[serde(default)]
+    pub volumes: BTreeMap<String, serde_json::Value>,
 }
 
 impl ContainerConfig {

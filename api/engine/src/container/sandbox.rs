@@ -21,6 +21,9 @@ pub struct SandboxSpec {
     pub dir: PathBuf,
     pub launch: LaunchSpec,
     pub start: StartPath,
+    /// Volumes to fill from the root before the VM starts, if empty: each one's
+    /// destination and directory.
+    pub fill: Vec<(String, PathBuf)>,
 }
 
 /// Mounts the root filesystem and starts the VM and the container's process in it. On
@@ -43,6 +46,12 @@ pub fn create(
         &spec.dir.join("empty"),
     )
     .map_err(LaunchError::Failed)?;
+    for (destination, volume) in &spec.fill {
+        if let Err(e) = super::volumes::fill(&launch.rootfs, destination, volume) {
+            vm::unmount_rootfs(&launch.rootfs);
+            return Err(LaunchError::Failed(e));
+        }
+    }
     if launch.readonly_rootfs {
         let made = super::mounts::make_mountpoints(
             &launch.rootfs,

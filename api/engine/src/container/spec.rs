@@ -159,6 +159,7 @@ const CONFIG_FIELDS: &[&str] = &[
     "StopTimeout",
     "ExposedPorts",
     "Healthcheck",
+    "Volumes",
     "HostConfig",
     "NetworkingConfig",
     // Metadata without effect on a container.
@@ -198,6 +199,7 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "Binds",
     "Mounts",
     "Tmpfs",
+    "VolumeDriver",
     "ReadonlyRootfs",
     "ShmSize",
 ];
@@ -214,8 +216,8 @@ pub const START_LABEL: &str = "io.berth.start";
 /// Explains the options berth refuses, by field.
 fn refusal(field: &str) -> &'static str {
     match field {
-        "Volumes" | "VolumesFrom" | "VolumeDriver" => {
-            "berth has no volume store yet; bind a host directory (-v /host/dir:/path) or use --tmpfs"
+        "VolumesFrom" => {
+            "--volumes-from is not implemented yet: give each container the same named volumes (-v name:/path)"
         }
         "Links" => {
             "legacy links are not supported: put the containers on a user-defined network, where they find each other by name"
@@ -275,6 +277,11 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
             )));
         }
     }
+    // `-v /path`: an anonymous volume there (made when the container is).
+    let volumes = match obj.get("Volumes") {
+        Some(Value::Object(o)) => o.clone().into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
     let exposed_ports = match obj.get("ExposedPorts") {
         Some(Value::Object(o)) => o.clone().into_iter().collect(),
         _ => BTreeMap::new(),
@@ -299,6 +306,7 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
         healthcheck: super::health::parse(obj.get("Healthcheck"))?,
         stop_timeout,
         exposed_ports,
+        volumes,
     };
     if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
         return Err(EngineError::InvalidArgument(format!(
@@ -307,6 +315,10 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
         )));
     }
     let mut host_config = parse_host_config(obj.get("HostConfig"))?;
+    super::mounts::add_anonymous_volumes(
+        &mut host_config.mounts,
+        config.volumes.keys().map(String::as_str),
+    )?;
     if let Some(start) = config.labels.get(START_LABEL) {
         host_config.start = Some(start.parse::<crate::StartPath>().map_err(|e| {
             EngineError::InvalidArgument(format!("invalid label {START_LABEL}: {e}"))
@@ -793,6 +805,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     };
     let tmpfs = string_map(hc.get("Tmpfs"), "Tmpfs")?;
     let mounts = super::mounts::parse_all(&binds, &mount_requests, &tmpfs)?;
+    crate::volume::check_driver(&string(hc.get("VolumeDriver"), "VolumeDriver")?)?;
     let shm_size = int(hc.get("ShmSize"), "ShmSize")?;
     if shm_size < 0 {
         return Err(EngineError::InvalidArgument(
@@ -953,6 +966,9 @@ pub fn merge(user: &mut ContainerConfig, image: &ImageRuntimeConfig) {
     }
     for (k, v) in image.exposed_ports.clone().unwrap_or_default() {
         user.exposed_ports.entry(k).or_insert(v);
+    }
+    for (k, v) in image.volumes.clone().unwrap_or_default() {
+        user.volumes.entry(k).or_insert(v);
     }
     let entrypoint_empty = user.entrypoint.as_ref().is_none_or(Vec::is_empty);
     if entrypoint_empty {
@@ -1188,7 +1204,16 @@ mod tests {
                 json!(["NO_SUCH"]),
                 "unknown capability",
             ),
-            ("/HostConfig/Binds", json!(["data:/b"]), "named volumes"),
+            (
+                "/HostConfig/Binds",
+                json!(["d/x:/b"]),
+                "invalid characters for a local volume name",
+            ),
+            (
+                "/HostConfig/VolumeDriver",
+                json!("nfs"),
+                "plugin \"nfs\" not found",
+            ),
             ("/HostConfig/ShmSize", json!(-1), "SHM size"),
             ("/HostConfig/CpuShares", json!(512), "CpuShares"),
             ("/HostConfig/NetworkMode", json!("host"), "network host"),
@@ -1210,7 +1235,11 @@ mod tests {
             ("/Domainname", json!("bad domain"), "domainname"),
             // Maps whose values are empty are still set.
             ("/HostConfig/Tmpfs", json!({"x": ""}), "must be absolute"),
-            ("/Volumes", json!({"/data": {}}), "Volumes"),
+            (
+                "/Volumes",
+                json!({"data": {}}),
+                "mount path must be absolute",
+            ),
             ("/HostConfig/VolumesFrom", json!(["other"]), "VolumesFrom"),
             ("/HostConfig/CgroupnsMode", json!("host"), "--cgroupns host"),
             ("/HostConfig/PidMode", json!("host"), "--pid host"),

@@ -159,7 +159,15 @@ pub(super) fn spawn(w: Watch) {
         log::debug!("container {}: its VM is off", c.id);
         drop(op);
         if auto_remove {
-            if let Err(e) = remove_stopped(&registry, &images, &containers.events, &c).await {
+            if let Err(e) = remove_stopped(
+                &registry,
+                &images,
+                &containers.events,
+                &c,
+                Some(&containers),
+            )
+            .await
+            {
                 log::warn!("container {}: cannot remove it after exit: {e}", c.id);
             }
         } else if let Some(delay) = restart_in {

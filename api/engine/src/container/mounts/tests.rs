@@ -70,6 +70,52 @@ fn binds_are_host_directories_cleaned_with_their_modes() {
 }
 
 #[test]
+fn volumes_are_named_or_anonymous_with_their_modes() {
+    let m = parse_bind("data:/srv/data:ro,nocopy").unwrap();
+    assert_eq!(
+        m,
+        MountPoint::Volume {
+            name: "data".into(),
+            source: String::new(),
+            destination: "/srv/data".into(),
+            readonly: true,
+            mode: "ro,nocopy".into(),
+            nocopy: true,
+            labels: BTreeMap::new(),
+        }
+    );
+    assert_eq!(m.inspect()["Type"], json!("volume"));
+    assert_eq!(m.inspect()["Name"], json!("data"));
+    let m = parse_bind("/cache").unwrap();
+    assert!(
+        matches!(&m, MountPoint::Volume { name, destination, .. } if name.is_empty() && destination == "/cache"),
+        "{m:?}"
+    );
+    let m = parse_mount(&json!({
+        "Type": "volume", "Target": "/v", "ReadOnly": true,
+        "VolumeOptions": {"NoCopy": true, "Labels": {"k": "v"}, "DriverConfig": {"Name": "local"}}
+    }))
+    .unwrap();
+    assert!(
+        matches!(&m, MountPoint::Volume { name, readonly: true, nocopy: true, labels, .. } if name.is_empty() && labels.get("k").map(String::as_str) == Some("v")),
+        "{m:?}"
+    );
+    // The image's and the request's `Volumes` fill only what no other mount covers, and
+    // count towards the shares a VM has room for.
+    let mut all = parse_all(&["data:/a".into()], &[], &BTreeMap::new()).unwrap();
+    add_anonymous_volumes(&mut all, ["/a", "/b", "/b/"]).unwrap();
+    let dests: Vec<&str> = all.iter().map(MountPoint::destination).collect();
+    assert_eq!(dests, ["/a", "/b"]);
+    let many: Vec<String> = (0..MAX_BINDS).map(|i| format!("/v{i}")).collect();
+    let err = add_anonymous_volumes(&mut all, many.iter().map(String::as_str)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("bind mounts and volumes on one container"),
+        "{err}"
+    );
+}
+
+#[test]
 fn what_berth_cannot_bind_is_refused_by_name() {
     let t = TempDir::new("binds-refused");
     let file = t.0.join("app.conf");
@@ -77,8 +123,12 @@ fn what_berth_cannot_bind_is_refused_by_name() {
     let dir = t.0.to_str().unwrap();
     for (spec, says) in [
         (format!("{}:/etc/app.conf", file.display()), "single file"),
-        ("data:/data".to_string(), "named volumes"),
-        ("/data".to_string(), "anonymous volumes"),
+        (
+            "d/x:/data".to_string(),
+            "invalid characters for a local volume name",
+        ),
+        ("data:/data:shared".to_string(), "propagation shared"),
+        ("data".to_string(), "invalid volume specification"),
         (format!("{dir}:/d:shared"), "propagation shared"),
         (format!("{dir}:/d:nocopy"), "invalid mode"),
         (format!("{dir}:/d:ro,rw"), "invalid mode"),
@@ -94,8 +144,20 @@ fn what_berth_cannot_bind_is_refused_by_name() {
     }
     for (mount, says) in [
         (
-            json!({"Type": "volume", "Source": "v", "Target": "/d"}),
-            "volume mounts",
+            json!({"Type": "volume", "Source": "v/x", "Target": "/d"}),
+            "invalid characters",
+        ),
+        (
+            json!({"Type": "volume", "Source": "vol", "Target": "/d", "VolumeOptions": {"Subpath": "a"}}),
+            "volume subpaths",
+        ),
+        (
+            json!({"Type": "volume", "Target": "/d", "VolumeOptions": {"DriverConfig": {"Options": {"device": "/dev/sda"}}}}),
+            "local volume options (device)",
+        ),
+        (
+            json!({"Type": "volume", "Target": "/d", "BindOptions": {}}),
+            "BindOptions must not be specified",
         ),
         (
             json!({"Type": "npipe", "Source": "x", "Target": "/d"}),
