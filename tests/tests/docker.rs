@@ -471,7 +471,7 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     // Options the CLI sends as maps with empty values, or as plain flags, are refused too.
     for (flag, value, named) in [
         ("--volumes-from", Some("other"), "VolumesFrom"),
-        ("-v", Some("/data"), "Volumes"),
+        ("--sysctl", Some("kernel.msgmax=65536"), "Sysctls"),
         ("--device", Some("/dev/null"), "Devices"),
     ] {
         let mut args = vec!["create", flag];
