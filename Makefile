@@ -134,8 +134,9 @@ test-kvm:
 # docker.rs), built here and run by tests/run-microvm: directly where `berth-vmm check`
 # passes, else inside two emulated virtualization hosts side by side (one vCPU each: with
 # two, concurrent microVMs crash it; tests/vmhost/README.md), MICROVM_THREADS tests at a
-# time in each. The two groups take about as long: the network tests run beside the VMM's,
-# the other Docker CLI tests alone.
+# time in each. The network tests run first in the Docker CLI tests' host: after the VMM's
+# tests in the other host, a guest's pings after it forged frames failed twice in a row
+# (tests/tests/network.rs, network_none_...; not understood yet).
 MICROVM_TESTS := microvm virtiofs container network docker
 MICROVM_THREADS ?= 4
 test-microvm:
@@ -144,7 +145,7 @@ test-microvm:
 	set -- $$bins; \
 	test $$# -eq $(words $(MICROVM_TESTS)) || { echo "test-microvm: missing test binaries ($$bins)" >&2; exit 1; }; \
 	$(RELEASE)/berth-test-images || exit 1; \
-	tests/run-microvm --threads $(MICROVM_THREADS) vms=$$1,$$2,$$3,$$4 docker=$$5
+	tests/run-microvm --threads $(MICROVM_THREADS) vms=$$1,$$2,$$3 docker=$$4,$$5
 	$(DONE)
 
 # (a) the VMM on this host's KVM with the test guest; (b) berth-vmm vs QEMU microvm booting
