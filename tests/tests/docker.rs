@@ -471,7 +471,7 @@ fn api_errors_are_dockers_and_the_daemon_survives() {
     // Options the CLI sends as maps with empty values, or as plain flags, are refused too.
     for (flag, value, named) in [
         ("--volumes-from", Some("other"), "VolumesFrom"),
-        ("--sysctl", Some("kernel.msgmax=65536"), "Sysctls"),
+        ("--storage-opt", Some("size=10G"), "StorageOpt"),
         ("--device", Some("/dev/null"), "Devices"),
     ] {
         let mut args = vec!["create", flag];
@@ -3220,4 +3220,195 @@ fn volumes_keep_data_fill_from_the_image_and_hold_while_in_use() {
         .lines()
         .any(|l| l == data));
     d.docker_ok(&["rmi", &image]);
+}
+
+/// Docker's resource options become the container's cgroup in its VM, seen from inside as
+/// Docker shows it (its own cgroup as the root), and hold: the pids limit stops forks, and
+/// a process outgrowing `-m` is OOM-killed (137, `OOMKilled`). Sysctls are set; what berth
+/// does not do is refused with dockerd's words.
+#[test]
+fn resource_options_limit_the_containers_cgroup_in_its_vm() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let name = unique("limits");
+    d.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-m",
+        "64m",
+        "--memory-reservation",
+        "32m",
+        "--memory-swap",
+        "128m",
+        "--pids-limit",
+        "20",
+        "--cpus",
+        "1.5",
+        "--cpu-shares",
+        "512",
+        "--cpuset-cpus",
+        "0,1",
+        "--sysctl",
+        "kernel.msgmax=65536",
+        "--sysctl",
+        "net.core.somaxconn=1024",
+        "busybox",
+        "sleep",
+        "1000",
+    ]);
+    let seen = d.docker_ok(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "nproc; cat /proc/self/cgroup; cd /sys/fs/cgroup && cat memory.max memory.low \
+         pids.max cpu.weight cpu.max cpuset.cpus /proc/sys/kernel/msgmax \
+         /proc/sys/net/core/somaxconn",
+    ]);
+    assert_eq!(
+        seen.lines().collect::<Vec<_>>(),
+        [
+            "2",
+            "0::/",
+            "67108864",
+            "33554432",
+            "20",
+            "20",
+            "150000 100000",
+            "0-1",
+            "65536",
+            "1024"
+        ],
+        "{seen}"
+    );
+    // The limit on processes holds: forks past it fail (the shell gives up at the first).
+    let forks = d.docker(&[
+        "exec",
+        &name,
+        "sh",
+        "-c",
+        "for i in $(seq 30); do sleep 100 & done; echo all forked",
+    ]);
+    assert!(!forks.stdout.contains("all forked"), "{forks:?}");
+    let pids = d.docker_ok(&[
+        "exec",
+        &name,
+        "cat",
+        "/sys/fs/cgroup/pids.current",
+        "/sys/fs/cgroup/pids.events",
+    ]);
+    let mut lines = pids.lines();
+    let current: u32 = lines.next().and_then(|l| l.parse().ok()).unwrap_or(99);
+    // At most the limit, and the cat itself (moved in after its fork, as an exec is).
+    assert!(current <= 21, "{pids}");
+    let refused: u32 = lines
+        .next()
+        .and_then(|l| l.strip_prefix("max "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "{pids}");
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.PidsLimit}} {{.HostConfig.CpusetCpus}} {{.HostConfig.CpuShares}} \
+             {{.HostConfig.MemoryReservation}} {{.HostConfig.MemorySwap}} {{.HostConfig.NanoCpus}} \
+             {{.HostConfig.Sysctls}}",
+            &name
+        ])
+        .trim(),
+        "20 0,1 512 33554432 134217728 1500000000 map[kernel.msgmax:65536 net.core.somaxconn:1024]"
+    );
+    d.docker_ok(&["rm", "-f", &name]);
+
+    // Outgrowing -m: the guest's OOM killer, in the container's cgroup, as on a host.
+    let oom = unique("oom");
+    let out = d.docker(&[
+        "run",
+        "--name",
+        &oom,
+        "-m",
+        "32m",
+        "busybox",
+        "tail",
+        "/dev/zero",
+    ]);
+    assert_eq!(out.code(), 137, "{out:?}");
+    assert_eq!(
+        d.docker_ok(&[
+            "inspect",
+            "-f",
+            "{{.State.OOMKilled}} {{.State.ExitCode}}",
+            &oom
+        ])
+        .trim(),
+        "true 137"
+    );
+    d.docker_ok(&["rm", &oom]);
+
+    // The API takes the VM's own sysctls (the Docker CLI lets through only its list);
+    // a quota alone sizes the VM and caps it.
+    let api = unique("sysctl");
+    let body = serde_json::json!({
+        "Image": "busybox",
+        "Cmd": ["sh", "-c", "cat /proc/sys/vm/max_map_count /sys/fs/cgroup/cpu.max; nproc"],
+        "HostConfig": {
+            "Sysctls": {"vm.max_map_count": "262144"},
+            "CpuQuota": 150000,
+            "CpuPeriod": 50000
+        }
+    });
+    let r = d.api(
+        "POST",
+        &format!("/v1.41/containers/create?name={api}"),
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        d.docker_ok(&["start", "-a", &api]),
+        "262144\n150000 50000\n3\n"
+    );
+    d.docker_ok(&["rm", &api]);
+
+    // Refused, with dockerd's words or the reason.
+    for (args, words) in [
+        (
+            vec!["--memory-swappiness", "10"],
+            "the container's VM has no swap",
+        ),
+        (
+            vec!["--cpuset-cpus", "0-99"],
+            "Requested CPUs are not available - requested 0-99",
+        ),
+        (
+            vec!["-m", "64m", "--memory-reservation", "128m"],
+            "Minimum memory limit can not be less than memory reservation limit",
+        ),
+        (
+            vec!["--cpus", "1", "--cpu-quota", "50000"],
+            "Conflicting options: Nano CPUs and CPU Quota cannot both be set",
+        ),
+    ] {
+        let mut all = vec!["run", "--rm"];
+        all.extend(&args);
+        all.extend(["busybox", "true"]);
+        let out = d.docker(&all);
+        assert_eq!(out.code(), 125, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(words), "{args:?}: {out:?}");
+    }
+    let r = d.api(
+        "POST",
+        "/v1.41/containers/create",
+        br#"{"Image":"busybox","HostConfig":{"Sysctls":{"kernel.panic":"1"}}}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("sysctl 'kernel.panic' is not allowed"),
+        "{}",
+        r.text()
+    );
 }

@@ -49,6 +49,7 @@ use agent_protocol::{ContainerSpec, DnsConfig, ErrorCode, FsSource};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
+use crate::cgroup::{Cgroup, CgroupError};
 use crate::spawn::{ContainerContext, InitSetup, Join};
 use crate::sys;
 
@@ -133,6 +134,15 @@ pub enum ContainerError {
     Thread(#[source] io::Error),
     #[error("the container setup thread panicked")]
     ThreadPanic,
+    #[error("cannot set up the container's cgroup")]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot set sysctl {name}={value}")]
+    Sysctl {
+        name: String,
+        value: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl ContainerError {
@@ -168,6 +178,9 @@ pub struct Container {
     /// `O_PATH` of the container's `/dev/pts`, for its terminals.
     devpts: OwnedFd,
     dir: PathBuf,
+    /// Its cgroup; `None` where the agent has no cgroup tree (tests on a host), where its
+    /// processes stay in the agent's.
+    cgroup: Option<Cgroup>,
 }
 
 /// Removes a container's state directory unless disarmed.
@@ -183,12 +196,19 @@ impl Drop for DirGuard {
 
 impl Container {
     /// Sets up container `id` per `spec`, keeping its files under
-    /// `<state_dir>/containers/<id>`.
+    /// `<state_dir>/containers/<id>` and its cgroup under `cgroup_root`, if the agent has
+    /// one.
     pub fn create(
         id: &str,
         spec: &ContainerSpec,
         state_dir: &Path,
+        cgroup_root: Option<&Path>,
     ) -> Result<Container, ContainerError> {
+        let cgroup = match cgroup_root {
+            Some(root) => Some(Cgroup::create(root, id, &spec.resources)?),
+            None if !spec.resources.is_unlimited() => return Err(CgroupError::NoTree.into()),
+            None => None,
+        };
         let dir = state_dir.join("containers").join(id);
         let prepare = |path: &Path| {
             let path = path.to_owned();
@@ -222,7 +242,9 @@ impl Container {
         let setup = std::thread::scope(|s| {
             std::thread::Builder::new()
                 .name("container".into())
-                .spawn_scoped(s, || setup(&dir, &staging, spec))
+                .spawn_scoped(s, || {
+                    setup(&dir, &staging, spec, cgroup.as_ref().map(Cgroup::namespace))
+                })
                 .map_err(ContainerError::Thread)?
                 .join()
                 .map_err(|_| ContainerError::ThreadPanic)?
@@ -237,6 +259,7 @@ impl Container {
             root: setup.root,
             devpts: setup.devpts,
             dir,
+            cgroup,
         })
     }
 
@@ -258,6 +281,7 @@ impl Container {
             ipc: self.ns.ipc.as_fd(),
             uts: self.ns.uts.as_fd(),
             cgroup: self.ns.cgroup.as_fd(),
+            cgroup_procs: self.cgroup.as_ref().map(Cgroup::procs),
             mnt: self.ns.mnt.as_fd(),
             init: init.then_some(InitSetup {
                 readonly_root: self.readonly_root,
@@ -357,18 +381,35 @@ fn mask(path: &str) -> Result<(), ContainerError> {
 
 /// The setup thread's work: see the module documentation. Everything it mounts lives in
 /// the namespaces it creates, which die with the thread unless the returned descriptors
-/// keep them.
-fn setup(dir: &Path, staging: &Path, spec: &ContainerSpec) -> Result<Setup, ContainerError> {
+/// keep them. `cgroupns` is the container's cgroup namespace (rooted at its cgroup, which
+/// its cgroup2 mount then shows); without one the thread makes its own.
+fn setup(
+    dir: &Path,
+    staging: &Path,
+    spec: &ContainerSpec,
+    cgroupns: Option<BorrowedFd<'_>>,
+) -> Result<Setup, ContainerError> {
     // CLONE_FS with CLONE_NEWNS: this thread gets its own root and working directory, so
     // the pivot below moves nobody else.
-    nix::sched::unshare(
-        CloneFlags::CLONE_FS
-            | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| ContainerError::Namespaces(nix_err(e)))?;
+    let mut flags = CloneFlags::CLONE_FS
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    match cgroupns {
+        Some(fd) => sys::setns(fd, libc::CLONE_NEWCGROUP).map_err(ContainerError::Namespaces)?,
+        None => flags |= CloneFlags::CLONE_NEWCGROUP,
+    }
+    nix::sched::unshare(flags).map_err(|e| ContainerError::Namespaces(nix_err(e)))?;
+    // In the new IPC namespace, with the agent's /proc still reachable: the IPC sysctls
+    // are the container's own, the rest the VM's.
+    for (name, value) in &spec.sysctls {
+        let path = format!("/proc/sys/{}", name.replace('.', "/"));
+        std::fs::write(&path, value).map_err(|source| ContainerError::Sysctl {
+            name: name.clone(),
+            value: value.clone(),
+            source,
+        })?;
+    }
     let open_ns = |kind| sys::own_namespace(kind).map_err(ContainerError::Namespaces);
     let ns = Namespaces {
         mnt: open_ns("mnt")?,

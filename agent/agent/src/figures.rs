@@ -4,8 +4,8 @@
 //! A container is told by its PID namespace: a process belongs to it when
 //! `/proc/PID/ns/pid` is the namespace its init was started in (device and inode of the
 //! nsfs file). Pids are translated into the container's namespace with the `NSpid` line of
-//! `/proc/PID/status`, so they are those `ps` shows inside the container. Containers have
-//! no cgroup of their own in the VM: CPU time is the sum over the container's processes
+//! `/proc/PID/status`, so they are those `ps` shows inside the container. The figures are
+//! read from `/proc`, not from the container's cgroup: CPU time is the sum over the container's processes
 //! (with `cutime`/`cstime`, the time of the children they reaped), memory, CPU capacity
 //! (uptime times online CPUs: see [`boottime_ns`]) and network counters are the VM's.
 //!

@@ -86,12 +86,15 @@ const MOUNTS: &[Mount] = &[
     },
     Mount {
         source: "cgroup2",
-        target: "/sys/fs/cgroup",
+        target: CGROUP_ROOT,
         fstype: "cgroup2",
         flags: NOSUID_NODEV_NOEXEC,
         data: "",
     },
 ];
+
+/// Where the VM's cgroup2 tree is mounted: containers' cgroups go under it.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Symlinks programs expect in /dev: (link, target).
 const DEV_LINKS: &[(&str, &str)] = &[

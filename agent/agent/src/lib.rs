@@ -11,6 +11,7 @@
 //! socket for tests; only [`init`] is PID-1 specific.
 
 pub mod caps;
+pub mod cgroup;
 pub mod container;
 pub mod figures;
 pub mod identity;
@@ -41,6 +42,9 @@ pub struct Config {
     pub ready: ReadyTarget,
     /// Where containers' generated files live (a tmpfs in the VM).
     pub state_dir: PathBuf,
+    /// The cgroup2 tree containers' cgroups go in (the VM's, mounted at boot); `None`
+    /// for none: containers then share the agent's cgroup and take no limits.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -62,6 +66,7 @@ impl Default for Config {
                 port: agent_protocol::READY_PORT,
             },
             state_dir: PathBuf::from(process::DEFAULT_STATE_DIR),
+            cgroup_root: Some(PathBuf::from(init::CGROUP_ROOT)),
         }
     }
 }
@@ -120,7 +125,10 @@ pub fn run(config: Config) -> Result<Infallible, AgentError> {
         log::warn!("cannot become a child subreaper: {e}");
     }
 
-    let table = Arc::new(ProcessTable::with_state_dir(config.state_dir.clone()));
+    let table = Arc::new(
+        ProcessTable::with_state_dir(config.state_dir.clone())
+            .with_cgroup_root(config.cgroup_root.clone()),
+    );
     let t2 = Arc::clone(&table);
     std::thread::Builder::new()
         .name("signals".into())

@@ -1,6 +1,8 @@
 //! `berth-agent`: PID 1 of a berth microVM (see the library crate). The hidden flags
 //! `--listen-unix PATH` and `--ready-unix PATH` run the same server on the host over Unix
-//! sockets, for tests; `--state-dir DIR` moves the agent's state (default /run/berth).
+//! sockets, for tests; `--state-dir DIR` moves the agent's state (default /run/berth);
+//! `--cgroup-root DIR` names the cgroup2 tree for containers' cgroups (the VM's
+//! `/sys/fs/cgroup` as PID 1; none otherwise, unless given).
 //!
 //! `no_main`: std's runtime start-up reopens closed fds 0-2 on /dev/null and aborts if it
 //! cannot, which as PID 1 of an initramfs without /dev/null would panic the kernel before
@@ -15,13 +17,17 @@ use berth_agent::{init, is_pid1, run, Config, ListenOn};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: berth-agent [--listen-unix PATH] [--ready-unix PATH] [--state-dir DIR] [--version]"
+        "usage: berth-agent [--listen-unix PATH] [--ready-unix PATH] [--state-dir DIR] [--cgroup-root DIR] [--version]"
     );
     std::process::exit(2);
 }
 
 fn parse_args(pid1: bool) -> Config {
     let mut config = Config::default();
+    if !pid1 {
+        // A host's own cgroup tree is not the agent's to carve up.
+        config.cgroup_root = None;
+    }
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         match arg.to_str() {
@@ -35,6 +41,10 @@ fn parse_args(pid1: bool) -> Config {
             },
             Some("--state-dir") => match args.next() {
                 Some(p) => config.state_dir = PathBuf::from(p),
+                None => usage(),
+            },
+            Some("--cgroup-root") => match args.next() {
+                Some(p) => config.cgroup_root = Some(PathBuf::from(p)),
                 None => usage(),
             },
             Some("--version") => {

@@ -206,6 +206,8 @@ pub struct ProcessTable {
     inner: Mutex<Inner>,
     changed: Condvar,
     state_dir: PathBuf,
+    /// The cgroup2 tree containers' cgroups go in; `None`: none (tests on a host).
+    cgroup_root: Option<PathBuf>,
 }
 
 impl Default for ProcessTable {
@@ -229,7 +231,14 @@ impl ProcessTable {
             inner: Mutex::default(),
             changed: Condvar::new(),
             state_dir,
+            cgroup_root: None,
         }
+    }
+
+    /// Containers get their cgroups under `root` (a cgroup2 mount).
+    pub fn with_cgroup_root(mut self, root: Option<PathBuf>) -> Self {
+        self.cgroup_root = root;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -482,7 +491,7 @@ impl ProcessTable {
             }
             inner.creating.insert(id.to_owned());
         }
-        let created = Container::create(id, spec, &self.state_dir);
+        let created = Container::create(id, spec, &self.state_dir, self.cgroup_root.as_deref());
         let mut inner = self.lock();
         inner.creating.remove(id);
         let handles = created.map_err(|source| ProcessError::Setup {

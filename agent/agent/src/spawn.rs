@@ -81,10 +81,11 @@ pub enum Stage {
     Capabilities = 18,
     NoNewPrivileges = 19,
     Init = 20,
+    Cgroup = 21,
 }
 
 impl Stage {
-    const ALL: [Stage; 20] = [
+    const ALL: [Stage; 21] = [
         Stage::Setsid,
         Stage::ControllingTty,
         Stage::Stdio,
@@ -105,6 +106,7 @@ impl Stage {
         Stage::Capabilities,
         Stage::NoNewPrivileges,
         Stage::Init,
+        Stage::Cgroup,
     ];
 
     fn from_u32(v: u32) -> Option<Stage> {
@@ -135,6 +137,7 @@ impl fmt::Display for Stage {
             Stage::Capabilities => "dropping capabilities",
             Stage::NoNewPrivileges => "setting no_new_privs",
             Stage::Init => "starting the program under the container's init",
+            Stage::Cgroup => "entering the container's cgroup",
         })
     }
 }
@@ -545,6 +548,8 @@ pub struct Join<'a> {
     pub ipc: BorrowedFd<'a>,
     pub uts: BorrowedFd<'a>,
     pub cgroup: BorrowedFd<'a>,
+    /// The container's cgroup's `cgroup.procs`, which the child moves itself into first.
+    pub cgroup_procs: Option<BorrowedFd<'a>>,
     /// Last: entering it makes the container's root the child's root.
     pub mnt: BorrowedFd<'a>,
     /// Set for the container's first process.
@@ -682,6 +687,7 @@ pub fn spawn(
             (j.cgroup.as_raw_fd(), libc::CLONE_NEWCGROUP),
             (j.mnt.as_raw_fd(), libc::CLONE_NEWNS),
         ],
+        cgroup_procs: j.cgroup_procs.map(|fd| fd.as_raw_fd()),
         init: j.init,
     });
     // SAFETY: fork has no memory-safety preconditions of its own; the child branch below
@@ -710,6 +716,7 @@ pub fn spawn(
 /// [`Join`] as plain numbers, for the child.
 struct RawJoin {
     ns: [(RawFd, libc::c_int); 4],
+    cgroup_procs: Option<RawFd>,
     init: Option<InitSetup>,
 }
 
@@ -738,6 +745,13 @@ unsafe fn child(p: &Prepared, stdio: [RawFd; 3], join: Option<&RawJoin>, report:
             fail(report, Stage::Setsid);
         }
         if let Some(j) = join {
+            // Into the container's cgroup before anything of it runs: its limits hold
+            // from the first instruction on ("0" is the writer).
+            if let Some(procs) = j.cgroup_procs {
+                if libc::write(procs, c"0".as_ptr().cast(), 1) < 0 {
+                    fail(report, Stage::Cgroup);
+                }
+            }
             for (fd, nstype) in j.ns {
                 if libc::setns(fd, nstype) < 0 {
                     fail(report, Stage::Namespaces);
@@ -1180,10 +1194,10 @@ mod tests {
         assert_eq!(child_exit_code(Stage::Exec, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Lookup, libc::ENOENT), 127);
         assert_eq!(child_exit_code(Stage::Exec, libc::EACCES), 126);
-        for v in 1..=20 {
+        for v in 1..=21 {
             assert_eq!(Stage::from_u32(v).map(|s| s as u32), Some(v));
         }
         assert_eq!(Stage::from_u32(0), None);
-        assert_eq!(Stage::from_u32(21), None);
+        assert_eq!(Stage::from_u32(22), None);
     }
 }

@@ -1051,3 +1051,43 @@ fn a_containers_processes_and_figures_are_its_own() {
     let e = c.stats("c1").unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidState), "{e}");
 }
+
+/// Sysctls are set in the container's own IPC namespace (the host's stays as it was); an
+/// agent without a cgroup tree (this one, on a host) refuses limits rather than ignore them.
+#[test]
+fn sysctls_are_the_containers_and_limits_need_a_cgroup_tree() {
+    if !available() {
+        return;
+    }
+    let host_msgmax = std::fs::read_to_string("/proc/sys/kernel/msgmax").unwrap();
+    let a = TestAgent::start("sysctl");
+    let mut c = a.client();
+    let mut spec = dir_spec(&a.rootfs("root"), "h");
+    let wanted = if host_msgmax.trim() == "12345" {
+        "23456"
+    } else {
+        "12345"
+    };
+    spec.sysctls = vec![("kernel.msgmax".into(), wanted.into())];
+    c.create_container("s1", &spec).unwrap();
+    let out = run(&mut c, "p1", sh_in("s1", "cat /proc/sys/kernel/msgmax"));
+    assert_eq!(out.status, exited(0), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), wanted);
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/msgmax").unwrap(),
+        host_msgmax
+    );
+    // A sysctl the kernel does not have: the container is not made, and says which.
+    let mut spec = dir_spec(&a.rootfs("root2"), "h");
+    spec.sysctls = vec![("kernel.no_such_sysctl".into(), "1".into())];
+    let e = c.create_container("s2", &spec).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SetupFailed), "{e}");
+    assert!(e.to_string().contains("kernel.no_such_sysctl"), "{e}");
+    let mut spec = dir_spec(&a.rootfs("root3"), "h");
+    spec.resources.pids_max = Some(10);
+    let e = c.create_container("s3", &spec).unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::SetupFailed), "{e}");
+    assert!(e.to_string().contains("no cgroup tree"), "{e}");
+    c.create_container("s3", &dir_spec(&a.rootfs("root4"), "h"))
+        .unwrap();
+}

@@ -41,9 +41,9 @@ use agent_protocol::{
     PROTOCOL_VERSION,
 };
 pub use agent_protocol::{
-    ContainerSpec, CpuFigures, DnsConfig, ErrorCode, ExitStatus, FsSource, GuestStats, HostsEntry,
-    InterfaceCounters, MemoryFigures, MountSpec, ProcessInfo, ProcessList, ProcessSpec,
-    ProtocolVersion, Rlimit, RlimitResource, StdioStream, TtySize,
+    ContainerSpec, CpuFigures, CpuMax, DnsConfig, ErrorCode, ExitStatus, FsSource, GuestStats,
+    HostsEntry, InterfaceCounters, MemoryFigures, MountSpec, ProcessInfo, ProcessList, ProcessSpec,
+    ProtocolVersion, Resources, Rlimit, RlimitResource, StdioStream, TtySize,
 };
 pub use dial::{dial_hybrid_vsock, DialError, Endpoint};
 pub use ready::{ready_socket_path, ReadyListener};
@@ -509,6 +509,9 @@ impl AgentClient {
             .any(|m| matches!(m.source, agent_protocol::FsSource::Tmpfs { .. }))
         {
             self.require_minor("create_container", agent_protocol::TMPFS_MINOR)?;
+        }
+        if !spec.resources.is_unlimited() || !spec.sysctls.is_empty() {
+            self.require_minor("create_container", agent_protocol::RESOURCES_MINOR)?;
         }
         self.call_ok(&Request::CreateContainer {
             id: id.to_owned(),

@@ -63,11 +63,22 @@
 //! (with that of the children they have reaped), the VM's total CPU time (uptime times
 //! online CPUs), busy CPU time and online CPUs (`/proc/stat`), its memory (`/proc/meminfo`, `/proc/vmstat`), the number of
 //! the container's processes, and the counters of the VM's interfaces but `lo`
-//! (`/proc/net/dev`). Containers have no cgroup of their own in the VM, so memory and
-//! network are the VM's: the container is its only tenant besides the agent. Both are read
+//! (`/proc/net/dev`). Memory and network are the VM's (not the container's cgroup's, which
+//! 1.8 added): the container is its only tenant besides the agent. Both are read
 //! from `/proc` on the connection's thread, nothing kept between requests; a container
 //! whose init has not started or has exited is `InvalidState`. Hosts check for
 //! [`FIGURES_MINOR`] first, as `agent-client` does.
+//!
+//! # Resources (1.8)
+//! Every container gets a cgroup of its own in the guest, and a cgroup namespace rooted at
+//! it, as Docker gives one on cgroup v2: its processes (init and every exec) are moved into
+//! it before they run, and its `/sys/fs/cgroup` shows that cgroup as the root.
+//! [`ContainerSpec::resources`] sets its limits (`memory.max`, `memory.low`, `pids.max`,
+//! `cpu.weight`, `cpu.max`, `cpuset.cpus`); [`ContainerSpec::sysctls`] are written under
+//! `/proc/sys` as the container is created, in its IPC namespace (which sysctls a host
+//! may ask for is the host's policy: the agent only checks that a name is a dotted sysctl
+//! name). An agent without a cgroup tree (run on a host for tests) refuses a spec with
+//! limits (`SetupFailed`). Hosts check for [`RESOURCES_MINOR`] first.
 //!
 //! # Compatibility
 //! A minor version may add request types, optional fields (with serde defaults) and error
@@ -88,9 +99,9 @@ pub use figures::{
 };
 pub use frame::{decode, encode, read_frame, read_frame_body, write_frame, FrameError};
 pub use messages::{
-    ConnectionHeader, ContainerSpec, DnsConfig, ErrorCode, ExitStatus, FsSource, HostsEntry,
-    InterfaceConfig, MountSpec, Notification, ProcessSpec, ProtocolVersion, Request, Response,
-    Rlimit, RlimitResource, StdioStream, TtySize,
+    ConnectionHeader, ContainerSpec, CpuMax, DnsConfig, ErrorCode, ExitStatus, FsSource,
+    HostsEntry, InterfaceConfig, MountSpec, Notification, ProcessSpec, ProtocolVersion, Request,
+    Resources, Response, Rlimit, RlimitResource, StdioStream, TtySize,
 };
 pub use parse::{parse_header, parse_request, ParseError};
 pub use validate::{
@@ -99,8 +110,9 @@ pub use validate::{
     MAX_DNS_NAME_LEN, MAX_ENV, MAX_GROUP_ADD, MAX_HOSTNAME_LEN, MAX_HOSTS_ENTRIES, MAX_INTERFACES,
     MAX_LISTED_INTERFACES, MAX_LISTED_PROCESSES, MAX_MESSAGE_LEN, MAX_MOUNTS, MAX_NAMES_PER_HOST,
     MAX_PATH_LEN, MAX_PROCESS_ID_LEN, MAX_PS_ARGS_LEN, MAX_PS_COMM_LEN, MAX_PS_USER_LEN,
-    MAX_REFRESH_ENTROPY, MAX_SHUTDOWN_GRACE_MS, MAX_TMPFS_OPTIONS, MAX_USER_LEN,
-    MAX_VERSION_STRING_LEN, MAX_VIRTIOFS_TAG_LEN, MIN_REFRESH_ENTROPY, TMPFS_FLAGS,
+    MAX_REFRESH_ENTROPY, MAX_SHUTDOWN_GRACE_MS, MAX_SYSCTLS, MAX_SYSCTL_NAME_LEN,
+    MAX_SYSCTL_VALUE_LEN, MAX_TMPFS_OPTIONS, MAX_USER_LEN, MAX_VERSION_STRING_LEN,
+    MAX_VIRTIOFS_TAG_LEN, MIN_REFRESH_ENTROPY, TMPFS_FLAGS,
 };
 
 /// The vsock port the agent listens on (guest side).
@@ -114,7 +126,7 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME_LEN: usize = 1 << 20;
 
 /// The protocol version this crate speaks.
-pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 7 };
+pub const PROTOCOL_VERSION: ProtocolVersion = ProtocolVersion { major: 1, minor: 8 };
 
 /// The first minor version (of major 1) with containers: [`Request::CreateContainer`],
 /// [`Request::DeleteContainer`] and the container fields of [`ProcessSpec`].
@@ -141,3 +153,7 @@ pub const INIT_PRIVILEGED_MINOR: u16 = 6;
 /// The first minor version (of major 1) with [`FsSource::Tmpfs`] mounts: an older agent
 /// would refuse the spec it cannot read, so hosts check first and say why.
 pub const TMPFS_MINOR: u16 = 7;
+
+/// The first minor version (of major 1) with [`ContainerSpec::resources`] and
+/// [`ContainerSpec::sysctls`]: an older agent would ignore both, so hosts check first.
+pub const RESOURCES_MINOR: u16 = 8;

@@ -285,6 +285,53 @@ pub struct ContainerSpec {
     /// are their own ([`ProcessSpec::capabilities`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub privileged: bool,
+    /// (1.8) Limits on the container's cgroup in the guest (Docker's resource options).
+    #[serde(default, skip_serializing_if = "Resources::is_unlimited")]
+    pub resources: Resources,
+    /// (1.8) Docker's `--sysctl`: `(name, value)` with dotted names (`kernel.msgmax`), set
+    /// as the container is created, in its IPC namespace; the rest are the VM's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysctls: Vec<(String, String)>,
+}
+
+/// (1.8) What the container's cgroup in the guest is limited to. Every container gets a
+/// cgroup of its own (and a cgroup namespace rooted at it); these set its controllers'
+/// files, and `None` leaves a file at the kernel's default (no limit).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `memory.max` in bytes (Docker's `--memory`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
+    /// `memory.low` in bytes (Docker's `--memory-reservation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_low: Option<u64>,
+    /// `pids.max` (Docker's `--pids-limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids_max: Option<u64>,
+    /// `cpu.weight`, 1 to 10000 (Docker's `--cpu-shares`, converted as runc converts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
+    /// `cpu.max`: a quota of CPU time per period, both in microseconds (Docker's
+    /// `--cpus`, `--cpu-quota`, `--cpu-period`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<CpuMax>,
+    /// `cpuset.cpus`: a list such as `0-2,4` (Docker's `--cpuset-cpus`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuset_cpus: Option<String>,
+}
+
+/// A CPU bandwidth limit: `quota_us` of CPU time every `period_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuMax {
+    pub quota_us: u64,
+    pub period_us: u64,
+}
+
+impl Resources {
+    /// Whether no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        *self == Resources::default()
+    }
 }
 
 impl ContainerSpec {
@@ -300,6 +347,8 @@ impl ContainerSpec {
             shm_size: None,
             mounts: Vec::new(),
             privileged: false,
+            resources: Resources::default(),
+            sysctls: Vec::new(),
         }
     }
 }
@@ -612,6 +661,18 @@ mod tests {
                 readonly: true,
             }],
             privileged: true,
+            resources: Resources {
+                memory_max: Some(64 << 20),
+                memory_low: Some(32 << 20),
+                pids_max: Some(100),
+                cpu_weight: Some(39),
+                cpu_max: Some(CpuMax {
+                    quota_us: 50_000,
+                    period_us: 100_000,
+                }),
+                cpuset_cpus: Some("0-1".into()),
+            },
+            sysctls: vec![("kernel.msgmax".into(), "65536".into())],
         }
     }
 

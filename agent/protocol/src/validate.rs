@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use crate::figures::{GuestStats, InterfaceCounters, ProcessInfo, ProcessList};
 use crate::messages::{
     ConnectionHeader, ContainerSpec, DnsConfig, FsSource, HostsEntry, InterfaceConfig, MountSpec,
-    Notification, ProcessSpec, Request, Response,
+    Notification, ProcessSpec, Request, Resources, Response,
 };
 
 /// Longest process id, in bytes.
@@ -51,6 +51,12 @@ pub const MAX_USER_LEN: usize = 256;
 pub const MAX_GROUP_ADD: usize = 1024;
 /// Most volumes and bind mounts in one container.
 pub const MAX_MOUNTS: usize = 256;
+/// Most sysctls per container, longest name and longest value.
+pub const MAX_SYSCTLS: usize = 128;
+pub const MAX_SYSCTL_NAME_LEN: usize = 256;
+pub const MAX_SYSCTL_VALUE_LEN: usize = 4096;
+/// The longest `cpuset.cpus` list.
+const MAX_CPUSET_LEN: usize = 256;
 /// Most capabilities (Linux has fewer than 64).
 pub const MAX_CAPABILITIES: usize = 64;
 /// Longest capability name.
@@ -470,6 +476,84 @@ impl ContainerSpec {
         for m in &self.mounts {
             m.validate()?;
         }
+        self.resources.validate()?;
+        check_count("sysctls", self.sysctls.len(), MAX_SYSCTLS)?;
+        for (name, value) in &self.sysctls {
+            check_sysctl(name, value)?;
+        }
+        Ok(())
+    }
+}
+
+/// A sysctl's dotted name becomes a path under `/proc/sys`: only lowercase words of
+/// `[a-z0-9_-]` joined by single dots, so it can name nothing else. Its value is one line.
+fn check_sysctl(name: &str, value: &str) -> Result<(), ValidationError> {
+    if name.len() > MAX_SYSCTL_NAME_LEN {
+        return Err(ValidationError::TooLong {
+            field: "sysctl name",
+            len: name.len(),
+            max: MAX_SYSCTL_NAME_LEN,
+        });
+    }
+    let word_ok = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    if !name.split('.').all(word_ok) || !name.contains('.') {
+        return Err(invalid(
+            "sysctl name",
+            format!("{name:?} is not a dotted sysctl name"),
+        ));
+    }
+    if value.len() > MAX_SYSCTL_VALUE_LEN {
+        return Err(ValidationError::TooLong {
+            field: "sysctl value",
+            len: value.len(),
+            max: MAX_SYSCTL_VALUE_LEN,
+        });
+    }
+    if value.contains(['\0', '\n']) {
+        return Err(invalid("sysctl value", "must be one line"));
+    }
+    Ok(())
+}
+
+impl Resources {
+    /// Checks each limit against what its cgroup file takes.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if self.pids_max == Some(0) {
+            return Err(invalid("pids_max", "must not be 0"));
+        }
+        if let Some(w) = self.cpu_weight {
+            if !(1..=10_000).contains(&w) {
+                return Err(invalid("cpu_weight", "must be 1 to 10000"));
+            }
+        }
+        if let Some(c) = self.cpu_max {
+            if !(1_000..=1_000_000).contains(&c.period_us) {
+                return Err(invalid("cpu_max", "the period must be 1000 to 1000000 us"));
+            }
+            if c.quota_us < 1_000 || c.quota_us > (1 << 40) {
+                return Err(invalid("cpu_max", "the quota must be 1000 us or more"));
+            }
+        }
+        if let Some(cpus) = &self.cpuset_cpus {
+            if cpus.len() > MAX_CPUSET_LEN {
+                return Err(ValidationError::TooLong {
+                    field: "cpuset_cpus",
+                    len: cpus.len(),
+                    max: MAX_CPUSET_LEN,
+                });
+            }
+            if cpus.is_empty()
+                || !cpus
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
+            {
+                return Err(invalid("cpuset_cpus", "must be a list such as 0-2,4"));
+            }
+        }
         Ok(())
     }
 }
@@ -861,7 +945,9 @@ impl Notification {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ErrorCode, Rlimit, RlimitResource, StdioStream, TtySize, PROTOCOL_VERSION};
+    use crate::{
+        CpuMax, ErrorCode, Rlimit, RlimitResource, StdioStream, TtySize, PROTOCOL_VERSION,
+    };
 
     fn spec() -> ProcessSpec {
         ProcessSpec::new(["/bin/true"])
@@ -1209,6 +1295,40 @@ mod tests {
                 }),
             ),
             ("zero shm", Box::new(|c| c.shm_size = Some(0))),
+            (
+                "sysctl path",
+                Box::new(|c| c.sysctls = vec![("kernel/../../etc".into(), "1".into())]),
+            ),
+            (
+                "sysctl word",
+                Box::new(|c| c.sysctls = vec![("kernel..msgmax".into(), "1".into())]),
+            ),
+            (
+                "sysctl bare",
+                Box::new(|c| c.sysctls = vec![("hostname".into(), "x".into())]),
+            ),
+            (
+                "sysctl lines",
+                Box::new(|c| c.sysctls = vec![("kernel.msgmax".into(), "1\n2".into())]),
+            ),
+            ("zero pids", Box::new(|c| c.resources.pids_max = Some(0))),
+            (
+                "weight",
+                Box::new(|c| c.resources.cpu_weight = Some(10_001)),
+            ),
+            (
+                "period",
+                Box::new(|c| {
+                    c.resources.cpu_max = Some(CpuMax {
+                        quota_us: 50_000,
+                        period_us: 10,
+                    })
+                }),
+            ),
+            (
+                "cpuset",
+                Box::new(|c| c.resources.cpuset_cpus = Some("0-1\n".into())),
+            ),
             (
                 "mount on /",
                 Box::new(|c| {

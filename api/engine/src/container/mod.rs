@@ -19,6 +19,7 @@ mod net;
 mod pause;
 pub mod ps;
 pub mod record;
+pub mod resources;
 mod restart;
 pub mod sandbox;
 pub mod spec;
@@ -546,6 +547,9 @@ impl Containers {
             container_spec.shm_size = Some(record.host_config.shm_size as u64);
         }
         container_spec.mounts = mounts::agent_mounts(&record.host_config.mounts);
+        let hc = &record.host_config;
+        container_spec.resources = hc.limits.agent_resources(hc.memory, hc.nano_cpus);
+        container_spec.sysctls = hc.limits.agent_sysctls();
         let binds = mounts::shares(&record.host_config.mounts);
         // Its network: an address and a tap on the bridge, its ports bound (a port in use
         // fails here, before anything of the container runs).

@@ -166,6 +166,9 @@ pub struct HostConfig {
     /// How its VM starts (the `io.berth.start` annotation); `None`: the daemon's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<crate::StartPath>,
+    /// The resource options applied to its cgroup in the guest.
+    #[serde(default)]
+    pub limits: super::resources::Limits,
 }
 
 /// One host side of a published port, as asked (`HostIp`, `HostPort`; empty: any).
@@ -244,19 +247,33 @@ impl HostConfig {
         }
     }
 
-    /// vCPUs for the VM: `--cpus` rounded up.
+    /// vCPUs for the VM: `--cpus` rounded up, or what `--cpuset-cpus` and `--cpu-quota`
+    /// need, whichever is more.
     pub fn vcpus(&self) -> u8 {
-        if self.nano_cpus <= 0 {
+        let whole = (self.nano_cpus.max(0) + 999_999_999) / 1_000_000_000;
+        let need = u32::try_from(whole)
+            .unwrap_or(u32::MAX)
+            .max(self.limits.vcpus());
+        if need == 0 {
             return DEFAULT_VCPUS;
         }
-        let whole = (self.nano_cpus + 999_999_999) / 1_000_000_000;
-        whole.clamp(1, 64) as u8
+        need.clamp(1, super::resources::MAX_VCPUS) as u8
     }
 
     /// How its output is kept. Checked at create; a record that no longer reads (written
     /// by a berth that accepted more) says why at start.
     pub fn log_config(&self) -> Result<LogConfig, LogConfigError> {
         LogConfig::parse(&self.log_type, &self.log_options)
+    }
+
+    /// What the container's memory is held to, in bytes: its VM's size, or `-m` where
+    /// that is below the smallest VM (its cgroup in the VM is capped there).
+    pub fn memory_limit_bytes(&self) -> u64 {
+        let vm = self.mem_mib().saturating_mul(1 << 20);
+        match u64::try_from(self.memory) {
+            Ok(m) if m > 0 => m.min(vm),
+            _ => vm,
+        }
     }
 
     /// Guest memory in MiB: `--memory`.

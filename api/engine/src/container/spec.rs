@@ -183,6 +183,14 @@ const HOST_CONFIG_FIELDS: &[&str] = &[
     "ExtraHosts",
     "Memory",
     "NanoCpus",
+    "MemoryReservation",
+    "MemorySwap",
+    "CpuShares",
+    "CpuPeriod",
+    "CpuQuota",
+    "CpusetCpus",
+    "PidsLimit",
+    "Sysctls",
     "Privileged",
     "Init",
     "ConsoleSize",
@@ -223,6 +231,19 @@ fn refusal(field: &str) -> &'static str {
             "legacy links are not supported: put the containers on a user-defined network, where they find each other by name"
         }
         "MacAddress" => "a container's MAC address is derived from its IP address",
+        "MemorySwappiness" => "the container's VM has no swap",
+        "OomKillDisable" => {
+            "the guest kernel's OOM killer is what reports a container out of memory (exit 137, OOMKilled)"
+        }
+        "CpusetMems" => "a container's VM has a single memory node",
+        "StorageOpt" => {
+            "a container's root is an overlay on the host's file system, served over virtio-fs, with no size of its own"
+        }
+        "BlkioWeight" | "BlkioWeightDevice" | "BlkioDeviceReadBps" | "BlkioDeviceWriteBps"
+        | "BlkioDeviceReadIOps" | "BlkioDeviceWriteIOps" => {
+            "the guest has no block device: its files are served by the host over virtio-fs"
+        }
+        "KernelMemory" | "KernelMemoryTCP" => "kernel memory limits are gone from cgroup v2",
         _ => "the option is not implemented yet",
     }
 }
@@ -806,6 +827,21 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     let tmpfs = string_map(hc.get("Tmpfs"), "Tmpfs")?;
     let mounts = super::mounts::parse_all(&binds, &mount_requests, &tmpfs)?;
     crate::volume::check_driver(&string(hc.get("VolumeDriver"), "VolumeDriver")?)?;
+    let pids_limit = match hc.get("PidsLimit") {
+        None | Some(Value::Null) => None,
+        v => Some(int(v, "PidsLimit")?),
+    };
+    let limits = super::resources::Limits {
+        memory_reservation: int(hc.get("MemoryReservation"), "MemoryReservation")?,
+        memory_swap: int(hc.get("MemorySwap"), "MemorySwap")?,
+        cpu_shares: int(hc.get("CpuShares"), "CpuShares")?,
+        cpu_period: int(hc.get("CpuPeriod"), "CpuPeriod")?,
+        cpu_quota: int(hc.get("CpuQuota"), "CpuQuota")?,
+        cpuset_cpus: string(hc.get("CpusetCpus"), "CpusetCpus")?,
+        pids_limit,
+        sysctls: string_map(hc.get("Sysctls"), "Sysctls")?,
+    };
+    limits.check(memory, nano_cpus)?;
     let shm_size = int(hc.get("ShmSize"), "ShmSize")?;
     if shm_size < 0 {
         return Err(EngineError::InvalidArgument(
@@ -842,6 +878,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
         group_add,
         ulimits,
         security_opt,
+        limits,
     })
 }
 
@@ -1215,7 +1252,7 @@ mod tests {
                 "plugin \"nfs\" not found",
             ),
             ("/HostConfig/ShmSize", json!(-1), "SHM size"),
-            ("/HostConfig/CpuShares", json!(512), "CpuShares"),
+            ("/HostConfig/CpusetMems", json!("0"), "single memory node"),
             ("/HostConfig/NetworkMode", json!("host"), "network host"),
             (
                 "/HostConfig/RestartPolicy",

@@ -5,7 +5,7 @@
 //! What the figures mean in a VM: the container's CPU time is that of its processes in the
 //! guest (children they reaped included); the system's CPU time, online CPUs, memory and
 //! network counters are the VM's, of which the container is the only tenant besides the
-//! agent. The memory limit is the VM's size (`--memory`). None of it counts what the VM
+//! agent. The memory limit is the VM's size (`--memory`; a smaller `-m` caps the container's cgroup in it). None of it counts what the VM
 //! costs this host: the VMM process's private memory and CPU time are given apart
 //! ([`VmmFigures`]), never mixed into the guest's figures.
 
@@ -45,7 +45,7 @@ pub struct StatsSample {
     /// When berth read it (this host's clock).
     pub read: SystemTime,
     pub guest: GuestStats,
-    /// The VM's size: its memory limit.
+    /// What the container's memory is held to: the VM's size, or `-m` below it.
     pub memory_limit_bytes: u64,
     /// `None` when its `/proc` entries could not be read (it is ending).
     pub vmm: Option<VmmFigures>,
@@ -152,9 +152,13 @@ impl Containers {
     /// One reading of a container's figures; `None` when it is not running (Docker then
     /// answers an empty sample).
     pub async fn stats(&self, c: &Container) -> Result<Option<StatsSample>> {
-        let (status, paused, mem_mib) = {
+        let (status, paused, limit) = {
             let r = c.record.lock().await;
-            (r.state.status, r.state.paused, r.host_config.mem_mib())
+            (
+                r.state.status,
+                r.state.paused,
+                r.host_config.memory_limit_bytes(),
+            )
         };
         if status != Status::Running {
             return Ok(None);
@@ -182,7 +186,7 @@ impl Containers {
         Ok(Some(StatsSample {
             read: SystemTime::now(),
             guest,
-            memory_limit_bytes: mem_mib.saturating_mul(1 << 20),
+            memory_limit_bytes: limit,
             vmm,
         }))
     }
