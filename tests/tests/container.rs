@@ -333,6 +333,7 @@ fn a_container_from_a_virtiofs_share() {
         source: FsSource::Virtiofs { tag: "vol0".into() },
         destination: "/var/lib/data".into(),
         readonly: false,
+        file: None,
     }];
     c.create_container("web", &spec).unwrap();
     let mut p = sh_in(

@@ -2868,6 +2868,13 @@ fn binds_tmpfs_and_read_only_roots() {
     // Planted as a hostile image or user would: they must resolve inside the container.
     std::os::unix::fs::symlink("/etc", rw.join("etc-link")).unwrap();
     std::os::unix::fs::symlink("../secret", rw.join("up-link")).unwrap();
+    // Files bound alone; their neighbours must stay out of reach.
+    let conf = host.join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(conf.join("app.conf"), "setting=1\n").unwrap();
+    std::fs::write(conf.join("ro.conf"), "fixed\n").unwrap();
+    std::fs::write(conf.join("neighbour"), "private\n").unwrap();
+    let (app_conf, ro_conf) = (conf.join("app.conf"), conf.join("ro.conf"));
     let made = host.join("made/by/run");
     let name = unique("binds");
     let (rw_s, ro_s, made_s) = (
@@ -2888,6 +2895,13 @@ fn binds_tmpfs_and_read_only_roots() {
         &format!("type=bind,source={ro_s},target=/srv/ro,readonly"),
         "-v",
         &format!("{made_s}:/made:rw"),
+        "-v",
+        &format!("{}:/etc/app.conf", app_conf.display()),
+        "--mount",
+        &format!(
+            "type=bind,source={},target=/opt/ro.conf,readonly",
+            ro_conf.display()
+        ),
         "--tmpfs",
         "/scratch:size=1m,mode=1770",
         "--mount",
@@ -2927,6 +2941,31 @@ fn binds_tmpfs_and_read_only_roots() {
     std::fs::write(rw.join("live"), "changed on the host\n").unwrap();
     let out = sh("cat /data/live");
     assert_eq!(out.stdout, "changed on the host\n", "{out:?}");
+
+    // Single files: read and written both ways, read-only held by the VMM, and the rest
+    // of their directory nowhere in the container.
+    let out = sh(
+        "cat /etc/app.conf /opt/ro.conf; echo setting=2 >> /etc/app.conf && echo file rw; \
+         echo x > /opt/ro.conf 2>/dev/null || echo file ro; \
+         grep -rl private /etc /opt /data /srv /made 2>/dev/null || echo no neighbour",
+    );
+    assert_eq!(
+        out.stdout, "setting=1\nfixed\nfile rw\nfile ro\nno neighbour\n",
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&app_conf).unwrap(),
+        "setting=1\nsetting=2\n"
+    );
+    assert_eq!(std::fs::read_to_string(&ro_conf).unwrap(), "fixed\n");
+    std::fs::write(&app_conf, "setting=3\n").unwrap();
+    let out = sh("cat /etc/app.conf");
+    assert_eq!(out.stdout, "setting=3\n", "{out:?}");
+    let out = d.docker_ok(&["cp", &format!("{name}:/etc/app.conf"), "-"]);
+    assert!(
+        out.contains("app.conf") && out.contains("setting=3"),
+        "{out}"
+    );
 
     // docker cp goes through the binds; the read-only root, a read-only bind and a tmpfs
     // are refused by name.
@@ -2978,7 +3017,9 @@ fn binds_tmpfs_and_read_only_roots() {
         [
             format!("\"bind\" \"{rw_s}\" \"/data\" true"),
             format!("\"bind\" \"{made_s}\" \"/made\" true"),
+            format!("\"bind\" \"{}\" \"/etc/app.conf\" true", app_conf.display()),
             format!("\"bind\" \"{ro_s}\" \"/srv/ro\" false"),
+            format!("\"bind\" \"{}\" \"/opt/ro.conf\" false", ro_conf.display()),
             "\"tmpfs\" \"\" \"/t2\" true".to_string(),
             "\"tmpfs\" \"\" \"/scratch\" true".to_string(),
         ],
@@ -2991,12 +3032,15 @@ fn binds_tmpfs_and_read_only_roots() {
     );
 
     // Refused at create, by name, with nothing made.
-    let file = host.join("secret");
+    let fifo = host.join("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
     let missing = host.join("missing");
     for (args, says) in [
         (
-            vec!["-v".to_string(), format!("{}:/f", file.display())],
-            "single file",
+            vec!["-v".to_string(), format!("{}:/f", fifo.display())],
+            "only directories and regular files",
         ),
         (
             vec![

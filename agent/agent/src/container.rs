@@ -721,6 +721,8 @@ fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, Cont
             source,
         };
         std::fs::create_dir_all(dir.join("mounts")).map_err(prepare)?;
+        // What is attached: the staging mount, or one file of it.
+        let mut attached = staging_str.clone();
         let file = match &m.source {
             FsSource::Directory { path } => {
                 let meta = std::fs::metadata(path).map_err(|source| ContainerError::Mount {
@@ -753,7 +755,14 @@ fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, Cont
                     None::<&str>,
                 )
                 .map_err(mount_err(&format!("virtiofs {tag}"), &m.destination))?;
-                false
+                match &m.file {
+                    // A bind of one file: the share is its directory, with it alone in it.
+                    Some(name) => {
+                        attached = format!("{staging_str}/{name}");
+                        true
+                    }
+                    None => false,
+                }
             }
             FsSource::Tmpfs { options } => {
                 std::fs::create_dir(&staging).map_err(prepare)?;
@@ -769,12 +778,11 @@ fn prepare_volumes(dir: &Path, spec: &ContainerSpec) -> Result<Vec<Volume>, Cont
                 false
             }
         };
-        let tree =
-            sys::clone_mount(&staging_str, true).map_err(|source| ContainerError::Mount {
-                what: staging_str.clone(),
-                target: "a detached mount".to_owned(),
-                source,
-            })?;
+        let tree = sys::clone_mount(&attached, true).map_err(|source| ContainerError::Mount {
+            what: attached.clone(),
+            target: "a detached mount".to_owned(),
+            source,
+        })?;
         if m.readonly {
             sys::make_tree_readonly(tree.as_fd()).map_err(|source| ContainerError::Mount {
                 what: "read-only".to_owned(),

@@ -932,16 +932,19 @@ fn volumes_and_bind_mounts() {
             source: dir(&sub),
             destination: "/srv/data/sub".into(),
             readonly: true,
+            file: None,
         },
         MountSpec {
             source: dir(&data),
             destination: "/srv/data".into(),
             readonly: false,
+            file: None,
         },
         MountSpec {
             source: dir(&conf),
             destination: "/etc/app/app.conf".into(),
             readonly: true,
+            file: None,
         },
         MountSpec {
             source: FsSource::Tmpfs {
@@ -951,6 +954,7 @@ fn volumes_and_bind_mounts() {
             },
             destination: "/scratch".into(),
             readonly: false,
+            file: None,
         },
     ];
     c.create_container("c1", &spec).unwrap();
@@ -986,6 +990,7 @@ fn volumes_and_bind_mounts() {
         source: dir(&a.dir.join("missing")),
         destination: "/x".into(),
         readonly: false,
+        file: None,
     }];
     let e = c.create_container("c2", &spec).unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::SetupFailed), "{e}");

@@ -510,7 +510,10 @@ impl AgentClient {
         {
             self.require_minor("create_container", agent_protocol::TMPFS_MINOR)?;
         }
-        if !spec.resources.is_unlimited() || !spec.sysctls.is_empty() {
+        if !spec.resources.is_unlimited()
+            || !spec.sysctls.is_empty()
+            || spec.mounts.iter().any(|m| m.file.is_some())
+        {
             self.require_minor("create_container", agent_protocol::RESOURCES_MINOR)?;
         }
         self.call_ok(&Request::CreateContainer {

@@ -154,6 +154,7 @@ pub const INIT_PRIVILEGED_MINOR: u16 = 6;
 /// would refuse the spec it cannot read, so hosts check first and say why.
 pub const TMPFS_MINOR: u16 = 7;
 
-/// The first minor version (of major 1) with [`ContainerSpec::resources`] and
-/// [`ContainerSpec::sysctls`]: an older agent would ignore both, so hosts check first.
+/// The first minor version (of major 1) with [`ContainerSpec::resources`],
+/// [`ContainerSpec::sysctls`] and [`MountSpec::file`]: an older agent would ignore them, so
+/// hosts check first.
 pub const RESOURCES_MINOR: u16 = 8;

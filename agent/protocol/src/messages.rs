@@ -230,6 +230,10 @@ pub struct MountSpec {
     /// Mounted read-only (`:ro`), recursively.
     #[serde(default)]
     pub readonly: bool,
+    /// (1.8) A bind of one file: the entry of the share (a [`FsSource::Virtiofs`] one) that
+    /// is mounted, on a file made at `destination` if missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
 }
 
 /// (1.1) One line of the container's `/etc/hosts`: an address and its names.
@@ -659,6 +663,7 @@ mod tests {
                 source: FsSource::Virtiofs { tag: "vol1".into() },
                 destination: "/data".into(),
                 readonly: true,
+                file: None,
             }],
             privileged: true,
             resources: Resources {

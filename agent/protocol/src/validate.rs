@@ -412,6 +412,19 @@ impl MountSpec {
         if self.destination.split('/').any(|c| c == "..") {
             return Err(invalid("mount destination", "must not contain '..'"));
         }
+        if let Some(file) = &self.file {
+            if !matches!(self.source, FsSource::Virtiofs { .. }) {
+                return Err(invalid("mount file", "only a virtio-fs share has one"));
+            }
+            if file.is_empty()
+                || file == "."
+                || file == ".."
+                || file.len() > 255
+                || file.contains(['/', '\0'])
+            {
+                return Err(invalid("mount file", "must be one path component"));
+            }
+        }
         Ok(())
     }
 }
@@ -1164,6 +1177,7 @@ mod tests {
             },
             destination: "/var/lib/data".into(),
             readonly: true,
+            file: None,
         }];
         assert_eq!(container(c).validate(), Ok(()));
         let mut c = base_container();
@@ -1336,6 +1350,7 @@ mod tests {
                         source: FsSource::Directory { path: "/v".into() },
                         destination: "/./".into(),
                         readonly: false,
+                        file: None,
                     }]
                 }),
             ),
@@ -1346,6 +1361,7 @@ mod tests {
                         source: FsSource::Directory { path: "/v".into() },
                         destination: "/data/../etc".into(),
                         readonly: false,
+                        file: None,
                     }]
                 }),
             ),
@@ -1356,6 +1372,7 @@ mod tests {
                         source: FsSource::Virtiofs { tag: "v".into() },
                         destination: "data".into(),
                         readonly: false,
+                        file: None,
                     }]
                 }),
             ),
@@ -1366,6 +1383,7 @@ mod tests {
                         source: FsSource::Virtiofs { tag: String::new() },
                         destination: "/data".into(),
                         readonly: false,
+                        file: None,
                     }]
                 }),
             ),

@@ -1,7 +1,9 @@
 //! `berth-vmm boot`: the VMM proper.
 //!
 //! `--fs TAG=DIR[:ro][,nosuid]` (repeatable) adds a virtio-fs device sharing DIR under TAG;
-//! `ro` refuses every change, `nosuid` keeps the guest from creating set-id files.
+//! `ro` refuses every change, `nosuid` keeps the guest from creating set-id files. A
+//! regular file given as DIR is shared alone: the guest sees its directory with that one
+//! entry in it, and can change neither the directory nor anything else in it.
 //!
 //! `--net mac=MAC[,tap-fd=N]` adds a virtio-net device with address MAC (a unicast one) on
 //! the tap the VMM inherited as descriptor N (opened by the starter with

@@ -201,9 +201,11 @@ impl Vmm {
             let fs = Fs::new(&FsConfig {
                 tag: share.tag.clone(),
                 dir: share.dir.clone(),
+                // A regular file given as the directory becomes a single-file share.
                 options: ShareOptions {
                     read_only: share.read_only,
                     nosuid: share.nosuid,
+                    file: None,
                 },
             })?;
             b.devices.add_virtio(&b.vm, &mem, fs)?;
@@ -535,9 +537,11 @@ fn restore_virtio(
             let fs = FsConfig {
                 tag: share.tag.clone(),
                 dir: share.dir.clone(),
+                // A regular file given as the directory becomes a single-file share.
                 options: ShareOptions {
                     read_only: share.read_only,
                     nosuid: share.nosuid,
+                    file: None,
                 },
             };
             b.devices

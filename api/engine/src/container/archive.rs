@@ -576,6 +576,19 @@ pub fn extract(
     input: impl Read,
     opts: ExtractOptions,
 ) -> Result<(), CopyError> {
+    extract_around(root, path, input, opts, &[])
+}
+
+/// [`extract`], refusing any entry that would land on one of `covered` (absolute paths in
+/// the container: its binds of single files, whose files the VM sees in place of what is
+/// under them in the root).
+fn extract_around(
+    root: &impl AsFd,
+    path: &str,
+    input: impl Read,
+    opts: ExtractOptions,
+    covered: &[String],
+) -> Result<(), CopyError> {
     let req = Request::parse(path);
     let mut comps = req.dir.clone();
     if !req.is_dir_itself() {
@@ -594,6 +607,17 @@ pub fn extract(
         opts,
         dir_times: Vec::new(),
         chown: nix::unistd::geteuid().is_root(),
+        covered: covered
+            .iter()
+            .map(|c| {
+                let comps: Vec<Vec<u8>> = c
+                    .split('/')
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.as_bytes().to_vec())
+                    .collect();
+                join(&comps)
+            })
+            .collect(),
     };
     let entries = archive
         .entries()
@@ -615,6 +639,8 @@ struct Extractor<'a, R> {
     dir_times: Vec<(Vec<Vec<u8>>, i64)>,
     /// Whether owners are set (berthd runs as root; unit tests may not).
     chown: bool,
+    /// Paths from the root no entry may land on (see [`extract_around`]).
+    covered: Vec<Vec<u8>>,
 }
 
 /// An entry's metadata, as it is applied.
@@ -693,6 +719,13 @@ impl<R: AsFd> Extractor<'_, R> {
             .into_iter()
             .map(|c| c.as_bytes().to_vec())
             .collect();
+        let at = self.rooted(&comps);
+        if self.covered.contains(&at) {
+            return Err(CopyError::Refused(format!(
+                "berth does not support copying onto /{}, a bind mount of a single file: write its host file",
+                shown(&at)
+            )));
+        }
         let header = entry.header();
         let mut kind = header.entry_type();
         if kind == tar::EntryType::Regular && raw.ends_with(b"/") {
@@ -1050,6 +1083,25 @@ impl Containers {
                         "mounted volume is marked read-only".into(),
                     ));
                 }
+                let mount = in_mount(&record.host_config.mounts, path)?.map(|(m, _)| m);
+                let (source, rel) = match mount.and_then(MountPoint::single_file) {
+                    // A bind of one file: read in its directory, by its name alone.
+                    Some(_) if write => {
+                        return Err(EngineError::InvalidArgument(format!(
+                            "berth does not support copying into a bind mount of a single file ({}): write its host file, {source}",
+                            mount.map(MountPoint::destination).unwrap_or_default()
+                        )))
+                    }
+                    Some(name) => {
+                        let dir = std::path::Path::new(source)
+                            .parent()
+                            .map(|p| p.to_string_lossy().into_owned())
+                            .unwrap_or_else(|| "/".into());
+                        let rest = if rel == "/" { String::new() } else { rel };
+                        (dir, format!("/{name}{rest}"))
+                    }
+                    None => (source.clone(), rel),
+                };
                 let root = nix::fcntl::open(
                     source.as_str(),
                     OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -1167,10 +1219,22 @@ impl Containers {
     ) -> Result<()> {
         let c = self.get(name_or_id).await?;
         let (root, inner) = self.copy_root(&c, path, true).await?;
+        // Into the root (not a bind): its single-file binds cover what is under them.
+        let mounts = c.record().await.host_config.mounts;
+        let covered: Vec<String> = if in_mount(&mounts, path)?.is_none() {
+            mounts
+                .iter()
+                .filter(|m| m.single_file().is_some())
+                .map(|m| m.destination().to_string())
+                .collect()
+        } else {
+            Vec::new()
+        };
         let (p, name) = (path.to_string(), name_or_id.to_string());
         tokio::task::spawn_blocking(move || {
             let input = io::BufReader::with_capacity(256 << 10, input);
-            let result = extract(&root.root, &inner, input, opts).map_err(|e| e.engine(&p, &name));
+            let result = extract_around(&root.root, &inner, input, opts, &covered)
+                .map_err(|e| e.engine(&p, &name));
             drop(root);
             result
         })

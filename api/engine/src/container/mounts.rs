@@ -7,8 +7,9 @@
 //! Volumes (`-v name:/path`, `-v /path`, `--mount type=volume`, an image's `VOLUME`) are
 //! directories of berth's volume store (crate::volume), served as a bind's host directory
 //! is; the parse leaves an anonymous volume's name empty, for the engine to make one when it
-//! creates the container. A bind of a single file is refused by name (a share is a
-//! directory, and sharing the file's directory would hand the guest its neighbours).
+//! creates the container. A bind of a single file is a share of its own too: the VMM serves
+//! the file's directory with that one entry in it and nothing else (its neighbours are
+//! never reachable), and the agent mounts that entry on the destination.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path};
@@ -84,6 +85,20 @@ impl MountPoint {
             } => Some((source, *readonly)),
             MountPoint::Tmpfs { .. } => None,
         }
+    }
+
+    /// For a bind of one file, the file's name: its share is the file's directory with
+    /// that entry alone (the VMM decides the same way, from what the source is when the VM
+    /// starts).
+    pub fn single_file(&self) -> Option<String> {
+        let MountPoint::Bind { source, .. } = self else {
+            return None;
+        };
+        if !std::fs::metadata(source).is_ok_and(|m| m.is_file()) {
+            return None;
+        }
+        let real = std::fs::canonicalize(source).ok()?;
+        real.file_name()?.to_str().map(str::to_string)
     }
 
     /// Inspect's entry for it, as dockerd writes one.
@@ -183,18 +198,19 @@ fn destination(kind: &str, path: &str) -> Result<String> {
     Ok(clean)
 }
 
-/// A bind's host directory: absolute, there (or created, for `-v`), a directory.
+/// A bind's host directory or file: absolute, there (or created as a directory, for
+/// `-v`), a directory or a regular file.
 fn bind_source(source: &str, create: bool) -> Result<String> {
     if source.contains('\0') || source.len() > 4096 {
         return Err(invalid(format!("invalid bind source path: {source:?}")));
     }
     let path = Path::new(source);
     match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {}
+        Ok(meta) if meta.is_dir() || meta.is_file() => {}
         Ok(_) => {
             return Err(refused(
-                &format!("bind-mounting a single file ({source})"),
-                "each bind is a virtio-fs share, which is a directory; bind the directory that holds it",
+                &format!("bind-mounting {source}"),
+                "only directories and regular files can be shared with the container's VM (a socket, pipe or device on the host cannot reach it)",
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
@@ -639,6 +655,7 @@ pub fn agent_mounts(mounts: &[MountPoint]) -> Vec<agent_protocol::MountSpec> {
                     source: agent_protocol::FsSource::Virtiofs { tag },
                     destination: destination.clone(),
                     readonly: *readonly,
+                    file: m.single_file(),
                 }
             }
             MountPoint::Tmpfs {
@@ -650,18 +667,20 @@ pub fn agent_mounts(mounts: &[MountPoint]) -> Vec<agent_protocol::MountSpec> {
                 },
                 destination: destination.clone(),
                 readonly: false,
+                file: None,
             },
         })
         .collect()
 }
 
-/// Makes the mount points `destinations` in the container's root (the mounted overlay) as
-/// directories, where missing: under `--read-only` the guest cannot make them, its root
-/// share being read-only in the VMM. Resolved confined to `root` as the guest would resolve
-/// them (a symlink in the image leads somewhere inside it, never out).
+/// Makes the mount points `destinations` in the container's root (the mounted overlay),
+/// where missing: directories, or for a bind of one file (`true`) an empty file under
+/// directories. Under `--read-only` the guest cannot make them, its root share being
+/// read-only in the VMM. Resolved confined to `root` as the guest would resolve them (a
+/// symlink in the image leads somewhere inside it, never out).
 pub fn make_mountpoints<'a>(
     root: &Path,
-    destinations: impl IntoIterator<Item = &'a str>,
+    destinations: impl IntoIterator<Item = (&'a str, bool)>,
 ) -> std::io::Result<()> {
     use nix::fcntl::OFlag;
     use nix::sys::stat::Mode;
@@ -671,22 +690,42 @@ pub fn make_mountpoints<'a>(
         Mode::empty(),
     )?;
     let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
-    for destination in destinations {
+    for (destination, file) in destinations {
+        let names: Vec<&str> = destination.split('/').filter(|c| !c.is_empty()).collect();
         let mut prefix = String::new();
-        for name in destination.split('/').filter(|c| !c.is_empty()) {
+        for (i, name) in names.iter().enumerate() {
+            let last_is_file = file && i + 1 == names.len();
             let parent = if prefix.is_empty() {
                 ".".to_string()
             } else {
                 prefix.clone()
             };
             prefix = format!("{prefix}{}{name}", if prefix.is_empty() { "" } else { "/" });
-            match super::archive::open_in_root(&root_fd, prefix.as_bytes(), dir_flags) {
+            let flags = if last_is_file {
+                OFlag::O_PATH
+            } else {
+                dir_flags
+            };
+            match super::archive::open_in_root(&root_fd, prefix.as_bytes(), flags) {
                 Ok(_) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
             let parent = super::archive::open_in_root(&root_fd, parent.as_bytes(), dir_flags)?;
-            nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o755))?;
+            if last_is_file {
+                nix::fcntl::openat(
+                    &parent,
+                    *name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o644),
+                )?;
+            } else {
+                nix::sys::stat::mkdirat(&parent, *name, Mode::from_bits_truncate(0o755))?;
+            }
         }
     }
     Ok(())

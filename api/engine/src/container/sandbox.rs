@@ -59,7 +59,7 @@ pub fn create(
                 .container
                 .mounts
                 .iter()
-                .map(|m| m.destination.as_str()),
+                .map(|m| (m.destination.as_str(), m.file.is_some())),
         );
         if let Err(e) = made {
             vm::unmount_rootfs(&launch.rootfs);

@@ -418,3 +418,35 @@ fn copies_within_a_mount_go_to_it_with_their_meaning_kept() {
     );
     assert_eq!(in_mount(&[], "/data/../data").unwrap().map(|m| m.1), None);
 }
+
+#[test]
+fn nothing_lands_on_a_bind_of_a_single_file() {
+    let (t, root) = scene();
+    let r = t.0.join("root");
+    let covered = ["/etc/app.conf".to_string()];
+    let onto = RawTar::new().file("app.conf", b"hidden").finish();
+    let e = extract_around(
+        &root,
+        "/etc",
+        &onto[..],
+        ExtractOptions::default(),
+        &covered,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("a bind mount of a single file"),
+        "{e}"
+    );
+    assert!(!r.join("etc/app.conf").exists());
+    // Beside it, as into any directory.
+    let beside = RawTar::new().file("other.conf", b"seen").finish();
+    extract_around(
+        &root,
+        "/etc/",
+        &beside[..],
+        ExtractOptions::default(),
+        &covered,
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(r.join("etc/other.conf")).unwrap(), b"seen");
+}

@@ -118,11 +118,21 @@ fn volumes_are_named_or_anonymous_with_their_modes() {
 #[test]
 fn what_berth_cannot_bind_is_refused_by_name() {
     let t = TempDir::new("binds-refused");
+    let fifo = t.0.join("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0);
     let file = t.0.join("app.conf");
     std::fs::write(&file, "x").unwrap();
+    // A regular file is bound on its own.
+    let one = parse_bind(&format!("{}:/etc/app.conf:ro", file.display())).unwrap();
+    assert_eq!(one.single_file().as_deref(), Some("app.conf"));
     let dir = t.0.to_str().unwrap();
     for (spec, says) in [
-        (format!("{}:/etc/app.conf", file.display()), "single file"),
+        (
+            format!("{}:/x", fifo.display()),
+            "only directories and regular files",
+        ),
         (
             "d/x:/data".to_string(),
             "invalid characters for a local volume name",
@@ -284,12 +294,21 @@ fn mount_points_are_made_inside_the_root_only() {
     std::os::unix::fs::symlink("/", root.join("hostroot")).unwrap();
     std::os::unix::fs::symlink("../../srv", root.join("up")).unwrap();
     std::os::unix::fs::symlink("../outside", root.join("dangling")).unwrap();
-    make_mountpoints(&root, ["/srv/a/b", "/hostroot/escaped", "/up/x", "/srv"]).unwrap();
+    let dirs = |all: &[&'static str]| all.iter().map(|d| (*d, false)).collect::<Vec<_>>();
+    make_mountpoints(
+        &root,
+        dirs(&["/srv/a/b", "/hostroot/escaped", "/up/x", "/srv"]),
+    )
+    .unwrap();
     assert!(root.join("srv/a/b").is_dir());
+    // A bind of one file gets a file, under directories made as for any other.
+    make_mountpoints(&root, [("/etc/app/app.conf", true), ("/srv/a/b", true)]).unwrap();
+    assert!(root.join("etc/app").is_dir());
+    assert!(root.join("etc/app/app.conf").is_file());
     // Symlinks pointing out land inside the root, as they would in the guest.
     assert!(root.join("escaped").is_dir());
     assert!(root.join("srv/x").is_dir());
     // One that leads nowhere is not replaced.
-    assert!(make_mountpoints(&root, ["/dangling/y"]).is_err());
+    assert!(make_mountpoints(&root, dirs(&["/dangling/y"])).is_err());
     assert_eq!(std::fs::read_dir(t.0.join("outside")).unwrap().count(), 0);
 }

@@ -29,6 +29,12 @@
 //!   a set-id file the guest opens for writing or truncates loses those bits first.
 //! - **sizes**: buffers the library allocates from guest-given sizes are capped.
 //!
+//! - **single-file shares** ([`ShareOptions::file`], a bind of one file): the share's root
+//!   is the file's directory, but the guest reaches the file alone. A lookup in the root of
+//!   any other name answers `ENOENT`; the root cannot be listed (`EACCES`) nor changed: no
+//!   entry is created, removed, renamed or linked in it, and its attributes and extended
+//!   attributes are left alone (`EACCES`). The file itself is served as any file.
+//!
 //! Ownership follows the guest's credentials (the library switches the serving thread's
 //! effective uid/gid to the caller's for creations), so guest root owns files as host root:
 //! shares must live where host users cannot reach them (berthd's 0700 data root).
@@ -46,13 +52,19 @@ use fuse_backend_rs::api::filesystem::{
 use fuse_backend_rs::passthrough::{CachePolicy, Config, PassthroughFs};
 
 /// Per-share policy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShareOptions {
     /// Refuse every change (`EROFS`).
     pub read_only: bool,
     /// Never let the guest create set-user-ID or set-group-ID files.
     pub nosuid: bool,
+    /// Serve this one entry of the share's directory and nothing else (one path
+    /// component, checked by [`ConfinedFs::new`]).
+    pub file: Option<String>,
 }
+
+/// The share's root inode (FUSE's `FUSE_ROOT_ID`).
+const ROOT_INODE: u64 = 1;
 
 /// Longest name of one path component (NAME_MAX).
 const NAME_MAX: usize = 255;
@@ -132,6 +144,8 @@ fn writes(flags: i32) -> bool {
 pub struct ConfinedFs {
     inner: PassthroughFs<()>,
     opts: ShareOptions,
+    /// [`ShareOptions::file`], as FUSE names come.
+    file: Option<std::ffi::CString>,
 }
 
 impl ConfinedFs {
@@ -165,8 +179,26 @@ impl ConfinedFs {
             use_host_ino: false,
             ..Config::default()
         };
+        let file = match &opts.file {
+            Some(name) => {
+                let c = std::ffi::CString::new(name.as_str())
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a name"))?;
+                check_name(&c)?;
+                Some(c)
+            }
+            None => None,
+        };
         let inner = PassthroughFs::new(config)?;
-        Ok(ConfinedFs { inner, opts })
+        Ok(ConfinedFs { inner, opts, file })
+    }
+
+    /// On a single-file share, refuses anything done to or in the root directory.
+    fn check_not_root(&self, inode: u64) -> io::Result<()> {
+        if self.file.is_some() && inode == ROOT_INODE {
+            Err(err(libc::EACCES))
+        } else {
+            Ok(())
+        }
     }
 
     fn check_writable(&self) -> io::Result<()> {
@@ -233,6 +265,11 @@ impl FileSystem for ConfinedFs {
 
     fn lookup(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
         check_name(name)?;
+        if let Some(file) = &self.file {
+            if parent == ROOT_INODE && name != file.as_c_str() {
+                return Err(err(libc::ENOENT));
+            }
+        }
         self.inner.lookup(ctx, parent, name)
     }
 
@@ -262,6 +299,7 @@ impl FileSystem for ConfinedFs {
         valid: SetattrValid,
     ) -> io::Result<(stat64, Duration)> {
         self.check_writable()?;
+        self.check_not_root(inode)?;
         let kind = self.file_type(ctx, inode)?;
         if valid.contains(SetattrValid::SIZE) {
             match kind {
@@ -289,6 +327,7 @@ impl FileSystem for ConfinedFs {
         name: &CStr,
     ) -> io::Result<Entry> {
         self.check_writable()?;
+        self.check_not_root(parent)?;
         check_name(name)?;
         // The target is stored, never followed by the host: any text is fine.
         if linkname.to_bytes().is_empty() {
@@ -310,6 +349,7 @@ impl FileSystem for ConfinedFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.check_writable()?;
+        self.check_not_root(parent)?;
         check_name(name)?;
         match mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFIFO | libc::S_IFSOCK => {}
@@ -330,6 +370,7 @@ impl FileSystem for ConfinedFs {
         umask: u32,
     ) -> io::Result<Entry> {
         self.check_writable()?;
+        self.check_not_root(parent)?;
         check_name(name)?;
         let mode = self.allowed_mode(mode, true);
         self.inner.mkdir(ctx, parent, name, mode, umask)
@@ -337,12 +378,14 @@ impl FileSystem for ConfinedFs {
 
     fn unlink(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.check_writable()?;
+        self.check_not_root(parent)?;
         check_name(name)?;
         self.inner.unlink(ctx, parent, name)
     }
 
     fn rmdir(&self, ctx: &Context, parent: u64, name: &CStr) -> io::Result<()> {
         self.check_writable()?;
+        self.check_not_root(parent)?;
         check_name(name)?;
         self.inner.rmdir(ctx, parent, name)
     }
@@ -357,6 +400,8 @@ impl FileSystem for ConfinedFs {
         flags: u32,
     ) -> io::Result<()> {
         self.check_writable()?;
+        self.check_not_root(olddir)?;
+        self.check_not_root(newdir)?;
         check_name(oldname)?;
         check_name(newname)?;
         self.inner
@@ -365,6 +410,7 @@ impl FileSystem for ConfinedFs {
 
     fn link(&self, ctx: &Context, inode: u64, newparent: u64, newname: &CStr) -> io::Result<Entry> {
         self.check_writable()?;
+        self.check_not_root(newparent)?;
         check_name(newname)?;
         self.inner.link(ctx, inode, newparent, newname)
     }
@@ -395,6 +441,7 @@ impl FileSystem for ConfinedFs {
         mut args: CreateIn,
     ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
         self.check_writable()?;
+        self.check_not_root(parent)?;
         check_name(name)?;
         let flags = args.flags as i32 & (OPEN_FLAGS_KEPT | libc::O_EXCL) & !libc::O_DIRECTORY;
         args.mode = self.allowed_mode(args.mode, false);
@@ -517,6 +564,7 @@ impl FileSystem for ConfinedFs {
         flags: u32,
     ) -> io::Result<()> {
         self.check_writable()?;
+        self.check_not_root(inode)?;
         if !xattr_allowed(name) {
             return Err(err(libc::EPERM));
         }
@@ -563,6 +611,7 @@ impl FileSystem for ConfinedFs {
 
     fn removexattr(&self, ctx: &Context, inode: u64, name: &CStr) -> io::Result<()> {
         self.check_writable()?;
+        self.check_not_root(inode)?;
         if !xattr_allowed(name) {
             return Err(err(libc::EPERM));
         }
@@ -579,6 +628,7 @@ impl FileSystem for ConfinedFs {
         if writes(flags) {
             return Err(err(libc::EISDIR));
         }
+        self.check_not_root(inode)?;
         if self.file_type(ctx, inode)? != libc::S_IFDIR {
             return Err(err(libc::ENOTDIR));
         }

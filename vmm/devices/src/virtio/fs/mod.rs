@@ -167,11 +167,54 @@ fn resolve_dir(dir: &Path) -> Result<PathBuf, FsError> {
     Ok(canonical)
 }
 
+/// A share given as a regular file (a bind of one file): its directory, resolved as
+/// [`resolve_dir`] resolves one, and its name; `None` for anything else.
+fn single_file(path: &Path) -> Result<Option<(PathBuf, String)>, FsError> {
+    let invalid = |reason: String| FsError::InvalidDir {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        _ => return Ok(None),
+    }
+    let canonical = std::fs::canonicalize(path).map_err(|e| invalid(e.to_string()))?;
+    let (Some(dir), Some(name)) = (canonical.parent(), canonical.file_name()) else {
+        return Err(invalid("a file with no directory".to_string()));
+    };
+    let name = name
+        .to_str()
+        .ok_or_else(|| invalid("the name is not valid UTF-8".to_string()))?;
+    Ok(Some((resolve_dir(dir)?, name.to_string())))
+}
+
 impl Fs {
-    /// A device sharing `config.dir` under `config.tag`.
+    /// A device sharing `config.dir` under `config.tag`. A regular file given as the
+    /// directory makes a single-file share of it (see [`ShareOptions::file`]).
     pub fn new(config: &FsConfig) -> Result<Self, FsError> {
         validate_tag(&config.tag)?;
-        let dir = resolve_dir(&config.dir)?;
+        let mut options = config.options.clone();
+        let dir = match (&options.file, single_file(&config.dir)?) {
+            (None, Some((dir, name))) => {
+                options.file = Some(name);
+                dir
+            }
+            _ => resolve_dir(&config.dir)?,
+        };
+        if let Some(file) = &options.file {
+            let invalid = |reason: String| FsError::InvalidDir {
+                path: dir.join(file),
+                reason,
+            };
+            let name = std::ffi::CString::new(file.as_str())
+                .map_err(|_| invalid("the name has a NUL byte".into()))?;
+            confined::check_name(&name).map_err(|e| invalid(e.to_string()))?;
+            let meta =
+                std::fs::symlink_metadata(dir.join(file)).map_err(|e| invalid(e.to_string()))?;
+            if !meta.file_type().is_file() {
+                return Err(invalid("not a regular file".into()));
+            }
+        }
         let mut config_space = vec![0u8; TAG_LEN + 4];
         config_space[..config.tag.len()].copy_from_slice(config.tag.as_bytes());
         config_space[TAG_LEN..].copy_from_slice(&(REQUEST_QUEUES as u32).to_le_bytes());
@@ -180,7 +223,7 @@ impl Fs {
         Ok(Fs {
             tag: config.tag.clone(),
             dir,
-            options: config.options,
+            options,
             config_space,
             queue_events: new_queue_events(sizes.len()).map_err(FsError::Events)?,
             queues: new_queues(&sizes),
@@ -197,6 +240,11 @@ impl Fs {
     /// The shared directory, as resolved at setup.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// A single-file share's one entry.
+    pub fn file(&self) -> Option<&str> {
+        self.options.file.as_deref()
     }
 
     fn stop_worker(&mut self) {
@@ -239,6 +287,8 @@ impl snapshot::Persist for Fs {
                 &vm.num_request_queues,
             ));
         }
+        // Whether the share is one file is the host side's, as its directory is: a
+        // template's placeholder directory restores as a container's single-file bind.
         if (state.read_only, state.nosuid) != (vm.read_only, vm.nosuid) {
             let policy = |s: &FsState| format!("read_only={} nosuid={}", s.read_only, s.nosuid);
             return Err(differs("policy", &policy(state), &policy(&vm)));
@@ -304,7 +354,7 @@ impl VirtioDevice for Fs {
         let backend = |what: &str, e: std::io::Error| {
             ActivateError::Backend(format!("virtio-fs {}: {what}: {e}", self.tag))
         };
-        let fs = ConfinedFs::new(&self.dir, self.options)
+        let fs = ConfinedFs::new(&self.dir, self.options.clone())
             .map_err(|e| backend("cannot serve the share", e))?;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, q) in self.queues.iter().enumerate() {

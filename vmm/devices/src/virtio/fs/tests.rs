@@ -328,7 +328,12 @@ fn bad_tags_and_dirs_are_refused() {
     assert!(Fs::new(&cfg(&"x".repeat(37), dir.as_path())).is_err());
     assert!(Fs::new(&cfg("a\0b", dir.as_path())).is_err());
     assert!(Fs::new(&cfg(&"x".repeat(36), dir.as_path())).is_ok());
-    assert!(Fs::new(&cfg("t", &dir.as_path().join("hello.txt"))).is_err());
+    // A regular file is a single-file share; nothing else but a directory is one.
+    assert!(Fs::new(&cfg("t", &dir.as_path().join("hello.txt"))).is_ok());
+    let fifo = std::ffi::CString::new(dir.as_path().join("fifo").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    assert!(Fs::new(&cfg("t", &dir.as_path().join("fifo"))).is_err());
     assert!(Fs::new(&cfg("t", Path::new("/no/such/dir"))).is_err());
 }
 
@@ -650,7 +655,7 @@ fn read_only_shares_refuse_every_change() {
         root,
         ShareOptions {
             read_only: true,
-            nosuid: false,
+            ..ShareOptions::default()
         },
     );
     g.init();
@@ -765,8 +770,8 @@ fn nosuid_shares_strip_set_id_bits() {
         &m,
         root,
         ShareOptions {
-            read_only: false,
             nosuid: true,
+            ..ShareOptions::default()
         },
     );
     g.init();
@@ -1048,7 +1053,7 @@ fn a_restored_device_serves_the_restored_vms_own_directory() {
             FsConfig {
                 options: ShareOptions {
                     read_only: true,
-                    nosuid: false,
+                    ..ShareOptions::default()
                 },
                 ..config(&clone_dir)
             },
@@ -1061,4 +1066,90 @@ fn a_restored_device_serves_the_restored_vms_own_directory() {
             .to_string();
         assert!(e.contains(want), "{e}");
     }
+}
+
+#[test]
+fn a_single_file_share_serves_that_file_alone() {
+    let m = mem();
+    let dir = share();
+    let root = dir.as_path();
+    std::fs::write(root.join("secret.txt"), b"not yours").unwrap();
+    let only = ShareOptions {
+        file: Some("hello.txt".into()),
+        ..ShareOptions::default()
+    };
+    let mut g = Guest::new(&m, root, only.clone());
+    g.init();
+    assert_eq!(g.lookup(ROOT_ID, b"secret.txt").err(), Some(libc::ENOENT));
+    let hello = g.lookup(ROOT_ID, b"hello.txt").unwrap().nodeid;
+    assert!(g.open(hello, libc::O_RDWR).is_ok());
+    // Its directory is neither listed nor changed.
+    let opendir = OpenIn {
+        flags: libc::O_RDONLY as u32,
+        fuse_flags: 0,
+    };
+    let listed = g.request(Opcode::Opendir as u32, ROOT_ID, opendir.as_slice());
+    assert_eq!(listed.errno(), libc::EACCES);
+    assert_eq!(
+        g.create(b"planted", libc::O_WRONLY, 0o644).err(),
+        Some(libc::EACCES)
+    );
+    assert_eq!(g.mknod(b"fifo", libc::S_IFIFO | 0o644, 0), libc::EACCES);
+    let unlink = g.request(Opcode::Unlink as u32, ROOT_ID, &cstr(b"hello.txt"));
+    assert_eq!(unlink.errno(), libc::EACCES);
+    assert_eq!(
+        g.setattr(ROOT_ID, SetattrValid::MODE, 0o777, 0),
+        libc::EACCES
+    );
+    assert_eq!(g.setattr(hello, SetattrValid::SIZE, 0, 2), 0);
+    assert_eq!(std::fs::read(root.join("hello.txt")).unwrap(), b"he");
+    assert!(!root.join("planted").exists());
+    // The one entry must be a regular file when the device is made.
+    std::os::unix::fs::symlink("secret.txt", root.join("link")).unwrap();
+    std::fs::create_dir(root.join("sub")).unwrap();
+    for name in ["link", "sub", "missing", "../etc", ""] {
+        let made = Fs::new(&FsConfig {
+            tag: "f".into(),
+            dir: root.to_path_buf(),
+            options: ShareOptions {
+                file: Some(name.into()),
+                ..ShareOptions::default()
+            },
+        });
+        assert!(made.is_err(), "{name:?}");
+    }
+}
+
+#[test]
+fn a_file_given_as_the_share_is_shared_alone() {
+    let dir = share();
+    let fs = Fs::new(&FsConfig {
+        tag: "one".into(),
+        dir: dir.as_path().join("hello.txt"),
+        options: ShareOptions::default(),
+    })
+    .unwrap();
+    assert_eq!(fs.dir(), std::fs::canonicalize(dir.as_path()).unwrap());
+    assert_eq!(fs.file(), Some("hello.txt"));
+    // A snapshot of a directory share restores as a single-file one: which it is belongs
+    // to the host side, as the directory does.
+    let placeholder = share();
+    let saved = snapshot::Persist::save(
+        &Fs::new(&FsConfig {
+            tag: "one".into(),
+            dir: placeholder.as_path().to_path_buf(),
+            options: ShareOptions::default(),
+        })
+        .unwrap(),
+    );
+    let restored = <Fs as snapshot::Persist>::restore(
+        FsConfig {
+            tag: "one".into(),
+            dir: dir.as_path().join("hello.txt"),
+            options: ShareOptions::default(),
+        },
+        &saved,
+    )
+    .unwrap();
+    assert_eq!(restored.file(), Some("hello.txt"));
 }
