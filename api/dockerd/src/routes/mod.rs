@@ -1,6 +1,7 @@
 //! The Docker Engine API's endpoints, by area. Each area parses its own paths (image names
 //! contain slashes) and answers Docker's JSON shapes.
 
+mod body;
 pub mod containers;
 pub mod df;
 pub mod events;

@@ -13,6 +13,7 @@ use engine::container::record::Record;
 use engine::network::{CreateNetwork, NetworkRecord};
 use engine::time::rfc3339;
 
+use super::body;
 use crate::http::{json, json_body, status, ApiError, ApiResult, Query};
 use crate::router::{not_found, State};
 
@@ -141,13 +142,6 @@ pub async fn network_json(state: &Arc<State>, r: &NetworkRecord, verbose: bool) 
     })
 }
 
-fn label_matches(labels: &BTreeMap<String, String>, filter: &str) -> bool {
-    match filter.split_once('=') {
-        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
-        None => labels.contains_key(filter),
-    }
-}
-
 /// Whether `r` passes `docker network ls`'s filters (name and id by substring and prefix,
 /// driver, label, scope, type custom|builtin, dangling).
 async fn matches(
@@ -161,7 +155,7 @@ async fn matches(
             "name" => any(&|v| r.name.contains(v)),
             "id" => any(&|v| r.id.starts_with(v)),
             "driver" => any(&|v| r.driver == v),
-            "label" => values.iter().all(|v| label_matches(&r.labels, v)),
+            "label" => values.iter().all(|v| body::label_matches(&r.labels, v)),
             "scope" => any(&|v| v == "local"),
             "type" => {
                 for v in values {
@@ -203,36 +197,9 @@ async fn create(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
     let obj = body
         .as_object()
         .ok_or_else(|| ApiError::bad_request("the request body is not a JSON object"))?;
-    let string = |k: &str| -> Result<String, ApiError> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(ApiError::bad_request(format!("{k} must be a string"))),
-        }
-    };
-    let boolean = |k: &str| -> Result<bool, ApiError> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(ApiError::bad_request(format!("{k} must be a boolean"))),
-        }
-    };
-    let map = |k: &str| -> Result<BTreeMap<String, String>, ApiError> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(BTreeMap::new()),
-            Some(Value::Object(o)) => o
-                .iter()
-                .map(|(k2, v)| {
-                    v.as_str()
-                        .map(|s| (k2.clone(), s.to_string()))
-                        .ok_or_else(|| {
-                            ApiError::bad_request(format!("{k}[{k2:?}] must be a string"))
-                        })
-                })
-                .collect(),
-            Some(_) => Err(ApiError::bad_request(format!("{k} must be an object"))),
-        }
-    };
+    let string = |k: &str| body::string(obj, k);
+    let boolean = |k: &str| body::boolean(obj, k);
+    let map = |k: &str| body::string_map(obj, k);
     let name = string("Name")?;
     if name.is_empty() {
         return Err(ApiError::bad_request("network name must be given"));
@@ -310,8 +277,8 @@ async fn prune(state: &Arc<State>, q: &Query) -> ApiResult {
         let mut keep = false;
         for (key, values) in &filters {
             match key.as_str() {
-                "label" => keep |= !values.iter().all(|v| label_matches(&r.labels, v)),
-                "label!" => keep |= values.iter().any(|v| label_matches(&r.labels, v)),
+                "label" => keep |= !values.iter().all(|v| body::label_matches(&r.labels, v)),
+                "label!" => keep |= values.iter().any(|v| body::label_matches(&r.labels, v)),
                 "until" => {
                     for v in values {
                         let until = engine::time::parse_api_time(v).ok_or_else(|| {

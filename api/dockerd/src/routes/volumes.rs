@@ -2,7 +2,7 @@
 //! wording (the store and its rules are the engine's: engine::volume and the containers'
 //! side of it).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use engine::volume::{CreateVolume, Volume};
 
+use super::body;
 use crate::http::{json, json_body, status, ApiError, ApiResult, Query};
 use crate::router::{not_found, State, Version};
 
@@ -61,13 +62,6 @@ pub fn volume_json(v: &Volume) -> Value {
     })
 }
 
-fn label_matches(labels: &BTreeMap<String, String>, filter: &str) -> bool {
-    match filter.split_once('=') {
-        Some((k, v)) => labels.get(k).is_some_and(|x| x == v),
-        None => labels.contains_key(filter),
-    }
-}
-
 fn bool_filter(key: &str, v: &str) -> Result<bool, ApiError> {
     match v {
         "true" | "1" => Ok(true),
@@ -87,8 +81,12 @@ fn matches(
         let ok = match key.as_str() {
             "name" => values.iter().any(|f| v.record.name.contains(f.as_str())),
             "driver" => values.iter().any(|f| f == engine::volume::LOCAL),
-            "label" => values.iter().all(|f| label_matches(&v.record.labels, f)),
-            "label!" => !values.iter().any(|f| label_matches(&v.record.labels, f)),
+            "label" => values
+                .iter()
+                .all(|f| body::label_matches(&v.record.labels, f)),
+            "label!" => !values
+                .iter()
+                .any(|f| body::label_matches(&v.record.labels, f)),
             "dangling" => {
                 let mut any = false;
                 for f in values {
@@ -122,29 +120,8 @@ async fn create(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
     let obj = body
         .as_object()
         .ok_or_else(|| ApiError::bad_request("the request body is not a JSON object"))?;
-    let string = |k: &str| -> Result<String, ApiError> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(String::new()),
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(_) => Err(ApiError::bad_request(format!("{k} must be a string"))),
-        }
-    };
-    let map = |k: &str| -> Result<BTreeMap<String, String>, ApiError> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(BTreeMap::new()),
-            Some(Value::Object(o)) => o
-                .iter()
-                .map(|(k2, v)| {
-                    v.as_str()
-                        .map(|s| (k2.clone(), s.to_string()))
-                        .ok_or_else(|| {
-                            ApiError::bad_request(format!("{k}[{k2:?}] must be a string"))
-                        })
-                })
-                .collect(),
-            Some(_) => Err(ApiError::bad_request(format!("{k} must be an object"))),
-        }
-    };
+    let string = |k: &str| body::string(obj, k);
+    let map = |k: &str| body::string_map(obj, k);
     if obj
         .get("ClusterVolumeSpec")
         .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
@@ -189,8 +166,12 @@ async fn prune(state: &Arc<State>, q: &Query, version: Version) -> ApiResult {
         .engine
         .containers
         .prune_volumes(all, |v| {
-            !label.iter().all(|f| label_matches(&v.record.labels, f))
-                || not_label.iter().any(|f| label_matches(&v.record.labels, f))
+            !label
+                .iter()
+                .all(|f| body::label_matches(&v.record.labels, f))
+                || not_label
+                    .iter()
+                    .any(|f| body::label_matches(&v.record.labels, f))
         })
         .await?;
     json(
