@@ -380,9 +380,20 @@ pub fn launch(
         ))
     };
 
-    let mut control = match AgentClient::connect(&uds, Duration::from_secs(30)) {
+    let mut control = match connect_agent(&mut vmm, &uds, Duration::from_secs(30)) {
         Ok(c) => c,
-        Err(e) => {
+        Err(AgentWait::VmmEnded(exit)) => {
+            // Said at once, not after the connection's timeout: a VMM that refused what it
+            // was given (its stderr says what) fails the same way every time.
+            let message = format!("the VMM ended before the guest agent answered: {exit}");
+            return Err(match exit {
+                VmmExit::GuestShutdown | VmmExit::GuestCrash => {
+                    LaunchError::SilentBootFailure(message)
+                }
+                _ => vm_failed(&mut vmm, message),
+            });
+        }
+        Err(AgentWait::Failed(e)) => {
             let failure = vm_failed(&mut vmm, format!("cannot reach the guest agent: {e}"));
             // A clone whose agent never answers has failed without a word before anything
             // of the container ran, as a boot that stalls before its ready call has: the
@@ -517,6 +528,45 @@ const CONSOLE_TAIL_LINES: usize = 8;
 /// console costs the search no more than this.
 const OOM_SCAN_LIMIT: u64 = 16 << 20;
 
+/// Why the agent of a starting VM could not be reached.
+enum AgentWait {
+    /// The VMM ended first.
+    VmmEnded(VmmExit),
+    /// The connection failed or timed out.
+    Failed(String),
+}
+
+/// Connects to the agent of `vmm`'s guest within `timeout`, giving up as soon as the VMM
+/// ends (the connection is tried on a thread of its own, which ends by its own timeout).
+fn connect_agent(
+    vmm: &mut Child,
+    uds: &Path,
+    timeout: Duration,
+) -> std::result::Result<AgentClient, AgentWait> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = uds.to_path_buf();
+    std::thread::Builder::new()
+        .name("agent-connect".into())
+        .spawn(move || {
+            let _ = tx.send(AgentClient::connect(&path, timeout).map_err(|e| e.to_string()));
+        })
+        .map_err(|e| AgentWait::Failed(format!("cannot start a thread: {e}")))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => return Err(AgentWait::Failed(e)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = vmm.try_wait() {
+                    return Err(AgentWait::VmmEnded(VmmExit::from_status(status)));
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(AgentWait::Failed("the connecting thread ended".into()))
+            }
+        }
+    }
+}
+
 /// Whether the guest kernel's OOM killer killed a process during this run of the VM: its
 /// report ("Out of memory: Killed process N (name)", printed at KERN_ERR, which the quiet
 /// console still shows) is in the console, which the VMM starts afresh at every boot. The
@@ -580,6 +630,27 @@ pub fn how_it_ended(vmm: &mut Child, console: &Path, run_dir: &Path) -> (String,
 
 #[cfg(test)]
 mod tests {
+    /// A VMM that ends before its agent answers is said at once, with how it ended, not
+    /// after the connection's timeout.
+    #[test]
+    fn a_vmm_that_ends_is_not_waited_for() {
+        let mut vmm = std::process::Command::new("sh")
+            .args(["-c", "exit 1"])
+            .spawn()
+            .unwrap();
+        let uds = std::env::temp_dir().join(format!("berth-no-agent-{}", std::process::id()));
+        let started = std::time::Instant::now();
+        let waited = super::connect_agent(&mut vmm, &uds, std::time::Duration::from_secs(30));
+        assert!(
+            matches!(
+                waited,
+                Err(super::AgentWait::VmmEnded(super::VmmExit::VmmError))
+            ),
+            "the VMM's end was not seen"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    }
+
     #[test]
     fn the_oom_killers_report_is_found_in_the_console() {
         let dir = std::env::temp_dir().join(format!("berth-oom-{}", std::process::id()));
