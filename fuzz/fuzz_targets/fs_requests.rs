@@ -144,11 +144,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = process_queue(&mut queue, &session.mem, &server, &AtomicBool::new(false));
     }
     if single {
-        let mut names: Vec<_> = std::fs::read_dir(share)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
+        let names = scratch::sorted_names(share);
         assert_eq!(
             names,
             ["dir", "escape", "top"],

@@ -44,11 +44,7 @@ impl Scratch {
 
     /// Asserts nothing outside `inside` changed, then empties `inside` for the next input.
     pub fn check_and_clear(&self) {
-        let mut names: Vec<_> = std::fs::read_dir(&self.base)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        names.sort();
+        let names = sorted_names(&self.base);
         assert_eq!(
             names,
             ["inside", "outside"],
@@ -75,4 +71,14 @@ impl Scratch {
         engine::fsutil::remove_tree(&self.inside).expect("removing what was made inside");
         std::fs::create_dir(&self.inside).unwrap();
     }
+}
+
+/// The names in directory `dir`, sorted.
+pub fn sorted_names(dir: &Path) -> Vec<std::ffi::OsString> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    names
 }

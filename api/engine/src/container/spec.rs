@@ -119,6 +119,14 @@ fn int(v: Option<&Value>, field: &str) -> Result<i64> {
     }
 }
 
+/// An integer field whose absence means something of its own (`null`: unset).
+fn optional_int(v: Option<&Value>, field: &str) -> Result<Option<i64>> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        v => int(v, field).map(Some),
+    }
+}
+
 fn string_map(v: Option<&Value>, field: &str) -> Result<BTreeMap<String, String>> {
     match v {
         None | Some(Value::Null) => Ok(BTreeMap::new()),
@@ -280,10 +288,7 @@ pub fn parse(body: &Value) -> Result<CreateRequest> {
             "invalid hostname format: {hostname}"
         )));
     }
-    let stop_timeout = match obj.get("StopTimeout") {
-        None | Some(Value::Null) => None,
-        v => Some(int(v, "StopTimeout")?),
-    };
+    let stop_timeout = optional_int(obj.get("StopTimeout"), "StopTimeout")?;
     let stop_signal = string(obj.get("StopSignal"), "StopSignal")?;
     if !stop_signal.is_empty() && parse_signal(&stop_signal).is_none() {
         return Err(EngineError::InvalidArgument(format!(
@@ -827,10 +832,7 @@ fn parse_host_config(v: Option<&Value>) -> Result<HostConfig> {
     let tmpfs = string_map(hc.get("Tmpfs"), "Tmpfs")?;
     let mounts = super::mounts::parse_all(&binds, &mount_requests, &tmpfs)?;
     crate::volume::check_driver(&string(hc.get("VolumeDriver"), "VolumeDriver")?)?;
-    let pids_limit = match hc.get("PidsLimit") {
-        None | Some(Value::Null) => None,
-        v => Some(int(v, "PidsLimit")?),
-    };
+    let pids_limit = optional_int(hc.get("PidsLimit"), "PidsLimit")?;
     let limits = super::resources::Limits {
         memory_reservation: int(hc.get("MemoryReservation"), "MemoryReservation")?,
         memory_swap: int(hc.get("MemorySwap"), "MemorySwap")?,
