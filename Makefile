@@ -21,7 +21,7 @@ export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone bench-net clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone bench-net bench-fs clean
 
 # Each stage says when it ended, in seconds since make started: CI's wall time split.
 T0 := $(shell date +%s)
@@ -240,6 +240,23 @@ bench-net: build
 	else \
 		echo "bench-net: berthd and dockerd run inside the emulated virtualization host"; \
 		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-net $$args; \
+	fi
+
+# File I/O through a bind mount and a named volume (bench-fsops, ours, in the container):
+# sequential MB/s and small-file op/s, berth beside Docker + runc, interleaved: directly
+# where Linux guests run, else both inside one emulated host.
+BENCH_FS_RUNS ?= 5
+BENCH_FS_MIB ?= 64
+BENCH_FS_FILES ?= 2000
+.PHONY: bench-fs
+bench-fs: build
+	tests/deps/ensure test
+	@args="--runs $(BENCH_FS_RUNS) --mib $(BENCH_FS_MIB) --files $(BENCH_FS_FILES)"; \
+	if $(RELEASE)/berth-vmm check >/dev/null; then \
+		$(RELEASE)/bench-fs $$args; \
+	else \
+		echo "bench-fs: berthd and dockerd run inside the emulated virtualization host"; \
+		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-fs $$args; \
 	fi
 
 clean:

@@ -27,6 +27,29 @@ pub fn option<T: FromStr>(
         .map_err(|_| anyhow::anyhow!("{name} {value:?}: not a valid value\n{usage}"))
 }
 
+/// The command line's arguments after the program's name, or `None` when help was asked
+/// for (`-h`, `--help`), after `usage` is printed.
+pub fn args_or_help(usage: &str) -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        return None;
+    }
+    Some(args)
+}
+
+/// Runs `docker ARGS` against `d`; its wall time, or the failure with its output.
+pub fn docker(d: &berth_tests::Daemon, args: &[&str], timeout_s: u64) -> anyhow::Result<Duration> {
+    let out = berth_tests::run(d.docker_command(args), b"", Duration::from_secs(timeout_s));
+    anyhow::ensure!(
+        out.status.success(),
+        "docker {args:?} failed: {}{}",
+        out.stdout,
+        out.stderr
+    );
+    Ok(out.elapsed)
+}
+
 /// Runs `cmd`; its failure, with the command, as an error.
 pub fn sh(cmd: &mut std::process::Command) -> anyhow::Result<()> {
     let status = cmd.status().map_err(|e| anyhow::anyhow!("{cmd:?}: {e}"))?;

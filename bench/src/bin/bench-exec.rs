@@ -23,7 +23,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{option, Series};
+use berth_bench::{args_or_help, docker, option, Series};
 use berth_tests::{busybox_image, dockerd_available, run, Berthd, Daemon, Dockerd};
 
 const USAGE: &str = "usage: bench-exec [--runs N] [--stats-runs N] [--warmups N]";
@@ -32,11 +32,9 @@ const USAGE: &str = "usage: bench-exec [--runs N] [--stats-runs N] [--warmups N]
 const EXEC_GOAL: f64 = 1.5;
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+    let Some(args) = args_or_help(USAGE) else {
         return Ok(());
-    }
+    };
     let runs: usize = option(&args, "--runs", 20, USAGE)?;
     let stats_runs: usize = option(&args, "--stats-runs", runs, USAGE)?;
     let warmups: usize = option(&args, "--warmups", 2, USAGE)?;
@@ -142,18 +140,6 @@ fn measure(
         }
     }
     Ok(series)
-}
-
-/// Runs `docker ARGS` against `d`, which must succeed.
-fn docker(d: &Daemon, args: &[&str], timeout_s: u64) -> Result<()> {
-    let out = run(d.docker_command(args), b"", Duration::from_secs(timeout_s));
-    ensure!(
-        out.status.success(),
-        "docker {args:?} failed: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    Ok(())
 }
 
 /// Each daemon's figures, then berth's ratio to runc (medians), which it returns.

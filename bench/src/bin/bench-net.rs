@@ -25,7 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{option, pack_rootfs, sh, Scratch, Series};
+use berth_bench::{args_or_help, docker, option, pack_rootfs, sh, Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -34,11 +34,9 @@ const USAGE: &str = "usage: bench-net [--runs N] [--requests N] [--seconds S]";
 const IMAGE: &str = "bench-net";
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+    let Some(args) = args_or_help(USAGE) else {
         return Ok(());
-    }
+    };
     let runs: usize = option(&args, "--runs", 5, USAGE)?;
     let requests: usize = option(&args, "--requests", 100_000, USAGE)?;
     let seconds: u64 = option(&args, "--seconds", 5, USAGE)?;
@@ -210,18 +208,6 @@ fn wait_redis(netns: Option<&str>, port: u16) -> Result<()> {
 fn rps(text: &str, what: &str) -> Option<f64> {
     let line = text.lines().rfind(|l| l.starts_with(&format!("{what}:")))?;
     line.split_whitespace().find_map(|w| w.parse::<f64>().ok())
-}
-
-/// Runs `docker ARGS` against `d`; its wall time, or the failure with its output.
-fn docker(d: &Daemon, args: &[&str], timeout_s: u64) -> Result<Duration> {
-    let out = run(d.docker_command(args), b"", Duration::from_secs(timeout_s));
-    ensure!(
-        out.status.success(),
-        "docker {args:?} failed: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    Ok(out.elapsed)
 }
 
 /// The image: busybox, redis-server and iperf3 with every library they load (from `ldd`).

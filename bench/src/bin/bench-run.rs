@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use berth_bench::{option, pack_rootfs, sh, Scratch, Series};
+use berth_bench::{args_or_help, docker, option, pack_rootfs, sh, Scratch, Series};
 use berth_tests::{
     busybox_image, daemon_base_dir, dockerd_available, run, Berthd, Daemon, Dockerd,
 };
@@ -32,11 +32,9 @@ const UNTAR: &str = "read a _ < /proc/uptime; mkdir /x && tar -xf /payload.tar -
                      read b _ < /proc/uptime; echo \"elapsed $a $b\"";
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+    let Some(args) = args_or_help(USAGE) else {
         return Ok(());
-    }
+    };
     let runs: usize = option(&args, "--runs", 20, USAGE)?;
     let untar_runs: usize = option(&args, "--untar-runs", 5, USAGE)?;
     let payload_dir: PathBuf = option(&args, "--payload", "/usr/lib/python3.11".into(), USAGE)?;
@@ -131,18 +129,6 @@ fn main() -> Result<()> {
 
 fn path(p: &Path) -> Result<&str> {
     p.to_str().context("a non-UTF-8 path")
-}
-
-/// Runs `docker ARGS` against `d`; its wall time, or the failure with its output.
-fn docker(d: &Daemon, args: &[&str], timeout_s: u64) -> Result<Duration> {
-    let out = run(d.docker_command(args), b"", Duration::from_secs(timeout_s));
-    ensure!(
-        out.status.success(),
-        "docker {args:?} failed: {}{}",
-        out.stdout,
-        out.stderr
-    );
-    Ok(out.elapsed)
 }
 
 /// Each daemon's figures, then each one's ratio to the last (the anchor).
