@@ -3089,6 +3089,11 @@ fn volumes_keep_data_fill_from_the_image_and_hold_while_in_use() {
         return;
     }
     let d = daemon();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
     let tag = unique("v");
     let (data, filled, bare, image) = (
         format!("{tag}-data"),
@@ -3247,6 +3252,29 @@ fn volumes_keep_data_fill_from_the_image_and_hold_while_in_use() {
         !out.status.success() && out.stderr.contains("volume is in use"),
         "{out:?}"
     );
+    // docker cp writes into the volume, through the container that uses it.
+    let put = std::env::temp_dir().join(unique("put"));
+    std::fs::write(&put, "copied into a volume\n").unwrap();
+    d.docker_ok(&["cp", put.to_str().unwrap(), &format!("{holder}:/d/")]);
+    let copied = mountpoint_of(&data).join(put.file_name().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "copied into a volume\n"
+    );
+    let _ = std::fs::remove_file(&put);
+    // system df counts it, with its users.
+    let df = d.api("GET", "/v1.41/system/df", b"");
+    assert_eq!(df.status, 200, "{}", df.text());
+    let df: serde_json::Value = serde_json::from_slice(&df.body).unwrap();
+    let entry = df["Volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["Name"] == data.as_str()))
+        .unwrap_or_else(|| panic!("{data} not in {df}"));
+    assert_eq!(entry["UsageData"]["RefCount"], 1, "{entry}");
+    assert!(
+        entry["UsageData"]["Size"].as_i64().unwrap_or(0) >= 21,
+        "{entry}"
+    );
     d.docker_ok(&[
         "volume",
         "prune",
@@ -3264,6 +3292,36 @@ fn volumes_keep_data_fill_from_the_image_and_hold_while_in_use() {
         .lines()
         .any(|l| l == data));
     d.docker_ok(&["rmi", &image]);
+    // Its life in events, as dockerd tells it.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1;
+    let events = d.docker_ok(&[
+        "events",
+        "--since",
+        &since,
+        "--until",
+        &until.to_string(),
+        "--filter",
+        "type=volume",
+        "--filter",
+        &format!("volume={data}"),
+        "--format",
+        "{{.Action}} {{.Actor.ID}}",
+    ]);
+    let lines: Vec<&str> = events.lines().collect();
+    assert_eq!(
+        lines.first(),
+        Some(&format!("create {data}").as_str()),
+        "{events}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&format!("destroy {data}").as_str()),
+        "{events}"
+    );
 }
 
 /// Docker's resource options become the container's cgroup in its VM, seen from inside as

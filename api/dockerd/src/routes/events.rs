@@ -109,7 +109,7 @@ pub fn matches(e: &Event, filters: &HashMap<String, Vec<String>>) -> bool {
         })
         && any("scope", &|v| v == "local")
         && filters.get("daemon").is_none()
-        && ["volume", "plugin", "node", "service", "secret", "config"]
+        && ["plugin", "node", "service", "secret", "config"]
             .iter()
             .all(|k| filters.get(*k).is_none())
 }
@@ -289,6 +289,14 @@ mod tests {
         assert!(matches(&start, &f(&[("label", &["tier"])])));
         assert!(matches(&tag, &f(&[("type", &["image"])])));
         assert!(!matches(&tag, &f(&[("type", &["container"])])));
+        // A volume by its name (its id).
+        let made = event(Kind::Volume, "create", "data", &[("driver", "local")]);
+        assert!(matches(
+            &made,
+            &f(&[("volume", &["data"]), ("type", &["volume"])])
+        ));
+        assert!(!matches(&made, &f(&[("volume", &["other"])])));
+        assert!(!matches(&start, &f(&[("volume", &["data"])])));
     }
 
     #[test]
