@@ -3428,6 +3428,9 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
     d.docker_ok(&["rm", "-f", &name]);
 
     // Outgrowing -m: the guest's OOM killer, in the container's cgroup, as on a host.
+    // Two vCPUs of 64 MiB, as above and below: one VM template serves every container of
+    // this test (each new shape is a template whose memory file the emulated host's small
+    // disk must hold beside the other tests').
     let oom = unique("oom");
     let out = d.docker(&[
         "run",
@@ -3435,6 +3438,8 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
         &oom,
         "-m",
         "32m",
+        "--cpus",
+        "2",
         "busybox",
         "tail",
         "/dev/zero",
@@ -3460,8 +3465,9 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
         "Cmd": ["sh", "-c", "cat /proc/sys/vm/max_map_count /sys/fs/cgroup/cpu.max; nproc"],
         "HostConfig": {
             "Sysctls": {"vm.max_map_count": "262144"},
+            "Memory": 64 << 20,
             "CpuQuota": 150000,
-            "CpuPeriod": 50000
+            "CpuPeriod": 100000
         }
     });
     let r = d.api(
@@ -3472,7 +3478,7 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(
         d.docker_ok(&["start", "-a", &api]),
-        "262144\n150000 50000\n3\n"
+        "262144\n150000 100000\n2\n"
     );
     d.docker_ok(&["rm", &api]);
 
