@@ -99,7 +99,17 @@ pub fn set_up(name: &str) -> Result<(), LinkError> {
 }
 
 /// Creates bridge `name` (an existing one is reused) with `address/prefix` on it, up.
-pub fn create_bridge(name: &str, address: Ipv4Addr, prefix: u8) -> Result<(), LinkError> {
+///
+/// The bridge's hardware address is set (to `mac`), not left to the kernel: a bridge without
+/// one takes the lowest of its ports' addresses, so it would change as containers' taps come
+/// and go, and every running guest's cached address for its gateway would go stale with it
+/// (their traffic to the gateway lost until their ARP entries expire, tens of seconds).
+pub fn create_bridge(
+    name: &str,
+    mac: [u8; 6],
+    address: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), LinkError> {
     let sock = socket().map_err(err("open a socket for", name))?;
     let cname = CString::new(name).map_err(|_| LinkError {
         what: "name",
@@ -114,6 +124,16 @@ pub fn create_bridge(name: &str, address: Ipv4Addr, prefix: u8) -> Result<(), Li
         }
     }
     let mut req = ifreq(name);
+    // SAFETY: sockaddr is plain data; all zeros is a valid value.
+    let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hw.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = hw;
+    ioctl_ifreq(&sock, libc::SIOCSIFHWADDR, &mut req)
+        .map_err(err("set the hardware address of", name))?;
+    let mut req = ifreq(name);
     req.ifr_ifru.ifru_addr = sockaddr_in(address);
     ioctl_ifreq(&sock, libc::SIOCSIFADDR, &mut req).map_err(err("set the address of", name))?;
     let mask = Ipv4Addr::from(u32::MAX << (32 - u32::from(prefix.clamp(1, 32))));
@@ -121,6 +141,21 @@ pub fn create_bridge(name: &str, address: Ipv4Addr, prefix: u8) -> Result<(), Li
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
     ioctl_ifreq(&sock, libc::SIOCSIFNETMASK, &mut req).map_err(err("set the netmask of", name))?;
     set_up(name)
+}
+
+/// The hardware address of interface `name`.
+pub fn hardware_address(name: &str) -> Result<[u8; 6], LinkError> {
+    let sock = socket().map_err(err("open a socket for", name))?;
+    let mut req = ifreq(name);
+    ioctl_ifreq(&sock, libc::SIOCGIFHWADDR, &mut req)
+        .map_err(err("read the hardware address of", name))?;
+    // SAFETY: SIOCGIFHWADDR filled the hwaddr member of the union.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(hw.sa_data) {
+        *dst = src as u8;
+    }
+    Ok(mac)
 }
 
 /// Deletes bridge `name` (down first, as the kernel requires). A missing one is no error.

@@ -321,7 +321,9 @@ impl Networks {
             .netns
             .run_async(
                 move || -> std::result::Result<std::net::UdpSocket, String> {
-                    link::create_bridge(&bridge, gateway, subnet.prefix)
+                    // The gateway's own MAC, Docker's scheme for addresses: stable
+                    // across daemon restarts, never a container's.
+                    link::create_bridge(&bridge, ipam::mac_of(gateway), gateway, subnet.prefix)
                         .map_err(|e| e.to_string())?;
                     let s = std::net::UdpSocket::bind((gateway, 53))
                         .map_err(|e| format!("cannot bind the DNS server on {gateway}:53: {e}"))?;
@@ -869,8 +871,33 @@ mod tests {
             nets.remove("app").await,
             Err(EngineError::Forbidden(m)) if m.contains("active endpoints")
         ));
+        // The bridge keeps its own MAC as taps come and go (a kernel bridge left alone takes
+        // its lowest port's, and guests' cached gateway addresses would go stale).
+        let gateway_mac = ipam::mac_of(a.gateway);
+        let mac = |bridge: &str| {
+            let bridge = bridge.to_string();
+            nets.netns()
+                .run(move || link::hardware_address(&bridge))
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(mac(&app.bridge), gateway_mac);
+        let b = nets
+            .attach(EndpointRequest {
+                container_id: "beef0000beef0000".into(),
+                container_name: "db".into(),
+                network: "app".into(),
+                aliases: vec![],
+                ipv4: None,
+                dns: vec![],
+            })
+            .await
+            .unwrap();
         drop(a.tap);
         nets.detach("c0ffee00c0ffee00");
+        assert_eq!(mac(&app.bridge), gateway_mac);
+        drop(b.tap);
+        nets.detach("beef0000beef0000");
         let names = nets.netns().run(link::names).unwrap();
         assert!(!names.iter().any(|n| n.starts_with("bt")), "{names:?}");
         nets.close().await;
