@@ -631,6 +631,41 @@ impl Daemon {
         self.dir.join("exec")
     }
 
+    /// What a failed assertion about a running container's VM should show: its VMM's
+    /// metrics (each virtio device's interrupts, queue positions and counters: a stalled
+    /// queue or dropped frames are seen there), the end of its guest's console and of the
+    /// daemon's log.
+    pub fn vm_report(&self, container: &str) -> String {
+        let id = self
+            .docker(&["inspect", "-f", "{{.Id}}", container])
+            .stdout
+            .trim()
+            .to_string();
+        let metrics = match id.get(..16) {
+            Some(short) => vmm_launcher::control::metrics(
+                &self.exec_root().join(short).join("control.sock"),
+                Duration::from_secs(10),
+            )
+            .map(|m| m.to_string())
+            .unwrap_or_else(|e| format!("(no metrics: {})", vmm_launcher::chain(&e))),
+            None => format!("(no container {container})"),
+        };
+        let console = std::fs::read_to_string(
+            self.data_root()
+                .join("containers")
+                .join(&id)
+                .join("console.log"),
+        )
+        .unwrap_or_default();
+        format!(
+            "\n--- VMM metrics of {container}: {metrics}\n--- its console (last 30 lines):\n{}\n\
+             --- {} log (last 40 lines):\n{}",
+            last_lines(&console, 30),
+            self.name,
+            last_lines(&self.log(), 40)
+        )
+    }
+
     /// Everything it logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -296,7 +296,7 @@ fn user_networks_resolve_names_and_stay_apart() {
     let web_ip = web_ip.trim();
     assert!(web_ip.starts_with("172."), "{web_ip}");
     let script = format!(
-        "hostname -i; nslookup {web} 2>/dev/null | grep -q '^Name:' && echo RESOLVED; \
+        "hostname -i || {{ grep eth0 /proc/net/dev; cat /etc/resolv.conf; ip neigh; }}; nslookup {web} 2>/dev/null | grep -q '^Name:' && echo RESOLVED; \
          {GET} | nc -w 3 {web_ip} 80 2>/dev/null | grep -q served-by && echo CROSSED; \
          nslookup {web} {gateway} 2>/dev/null | grep -q '^Name:' && echo CROSS-DNS; \
          ping -c 1 -W 3 10.231.0.254 >/dev/null && echo OWN-GATEWAY"
@@ -391,7 +391,8 @@ fn network_none_has_only_lo_and_a_guest_cannot_pose_as_another() {
     let script = format!(
         "ping -c 1 -W 5 172.17.0.1 >/dev/null && echo BEFORE; \
          /bin/netprobe forge eth0 {forged} 200; /bin/netprobe runts eth0 100; \
-         for i in 1 2 3 4 5 6; do ping -c 1 -W 5 172.17.0.1 >/dev/null && echo AFTER && break; done; cat /sys/class/net/eth0/address"
+         for i in 1 2 3 4 5 6; do ping -c 1 -W 5 172.17.0.1 >/dev/null && echo AFTER && break; done; \
+         grep eth0 /proc/net/dev; ip neigh; cat /sys/class/net/eth0/address"
     );
     // Detached, and kept running: the bridge forgets a port's addresses when its tap goes.
     let script = format!("{script}; echo DONE; exec sleep 600");
@@ -410,8 +411,18 @@ fn network_none_has_only_lo_and_a_guest_cannot_pose_as_another() {
         std::thread::sleep(Duration::from_millis(500));
     };
     let own_mac = logs.lines().rev().nth(1).unwrap_or_default().to_string();
-    assert!(logs.starts_with("BEFORE\nforged 200\n"), "{logs}");
-    assert!(logs.contains("AFTER\n"), "{logs}");
+    let links = || {
+        let mut ip = Command::new("nsenter");
+        ip.arg(format!("--net={}", d.exec_root().join("netns").display()))
+            .args(["ip", "-s", "link", "show"]);
+        run(ip, b"", Duration::from_secs(30)).stdout
+    };
+    assert!(
+        logs.starts_with("BEFORE\nforged 200\n") && logs.contains("AFTER\n"),
+        "{logs}{}\n--- berthd's namespace:\n{}",
+        d.vm_report(&name),
+        links()
+    );
     // What the bridge heard from: the guest's own MAC, never the forged one.
     let netns = d.exec_root().join("netns");
     let mut fdb = Command::new("nsenter");

@@ -459,7 +459,29 @@ impl VirtioDevice for Net {
         self.active.is_some()
     }
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.counters.named()
+        let mut all = self.counters.named();
+        // Where each ring stands, for a stalled queue to show which side waits: the
+        // driver's available index against the device's next one, and whether a host frame
+        // waits for receive buffers.
+        all.push((
+            "rx_waiting_for_buffers",
+            u64::from(self.rx_pending.is_some()),
+        ));
+        all.push(("tap_readable", u64::from(self.tap_readable)));
+        if let Some((mem, _)) = &self.active {
+            for (name, q) in [("rx", &self.queues[RX]), ("tx", &self.queues[TX])] {
+                let avail = q
+                    .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                    .map_or(u64::MAX, |i| u64::from(i.0));
+                let (avail_name, next_name) = match name {
+                    "rx" => ("rx_driver_avail_idx", "rx_device_next_avail"),
+                    _ => ("tx_driver_avail_idx", "tx_device_next_avail"),
+                };
+                all.push((avail_name, avail));
+                all.push((next_name, u64::from(q.next_avail())));
+            }
+        }
+        all
     }
 }
 
