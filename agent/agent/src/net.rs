@@ -1,6 +1,7 @@
 //! The VM's network interfaces, configured as the host set up their other ends: loopback up
 //! at boot (Docker's `--network none` still has `lo`), and each `eth<N>` given its MAC,
-//! IPv4 address, MTU and default route on [`agent_protocol::Request::ConfigureNetwork`].
+//! IPv4 address, MTU and default route on [`agent_protocol::Request::ConfigureNetwork`],
+//! which answers once each has its link.
 //!
 //! Plain ioctls on an `AF_INET` socket: the guest kernel has no netlink users here and
 //! these few settings are all a container's interface needs. The container's processes
@@ -9,6 +10,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use agent_protocol::InterfaceConfig;
 
@@ -28,7 +30,16 @@ pub enum NetError {
     },
     #[error("{0:?} is not a valid address")]
     Address(String),
+    #[error("{name} reported no link within {waited:?}")]
+    NoCarrier { name: String, waited: Duration },
 }
+
+/// How long a configured interface may take to report its link up. The VM's device says
+/// the link is up as soon as its backend is attached (a clone's, at restore); the guest
+/// kernel takes that in on a workqueue, and until then the interface drops what is sent
+/// (a container's first DNS query or ARP request lost). Seconds only on a loaded emulated
+/// host; past this, something is wrong and is said.
+const CARRIER_TIMEOUT: Duration = Duration::from_secs(20);
 
 fn socket() -> Result<OwnedFd, NetError> {
     // SAFETY: socket(2) with constant arguments; the result is checked before use.
@@ -171,7 +182,33 @@ pub fn configure(interfaces: &[InterfaceConfig]) -> Result<(), NetError> {
     if let Some((gateway, name)) = default_route {
         add_default_route(&sock, gateway, &name)?;
     }
+    for iface in interfaces {
+        wait_for_link(&sock, &format!("eth{}", iface.index))?;
+    }
     Ok(())
+}
+
+/// Waits until interface `name` (up) has its link, so that nothing the container sends
+/// first is dropped.
+fn wait_for_link(sock: &OwnedFd, name: &str) -> Result<(), NetError> {
+    let start = Instant::now();
+    loop {
+        let mut req = ifreq(name);
+        ioctl(sock, libc::SIOCGIFFLAGS, &mut req, "read the flags", name)?;
+        // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+        let flags = unsafe { req.ifr_ifru.ifru_flags };
+        // IFF_RUNNING: the kernel's operational state is up (carrier on, qdisc active).
+        if flags & libc::IFF_RUNNING as libc::c_short != 0 {
+            return Ok(());
+        }
+        if start.elapsed() >= CARRIER_TIMEOUT {
+            return Err(NetError::NoCarrier {
+                name: name.to_string(),
+                waited: CARRIER_TIMEOUT,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn add_default_route(sock: &OwnedFd, gateway: Ipv4Addr, name: &str) -> Result<(), NetError> {
