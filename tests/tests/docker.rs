@@ -3425,7 +3425,38 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
         .trim(),
         "20 0,1 512 33554432 134217728 1500000000 map[kernel.msgmax:65536 net.core.somaxconn:1024]"
     );
+    // On the host, the whole VM is bounded: its VMM runs in a cgroup of berth's sized by the
+    // VM (64 MiB and 2 vCPUs, plus the VMM's own 128 MiB and one CPU), gone with it.
+    let vmm = d.docker_ok(&["inspect", "-f", "{{.State.Pid}}", &name]);
+    let vmm_cgroup =
+        std::fs::read_to_string(format!("/proc/{}/cgroup", vmm.trim())).unwrap_or_default();
+    let host_cgroup = if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        let path = vmm_cgroup.trim().strip_prefix("0::").unwrap_or_default();
+        assert!(path.starts_with("/berth/"), "{vmm_cgroup:?}");
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(&path[1..]);
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert_eq!(
+            [read("memory.max"), read("cpu.max"), read("pids.max")],
+            [
+                format!("{}\n", 192u64 << 20),
+                "300000 100000\n".to_string(),
+                "256\n".to_string()
+            ]
+        );
+        Some(dir)
+    } else {
+        let info = d.docker_ok(&["info", "-f", "{{json .Warnings}}"]);
+        assert!(info.contains("without host limits"), "{info}");
+        None
+    };
     d.docker_ok(&["rm", "-f", &name]);
+    if let Some(dir) = host_cgroup {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while dir.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(!dir.exists(), "{} outlived its VMM", dir.display());
+    }
 
     // Outgrowing -m: the guest's OOM killer, in the container's cgroup, as on a host.
     // Two vCPUs of 64 MiB, as above and below: one VM template serves every container of

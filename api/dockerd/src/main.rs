@@ -196,6 +196,8 @@ async fn serve(options: Options) -> Result<()> {
     let engine = engine::Engine::open(options.engine.clone())
         .await
         .context("cannot open the engine")?;
+    // Found (and, where missing, said) now rather than at the first container's start.
+    let _ = engine::container::hostcg::global();
 
     let listener = bind(&options.socket)?;
     log::info!(

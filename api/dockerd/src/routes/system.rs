@@ -162,6 +162,10 @@ async fn info(state: &Arc<State>) -> ApiResult {
     if let Some(w) = &runtime.host_warning {
         warnings.push(format!("berth: {w}"));
     }
+    let host_cgroups = engine::container::hostcg::global();
+    if let Some(w) = host_cgroups.unavailable() {
+        warnings.push(format!("berth: {w}"));
+    }
     json(
         StatusCode::OK,
         &json!({
@@ -191,7 +195,8 @@ async fn info(state: &Arc<State>) -> ApiResult {
             "NGoroutines": 0,
             "SystemTime": engine::time::rfc3339(std::time::SystemTime::now()),
             "LoggingDriver": "json-file",
-            "CgroupDriver": "none",
+            // The VMMs' host cgroups (berth's own subtree, written directly).
+            "CgroupDriver": if host_cgroups.unavailable().is_none() { "cgroupfs" } else { "none" },
             "CgroupVersion": "2",
             "NEventsListener": 0,
             "KernelVersion": kernel,

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod exec;
 pub mod health;
+pub mod hostcg;
 pub mod initlayer;
 mod layer;
 pub use layer::{CommitOptions, Export};
@@ -651,7 +652,7 @@ impl Containers {
                 let _ = tokio::task::spawn_blocking(move || {
                     vm::shutdown(&mut vmm, &uds);
                     vm::unmount_rootfs(&rootfs);
-                    let _ = crate::fsutil::remove_tree(&run_dir);
+                    vm::remove_run_dir(&run_dir);
                 })
                 .await;
                 self.networks.detach(&container.id);
@@ -1270,7 +1271,7 @@ fn recover_stale(config: &EngineConfig, dir: &Path, r: &mut Record) {
         unsafe { libc::kill(r.state.pid as i32, libc::SIGKILL) };
     }
     vm::unmount_rootfs(&dir.join("rootfs"));
-    let _ = crate::fsutil::remove_tree(&vm::run_dir(&config.exec_root, &r.id));
+    vm::remove_run_dir(&vm::run_dir(&config.exec_root, &r.id));
     r.state.status = Status::Exited;
     r.state.pid = 0;
     r.state.paused = false;

@@ -100,7 +100,7 @@ pub fn create(
     };
     if result.is_err() {
         vm::unmount_rootfs(&launch.rootfs);
-        let _ = crate::fsutil::remove_tree(&launch.run_dir);
+        vm::remove_run_dir(&launch.run_dir);
     }
     result
 }

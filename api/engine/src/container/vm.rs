@@ -225,6 +225,15 @@ pub fn run_dir(exec_root: &Path, id: &str) -> PathBuf {
     exec_root.join(id.get(..RUN_DIR_ID_LEN).unwrap_or(id))
 }
 
+/// Removes what a VM left on the host once its VMM has ended: its run directory and its
+/// host cgroup.
+pub fn remove_run_dir(run_dir: &Path) {
+    let _ = crate::fsutil::remove_tree(run_dir);
+    if let Some(name) = run_dir.file_name().and_then(|n| n.to_str()) {
+        super::hostcg::global().remove(name);
+    }
+}
+
 /// The VMM control socket of the VM whose run directory is `run_dir`.
 pub fn control_socket(run_dir: &Path) -> PathBuf {
     run_dir.join("control.sock")
@@ -303,6 +312,13 @@ pub fn launch(
         |what: &str, e: &dyn std::fmt::Display| LaunchError::Failed(format!("{what}: {e}"));
     std::fs::create_dir_all(&spec.run_dir)
         .map_err(|e| failed("cannot create the VM's run directory", &e))?;
+    // Named as the run directory: one per VM, removed with it (remove_run_dir).
+    let host_cgroup = match spec.run_dir.file_name().and_then(|n| n.to_str()) {
+        Some(name) => super::hostcg::global()
+            .create(name, spec.vcpus, spec.mem_mib)
+            .map_err(|e| failed("cannot make the VM's host cgroup", &vmm_launcher::chain(&e)))?,
+        None => None,
+    };
     let boot = boot_spec(cfg, spec);
     let uds = spec.run_dir.join("vsock.sock");
     let _ = std::fs::remove_file(&uds);
@@ -319,6 +335,9 @@ pub fn launch(
         .stderr(vmm_log);
     // Its own process group: a Ctrl-C aimed at berthd in a terminal must not reach VMs.
     cmd.process_group(0);
+    if let Some(cg) = &host_cgroup {
+        cg.enter_on_spawn(&mut cmd);
+    }
     let vmm_said = || {
         let log = std::fs::read_to_string(spec.run_dir.join("vmm.log")).unwrap_or_default();
         let log = log.trim();
@@ -414,7 +433,7 @@ pub fn launch(
         if let Err(e) = control.refresh(Some(&spec.container.hostname)) {
             return Err(vm_failed(
                 &mut vmm,
-                format!("cannot make the clone its own: {e}"),
+                format!("cannot make the clone its own: {}", vmm_launcher::chain(&e)),
             ));
         }
     }
@@ -422,30 +441,65 @@ pub fn launch(
         if let Err(e) = control.configure_network(std::slice::from_ref(&net.interface)) {
             return Err(vm_failed(
                 &mut vmm,
-                format!("cannot configure the guest's network: {e}"),
+                format!(
+                    "cannot configure the guest's network: {}",
+                    vmm_launcher::chain(&e)
+                ),
             ));
         }
     }
     let started = setup_and_start(&mut control, spec);
     match started {
         Ok((streams, pid)) => Ok((Vm { vmm, uds, control }, streams, pid)),
-        Err(e) => {
+        Err(Setup { error, lost: true }) => {
+            // The connection broke or went silent: the guest may have died under the
+            // request. What ended it (or what it was doing) is the report, not the socket's
+            // error alone.
+            let message = match vmm_launcher::wait_exit(&mut vmm, Duration::from_secs(2)) {
+                Some(exit) => {
+                    let tail = vmm_launcher::console_tail(&spec.console_log, CONSOLE_TAIL_LINES)
+                        .join(" | ");
+                    format!(
+                        "{error}; the VM ended: {exit}{}; its console ended: {tail}",
+                        vmm_said()
+                    )
+                }
+                None => return Err(vm_failed(&mut vmm, error.to_string())),
+            };
+            Err(LaunchError::Failed(message))
+        }
+        Err(Setup { error, lost: false }) => {
             let _ = control.shutdown(Some(Duration::from_millis(100)));
             if vmm_launcher::wait_exit(&mut vmm, Duration::from_secs(10)).is_none() {
                 let _ = vmm.kill();
                 let _ = vmm.wait();
             }
-            Err(e)
+            Err(error)
         }
     }
 }
 
-fn setup_and_start(
-    control: &mut AgentClient,
-    spec: &LaunchSpec,
-) -> Result<(Streams, u32), LaunchError> {
-    let agent =
-        |what: &str, e: agent_client::ClientError| LaunchError::Failed(format!("{what}: {e}"));
+/// Why a container could not be set up and started in its VM.
+struct Setup {
+    error: LaunchError,
+    /// The connection to the agent broke or timed out (rather than the agent refusing).
+    lost: bool,
+}
+
+impl From<LaunchError> for Setup {
+    fn from(error: LaunchError) -> Self {
+        Setup { error, lost: false }
+    }
+}
+
+fn setup_and_start(control: &mut AgentClient, spec: &LaunchSpec) -> Result<(Streams, u32), Setup> {
+    let agent = |what: &str, e: agent_client::ClientError| Setup {
+        lost: matches!(
+            e,
+            agent_client::ClientError::Frame(_) | agent_client::ClientError::Timeout { .. }
+        ),
+        error: LaunchError::Failed(format!("{what}: {}", vmm_launcher::chain(&e))),
+    };
     control
         .create_container(CONTAINER, &spec.container)
         .map_err(|e| agent("cannot set the container up in the guest", e))?;
@@ -488,11 +542,13 @@ fn setup_and_start(
             Some(ErrorCode::NotFound) => LaunchError::Exec {
                 not_found: true,
                 message: format!("exec: \"{argv0}\": executable file not found in $PATH: {e}"),
-            },
+            }
+            .into(),
             Some(ErrorCode::PermissionDenied) => LaunchError::Exec {
                 not_found: false,
                 message: format!("exec: \"{argv0}\": permission denied: {e}"),
-            },
+            }
+            .into(),
             _ => agent("cannot start the container's process", e),
         }),
     }

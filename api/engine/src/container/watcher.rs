@@ -151,7 +151,7 @@ pub(super) fn spawn(w: Watch) {
                 vm::shutdown(vmm, &uds);
             }
             vm::unmount_rootfs(&rootfs);
-            let _ = crate::fsutil::remove_tree(&run_dir);
+            vm::remove_run_dir(&run_dir);
         })
         .await;
         // Only now is its address free for another container: its VM no longer has it.
