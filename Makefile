@@ -134,9 +134,7 @@ test-kvm:
 # docker.rs), built here and run by tests/run-microvm: directly where `berth-vmm check`
 # passes, else inside two emulated virtualization hosts side by side (one vCPU each: with
 # two, concurrent microVMs crash it; tests/vmhost/README.md), MICROVM_THREADS tests at a
-# time in each. The network tests run first in the Docker CLI tests' host: after the VMM's
-# tests in the other host, a guest's pings after it forged frames failed twice in a row
-# (tests/tests/network.rs, network_none_...; not understood yet).
+# time in each. The network tests run first in the Docker CLI tests' host.
 MICROVM_TESTS := microvm virtiofs container network docker
 MICROVM_THREADS ?= 4
 test-microvm:
