@@ -966,8 +966,8 @@ fn malformed_archives_and_api_errors_in_docker_format() {
         (
             "POST",
             "/v1.41/images/create?fromImage=nope&tag=latest",
-            404,
-            "pull access denied for nope:latest",
+            400,
+            "berth cannot pull nope:latest",
         ),
         ("POST", "/v1.41/build", 400, "cannot build"),
         ("POST", "/v1.41/images/busybox/push", 400, "cannot push"),
@@ -995,14 +995,14 @@ fn malformed_archives_and_api_errors_in_docker_format() {
         "{}",
         f.stderr
     );
-    assert!(f.stderr.contains("pull access denied"), "{}", f.stderr);
-    let f = berth.docker(&["pull", "busybox"]);
-    assert_eq!(f.code(), 1);
     assert!(
-        f.stderr.contains("berth has no registry client"),
+        f.stderr.contains("berth cannot pull unknown-image:latest"),
         "{}",
         f.stderr
     );
+    let f = berth.docker(&["pull", "busybox"]);
+    assert_eq!(f.code(), 1);
+    assert!(f.stderr.contains("127.0.0.0/8"), "{}", f.stderr);
     // The daemon is still up and answers.
     assert!(berth.alive());
     assert_eq!(berth.api("GET", "/_ping", b"").status, 200);
@@ -1098,4 +1098,234 @@ fn daemon_restart_keeps_images() {
     assert_eq!(listing(&berth), before);
     let f = berth.docker(&["save", "kept:1"]);
     assert!(f.status.success() && f.stdout.len() > 1_000_000);
+}
+
+/// Debian's docker-registry on 127.0.0.1, with htpasswd auth when given a file; killed with
+/// the test.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+    root: PathBuf,
+}
+
+impl Registry {
+    fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let root = dir.join("storage");
+        std::fs::create_dir_all(&root).unwrap();
+        let auth = htpasswd
+            .map(|p| {
+                format!(
+                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
+                    p.display()
+                )
+            })
+            .unwrap_or_default();
+        let config = dir.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+                root.display()
+            ),
+        )
+        .unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry starts (`make test-deps`)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the registry did not listen: {}",
+                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry { child, addr, root }
+    }
+
+    /// The file holding blob `digest`.
+    fn blob(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.root
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sh(script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `docker pull` from Debian's registry on 127.0.0.1: the same image, id and repository
+/// digest as Debian's dockerd pulls; by tag and by digest; up to date the second time; a
+/// missing tag, a registry berth cannot reach and a corrupt blob refused in Docker's words,
+/// nothing recorded, and a good pull after the bad one.
+#[test]
+fn pull_from_a_local_registry_checks_every_digest() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("pull");
+    let registry = Registry::start(&scratch.path("registry"), None);
+    let addr = &registry.addr;
+    // berth cannot push yet: skopeo puts the image there.
+    let archive = busybox_image("archive");
+    let r = format!("{addr}/test/busybox:1");
+    sh(&format!(
+        "skopeo copy -q --dest-tls-verify=false docker-archive:{} docker://{r}",
+        archive.display()
+    ));
+    let manifest: serde_json::Value = serde_json::from_str(&sh(&format!(
+        "skopeo inspect --raw --tls-verify=false docker://{r}"
+    )))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // A corrupt layer blob: refused by its digest, nothing recorded; the good one then pulls.
+    let mut berth = Berthd::start();
+    let good = std::fs::read(registry.blob(&layer)).unwrap();
+    let mut bad = good.clone();
+    let middle = bad.len() / 2;
+    bad[middle] ^= 0xff;
+    std::fs::write(registry.blob(&layer), &bad).unwrap();
+    let f = berth.docker(&["pull", &r]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr.contains(&format!(
+            "filesystem layer verification failed for digest {layer}"
+        )),
+        "{f:?}"
+    );
+    assert_eq!(berth.docker_ok(&["images", "-q"]), "");
+    std::fs::write(registry.blob(&layer), &good).unwrap();
+
+    let out = berth.docker_ok(&["pull", &r]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {r}")),
+        "{out}"
+    );
+    let digest = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(digest.starts_with("sha256:"), "{out}");
+    assert_busybox_intact(&layer_dirs(&berth, &r)[0]);
+
+    // Debian's dockerd pulls the same image: same id, same repository digest.
+    let dockerd = Dockerd::start();
+    dockerd.docker_ok(&["pull", &r]);
+    let (ours, theirs) = (inspect(&berth, &r), inspect(&dockerd, &r));
+    assert_eq!(ours["Id"], theirs["Id"]);
+    assert_eq!(ours["RepoDigests"], theirs["RepoDigests"]);
+    assert_eq!(
+        ours["RepoDigests"][0].as_str().unwrap_or_default(),
+        format!("{addr}/test/busybox@{digest}")
+    );
+
+    // Again: up to date; by digest; a missing tag; a registry that is not on loopback.
+    let out = berth.docker_ok(&["pull", &r]);
+    assert!(
+        out.contains(&format!("Status: Image is up to date for {r}")),
+        "{out}"
+    );
+    let by_digest = format!("{addr}/test/busybox@{digest}");
+    let out = berth.docker_ok(&["pull", &by_digest]);
+    assert!(out.contains(&digest), "{out}");
+    let f = berth.docker(&["pull", &format!("{addr}/test/busybox:nope")]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr.contains(&format!(
+            "manifest for {addr}/test/busybox:nope not found: manifest unknown"
+        )),
+        "{f:?}"
+    );
+    let f = berth.docker(&["pull", "registry.example.com/x:1"]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("127.0.0.0/8"), "{f:?}");
+    assert!(berth.alive());
+}
+
+/// A registry behind htpasswd (Basic) auth: no credentials and wrong ones are refused in
+/// Docker's words; the CLI's stored credentials (sent as `X-Registry-Auth`) pull.
+#[test]
+fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("pull-auth");
+    let htpasswd = scratch.path("htpasswd");
+    let line = sh("htpasswd -Bbn berth s3cret");
+    std::fs::write(&htpasswd, line.trim()).unwrap();
+    let registry = Registry::start(&scratch.path("registry"), Some(&htpasswd));
+    let addr = &registry.addr;
+    let r = format!("{addr}/private/busybox:1");
+    sh(&format!(
+        "skopeo copy -q --dest-tls-verify=false --dest-creds berth:s3cret docker-archive:{} docker://{r}",
+        busybox_image("archive").display()
+    ));
+    let berth = Berthd::start();
+    let f = berth.docker(&["pull", &r]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr.contains(&format!(
+            "pull access denied for {addr}/private/busybox, repository does not exist or may require 'docker login'"
+        )),
+        "{f:?}"
+    );
+    // What `docker login` would have stored (berth does not take `docker login` yet).
+    use base64::Engine as _;
+    let config = berth.dir().join("docker-config/config.json");
+    let store = |user_pass: &str| {
+        let auth = base64::engine::general_purpose::STANDARD.encode(user_pass);
+        std::fs::write(
+            &config,
+            serde_json::json!({ "auths": { addr.as_str(): { "auth": auth } } }).to_string(),
+        )
+        .unwrap();
+    };
+    store("berth:wrong");
+    let f = berth.docker(&["pull", &r]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("pull access denied"), "{f:?}");
+    assert_eq!(berth.docker_ok(&["images", "-q"]), "");
+    store("berth:s3cret");
+    let out = berth.docker_ok(&["pull", &r]);
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {r}")),
+        "{out}"
+    );
 }

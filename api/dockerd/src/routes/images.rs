@@ -10,12 +10,17 @@ use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+use bytes::Bytes;
 use engine::image::archive::{import_config, ImportOptions, LoadEvent};
+use engine::image::pull::{Credentials, PullEvent};
+use engine::image::reference::Reference;
 use engine::image::{DeleteItem, ImageDetails, ImageStore, ImageUsers, ListOptions};
 use engine::EngineError;
+use hyper::body::Frame;
 
 use crate::http::{
-    full, json, percent_decode, spool_body, streamed_body, ApiError, ApiResult, BodyWriter, Query,
+    channel_body, full, json, percent_decode, spool_body, streamed_body, ApiError, ApiResult,
+    BodyWriter, Query,
 };
 use crate::router::{not_found, State, Version};
 
@@ -57,7 +62,7 @@ pub async fn route(
                 (&Method::GET, "get") => save(state, vec![name]),
                 (&Method::POST, "tag") => tag(state, &name, &query).await,
                 (&Method::POST, "push") => Err(unsupported(format!(
-                    "berth cannot push {name}: it has no registry client yet (use docker save)"
+                    "berth cannot push {name}: its registry client pulls but does not push yet (use docker save)"
                 ))),
                 _ => Err(not_found()),
             }
@@ -413,27 +418,10 @@ fn save(state: &Arc<State>, names: Vec<String>) -> ApiResult {
     Ok(r)
 }
 
-/// `POST /images/create`: `docker import` (fromSrc), or a pull (fromImage), which berth
-/// cannot do yet.
+/// `POST /images/create`: `docker import` (fromSrc), or `docker pull` (fromImage).
 async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
     if let Some(image) = q.get("fromImage").filter(|s| !s.is_empty()) {
-        let image = image.trim_end_matches(':');
-        let tag = q.get("tag").unwrap_or("");
-        let shown = match engine::image::reference::Reference::parse_normalized(image) {
-            Ok(r) if !tag.is_empty() && !tag.contains(':') => r
-                .with_tag(tag)
-                .map(|r| r.familiar())
-                .unwrap_or_else(|_| format!("{image}:{tag}")),
-            Ok(r) if !tag.is_empty() => format!("{}@{tag}", r.familiar_name()),
-            Ok(r) => r.with_default_tag().familiar(),
-            Err(e) => return Err(ApiError::bad_request(e.to_string())),
-        };
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "pull access denied for {shown}: berth has no registry client yet, so images come only from `docker load` or `docker import`"
-            ),
-        ));
+        return pull(state, &req, q, image).await;
     }
     let src = q.get("fromSrc").unwrap_or("");
     if src != "-" {
@@ -490,6 +478,156 @@ async fn create(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiRes
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     Ok(r)
+}
+
+/// The reference a pull names: `fromImage` with `tag` (a tag, or a digest).
+fn pull_reference(image: &str, tag: &str) -> Result<Reference, ApiError> {
+    let image = image.trim_end_matches(':');
+    let base =
+        Reference::parse_normalized(image).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if tag.is_empty() {
+        return Ok(base);
+    }
+    if tag.contains(':') {
+        if !engine::image::reference::valid_digest(tag) {
+            return Err(ApiError::bad_request(format!("invalid digest {tag:?}")));
+        }
+        return Ok(Reference {
+            tag: None,
+            digest: Some(tag.to_string()),
+            ..base
+        });
+    }
+    base.with_tag(tag)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// The credentials of `X-Registry-Auth` (base64url JSON, padded or not), if any.
+fn registry_auth(req: &Request<Incoming>) -> Result<Option<Credentials>, ApiError> {
+    use base64::Engine as _;
+    let Some(value) = req.headers().get("X-Registry-Auth") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let trimmed = text.trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+        .map_err(|_| ApiError::bad_request("X-Registry-Auth is not base64"))?;
+    if bytes.iter().all(|b| b.is_ascii_whitespace()) || bytes == b"{}" || bytes == b"null" {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("X-Registry-Auth is not valid: {e}")))
+}
+
+/// One pull event as a line of dockerd's progress stream.
+fn pull_line(e: &PullEvent) -> Value {
+    match e {
+        PullEvent::Status {
+            id: Some(id),
+            status,
+        } => {
+            json!({ "status": status, "progressDetail": {}, "id": id })
+        }
+        PullEvent::Status { id: None, status } => json!({ "status": status }),
+        PullEvent::Progress { id, current, total } => json!({
+            "status": "Downloading",
+            "progressDetail": { "current": current, "total": total },
+            "progress": progress_bar(*current, *total),
+            "id": id,
+        }),
+    }
+}
+
+fn line_bytes(v: &Value) -> Bytes {
+    let mut bytes = serde_json::to_vec(v).unwrap_or_default();
+    bytes.extend_from_slice(b"\r\n");
+    Bytes::from(bytes)
+}
+
+/// `docker pull`: a JSON progress stream. A pull that fails before it has anything to say
+/// (a missing tag, refused credentials, a registry berth cannot reach) is an HTTP error, as
+/// with dockerd; a later failure arrives in the stream.
+async fn pull(state: &Arc<State>, req: &Request<Incoming>, q: &Query, image: &str) -> ApiResult {
+    let r = pull_reference(image, q.get("tag").unwrap_or(""))?;
+    let credentials = registry_auth(req)?;
+    let platform = q.get("platform").map(String::from);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let images = state.engine.images.clone();
+    let mut task =
+        tokio::spawn(async move { images.pull(&r, platform.as_deref(), credentials, &tx).await });
+    let first = tokio::select! {
+        e = rx.recv() => e,
+        done = &mut task => {
+            let done = done.map_err(|e| EngineError::Internal(format!("the pull failed: {e}")));
+            match rx.try_recv() {
+                Ok(e) => {
+                    // It ended, having said something: stream what it said and its end.
+                    let (body, out) = channel_body();
+                    tokio::spawn(async move {
+                        let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
+                        while let Ok(e) = rx.try_recv() {
+                            let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
+                        }
+                        let last = match done.and_then(|r| r) {
+                            Ok(status) => json!({ "status": status }),
+                            Err(e) => error_line(&e.to_string()),
+                        };
+                        let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
+                    });
+                    return Ok(json_stream(body));
+                }
+                Err(_) => {
+                    done??;
+                    return Err(ApiError::from(EngineError::Internal(
+                        "the pull ended without a word".into(),
+                    )));
+                }
+            }
+        }
+    };
+    let Some(first) = first else {
+        // The pull's sender went without a word: it ended, and its end is the answer.
+        let done = task
+            .await
+            .map_err(|e| EngineError::Internal(format!("the pull failed: {e}")))?;
+        let status = done?;
+        return Err(ApiError::from(EngineError::Internal(format!(
+            "the pull ended without a word ({status})"
+        ))));
+    };
+    let (body, out) = channel_body();
+    tokio::spawn(async move {
+        let _ = out
+            .send(Ok(Frame::data(line_bytes(&pull_line(&first)))))
+            .await;
+        // The sender lives in the pull: the channel ends with it.
+        while let Some(e) = rx.recv().await {
+            let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
+        }
+        let last = match task.await {
+            Ok(Ok(status)) => json!({ "status": status }),
+            Ok(Err(e)) => {
+                log::info!("docker pull failed: {e}");
+                error_line(&e.to_string())
+            }
+            Err(e) => error_line(&format!("the pull failed: {e}")),
+        };
+        let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
+    });
+    Ok(json_stream(body))
+}
+
+fn json_stream(body: crate::http::Body) -> Response<crate::http::Body> {
+    let mut r = Response::new(body);
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
 }
 
 /// `POST /build`: refused, after reading the build context so the client sees the error

@@ -22,6 +22,7 @@ pub mod archive;
 pub mod changes;
 pub mod commit;
 pub mod config;
+pub mod pull;
 pub mod reference;
 pub mod unpack;
 
