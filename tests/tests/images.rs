@@ -224,18 +224,6 @@ fn loads_umoci_and_skopeo_archives() {
     let berth = Berthd::start();
     let oci = scratch.path("oci");
     let bundle = scratch.path("bundle");
-    let sh = |script: &str| {
-        let out = std::process::Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     sh(&format!(
         "umoci init --layout {o}; umoci new --image {o}:bb; umoci unpack --image {o}:bb {b}; \
          tar -C {b}/rootfs -xf {r}; umoci repack --image {o}:bb {b}; \
@@ -1171,6 +1159,7 @@ impl Drop for Registry {
     }
 }
 
+/// Runs `script` with `sh -e`, which must succeed; returns its stdout.
 fn sh(script: &str) -> String {
     let out = std::process::Command::new("sh")
         .arg("-ec")
