@@ -1269,7 +1269,8 @@ fn pull_from_a_local_registry_checks_every_digest() {
 }
 
 /// A registry behind htpasswd (Basic) auth: no credentials and wrong ones are refused in
-/// Docker's words; the CLI's stored credentials (sent as `X-Registry-Auth`) pull.
+/// Docker's words; `docker login` checks the password with the registry, and the
+/// credentials the CLI then keeps (sent as `X-Registry-Auth`) pull.
 #[test]
 fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
     if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
@@ -1295,7 +1296,7 @@ fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
         )),
         "{f:?}"
     );
-    // What `docker login` would have stored (berth does not take `docker login` yet).
+    // Wrong credentials where the CLI keeps them.
     use base64::Engine as _;
     let config = berth.dir().join("docker-config/config.json");
     let store = |user_pass: &str| {
@@ -1311,7 +1312,26 @@ fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
     assert_eq!(f.code(), 1, "{f:?}");
     assert!(f.stderr.contains("pull access denied"), "{f:?}");
     assert_eq!(berth.docker_ok(&["images", "-q"]), "");
-    store("berth:s3cret");
+    // `docker login` checks the password with the registry, then the CLI keeps it.
+    let f = berth.docker_with_input(
+        &["login", "-u", "berth", "--password-stdin", addr],
+        b"wrong\n",
+    );
+    assert_ne!(f.code(), 0, "{f:?}");
+    assert!(
+        f.stderr.contains(&format!(
+            "login attempt to http://{addr}/v2/ failed with status: 401 Unauthorized"
+        )),
+        "{f:?}"
+    );
+    let f = berth.docker_with_input(
+        &["login", "-u", "berth", "--password-stdin", addr],
+        b"s3cret\n",
+    );
+    assert!(
+        f.status.success() && f.stdout.contains("Login Succeeded"),
+        "{f:?}"
+    );
     let out = berth.docker_ok(&["pull", &r]);
     assert!(
         out.contains(&format!("Status: Downloaded newer image for {r}")),

@@ -47,6 +47,7 @@ pub async fn route(
         (Method::GET, ["version"]) => version(state),
         (Method::GET, ["info"]) => info(state).await,
         (Method::POST, ["commit"]) => commit(state, req).await,
+        (Method::POST, ["auth"]) => auth(req).await,
         (Method::GET, ["events"]) => {
             super::events::events(state, &crate::http::Query::parse(req.uri().query())).await
         }
@@ -57,6 +58,36 @@ pub async fn route(
             crate::http::percent_decode(name)
         ))),
         _ => Err(not_found()),
+    }
+}
+
+/// `POST /auth`: `docker login`. The credentials are checked against the registry; the CLI
+/// keeps them and sends them with each pull (`X-Registry-Auth`), as with dockerd.
+async fn auth(req: Request<Incoming>) -> ApiResult {
+    #[derive(serde::Deserialize)]
+    struct Login {
+        #[serde(default)]
+        serveraddress: String,
+        #[serde(flatten)]
+        credentials: engine::image::pull::Credentials,
+    }
+    let body = crate::http::read_body(req.into_body(), crate::http::MAX_JSON_BODY).await?;
+    let login: Login = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("invalid login request: {e}")))?;
+    if login.credentials.username.is_empty() {
+        return Err(ApiError::bad_request(
+            "berth logs in with a username and password only (no identity token)",
+        ));
+    }
+    match engine::image::pull::login(&login.serveraddress, &login.credentials).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &json!({ "Status": "Login Succeeded", "IdentityToken": "" }),
+        ),
+        Err(engine::image::pull::LoginError::Refused(m)) => {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, m))
+        }
+        Err(engine::image::pull::LoginError::Other(e)) => Err(e.into()),
     }
 }
 

@@ -646,6 +646,99 @@ impl ImageStore {
     }
 }
 
+/// Why `docker login` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The registry refused the credentials (Docker's 401).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Other(#[from] EngineError),
+}
+
+/// `docker login` (`POST /auth`): checks `credentials` against the registry at `server`
+/// (`host:port`, with or without a scheme or path), as dockerd does: `GET /v2/` with them as
+/// Basic credentials, and where the registry answers with a token service, a token asked for
+/// with them. Only registries berth can pull from are reached.
+pub async fn login(server: &str, credentials: &Credentials) -> std::result::Result<(), LoginError> {
+    let host = server
+        .trim()
+        .trim_start_matches("http://")
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if host.is_empty() || !reachable_registry(&host) {
+        return Err(EngineError::Unsupported(format!(
+            "berth cannot log in to {:?}: its registry client reaches registries on 127.0.0.0/8 and localhost only, over plain HTTP (no TLS yet)",
+            if host.is_empty() { server } else { &host }
+        ))
+        .into());
+    }
+    let url = format!("http://{host}/v2/");
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| EngineError::Internal(format!("cannot make an HTTP client: {e}")))?;
+    let res = client
+        .get(&url)
+        .basic_auth(&credentials.username, Some(&credentials.password))
+        .send()
+        .await
+        .map_err(|e| {
+            EngineError::Internal(format!(
+                "cannot reach the registry at {url}: {}",
+                vmm_launcher::chain(&e)
+            ))
+        })?;
+    let status = res.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let refused = || {
+        LoginError::Refused(format!(
+            "login attempt to {url} failed with status: {} {}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("")
+        ))
+    };
+    let challenge = res
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    if status != reqwest::StatusCode::UNAUTHORIZED
+        || !challenge.to_ascii_lowercase().starts_with("bearer")
+    {
+        return Err(refused());
+    }
+    // A token service: the credentials are good if it issues a token for them.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let oci = oci_client::Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(vec![host.clone()]),
+        connect_timeout: Some(Duration::from_secs(30)),
+        read_timeout: Some(Duration::from_secs(60)),
+        ..ClientConfig::default()
+    });
+    let probe = oci_client::Reference::with_tag(host, "library/hello".into(), "latest".into());
+    let auth = RegistryAuth::Basic(credentials.username.clone(), credentials.password.clone());
+    match oci
+        .auth(&probe, &auth, oci_client::RegistryOperation::Pull)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(OciDistributionError::AuthenticationFailure(_)) => Err(refused()),
+        Err(e) => Err(EngineError::Internal(format!(
+            "cannot log in at {url}: {}",
+            vmm_launcher::chain(&e)
+        ))
+        .into()),
+    }
+}
+
 /// A layer's short id as Docker's progress shows it (12 hex digits of its digest).
 fn short_of(digest: &str) -> String {
     ids::short(hex_of(digest)).to_string()
