@@ -183,11 +183,37 @@ fn namespace_in(procs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         _ => {}
     }
     drop(ready_w);
-    // The helper answers 4 zero bytes once its namespace exists, or its errno.
+    // The helper answers 4 zero bytes once its namespace exists, or its errno; within
+    // HELPER_TIMEOUT, or where it is stuck is the answer (a create must not hang the
+    // host's request until its own timeout, with nothing said).
     let mut buf = [0u8; 4];
     let mut got = 0;
     let mut answer = Ok(());
+    let start = std::time::Instant::now();
     while got < buf.len() {
+        let left = HELPER_TIMEOUT.saturating_sub(start.elapsed());
+        match sys::poll_two(
+            ready_r.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+            None,
+            i32::try_from(left.as_millis()).unwrap_or(i32::MAX),
+        ) {
+            Ok((true, _)) => {}
+            Ok((false, _)) => {
+                answer = Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the helper process {pid} did not answer within {HELPER_TIMEOUT:?}: {}",
+                        stuck_where(pid)
+                    ),
+                ));
+                break;
+            }
+            Err(e) => {
+                answer = Err(e);
+                break;
+            }
+        }
         match sys::read(ready_r.as_fd(), &mut buf[got..]) {
             Ok(0) => break,
             Ok(n) => got += n,
@@ -213,6 +239,30 @@ fn namespace_in(procs: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: kill(2) has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     ns
+}
+
+/// How long the helper may take to move into the cgroup and unshare (milliseconds on a
+/// real host; seconds on a loaded emulated one).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Where process `pid` is stuck, from /proc: its state, its kernel wait channel and, where
+/// the kernel shows it, its kernel stack.
+fn stuck_where(pid: libc::pid_t) -> String {
+    let read = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{f}"))
+            .map(|s| s.trim().replace('\n', " | "))
+            .unwrap_or_else(|e| format!("({e})"))
+    };
+    let state = read("stat")
+        .rsplit(')')
+        .next()
+        .and_then(|rest| rest.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default();
+    format!(
+        "state {state}, waiting in {}, stack: {}",
+        read("wchan"),
+        read("stack")
+    )
 }
 
 /// The helper's side: moves into the cgroup, unshares the cgroup namespace, says so, and
