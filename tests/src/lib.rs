@@ -723,10 +723,12 @@ impl Daemon {
         let f = self.docker(args);
         assert!(
             f.status.success(),
-            "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}",
+            "docker {args:?} failed ({}):\nstdout: {}\nstderr: {}\n--- {} log (last 30 lines):\n{}",
             f.status,
             f.stdout,
-            f.stderr
+            f.stderr,
+            self.name,
+            last_lines(&self.log(), 30)
         );
         f.stdout
     }
