@@ -1265,6 +1265,24 @@ fn pull_from_a_local_registry_checks_every_digest() {
     let f = berth.docker(&["pull", "registry.example.com/x:1"]);
     assert_eq!(f.code(), 1, "{f:?}");
     assert!(f.stderr.contains("127.0.0.0/8"), "{f:?}");
+
+    // `docker create` (as `run`) of an image berth lacks pulls it, unless told not to.
+    let two = format!("{addr}/test/busybox:2");
+    sh(&format!(
+        "skopeo copy -q --src-tls-verify=false --dest-tls-verify=false docker://{r} docker://{two}"
+    ));
+    let f = berth.docker(&["create", "--pull", "never", &two, "true"]);
+    assert_ne!(f.code(), 0, "{f:?}");
+    assert!(f.stderr.contains("No such image"), "{f:?}");
+    let f = berth.docker(&["create", &two, "true"]);
+    assert!(f.status.success(), "{f:?}");
+    assert!(
+        f.stderr
+            .contains(&format!("Unable to find image '{two}' locally"))
+            && f.stderr
+                .contains(&format!("Status: Downloaded newer image for {two}")),
+        "{f:?}"
+    );
     assert!(berth.alive());
 }
 
