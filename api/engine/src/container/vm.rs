@@ -225,6 +225,44 @@ pub fn run_dir(exec_root: &Path, id: &str) -> PathBuf {
     exec_root.join(id.get(..RUN_DIR_ID_LEN).unwrap_or(id))
 }
 
+/// Two samples of a running VM's metrics a second apart: each vCPU's exits in that second,
+/// then the second sample whole (each virtio queue's position and counters).
+fn vm_activity(run_dir: &Path) -> String {
+    let socket = control_socket(run_dir);
+    let sample = || vmm_launcher::control::metrics(&socket, Duration::from_secs(2));
+    let exits = |m: &serde_json::Value| -> Vec<u64> {
+        m["vcpus"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|c| {
+                        ["io_exits", "mmio_exits", "interrupted"]
+                            .iter()
+                            .filter_map(|k| c[*k].as_u64())
+                            .sum()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let first = match sample() {
+        Ok(m) => m,
+        Err(e) => return format!("its VMM's metrics could not be read: {e}"),
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    match sample() {
+        Ok(second) => {
+            let deltas: Vec<u64> = exits(&second)
+                .iter()
+                .zip(exits(&first))
+                .map(|(b, a)| b.saturating_sub(a))
+                .collect();
+            format!("its vCPUs' exits in a second: {deltas:?}; its VMM's metrics: {second}")
+        }
+        Err(e) => format!("its VMM's metrics could not be read: {e}"),
+    }
+}
+
 /// Removes what a VM left on the host once its VMM has ended: its run directory and its
 /// host cgroup.
 pub fn remove_run_dir(run_dir: &Path) {
@@ -464,7 +502,12 @@ pub fn launch(
                         vmm_said()
                     )
                 }
-                None => return Err(vm_failed(&mut vmm, error.to_string())),
+                None => {
+                    // Alive but silent: what its vCPUs and devices did over a second says
+                    // whether the guest runs at all (a vCPU without exits is stuck or idle).
+                    let activity = vm_activity(&spec.run_dir);
+                    return Err(vm_failed(&mut vmm, format!("{error}; {activity}")));
+                }
             };
             Err(LaunchError::Failed(message))
         }
