@@ -3009,7 +3009,8 @@ fn binds_tmpfs_and_read_only_roots() {
         binds.contains(&serde_json::json!(format!("{rw_s}:/data"))),
         "{v}"
     );
-    let mounts: Vec<String> = v["Mounts"]
+    // In any order: the `-v` binds come in a Go map's order (above).
+    let mut mounts: Vec<String> = v["Mounts"]
         .as_array()
         .unwrap()
         .iter()
@@ -3020,19 +3021,18 @@ fn binds_tmpfs_and_read_only_roots() {
             )
         })
         .collect();
-    assert_eq!(
-        mounts,
-        [
-            format!("\"bind\" \"{rw_s}\" \"/data\" true"),
-            format!("\"bind\" \"{made_s}\" \"/made\" true"),
-            format!("\"bind\" \"{}\" \"/etc/app.conf\" true", app_conf.display()),
-            format!("\"bind\" \"{ro_s}\" \"/srv/ro\" false"),
-            format!("\"bind\" \"{}\" \"/opt/ro.conf\" false", ro_conf.display()),
-            "\"tmpfs\" \"\" \"/t2\" true".to_string(),
-            "\"tmpfs\" \"\" \"/scratch\" true".to_string(),
-        ],
-        "{v}"
-    );
+    mounts.sort();
+    let mut expected = [
+        format!("\"bind\" \"{rw_s}\" \"/data\" true"),
+        format!("\"bind\" \"{made_s}\" \"/made\" true"),
+        format!("\"bind\" \"{}\" \"/etc/app.conf\" true", app_conf.display()),
+        format!("\"bind\" \"{ro_s}\" \"/srv/ro\" false"),
+        format!("\"bind\" \"{}\" \"/opt/ro.conf\" false", ro_conf.display()),
+        "\"tmpfs\" \"\" \"/t2\" true".to_string(),
+        "\"tmpfs\" \"\" \"/scratch\" true".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(mounts, expected, "{v}");
     d.docker_ok(&["rm", "-f", &name]);
     assert!(
         rw.join("new").exists(),
