@@ -559,38 +559,10 @@ async fn pull(state: &Arc<State>, req: &Request<Incoming>, q: &Query, image: &st
     let platform = q.get("platform").map(String::from);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let images = state.engine.images.clone();
-    let mut task =
+    let task =
         tokio::spawn(async move { images.pull(&r, platform.as_deref(), credentials, &tx).await });
-    let first = tokio::select! {
-        e = rx.recv() => e,
-        done = &mut task => {
-            let done = done.map_err(|e| EngineError::Internal(format!("the pull failed: {e}")));
-            match rx.try_recv() {
-                Ok(e) => {
-                    // It ended, having said something: stream what it said and its end.
-                    let (body, out) = channel_body();
-                    tokio::spawn(async move {
-                        let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
-                        while let Ok(e) = rx.try_recv() {
-                            let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
-                        }
-                        let last = match done.and_then(|r| r) {
-                            Ok(status) => json!({ "status": status }),
-                            Err(e) => error_line(&e.to_string()),
-                        };
-                        let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
-                    });
-                    return Ok(json_stream(body));
-                }
-                Err(_) => {
-                    done??;
-                    return Err(ApiError::from(EngineError::Internal(
-                        "the pull ended without a word".into(),
-                    )));
-                }
-            }
-        }
-    };
+    // The sender lives in the pull: the channel yields what it said, then ends with it.
+    let first = rx.recv().await;
     let Some(first) = first else {
         // The pull's sender went without a word: it ended, and its end is the answer.
         let done = task
@@ -606,7 +578,6 @@ async fn pull(state: &Arc<State>, req: &Request<Incoming>, q: &Query, image: &st
         let _ = out
             .send(Ok(Frame::data(line_bytes(&pull_line(&first)))))
             .await;
-        // The sender lives in the pull: the channel ends with it.
         while let Some(e) = rx.recv().await {
             let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
         }
