@@ -207,6 +207,23 @@ pub trait VirtioDevice: MutEventSubscriber + Send {
     }
 }
 
+/// Where a queue stands, for metrics: the driver's available index, the device's next
+/// available index, and the avail event the device last published in the used ring (with
+/// VIRTIO_F_EVENT_IDX, the driver notifies only when its index passes that one). A value
+/// that cannot be read is `u64::MAX`.
+pub fn ring_positions(q: &Queue, mem: &GuestMemoryMmap) -> (u64, u64, u64) {
+    use vm_memory::{Address, Bytes, GuestAddress};
+    let driver = q
+        .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+        .map_or(u64::MAX, |i| u64::from(i.0));
+    // The used ring: flags (2), idx (2), size elements of 8 bytes, then avail_event.
+    let avail_event = GuestAddress(q.used_ring())
+        .checked_add(4 + 8 * u64::from(q.size()))
+        .and_then(|at| mem.read_obj::<u16>(at).ok())
+        .map_or(u64::MAX, u64::from);
+    (driver, u64::from(q.next_avail()), avail_event)
+}
+
 /// A queue's configuration and position, for snapshots.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -390,6 +390,48 @@ impl VirtioDevice for Fs {
             worker.stop();
         }
     }
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        // Where each ring stands, for a stalled share to show which side waits: a request
+        // the driver made available that the device never took, or none made at all.
+        const NAMES: [[&str; 3]; 2] = [
+            [
+                "hiprio_driver_avail_idx",
+                "hiprio_device_next_avail",
+                "hiprio_avail_event",
+            ],
+            [
+                "requests_driver_avail_idx",
+                "requests_device_next_avail",
+                "requests_avail_event",
+            ],
+        ];
+        let mut all = Vec::new();
+        let Some(active) = &self.active else {
+            return all;
+        };
+        all.push((
+            "broken",
+            u64::from(
+                active
+                    .shared
+                    .broken
+                    .load(std::sync::atomic::Ordering::SeqCst),
+            ),
+        ));
+        // The worker holds the queues while it serves them: a busy worker is an answer too.
+        let Ok(queues) = active.shared.queues.try_lock() else {
+            all.push(("worker_busy", 1));
+            return all;
+        };
+        for (q, names) in queues.iter().zip(NAMES) {
+            let [avail, next, event] = names;
+            let (driver, device, avail_event) = super::ring_positions(q, &active.mem);
+            all.push((avail, driver));
+            all.push((next, device));
+            all.push((event, avail_event));
+        }
+        all
+    }
     fn unquiesce(&mut self) {
         let tag = self.tag.clone();
         if let Some(active) = self.active.as_mut().filter(|a| a.worker.is_none()) {

@@ -357,6 +357,14 @@ fn init_lookup_and_read_through_the_queue() {
     let reply = g.request(Opcode::Read as u32, entry.nodeid, read.as_slice());
     assert_eq!(reply.errno(), 0);
     assert_eq!(&reply.bytes[16..], b"ello");
+    // The metrics' view of the ring: five requests made available and taken, a sixth
+    // waiting, and (with EVENT_IDX) the device asks to be notified past the fifth.
+    g.queue.set_event_idx(true);
+    g.add_chain(&[]);
+    let (driver, device, _) = crate::virtio::ring_positions(&g.queue, &m);
+    assert_eq!((driver, device), (6, 5));
+    g.queue.enable_notification(&m).unwrap();
+    assert_eq!(crate::virtio::ring_positions(&g.queue, &m), (6, 5, 5));
 }
 
 #[test]
