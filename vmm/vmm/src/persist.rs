@@ -35,6 +35,9 @@ pub enum PersistError {
     Msrs { vcpu: u8, set: usize, wanted: usize },
 }
 
+/// The TSC-deadline timer's MSR.
+const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
+
 /// One vCPU, everything KVM keeps of it.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,7 +154,7 @@ pub fn restore_vcpu(fd: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), Per
         .map_err(kvm("write the debug registers"))?;
     fd.set_lapic(&state.lapic)
         .map_err(kvm("write the local APIC"))?;
-    let entries: Vec<kvm_msr_entry> = state
+    let mut entries: Vec<kvm_msr_entry> = state
         .msrs
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
@@ -160,6 +163,10 @@ pub fn restore_vcpu(fd: &VcpuFd, index: u8, state: &VcpuState) -> Result<(), Per
             ..Default::default()
         })
         .collect();
+    // KVM arms the TSC-deadline timer against the guest's TSC as it stands when the deadline
+    // is written: written before the TSC, a deadline would count from the new vCPU's TSC
+    // (near zero) and fire as late as the template had run. KVM_SET_MSRS writes in order.
+    entries.sort_by_key(|e| e.index == MSR_IA32_TSC_DEADLINE);
     let msrs = Msrs::from_entries(&entries).map_err(|_| PersistError::Msrs {
         vcpu: index,
         set: 0,

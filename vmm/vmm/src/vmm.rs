@@ -141,9 +141,12 @@ fn base(mem: &GuestMemoryMmap, kvm: Kvm, vm: VmFd) -> Result<Base, VmmError> {
         what: "the reset event",
         source,
     })?)?;
-    let supported_cpuid = kvm
+    let mut supported_cpuid = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("listing supported CPUID"))?;
+    if kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+        cpuid::offer_tsc_deadline(&mut supported_cpuid);
+    }
     let msr_list = kvm
         .get_msr_index_list()
         .map_err(kvm_err("listing MSRs"))?
