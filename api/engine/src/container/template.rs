@@ -31,11 +31,21 @@ const TEMPLATE_FORMAT: &str = "berth template 2";
 /// Hex digits of a key that name the files it was built from.
 const FILES_PREFIX: usize = 8;
 
+/// One build of a template ([`Templates::identity`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TemplateIdentity([u8; 32]);
+
 /// Why no template could be had.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplatesError {
     #[error("cannot read {path} to key the VM template")]
     Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot remove the VM template {path}")]
+    Discard {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -176,9 +186,11 @@ impl Templates {
                 continue;
             };
             let stale = match name.strip_prefix('.') {
-                // `.KEY.build-PID` (vmm_launcher::template): its builder may be at work.
+                // `.KEY.build-PID` (vmm_launcher::template): its builder may be at work;
+                // `.KEY.discarded-PID` (Templates::discard): its remover may be.
                 Some(build) => build
                     .rsplit_once(".build-")
+                    .or_else(|| build.rsplit_once(".discarded-"))
                     .and_then(|(_, pid)| pid.parse::<i32>().ok())
                     .is_some_and(|pid| !process_alive(pid)),
                 None => {
@@ -195,6 +207,52 @@ impl Templates {
             }
         }
         Ok(removed)
+    }
+
+    /// What tells this build of a template from a later one in the same place, for
+    /// [`Templates::discard`]: its state file's digest (tens of KiB, and never the same
+    /// twice: it holds the clock and every register of the VM it was taken from; an inode
+    /// number is reused as soon as it is freed). `None` if it cannot be read.
+    pub fn identity(template: &Template) -> Option<TemplateIdentity> {
+        let state = std::fs::read(template.state()).ok()?;
+        Some(TemplateIdentity(Sha256::digest(&state).into()))
+    }
+
+    /// Removes `template` if it is still the build `identity` names (a template built
+    /// again in its place since is kept). Returns whether it was removed. Clones running
+    /// from it keep their memory (a mapped file lives on until it is unmapped); the next
+    /// start of its shape builds it again.
+    pub fn discard(
+        &self,
+        template: &Template,
+        identity: Option<TemplateIdentity>,
+    ) -> Result<bool, TemplatesError> {
+        let Some(identity) = identity else {
+            return Ok(false);
+        };
+        let Some(name) = template.dir.file_name().and_then(|n| n.to_str()) else {
+            return Ok(false);
+        };
+        // Under the build lock of its key: no build replaces it meanwhile.
+        let lock = super::lock_std(&self.building)
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        let _building = super::lock_std(&lock);
+        if Self::identity(template) != Some(identity) {
+            return Ok(false);
+        }
+        // Moved aside first: from then on no start finds it half removed.
+        let aside = self
+            .root
+            .join(format!(".{name}.discarded-{}", std::process::id()));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TemplatesError::Discard { path, source }
+        };
+        std::fs::rename(&template.dir, &aside).map_err(io(&template.dir))?;
+        crate::fsutil::remove_tree(&aside).map_err(io(&aside))?;
+        Ok(true)
     }
 
     /// The template for VMs booted from `boot`, built now if it is not there yet (its
@@ -335,6 +393,37 @@ mod tests {
     }
 
     #[test]
+    fn a_discarded_template_goes_and_one_built_again_in_its_place_stays() {
+        let dir = scratch("discard");
+        let templates = Templates::new(dir.join("templates"));
+        let build = |content: &str| {
+            let t = templates.root().join("0123456789abcdef0123456789abcdef");
+            std::fs::create_dir_all(&t).unwrap();
+            // Written anew, as a build does: another file, another identity.
+            for f in ["vm.state", "vm.mem"] {
+                let tmp = t.join(format!("{f}.tmp"));
+                std::fs::write(&tmp, content).unwrap();
+                std::fs::rename(&tmp, t.join(f)).unwrap();
+            }
+            Template::open(&t).unwrap()
+        };
+        let first = build("first");
+        let identity = Templates::identity(&first);
+        assert!(identity.is_some());
+        assert!(templates.discard(&first, identity).unwrap());
+        assert!(Template::open(&first.dir).is_none());
+        // Nothing is left aside.
+        assert_eq!(std::fs::read_dir(templates.root()).unwrap().count(), 0);
+        // Gone already, or built again since: left alone.
+        assert!(!templates.discard(&first, identity).unwrap());
+        let second = build("second");
+        assert!(!templates.discard(&second, identity).unwrap());
+        assert!(Template::open(&second.dir).is_some());
+        assert!(!templates.discard(&second, None).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn collect_removes_templates_of_other_files_and_builds_of_dead_builders() {
         let dir = scratch("collect");
         let cfg = config(&dir);
@@ -357,12 +446,14 @@ mod tests {
         std::fs::write(dir.join("initramfs"), "initramfs").unwrap();
         let ours = format!(".{current}.build-{}", std::process::id());
         let dead = format!(".{old}.build-{}", i32::MAX);
+        let dead_discard = format!(".{current}.discarded-{}", i32::MAX);
         for name in [
             &current,
             &other_size,
             &old,
             &ours,
             &dead,
+            &dead_discard,
             &"lost+found".to_string(),
         ] {
             let t = templates.root().join(name);
@@ -371,7 +462,7 @@ mod tests {
         }
         let mut removed = templates.collect(&cfg).unwrap();
         removed.sort();
-        let mut expected = vec![old.clone(), dead.clone()];
+        let mut expected = vec![old.clone(), dead.clone(), dead_discard.clone()];
         expected.sort();
         assert_eq!(removed, expected);
         let mut left: Vec<String> = std::fs::read_dir(templates.root())

@@ -49,7 +49,8 @@ pub enum LaunchError {
     Failed(String),
     /// The guest reset itself (nobody asked it to) or triple-faulted before its agent was
     /// ready, or its agent did not come up within the boot timeout, or a clone's agent did
-    /// not answer: a start that died or stalled without a word.
+    /// not answer, or went silent while setting the container up (before any of its
+    /// processes ran): a start that died or stalled without a word.
     /// Nothing of the container ran; `--boot-retries` boots again. The VMM is gone.
     #[error("{0}")]
     SilentBootFailure(String),
@@ -489,7 +490,11 @@ pub fn launch(
     let started = setup_and_start(&mut control, spec);
     match started {
         Ok((streams, pid)) => Ok((Vm { vmm, uds, control }, streams, pid)),
-        Err(Setup { error, lost: true }) => {
+        Err(Setup {
+            error,
+            lost: true,
+            before_process,
+        }) => {
             // The connection broke or went silent: the guest may have died under the
             // request. What ended it (or what it was doing) is the report, not the socket's
             // error alone.
@@ -506,12 +511,26 @@ pub fn launch(
                     // Alive but silent: what its vCPUs and devices did over a second says
                     // whether the guest runs at all (a vCPU without exits is stuck or idle).
                     let activity = vm_activity(&spec.run_dir);
-                    return Err(vm_failed(&mut vmm, format!("{error}; {activity}")));
+                    let failed = vm_failed(&mut vmm, format!("{error}; {activity}"));
+                    // A clone that went silent before any process of the container ran
+                    // failed as a clone whose agent never answered does: silently, with
+                    // nothing of the container run. Every clone of its template has been
+                    // seen to fail so (sandbox::start_vm discards the template).
+                    return Err(match (&start, before_process, failed) {
+                        (Start::Clone(_), true, LaunchError::Failed(why)) => {
+                            LaunchError::SilentBootFailure(format!(
+                                "the clone went silent while its container was set up: {why}"
+                            ))
+                        }
+                        (_, _, failed) => failed,
+                    });
                 }
             };
             Err(LaunchError::Failed(message))
         }
-        Err(Setup { error, lost: false }) => {
+        Err(Setup {
+            error, lost: false, ..
+        }) => {
             let _ = control.shutdown(Some(Duration::from_millis(100)));
             if vmm_launcher::wait_exit(&mut vmm, Duration::from_secs(10)).is_none() {
                 let _ = vmm.kill();
@@ -527,11 +546,17 @@ struct Setup {
     error: LaunchError,
     /// The connection to the agent broke or timed out (rather than the agent refusing).
     lost: bool,
+    /// Nothing of the container had run yet: no process was created.
+    before_process: bool,
 }
 
 impl From<LaunchError> for Setup {
     fn from(error: LaunchError) -> Self {
-        Setup { error, lost: false }
+        Setup {
+            error,
+            lost: false,
+            before_process: false,
+        }
     }
 }
 
@@ -542,10 +567,14 @@ fn setup_and_start(control: &mut AgentClient, spec: &LaunchSpec) -> Result<(Stre
             agent_client::ClientError::Frame(_) | agent_client::ClientError::Timeout { .. }
         ),
         error: LaunchError::Failed(format!("{what}: {}", vmm_launcher::chain(&e))),
+        before_process: false,
     };
     control
         .create_container(CONTAINER, &spec.container)
-        .map_err(|e| agent("cannot set the container up in the guest", e))?;
+        .map_err(|e| Setup {
+            before_process: true,
+            ..agent("cannot set the container up in the guest", e)
+        })?;
     control
         .create_process(INIT_PROCESS, &spec.process)
         .map_err(|e| agent("the guest agent refused the process", e))?;
