@@ -1814,8 +1814,19 @@ fn top_and_stats_show_the_guests_processes_and_figures() {
         "sleep 1000 & while true; do sleep 1; done",
     ]);
 
-    // docker top: ps -ef's table, pids as the container sees them.
-    let out = d.docker_ok(&["top", &name]);
+    // docker top: ps -ef's table, pids as the container sees them. `run -d` returns once
+    // the shell runs, maybe before it has forked its background sleep (CI 29 listed the
+    // shell alone): asked again until the sleep is there, 30 s at most.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let has_sleeper = |out: &str| {
+        out.lines()
+            .any(|l| l.split_whitespace().skip(7).collect::<Vec<_>>() == ["sleep", "1000"])
+    };
+    let mut out = d.docker_ok(&["top", &name]);
+    while !has_sleeper(&out) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        out = d.docker_ok(&["top", &name]);
+    }
     let mut lines = out.lines();
     let titles: Vec<&str> = lines
         .next()
