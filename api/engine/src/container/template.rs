@@ -209,6 +209,14 @@ impl Templates {
         Ok(removed)
     }
 
+    /// The lock that builds and discards of template `key` take, one at a time.
+    fn key_lock(&self, key: &str) -> Arc<Mutex<()>> {
+        super::lock_std(&self.building)
+            .entry(key.to_string())
+            .or_default()
+            .clone()
+    }
+
     /// What tells this build of a template from a later one in the same place, for
     /// [`Templates::discard`]: its state file's digest (tens of KiB, and never the same
     /// twice: it holds the clock and every register of the VM it was taken from; an inode
@@ -234,10 +242,7 @@ impl Templates {
             return Ok(false);
         };
         // Under the build lock of its key: no build replaces it meanwhile.
-        let lock = super::lock_std(&self.building)
-            .entry(name.to_string())
-            .or_default()
-            .clone();
+        let lock = self.key_lock(name);
         let _building = super::lock_std(&lock);
         if Self::identity(template) != Some(identity) {
             return Ok(false);
@@ -271,10 +276,7 @@ impl Templates {
         if let Some(t) = Template::open(&dir) {
             return Ok(t);
         }
-        let lock = super::lock_std(&self.building)
-            .entry(key.clone())
-            .or_default()
-            .clone();
+        let lock = self.key_lock(&key);
         let _building = super::lock_std(&lock);
         if let Some(t) = Template::open(&dir) {
             return Ok(t);
