@@ -1286,6 +1286,160 @@ fn pull_from_a_local_registry_checks_every_digest() {
     assert!(berth.alive());
 }
 
+/// A docker-save archive holding one image with `layers`, lowest first.
+fn archive_with_layers(layers: &[&[u8]], tag: &str) -> Vec<u8> {
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    let names: Vec<String> = (0..layers.len())
+        .map(|i| format!("{i}/layer.tar"))
+        .collect();
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": "config.json", "RepoTags": [tag], "Layers": names}
+    ]))
+    .unwrap();
+    let mut tar = RawTar::new().file("config.json", &config);
+    for (name, layer) in names.iter().zip(layers) {
+        tar = tar.file(name, layer);
+    }
+    tar.file("manifest.json", &manifest).finish()
+}
+
+/// The digest a push printed for `tag` ("<tag>: digest: sha256:... size: N").
+fn pushed_digest(out: &str, tag: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{tag}: digest: ")))
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no digest for {tag} in {out}"))
+        .to_string()
+}
+
+/// `docker push` to Debian's registry on 127.0.0.1, and back through Debian's dockerd: a
+/// two-layer image pushed by berth pulls into dockerd with the same id and repository
+/// digest and runs there; an image dockerd pushes pulls into berth the same way. Blobs the
+/// registry has are skipped; `--all-tags`; a missing tag or repository, a registry off
+/// loopback and a corrupt local layer refused in Docker's words, with nothing pushed.
+#[test]
+fn push_round_trips_through_a_local_registry_and_dockerd() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("push");
+    let registry = Registry::start(&scratch.path("registry"), None);
+    let addr = &registry.addr;
+    let mut berth = Berthd::start();
+    let rootfs = std::fs::read(busybox_image("rootfs")).unwrap();
+    let extra = RawTar::new().file("etc/pushed", b"by berth\n").finish();
+    let r = format!("{addr}/test/app:1");
+    let archive = scratch.path("app.tar");
+    std::fs::write(&archive, archive_with_layers(&[&rootfs, &extra], &r)).unwrap();
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+
+    let out = berth.docker_ok(&["push", &r]);
+    assert!(
+        out.contains(&format!("The push refers to repository [{addr}/test/app]")),
+        "{out}"
+    );
+    assert_eq!(out.matches(": Pushed").count(), 2, "{out}");
+    let digest = pushed_digest(&out, "1");
+    let ours = inspect(&berth, &r);
+    assert!(
+        ours["RepoDigests"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!("{addr}/test/app@{digest}"))),
+        "{ours}"
+    );
+    let raw = sh(&format!(
+        "skopeo inspect --raw --tls-verify=false docker://{r}"
+    ));
+    assert_eq!(sha256(raw.as_bytes()), digest);
+    // Again: the registry has every blob; the same digest.
+    let out = berth.docker_ok(&["push", &r]);
+    assert_eq!(out.matches(": Layer already exists").count(), 2, "{out}");
+    assert_eq!(pushed_digest(&out, "1"), digest);
+
+    // Debian's dockerd pulls what berth pushed: same id, same digest; it runs there.
+    let dockerd = Dockerd::start();
+    dockerd.docker_ok(&["pull", &r]);
+    let theirs = inspect(&dockerd, &r);
+    assert_eq!(ours["Id"], theirs["Id"]);
+    assert_eq!(
+        theirs["RepoDigests"],
+        serde_json::json!([format!("{addr}/test/app@{digest}")])
+    );
+    let run = dockerd.docker_ok(&["run", "--rm", &r, "cat", "/etc/pushed"]);
+    assert_eq!(run, "by berth\n");
+
+    // And back: an image dockerd pushes pulls into berth with dockerd's id and digest.
+    let back = format!("{addr}/test/from-dockerd:1");
+    dockerd.docker_ok(&[
+        "import",
+        "--change",
+        "ENV FROM=dockerd",
+        busybox_image("rootfs").to_str().unwrap(),
+        &back,
+    ]);
+    let their_digest = pushed_digest(&dockerd.docker_ok(&["push", &back]), "1");
+    let out = berth.docker_ok(&["pull", &back]);
+    assert!(out.contains(&format!("Digest: {their_digest}")), "{out}");
+    assert_eq!(inspect(&berth, &back)["Id"], inspect(&dockerd, &back)["Id"]);
+    assert_eq!(
+        inspect(&berth, &back)["RepoDigests"],
+        serde_json::json!([format!("{addr}/test/from-dockerd@{their_digest}")])
+    );
+
+    // --all-tags pushes every tag of the repository.
+    berth.docker_ok(&["tag", &r, &format!("{addr}/test/app:2")]);
+    let out = berth.docker_ok(&["push", "--all-tags", &format!("{addr}/test/app")]);
+    assert_eq!(pushed_digest(&out, "1"), digest, "{out}");
+    assert_eq!(pushed_digest(&out, "2"), digest, "{out}");
+
+    // Refusals.
+    let f = berth.docker(&["push", &format!("{addr}/test/app:nope")]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr
+            .contains(&format!("tag does not exist: {addr}/test/app:nope")),
+        "{f:?}"
+    );
+    let f = berth.docker(&["push", &format!("{addr}/test/none:1")]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr.contains(&format!(
+            "An image does not exist locally with the tag: {addr}/test/none"
+        )),
+        "{f:?}"
+    );
+    berth.docker_ok(&["tag", &r, "registry.example.com/x:1"]);
+    let f = berth.docker(&["push", "registry.example.com/x:1"]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("127.0.0.0/8"), "{f:?}");
+    // A layer corrupted in berth's store: the registry refuses it, no manifest is pushed.
+    let blob = berth
+        .data_root()
+        .join("image/blobs/sha256")
+        .join(sha256(&extra).trim_start_matches("sha256:"));
+    let mut bad = std::fs::read(&blob).unwrap();
+    bad[0] ^= 0xff;
+    std::fs::write(&blob, &bad).unwrap();
+    let broken = format!("{addr}/test/broken:1");
+    berth.docker_ok(&["tag", &r, &broken]);
+    let f = berth.docker(&["push", &broken]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.to_ascii_lowercase().contains("digest"), "{f:?}");
+    let f = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{broken}"))
+        .output()
+        .unwrap();
+    assert!(!f.status.success(), "the broken push left a manifest");
+    assert!(berth.alive());
+}
+
 /// A registry behind htpasswd (Basic) auth: no credentials and wrong ones are refused in
 /// Docker's words; `docker login` checks the password with the registry, and the
 /// credentials the CLI then keeps (sent as `X-Registry-Auth`) pull.
@@ -1355,4 +1509,13 @@ fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
         out.contains(&format!("Status: Downloaded newer image for {r}")),
         "{out}"
     );
+    // Pushing takes the same credentials; a client without them is refused.
+    let mine = format!("{addr}/private/mine:1");
+    berth.docker_ok(&["tag", &r, &mine]);
+    let out = berth.docker_ok(&["push", &mine]);
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    store("berth:wrong");
+    let f = berth.docker(&["push", &format!("{addr}/private/mine:1")]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("unauthorized"), "{f:?}");
 }

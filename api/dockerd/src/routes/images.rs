@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use bytes::Bytes;
 use engine::image::archive::{import_config, ImportOptions, LoadEvent};
-use engine::image::pull::{Credentials, PullEvent};
+use engine::image::pull::{Credentials, TransferEvent};
 use engine::image::reference::Reference;
 use engine::image::{DeleteItem, ImageDetails, ImageStore, ImageUsers, ListOptions};
 use engine::EngineError;
@@ -61,9 +61,7 @@ pub async fn route(
                 (&Method::GET, "history") => history(state, &name),
                 (&Method::GET, "get") => save(state, vec![name]),
                 (&Method::POST, "tag") => tag(state, &name, &query).await,
-                (&Method::POST, "push") => Err(unsupported(format!(
-                    "berth cannot push {name}: its registry client pulls but does not push yet (use docker save)"
-                ))),
+                (&Method::POST, "push") => push(state, &req, &query, &name).await,
                 _ => Err(not_found()),
             }
         }
@@ -526,17 +524,26 @@ fn registry_auth(req: &Request<Incoming>) -> Result<Option<Credentials>, ApiErro
 }
 
 /// One pull event as a line of dockerd's progress stream.
-fn pull_line(e: &PullEvent) -> Value {
+fn transfer_line(e: &TransferEvent) -> Value {
     match e {
-        PullEvent::Status {
+        TransferEvent::Status {
             id: Some(id),
             status,
         } => {
             json!({ "status": status, "progressDetail": {}, "id": id })
         }
-        PullEvent::Status { id: None, status } => json!({ "status": status }),
-        PullEvent::Progress { id, current, total } => json!({
-            "status": "Downloading",
+        TransferEvent::Status { id: None, status } => json!({ "status": status }),
+        TransferEvent::Pushed { tag, digest, size } => json!({
+            "progressDetail": {},
+            "aux": { "Tag": tag, "Digest": digest, "Size": size },
+        }),
+        TransferEvent::Progress {
+            id,
+            action,
+            current,
+            total,
+        } => json!({
+            "status": action,
             "progressDetail": { "current": current, "total": total },
             "progress": progress_bar(*current, *total),
             "id": id,
@@ -557,39 +564,70 @@ async fn pull(state: &Arc<State>, req: &Request<Incoming>, q: &Query, image: &st
     let r = pull_reference(image, q.get("tag").unwrap_or(""))?;
     let credentials = registry_auth(req)?;
     let platform = q.get("platform").map(String::from);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let images = state.engine.images.clone();
-    let task =
-        tokio::spawn(async move { images.pull(&r, platform.as_deref(), credentials, &tx).await });
-    // The sender lives in the pull: the channel yields what it said, then ends with it.
+    let task = tokio::spawn(async move {
+        images
+            .pull(&r, platform.as_deref(), credentials, &tx)
+            .await
+            .map(Some)
+    });
+    transfer_stream("pull", rx, task).await
+}
+
+/// `docker push` (`POST /images/{name}/push?tag=`): every tag of the repository when the
+/// request names none, as `docker push --all-tags` asks.
+async fn push(state: &Arc<State>, req: &Request<Incoming>, q: &Query, name: &str) -> ApiResult {
+    let r = pull_reference(name, q.get("tag").unwrap_or(""))?;
+    let credentials = registry_auth(req)?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let images = state.engine.images.clone();
+    let task = tokio::spawn(async move { images.push(&r, credentials, &tx).await.map(|()| None) });
+    transfer_stream("push", rx, task).await
+}
+
+/// A pull's or push's events as dockerd's JSON progress stream, ended by its last status
+/// line (when it has one) or its error.
+async fn transfer_stream(
+    what: &'static str,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<TransferEvent>,
+    task: tokio::task::JoinHandle<engine::Result<Option<String>>>,
+) -> ApiResult {
+    // The sender lives in the task: the channel yields what it said, then ends with it.
     let first = rx.recv().await;
     let Some(first) = first else {
-        // The pull's sender went without a word: it ended, and its end is the answer.
+        // The task's sender went without a word: it ended, and its end is the answer.
         let done = task
             .await
-            .map_err(|e| EngineError::Internal(format!("the pull failed: {e}")))?;
+            .map_err(|e| EngineError::Internal(format!("the {what} failed: {e}")))?;
         let status = done?;
         return Err(ApiError::from(EngineError::Internal(format!(
-            "the pull ended without a word ({status})"
+            "the {what} ended without a word ({})",
+            status.unwrap_or_default()
         ))));
     };
     let (body, out) = channel_body();
     tokio::spawn(async move {
         let _ = out
-            .send(Ok(Frame::data(line_bytes(&pull_line(&first)))))
+            .send(Ok(Frame::data(line_bytes(&transfer_line(&first)))))
             .await;
         while let Some(e) = rx.recv().await {
-            let _ = out.send(Ok(Frame::data(line_bytes(&pull_line(&e))))).await;
+            let _ = out
+                .send(Ok(Frame::data(line_bytes(&transfer_line(&e)))))
+                .await;
         }
         let last = match task.await {
-            Ok(Ok(status)) => json!({ "status": status }),
+            Ok(Ok(Some(status))) => Some(json!({ "status": status })),
+            Ok(Ok(None)) => None,
             Ok(Err(e)) => {
-                log::info!("docker pull failed: {e}");
-                error_line(&e.to_string())
+                log::info!("docker {what} failed: {e}");
+                Some(error_line(&e.to_string()))
             }
-            Err(e) => error_line(&format!("the pull failed: {e}")),
+            Err(e) => Some(error_line(&format!("the {what} failed: {e}"))),
         };
-        let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
+        if let Some(last) = last {
+            let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
+        }
     });
     Ok(json_stream(body))
 }

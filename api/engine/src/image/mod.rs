@@ -4,7 +4,7 @@
 //! What containers need from it is [`ImageStore::resolve`]: an image's identity, the runtime
 //! part of its config, and its unpacked layer directories for overlayfs. The Docker API's
 //! image endpoints use the rest: load/save/import ([`archive`]), tag, delete, list, inspect,
-//! history. It does not pull from registries (yet) and does not build.
+//! history; [`pull`] and [`push`] are the registry's side. It does not build.
 //!
 //! Layout under `<data-root>/image/` (ARCHITECTURE.md, "Images"):
 //! ```text
@@ -23,6 +23,7 @@ pub mod changes;
 pub mod commit;
 pub mod config;
 pub mod pull;
+pub mod push;
 pub mod reference;
 pub mod unpack;
 

@@ -35,11 +35,11 @@ const MAX_MANIFEST: usize = 4 << 20;
 /// Largest image config taken from a registry.
 const MAX_CONFIG: usize = 8 << 20;
 /// How often a layer's download progress is reported.
-const PROGRESS_STEP: u64 = 512 << 10;
+pub(super) const PROGRESS_STEP: u64 = 512 << 10;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Layer types berth unpacks (plain and gzip tars; zstd is refused by name).
 const LAYER_TYPES: [&str; 4] = [
@@ -69,16 +69,24 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// What a pull reports as it goes, as dockerd's JSON progress stream has it.
+/// What a pull or a push reports as it goes, as dockerd's JSON progress stream has it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PullEvent {
-    /// A status line, for one layer (`id`) or the whole pull.
+pub enum TransferEvent {
+    /// A status line, for one layer (`id`) or the whole transfer.
     Status { id: Option<String>, status: String },
-    /// Bytes of a layer downloaded so far.
+    /// Bytes of a blob moved so far; `action` is Docker's word for it ("Downloading",
+    /// "Pushing").
     Progress {
         id: String,
+        action: &'static str,
         current: u64,
         total: u64,
+    },
+    /// A tag pushed: the manifest's digest and length (the stream's `aux` object).
+    Pushed {
+        tag: String,
+        digest: String,
+        size: u64,
     },
 }
 
@@ -120,8 +128,10 @@ pub fn reachable_registry(domain: &str) -> bool {
 }
 
 /// A client for the registry at `host` (plain HTTP: only loopback registries are reached,
-/// see [`reachable_registry`]).
-fn registry_client(host: &str) -> oci_client::Client {
+/// see [`reachable_registry`]). A push's client uploads each blob in one request
+/// (monolithic: POST, then one PUT streaming the file), as the registry need not keep a
+/// session across chunks.
+pub(super) fn registry_client(host: &str, monolithic_push: bool) -> oci_client::Client {
     // The process's TLS provider (the client is built with rustls and no provider of its
     // own); installing it again is a no-op.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -129,8 +139,19 @@ fn registry_client(host: &str) -> oci_client::Client {
         protocol: ClientProtocol::HttpsExcept(vec![host.to_string()]),
         connect_timeout: Some(Duration::from_secs(30)),
         read_timeout: Some(Duration::from_secs(120)),
+        use_monolithic_push: monolithic_push,
         ..ClientConfig::default()
     })
+}
+
+/// The client's credentials as the registry client takes them: a token from `docker
+/// login` as a Bearer token, a user and password as Basic, else anonymous.
+pub(super) fn registry_auth(credentials: Option<Credentials>) -> RegistryAuth {
+    match credentials {
+        Some(c) if !c.identity_token.is_empty() => RegistryAuth::Bearer(c.identity_token),
+        Some(c) if !c.username.is_empty() => RegistryAuth::Basic(c.username, c.password),
+        _ => RegistryAuth::Anonymous,
+    }
 }
 
 fn invalid(message: impl Into<String>) -> EngineError {
@@ -176,7 +197,7 @@ fn registry_error(r: &Reference, e: OciDistributionError) -> EngineError {
     }
 }
 
-fn sha256_of(bytes: &[u8]) -> String {
+pub(super) fn sha256_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -342,7 +363,7 @@ impl ImageStore {
         r: &Reference,
         platform: Option<&str>,
         credentials: Option<Credentials>,
-        events: &tokio::sync::mpsc::UnboundedSender<PullEvent>,
+        events: &tokio::sync::mpsc::UnboundedSender<TransferEvent>,
     ) -> Result<String> {
         check_platform(platform)?;
         if !reachable_registry(&r.domain) {
@@ -357,17 +378,12 @@ impl ImageStore {
         } else {
             r.clone()
         };
-        let send = |e: PullEvent| {
+        let send = |e: TransferEvent| {
             let _ = events.send(e);
         };
-        let auth = match credentials {
-            Some(c) if !c.identity_token.is_empty() => RegistryAuth::Bearer(c.identity_token),
-            Some(c) if !c.username.is_empty() => RegistryAuth::Basic(c.username, c.password),
-            _ => RegistryAuth::Anonymous,
-        };
         let source = Source {
-            client: registry_client(&r.domain),
-            auth,
+            client: registry_client(&r.domain, false),
+            auth: registry_auth(credentials),
             registry: r.domain.clone(),
             repository: r.path.clone(),
         };
@@ -418,7 +434,7 @@ impl ImageStore {
         };
         // Said once the manifest is in (a missing tag or refused credentials are the
         // request's error, not the stream's).
-        send(PullEvent::Status {
+        send(TransferEvent::Status {
             id: r.tag.clone().or_else(|| r.digest.clone()),
             status: format!("Pulling from {}", r.familiar_name()),
         });
@@ -488,7 +504,7 @@ impl ImageStore {
                 pins.push(store.pin(diff_id));
                 let Some(path) = &files[i] else { continue };
                 let id = layer_ids[i].clone();
-                let _ = events.send(PullEvent::Status {
+                let _ = events.send(TransferEvent::Status {
                     id: Some(id.clone()),
                     status: "Extracting".into(),
                 });
@@ -504,7 +520,7 @@ impl ImageStore {
                         })?;
                     pins.push(pin);
                 }
-                let _ = events.send(PullEvent::Status {
+                let _ = events.send(TransferEvent::Status {
                     id: Some(id),
                     status: "Pull complete".into(),
                 });
@@ -523,7 +539,7 @@ impl ImageStore {
             let (id, _) = store.commit(&config_bytes, &tags, &[digest_ref], "")?;
             drop(pins);
             store.event("pull", &named.familiar(), &named.familiar());
-            let _ = events.send(PullEvent::Status {
+            let _ = events.send(TransferEvent::Status {
                 id: None,
                 status: format!("Digest: {repo_digest}"),
             });
@@ -550,21 +566,21 @@ impl ImageStore {
         layers: &[Descriptor],
         config: &ImageConfig,
         dir: &Path,
-        send: &(dyn Fn(PullEvent) + Sync),
+        send: &(dyn Fn(TransferEvent) + Sync),
     ) -> Result<Vec<Option<std::path::PathBuf>>> {
         let mut files = Vec::new();
         for (i, layer) in layers.iter().enumerate() {
             let id = short_of(&layer.digest);
             let diff_id = &config.rootfs.diff_ids[i];
             if self.layer(diff_id).is_some() {
-                send(PullEvent::Status {
+                send(TransferEvent::Status {
                     id: Some(id),
                     status: "Already exists".into(),
                 });
                 files.push(None);
                 continue;
             }
-            send(PullEvent::Status {
+            send(TransferEvent::Status {
                 id: Some(id.clone()),
                 status: "Pulling fs layer".into(),
             });
@@ -611,8 +627,9 @@ impl ImageStore {
                     .map_err(|e| EngineError::Internal(format!("cannot spool a layer: {e}")))?;
                 if current - reported >= PROGRESS_STEP || current == total {
                     reported = current;
-                    send(PullEvent::Progress {
+                    send(TransferEvent::Progress {
                         id: id.clone(),
+                        action: "Downloading",
                         current,
                         total,
                     });
@@ -620,7 +637,7 @@ impl ImageStore {
             }
             file.flush()
                 .map_err(|e| EngineError::Internal(format!("cannot spool a layer: {e}")))?;
-            send(PullEvent::Status {
+            send(TransferEvent::Status {
                 id: Some(id.clone()),
                 status: "Verifying Checksum".into(),
             });
@@ -631,7 +648,7 @@ impl ImageStore {
                     layer.digest
                 )));
             }
-            send(PullEvent::Status {
+            send(TransferEvent::Status {
                 id: Some(id),
                 status: "Download complete".into(),
             });
@@ -711,7 +728,7 @@ pub async fn login(server: &str, credentials: &Credentials) -> std::result::Resu
         return Err(refused());
     }
     // A token service: the credentials are good if it issues a token for them.
-    let oci = registry_client(&host);
+    let oci = registry_client(&host, false);
     let probe = oci_client::Reference::with_tag(host, "library/hello".into(), "latest".into());
     let auth = RegistryAuth::Basic(credentials.username.clone(), credentials.password.clone());
     match oci
@@ -729,7 +746,7 @@ pub async fn login(server: &str, credentials: &Credentials) -> std::result::Resu
 }
 
 /// A layer's short id as Docker's progress shows it (12 hex digits of its digest).
-fn short_of(digest: &str) -> String {
+pub(super) fn short_of(digest: &str) -> String {
     ids::short(hex_of(digest)).to_string()
 }
 

@@ -1,0 +1,324 @@
+//! `docker push`: an image's tags to a registry over the OCI distribution protocol, through
+//! the same `oci-client` crate as [`super::pull`].
+//!
+//! What is pushed is what the store keeps: the OCI manifest berth wrote when it recorded the
+//! image (its config and its layers as uncompressed tars, each blob named by its digest), so
+//! an image's repository digest is the same on every push and equals what a pull of it from
+//! the registry records. Blobs the registry already has are skipped (a HEAD first); the
+//! others are streamed from their files, one request each. The registry checks every blob
+//! against its digest as it commits it, and refuses a manifest whose blobs it lacks.
+//!
+//! Registries are reached as for a pull: plain HTTP on 127.0.0.0/8 and localhost only.
+
+use std::sync::Arc;
+
+use futures_util::stream::{self, Stream};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::pull::{
+    parse_manifest, reachable_registry, registry_auth, registry_client, sha256_of, short_of,
+    Credentials, Parsed, TransferEvent, OCI_MANIFEST, PROGRESS_STEP,
+};
+use super::reference::Reference;
+use super::{lock, ImageStore};
+use crate::{EngineError, Result};
+
+/// How much of a blob each read sends.
+const CHUNK: usize = 1 << 20;
+
+/// A registry's refusal or failure of a push, in Docker's words where it has them.
+fn push_error(r: &Reference, e: OciDistributionError) -> EngineError {
+    match e {
+        OciDistributionError::AuthenticationFailure(m) => {
+            EngineError::Forbidden(format!("unauthorized: authentication required: {m}"))
+        }
+        OciDistributionError::UnauthorizedError { url } => {
+            EngineError::Forbidden(format!("unauthorized: authentication required ({url})"))
+        }
+        OciDistributionError::RequestError(e)
+            if e.status() == Some(reqwest::StatusCode::UNAUTHORIZED) =>
+        {
+            EngineError::Forbidden(format!(
+                "unauthorized: authentication required ({})",
+                e.url().map(|u| u.as_str()).unwrap_or("")
+            ))
+        }
+        OciDistributionError::RegistryError { envelope, url } => {
+            EngineError::Internal(format!("error from registry at {url}: {envelope}"))
+        }
+        other => EngineError::Internal(format!(
+            "cannot push {}: {}",
+            r.familiar(),
+            vmm_launcher::chain(&other)
+        )),
+    }
+}
+
+/// A blob's file as a stream of chunks, reporting its progress as it is read.
+fn upload_stream(
+    file: tokio::fs::File,
+    id: String,
+    total: u64,
+    events: UnboundedSender<TransferEvent>,
+) -> impl Stream<Item = oci_client::errors::Result<bytes::Bytes>> + Send + 'static {
+    stream::try_unfold(
+        (file, 0u64, 0u64),
+        move |(mut file, mut sent, mut reported)| {
+            let (id, events) = (id.clone(), events.clone());
+            async move {
+                let mut buf = vec![0u8; CHUNK];
+                let n = file.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                buf.truncate(n);
+                sent += n as u64;
+                if sent - reported >= PROGRESS_STEP || sent == total {
+                    reported = sent;
+                    let _ = events.send(TransferEvent::Progress {
+                        id,
+                        action: "Pushing",
+                        current: sent,
+                        total,
+                    });
+                }
+                Ok(Some((bytes::Bytes::from(buf), (file, sent, reported))))
+            }
+        },
+    )
+}
+
+/// Where one push goes.
+struct Target {
+    client: oci_client::Client,
+    auth: RegistryAuth,
+    reference: Reference,
+}
+
+impl Target {
+    fn tagged(&self, tag: &str) -> oci_client::Reference {
+        oci_client::Reference::with_tag(
+            self.reference.domain.clone(),
+            self.reference.path.clone(),
+            tag.to_string(),
+        )
+    }
+}
+
+impl ImageStore {
+    /// The tags of `name`'s repository (all of them when `name` has no tag), with the
+    /// image each names, in order.
+    fn tags_to_push(&self, name: &Reference) -> Vec<(String, String)> {
+        let index = self.read_index();
+        let repo = name.name_only();
+        index
+            .refs
+            .iter()
+            .filter_map(|(k, id)| {
+                let r = Reference::parse_normalized(k).ok()?;
+                let tag = r.tag.clone()?;
+                (r.digest.is_none()
+                    && r.name_only() == repo
+                    && name.tag.as_ref().is_none_or(|t| *t == tag)
+                    && index.visible(id).is_some())
+                .then(|| (tag, id.clone()))
+            })
+            .collect()
+    }
+
+    /// Records `repo@digest` for image `id`, as a pull or push of it does.
+    fn add_repo_digest(&self, repo: &Reference, digest: &str, id: &str) -> Result<()> {
+        let r = Reference {
+            tag: None,
+            digest: Some(digest.to_string()),
+            ..repo.name_only()
+        };
+        let _w = lock(&self.write);
+        if self.read_index().visible(id).is_none() {
+            // Removed while it was pushed: nothing to record it on.
+            return Ok(());
+        }
+        self.set_refs(&[(r, id.to_string())], &[]).map(|_| ())
+    }
+
+    /// `docker push`: pushes `r`'s tag, or every tag of its repository when it names none.
+    /// Says what it does on `events`; the stream's first line comes before anything can
+    /// fail, as with dockerd, so every failure but an unreachable registry is the stream's.
+    pub async fn push(
+        self: &Arc<Self>,
+        r: &Reference,
+        credentials: Option<Credentials>,
+        events: &UnboundedSender<TransferEvent>,
+    ) -> Result<()> {
+        if r.digest.is_some() {
+            return Err(EngineError::InvalidArgument(format!(
+                "cannot push a digest reference: {}",
+                r.familiar()
+            )));
+        }
+        if !reachable_registry(&r.domain) {
+            return Err(EngineError::Unsupported(format!(
+                "berth cannot push {}: its registry client reaches registries on 127.0.0.0/8 and localhost only, over plain HTTP (Docker's default insecure registries); {} would need TLS, which it does not have yet",
+                r.familiar(),
+                r.domain
+            )));
+        }
+        let send = |e: TransferEvent| {
+            let _ = events.send(e);
+        };
+        send(TransferEvent::Status {
+            id: None,
+            status: format!("The push refers to repository [{}]", r.name()),
+        });
+        let tags = self.tags_to_push(r);
+        if tags.is_empty() {
+            return Err(EngineError::NotFound(match &r.tag {
+                Some(_) if !self.tags_to_push(&r.name_only()).is_empty() => {
+                    format!("tag does not exist: {}", r.familiar())
+                }
+                _ => format!(
+                    "An image does not exist locally with the tag: {}",
+                    r.familiar_name()
+                ),
+            }));
+        }
+        let target = Target {
+            client: registry_client(&r.domain, true),
+            auth: registry_auth(credentials),
+            reference: r.name_only(),
+        };
+        for (tag, id) in tags {
+            self.push_tag(&target, &tag, &id, events).await?;
+        }
+        Ok(())
+    }
+
+    /// Pushes one tag: the layers the registry lacks, the config, then the manifest.
+    async fn push_tag(
+        self: &Arc<Self>,
+        target: &Target,
+        tag: &str,
+        id: &str,
+        events: &UnboundedSender<TransferEvent>,
+    ) -> Result<()> {
+        let send = |e: TransferEvent| {
+            let _ = events.send(e);
+        };
+        let at = target.tagged(tag);
+        let shown = target
+            .reference
+            .with_tag(tag)
+            .map_err(|e| EngineError::InvalidArgument(e.to_string()))?;
+        let err = |e| push_error(&shown, e);
+        let manifest_digest = self
+            .manifest_of(id)
+            .ok_or_else(|| EngineError::NotFound(format!("No such image: {}", shown.familiar())))?;
+        let store = self.clone();
+        let manifest = tokio::task::spawn_blocking(move || store.blob(&manifest_digest))
+            .await
+            .map_err(|e| EngineError::Internal(format!("cannot read a manifest: {e}")))??;
+        let Parsed::Image { config, layers } = parse_manifest(&manifest)? else {
+            return Err(EngineError::Internal(format!(
+                "the stored manifest of {id} is an index"
+            )));
+        };
+        target
+            .client
+            .store_auth_if_needed(&target.reference.domain, &target.auth)
+            .await;
+        // Docker lists the layers top first.
+        for layer in layers.iter().rev() {
+            send(TransferEvent::Status {
+                id: Some(short_of(&layer.digest)),
+                status: "Preparing".into(),
+            });
+        }
+        for layer in layers.iter().rev() {
+            let short = short_of(&layer.digest);
+            if target
+                .client
+                .blob_exists(&at, &layer.digest)
+                .await
+                .map_err(err)?
+            {
+                send(TransferEvent::Status {
+                    id: Some(short),
+                    status: "Layer already exists".into(),
+                });
+                continue;
+            }
+            let file = tokio::fs::File::open(self.blob_path(&layer.digest))
+                .await
+                .map_err(|e| {
+                    EngineError::Internal(format!("cannot read layer {}: {e}", layer.digest))
+                })?;
+            let size = file
+                .metadata()
+                .await
+                .map_err(|e| {
+                    EngineError::Internal(format!("cannot read layer {}: {e}", layer.digest))
+                })?
+                .len();
+            if i64::try_from(size).ok() != Some(layer.size) {
+                return Err(EngineError::Internal(format!(
+                    "layer {} is {size} bytes in the store, its manifest says {}",
+                    layer.digest, layer.size
+                )));
+            }
+            let body = upload_stream(file, short.clone(), size, events.clone());
+            target
+                .client
+                .push_blob_stream(&at, body, &layer.digest, Some(size))
+                .await
+                .map_err(err)?;
+            send(TransferEvent::Status {
+                id: Some(short),
+                status: "Pushed".into(),
+            });
+        }
+        if !target
+            .client
+            .blob_exists(&at, &config.digest)
+            .await
+            .map_err(err)?
+        {
+            let store = self.clone();
+            let digest = config.digest.clone();
+            let bytes = tokio::task::spawn_blocking(move || store.blob(&digest))
+                .await
+                .map_err(|e| EngineError::Internal(format!("cannot read a config: {e}")))??;
+            target
+                .client
+                .push_blob(&at, bytes, &config.digest)
+                .await
+                .map_err(err)?;
+        }
+        let digest = sha256_of(&manifest);
+        let size = manifest.len() as u64;
+        let content_type = reqwest::header::HeaderValue::from_static(OCI_MANIFEST);
+        target
+            .client
+            .push_manifest_raw(&at, manifest, content_type)
+            .await
+            .map_err(err)?;
+        let store = self.clone();
+        let (repo, id, recorded) = (target.reference.clone(), id.to_string(), digest.clone());
+        tokio::task::spawn_blocking(move || store.add_repo_digest(&repo, &recorded, &id))
+            .await
+            .map_err(|e| EngineError::Internal(format!("cannot record a digest: {e}")))??;
+        self.event("push", &shown.familiar(), &shown.familiar());
+        send(TransferEvent::Status {
+            id: None,
+            status: format!("{tag}: digest: {digest} size: {size}"),
+        });
+        send(TransferEvent::Pushed {
+            tag: tag.to_string(),
+            digest,
+            size,
+        });
+        Ok(())
+    }
+}
