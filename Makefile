@@ -21,7 +21,7 @@ export VM_CMD
 VM_CPUS ?= 2
 VM_MEM ?= 256
 
-.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone bench-net bench-fs clean
+.PHONY: all build host agent guest run run-vm test test-unit test-kvm test-microvm test-fuzz fuzz lint bench-boot bench-clone bench-net bench-fs bench-image clean
 
 # Each stage says when it ended, in seconds since make started: CI's wall time split.
 T0 := $(shell date +%s)
@@ -256,6 +256,14 @@ bench-fs: build
 		echo "bench-fs: berthd and dockerd run inside the emulated virtualization host"; \
 		$(VMHOST) --timeout 5400 -- env BERTH_TEST_DIR=/tmp $(RELEASE)/bench-fs $$args; \
 	fi
+
+# docker push and docker pull of a ~100 MB 4-layer image against Debian's docker-registry
+# on 127.0.0.1, berth beside Debian's dockerd, interleaved. No VM: runs on this host.
+BENCH_IMAGE_RUNS ?= 5
+BENCH_IMAGE_MIB ?= 100
+.PHONY: bench-image
+bench-image: build test-deps
+	$(RELEASE)/bench-image --runs $(BENCH_IMAGE_RUNS) --mib $(BENCH_IMAGE_MIB)
 
 clean:
 	$(CARGO) clean

@@ -6,7 +6,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use berth_tests::{busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Scratch};
+use berth_tests::{
+    busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Registry, Scratch,
+};
 use sha2::{Digest, Sha256};
 
 fn sha256(b: &[u8]) -> String {
@@ -1086,77 +1088,6 @@ fn daemon_restart_keeps_images() {
     assert_eq!(listing(&berth), before);
     let f = berth.docker(&["save", "kept:1"]);
     assert!(f.status.success() && f.stdout.len() > 1_000_000);
-}
-
-/// Debian's docker-registry on 127.0.0.1, with htpasswd auth when given a file; killed with
-/// the test.
-struct Registry {
-    child: std::process::Child,
-    addr: String,
-    root: PathBuf,
-}
-
-impl Registry {
-    fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let root = dir.join("storage");
-        std::fs::create_dir_all(&root).unwrap();
-        let auth = htpasswd
-            .map(|p| {
-                format!(
-                    "auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n",
-                    p.display()
-                )
-            })
-            .unwrap_or_default();
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
-                root.display()
-            ),
-        )
-        .unwrap();
-        let child = std::process::Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.join("registry.log")).unwrap())
-            .spawn()
-            .expect("docker-registry starts (`make test-deps`)");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the registry did not listen: {}",
-                std::fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        Registry { child, addr, root }
-    }
-
-    /// The file holding blob `digest`.
-    fn blob(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.root
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data")
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Runs `script` with `sh -e`, which must succeed; returns its stdout.
