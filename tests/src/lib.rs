@@ -680,7 +680,10 @@ impl Daemon {
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY")
             .env_remove("DOCKER_CERT_PATH")
-            .env("DOCKER_CLI_HINTS", "false");
+            .env("DOCKER_CLI_HINTS", "false")
+            // Both engines build with the classic builder (berth has no other; the CLI
+            // would otherwise look for buildx).
+            .env("DOCKER_BUILDKIT", "0");
         cmd
     }
 

@@ -3575,3 +3575,79 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
         r.text()
     );
 }
+
+/// `docker build` RUN steps, each in a microVM (a clone of the daemon's template): their
+/// output in the build's, their changes the step's layer, build arguments in their
+/// environment; a rebuild from the cache; a failing RUN in Docker's words, with no image
+/// and no container left; the built image runs.
+#[test]
+fn build_runs_each_step_in_a_microvm() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let dir = std::env::temp_dir().join(unique("build-ctx"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("greet.txt"), "from the context\n").unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM busybox\nARG WHO=nobody\nCOPY greet.txt /greet.txt\n\
+         RUN echo \"built by $WHO\" > /built.txt && cat /greet.txt && echo step-output\n\
+         RUN [\"/bin/sh\", \"-c\", \"rm /greet.txt && mkdir -p /made/here\"]\n\
+         CMD [\"cat\", \"/built.txt\"]\n",
+    )
+    .unwrap();
+    let tag = unique("built");
+    let ctx = dir.to_str().unwrap();
+    let out = d.docker_ok(&["build", "--build-arg", "WHO=berth", "-t", &tag, ctx]);
+    assert!(out.contains("from the context\nstep-output"), "{out}");
+    assert!(out.contains(" ---> Running in "), "{out}");
+    assert!(out.contains("Removing intermediate container"), "{out}");
+    let run = d.docker_ok(&["run", "--rm", &tag]);
+    assert_eq!(run, "built by berth\n");
+    let out = d.docker(&[
+        "run",
+        "--rm",
+        &tag,
+        "sh",
+        "-c",
+        "test -d /made/here && test ! -e /greet.txt && echo ok",
+    ]);
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+    // Again: from the cache, the same image.
+    let id = d.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]);
+    let out = d.docker_ok(&["build", "--build-arg", "WHO=berth", "-t", &tag, ctx]);
+    assert_eq!(out.matches("Using cache").count(), 5, "{out}");
+    assert_eq!(
+        d.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]),
+        id
+    );
+    // A failing step: Docker's message and exit code, no image, no container.
+    std::fs::write(
+        dir.join("Dockerfile.fail"),
+        "FROM busybox\nRUN echo before && exit 3\n",
+    )
+    .unwrap();
+    let bad = unique("bad");
+    let f = d.docker(&["build", "-f", "Dockerfile.fail", "-t", &bad, ctx]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr
+            .contains("The command '/bin/sh -c echo before && exit 3' returned a non-zero code: 3"),
+        "{f:?}"
+    );
+    assert!(f.stdout.contains("before"), "{f:?}");
+    assert_ne!(d.docker(&["image", "inspect", &bad]).code(), 0);
+    let step = f
+        .stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("---> Running in "))
+        .unwrap_or_else(|| panic!("no step container in {f:?}"))
+        .to_string();
+    assert_eq!(
+        d.docker_ok(&["ps", "-aq", "--filter", &format!("id={step}")]),
+        ""
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    d.docker_ok(&["rmi", &tag]);
+}

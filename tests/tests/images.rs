@@ -1450,3 +1450,215 @@ fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
     assert_eq!(f.code(), 1, "{f:?}");
     assert!(f.stderr.contains("unauthorized"), "{f:?}");
 }
+
+/// A build context for the classic builder's tests: a Dockerfile of every instruction but
+/// RUN (no VM here), files, a tar.gz for ADD, and a .dockerignore.
+fn build_context(dir: &Path) {
+    std::fs::create_dir_all(dir.join("app/sub")).unwrap();
+    std::fs::create_dir_all(dir.join("secret")).unwrap();
+    std::fs::write(dir.join("app/main.sh"), "echo main\n").unwrap();
+    std::fs::write(dir.join("app/sub/data.txt"), "data\n").unwrap();
+    std::fs::write(dir.join("one.txt"), "one\n").unwrap();
+    std::fs::write(dir.join("plain.txt"), "plain\n").unwrap();
+    std::fs::write(dir.join("README.md"), "not sent\n").unwrap();
+    std::fs::write(dir.join("secret/key"), "not sent\n").unwrap();
+    std::fs::write(dir.join(".dockerignore"), "*.md\nsecret\n").unwrap();
+    std::fs::create_dir_all(dir.join("bundle-src/inner")).unwrap();
+    std::fs::write(dir.join("bundle-src/inner/packed.txt"), "packed\n").unwrap();
+    sh(&format!(
+        "tar -czf {}/bundle.tar.gz -C {}/bundle-src inner",
+        dir.display(),
+        dir.display()
+    ));
+    std::fs::remove_dir_all(dir.join("bundle-src")).unwrap();
+    std::fs::write(
+        dir.join("Dockerfile"),
+        r#"# syntax=docker/dockerfile:1
+ARG BASE=busybox
+FROM ${BASE} AS base
+ENV GREETING="hello world" \
+    LEVEL=1
+# a comment inside the file
+COPY app/ /opt/app/
+COPY --chown=1000:1000 one.txt /opt/
+ARG VERSION=0
+LABEL org.example.version=$VERSION description="a test"
+
+FROM base AS final
+WORKDIR /srv
+COPY --from=base /opt/one.txt ./copied.txt
+ADD bundle.tar.gz /opt/bundle/
+ADD plain.txt /opt/plain.txt
+COPY . /ctx/
+USER 1000:1000
+EXPOSE 8080/tcp 9090
+VOLUME ["/data"]
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=5s CMD ["true"]
+SHELL ["/bin/sh", "-ec"]
+ONBUILD ENV CHILD=1
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["echo $GREETING"]
+"#,
+    )
+    .unwrap();
+}
+
+/// The file `rel` as the image's layers show it (topmost first), if any layer has it.
+fn image_file(d: &Daemon, image: &str, rel: &str) -> Option<PathBuf> {
+    layer_dirs(d, image)
+        .into_iter()
+        .map(|l| l.join(rel))
+        .find(|p| p.symlink_metadata().is_ok())
+}
+
+/// `docker build` with the classic builder, every instruction but RUN, against Debian's
+/// dockerd building the same context: the same config; the files COPY and ADD put in
+/// place (owners, an unpacked archive, `.dockerignore` honoured, `COPY --from` a stage);
+/// a rebuild all from the cache with the same image id, `--no-cache` a new one;
+/// `--build-arg`, `--label`, `--target`, `-q`, several `-t`; a parse error, a missing
+/// source and a missing base in Docker's words.
+#[test]
+fn build_without_run_matches_dockerd() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("build");
+    let ctx = scratch.path("ctx");
+    build_context(&ctx);
+    let ctx_s = ctx.to_str().unwrap();
+    let archive = busybox_image("archive");
+    let berth = Berthd::start();
+    let dockerd = Dockerd::start();
+    for d in [&*berth, &*dockerd] {
+        d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    }
+    let out = berth.docker_ok(&["build", "-t", "test/built:1", "-t", "test/built:2", ctx_s]);
+    assert!(out.contains("Step 1/22 : ARG BASE=busybox"), "{out}");
+    assert!(
+        out.contains("Step 3/22 : ENV GREETING=\"hello world\"     LEVEL=1"),
+        "{out}"
+    );
+    assert!(out.contains("Successfully tagged test/built:1"), "{out}");
+    assert!(out.contains("Successfully tagged test/built:2"), "{out}");
+    dockerd.docker_ok(&["build", "-t", "test/built:1", ctx_s]);
+    let (ours, theirs) = (
+        inspect(&berth, "test/built:1"),
+        inspect(&dockerd, "test/built:1"),
+    );
+    for field in [
+        "Cmd",
+        "Entrypoint",
+        "Env",
+        "WorkingDir",
+        "User",
+        "ExposedPorts",
+        "Volumes",
+        "Labels",
+        "StopSignal",
+        "Healthcheck",
+        "OnBuild",
+        "Shell",
+    ] {
+        assert_eq!(
+            ours["Config"][field], theirs["Config"][field],
+            "Config.{field}: berth {ours} dockerd {theirs}"
+        );
+    }
+    assert_eq!(ours["Id"], inspect(&berth, "test/built:2")["Id"]);
+
+    // The files.
+    let read = |rel: &str| {
+        std::fs::read_to_string(image_file(&berth, "test/built:1", rel).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    assert_eq!(read("opt/app/main.sh"), "echo main\n");
+    assert_eq!(read("opt/app/sub/data.txt"), "data\n");
+    assert_eq!(read("srv/copied.txt"), "one\n");
+    assert_eq!(read("opt/bundle/inner/packed.txt"), "packed\n");
+    assert_eq!(read("opt/plain.txt"), "plain\n");
+    assert_eq!(read("ctx/one.txt"), "one\n");
+    assert!(image_file(&berth, "test/built:1", "ctx/README.md").is_none());
+    assert!(image_file(&berth, "test/built:1", "ctx/secret").is_none());
+    use std::os::unix::fs::MetadataExt;
+    let one = image_file(&berth, "test/built:1", "opt/one.txt").unwrap();
+    let m = std::fs::metadata(one).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1000, 1000));
+    let busybox = image_file(&berth, "test/built:1", "bin/busybox").unwrap();
+    assert_busybox_intact(busybox.parent().unwrap().parent().unwrap());
+
+    // Again: every step from the cache, the same image; --no-cache: another.
+    let out = berth.docker_ok(&["build", "-t", "test/built:1", ctx_s]);
+    assert_eq!(out.matches("Using cache").count(), 19, "{out}");
+    assert_eq!(inspect(&berth, "test/built:1")["Id"], ours["Id"]);
+    berth.docker_ok(&["build", "--no-cache", "-t", "test/fresh", ctx_s]);
+    assert_ne!(inspect(&berth, "test/fresh")["Id"], ours["Id"]);
+
+    // -q, --build-arg, --label, --target.
+    let out = berth.docker_ok(&[
+        "build",
+        "-q",
+        "--build-arg",
+        "VERSION=7",
+        "--label",
+        "extra=yes",
+        "--target",
+        "base",
+        "-t",
+        "test/base",
+        ctx_s,
+    ]);
+    let id = inspect(&berth, "test/base")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(out.trim(), id);
+    let labels = &inspect(&berth, "test/base")["Config"]["Labels"];
+    assert_eq!(labels["org.example.version"], "7");
+    assert_eq!(labels["extra"], "yes");
+    assert!(inspect(&berth, "test/base")["Config"]["ExposedPorts"].is_null());
+
+    // Refusals in Docker's words, nothing tagged.
+    std::fs::write(ctx.join("Dockerfile.bad"), "FROM busybox\nFOO bar\n").unwrap();
+    let f = berth.docker(&[
+        "build",
+        "-f",
+        ctx.join("Dockerfile.bad").to_str().unwrap(),
+        "-t",
+        "test/bad",
+        ctx_s,
+    ]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("unknown instruction: FOO"), "{f:?}");
+    std::fs::write(
+        ctx.join("Dockerfile.missing"),
+        "FROM busybox\nCOPY nope.txt /\n",
+    )
+    .unwrap();
+    let f = berth.docker(&[
+        "build",
+        "-f",
+        ctx.join("Dockerfile.missing").to_str().unwrap(),
+        "-t",
+        "test/bad",
+        ctx_s,
+    ]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr
+            .contains("COPY failed: file not found in build context"),
+        "{f:?}"
+    );
+    std::fs::write(ctx.join("Dockerfile.nobase"), "FROM 127.0.0.1:9/none:1\n").unwrap();
+    let f = berth.docker(&[
+        "build",
+        "-f",
+        ctx.join("Dockerfile.nobase").to_str().unwrap(),
+        "-t",
+        "test/bad",
+        ctx_s,
+    ]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    let f = berth.docker(&["image", "inspect", "test/bad"]);
+    assert_ne!(f.code(), 0, "a failed build left an image: {f:?}");
+}

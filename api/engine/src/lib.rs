@@ -10,6 +10,7 @@
 //! It knows nothing of HTTP: errors carry a kind ([`EngineError`]) that each front door maps
 //! to its own wire format in one place.
 
+pub mod build;
 pub mod container;
 pub mod error;
 pub mod events;
@@ -119,6 +120,11 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The classic builder over this engine's images and containers (`docker build`).
+    pub fn builder(&self) -> build::Builder {
+        build::Builder::new(self.images.clone(), self.containers.clone())
+    }
+
     /// Opens (creating if needed) the data and exec roots and loads every record.
     pub async fn open(config: EngineConfig) -> Result<Engine> {
         let exec_root_len = config.exec_root.as_os_str().len();

@@ -2,6 +2,7 @@
 //! in Docker's JSON shapes for API 1.41. Pulling, pushing, searching and building are
 //! refused with a clear error: berth has no registry client or builder yet.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
 use bytes::Bytes;
+use engine::build::{BuildEvent, BuildOptions};
 use engine::image::archive::{import_config, ImportOptions, LoadEvent};
 use engine::image::pull::{Credentials, TransferEvent};
 use engine::image::reference::Reference;
@@ -33,7 +35,10 @@ pub async fn route(
     let method = req.method().clone();
     let query = Query::parse(req.uri().query());
     if path == "/build" {
-        return build(req).await;
+        if method != Method::POST {
+            return Err(not_found());
+        }
+        return build(state, req, &query).await;
     }
     let rest = path.strip_prefix("/images").unwrap_or(path);
     match (&method, rest) {
@@ -639,19 +644,191 @@ fn json_stream(body: crate::http::Body) -> Response<crate::http::Body> {
     r
 }
 
-/// `POST /build`: refused, after reading the build context so the client sees the error
-/// rather than a broken upload.
-async fn build(req: Request<Incoming>) -> ApiResult {
-    use http_body_util::BodyExt;
-    let mut body = req.into_body();
-    while let Some(frame) = body.frame().await {
-        if frame.is_err() {
-            break;
+/// The options of `POST /build` (the classic builder's; BuildKit's are refused by name).
+fn build_options(req: &Request<Incoming>, q: &Query) -> Result<(BuildOptions, bool), ApiError> {
+    if q.get("version").is_some_and(|v| v == "2") {
+        return Err(unsupported(
+            "berth has the classic builder only (no BuildKit): build with DOCKER_BUILDKIT=0",
+        ));
+    }
+    if q.get("remote").is_some_and(|v| !v.is_empty()) {
+        return Err(unsupported(
+            "berth builds from an uploaded context only, not from a remote URL or Git repository",
+        ));
+    }
+    if q.flag("squash") {
+        return Err(unsupported("berth does not squash builds"));
+    }
+    // Options berth's builder does not carry to its RUN containers: refused unless left at
+    // the CLI's defaults.
+    for key in [
+        "cpushares",
+        "cpuperiod",
+        "cpuquota",
+        "memory",
+        "memswap",
+        "shmsize",
+    ] {
+        if q.get(key).is_some_and(|v| !v.is_empty() && v != "0") {
+            return Err(unsupported(format!(
+                "berth's builder does not take {key} for its RUN steps"
+            )));
         }
     }
-    Err(unsupported(
-        "berth cannot build images yet: build with another engine, then `docker save` it and `docker load` it into berth",
-    ))
+    for key in [
+        "cpusetcpus",
+        "cpusetmems",
+        "cgroupparent",
+        "extrahosts",
+        "cachefrom",
+        "ulimits",
+        "outputs",
+    ] {
+        if q.get(key)
+            .is_some_and(|v| !matches!(v, "" | "[]" | "null" | "{}"))
+        {
+            return Err(unsupported(format!("berth's builder does not take {key}")));
+        }
+    }
+    if q.get("isolation")
+        .is_some_and(|v| !matches!(v, "" | "default"))
+    {
+        return Err(unsupported("berth's builder does not take isolation"));
+    }
+    let json_map = |key: &str| -> Result<BTreeMap<String, Option<String>>, ApiError> {
+        match q.get(key).filter(|v| !v.is_empty() && *v != "null") {
+            None => Ok(BTreeMap::new()),
+            Some(v) => serde_json::from_str(v)
+                .map_err(|e| ApiError::bad_request(format!("invalid {key}: {e}"))),
+        }
+    };
+    let mut tags = Vec::new();
+    for t in q.all("t") {
+        let r = Reference::parse_normalized(t)
+            .map_err(|e| ApiError::bad_request(format!("invalid reference format: {t}: {e}")))?;
+        if r.digest.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "invalid reference format: {t}: a build tags, it cannot name a digest"
+            )));
+        }
+        tags.push(r);
+    }
+    let platform = q.get("platform").unwrap_or("");
+    if !matches!(platform, "" | "linux" | "linux/amd64") {
+        return Err(unsupported(format!(
+            "berth builds linux/amd64 images only, not {platform}"
+        )));
+    }
+    let credentials = registry_config(req)?;
+    let opts = BuildOptions {
+        dockerfile: q.get("dockerfile").unwrap_or("").to_string(),
+        tags,
+        build_args: json_map("buildargs")?,
+        labels: json_map("labels")?
+            .into_iter()
+            .map(|(k, v)| (k, v.unwrap_or_default()))
+            .collect(),
+        no_cache: q.flag("nocache"),
+        remove: q
+            .get("rm")
+            .is_none_or(|v| matches!(v, "1" | "true" | "True")),
+        force_remove: q.flag("forcerm"),
+        pull: q.flag("pull"),
+        target: q.get("target").unwrap_or("").to_string(),
+        network_mode: q.get("networkmode").unwrap_or("").to_string(),
+        credentials,
+    };
+    Ok((opts, q.flag("q")))
+}
+
+/// `X-Registry-Config`: credentials for the registries a build's FROM lines pull from
+/// (base64 JSON, by registry host).
+fn registry_config(req: &Request<Incoming>) -> Result<BTreeMap<String, Credentials>, ApiError> {
+    use base64::Engine as _;
+    let Some(text) = req
+        .headers()
+        .get("X-Registry-Config")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let trimmed = text.trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(trimmed))
+        .map_err(|_| ApiError::bad_request("X-Registry-Config is not base64"))?;
+    let all: BTreeMap<String, Credentials> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("X-Registry-Config is not valid: {e}")))?;
+    Ok(all
+        .into_iter()
+        .map(|(k, v)| {
+            let host = k
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            (host, v)
+        })
+        .collect())
+}
+
+/// `POST /build`: the classic builder. The context is received whole first (a spooled
+/// file), then built; what the build says is dockerd's JSON stream. A build that fails
+/// before it says anything (a bad context or Dockerfile) is the request's error.
+async fn build(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResult {
+    let (opts, quiet) = build_options(&req, q)?;
+    let scratch = state.engine.images.scratch_file()?;
+    let context = spool_body(req.into_body(), scratch)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("cannot receive the build context: {e}")))?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let builder = state.engine.builder();
+    let task = tokio::spawn(async move { builder.build(context, opts, &tx).await });
+    let line = move |e: &BuildEvent| -> Option<Value> {
+        match e {
+            BuildEvent::Stream(_) | BuildEvent::Pull(_) if quiet => None,
+            BuildEvent::Stream(text) => Some(json!({ "stream": text })),
+            BuildEvent::Pull(t) => Some(transfer_line(t)),
+            BuildEvent::Built(id) => Some(json!({ "aux": { "ID": id } })),
+        }
+    };
+    let first = rx.recv().await;
+    let Some(first) = first else {
+        let done = task
+            .await
+            .map_err(|e| EngineError::Internal(format!("the build failed: {e}")))?;
+        let id = done?;
+        return Err(ApiError::from(EngineError::Internal(format!(
+            "the build ended without a word ({id})"
+        ))));
+    };
+    let (body, out) = channel_body();
+    tokio::spawn(async move {
+        if let Some(v) = line(&first) {
+            let _ = out.send(Ok(Frame::data(line_bytes(&v)))).await;
+        }
+        while let Some(e) = rx.recv().await {
+            if let Some(v) = line(&e) {
+                let _ = out.send(Ok(Frame::data(line_bytes(&v)))).await;
+            }
+        }
+        let last = match task.await {
+            Ok(Ok(id)) => quiet.then(|| json!({ "stream": format!("{id}\n") })),
+            Ok(Err(e)) => {
+                log::info!("docker build failed: {e}");
+                Some(error_line(&e.to_string()))
+            }
+            Err(e) => Some(error_line(&format!("the build failed: {e}"))),
+        };
+        if let Some(last) = last {
+            let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
+        }
+    });
+    Ok(json_stream(body))
 }
 
 #[cfg(test)]

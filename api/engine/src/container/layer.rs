@@ -17,7 +17,7 @@ use crate::image::config::ContainerConfig as ImageContainerConfig;
 use crate::image::ImageStore;
 use crate::layerfs::diff::Change;
 use crate::layerfs::{open_stack, tarball, LayerFsError, Tree};
-use crate::{EngineError, Result};
+use crate::{ids, EngineError, Result};
 
 const UPPER: &str = "the container's writable layer";
 
@@ -151,6 +151,34 @@ impl Containers {
             }
         }
         committed
+    }
+
+    /// A build step's commit (the classic builder's RUN): the exited container's changes
+    /// over its image, recorded with exactly `config` and `container_config`, which the
+    /// builder worked out (no `docker commit` merging: the step's command must not become
+    /// the image's).
+    pub async fn commit_step(
+        &self,
+        container: &str,
+        config: ImageContainerConfig,
+        container_config: ImageContainerConfig,
+        author: &str,
+    ) -> Result<String> {
+        let c = self.get(container).await?;
+        let _op = c.op.clone().lock_owned().await;
+        let record = c.record().await;
+        if record.state.status == Status::Running {
+            return Err(EngineError::Conflict(format!(
+                "container {} is still running",
+                ids::short(&c.id)
+            )));
+        }
+        let opts = CommitOptions {
+            author: author.to_string(),
+            ..CommitOptions::default()
+        };
+        self.commit_layer(&c, record, config, container_config, &opts, None)
+            .await
     }
 
     async fn commit_layer(

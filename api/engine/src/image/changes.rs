@@ -31,6 +31,16 @@ fn invalid(instruction: &str, message: impl Into<String>) -> ChangeError {
 
 /// Applies `changes` (each one or more Dockerfile lines) to `config`.
 pub fn apply(config: &mut ContainerConfig, changes: &[String]) -> Result<(), ChangeError> {
+    apply_with(config, changes, &BTreeMap::new())
+}
+
+/// [`apply`], with `args` (a build's arguments in scope) also substituted for `$VAR`, below
+/// the config's own environment, as the classic builder substitutes.
+pub fn apply_with(
+    config: &mut ContainerConfig,
+    changes: &[String],
+    args: &BTreeMap<String, String>,
+) -> Result<(), ChangeError> {
     let text = changes.join("\n");
     let mut cmd_set = false;
     for line in logical_lines(&text) {
@@ -39,7 +49,8 @@ pub fn apply(config: &mut ContainerConfig, changes: &[String]) -> Result<(), Cha
             None => (line.as_str(), ""),
         };
         let upper = keyword.to_ascii_uppercase();
-        let env = env_map(config);
+        let mut env = args.clone();
+        env.extend(env_map(config));
         match upper.as_str() {
             "CMD" => {
                 config.cmd = Some(command(&upper, rest)?);

@@ -33,25 +33,33 @@ impl ImageStore {
         req: &CommitRequest,
         layer: Option<impl std::io::Read>,
     ) -> Result<String> {
-        let parent = self
-            .read_index()
-            .images
-            .get(&req.parent)
-            .cloned()
-            .ok_or_else(|| not_found(&req.parent))?;
+        // An empty parent is `FROM scratch` (a build's first step).
+        let parent = if req.parent.is_empty() {
+            None
+        } else {
+            Some(
+                self.read_index()
+                    .images
+                    .get(&req.parent)
+                    .cloned()
+                    .ok_or_else(|| not_found(&req.parent))?,
+            )
+        };
+        let (parent_config, parent_layers) = match &parent {
+            Some(p) => (p.config.clone(), p.layers.len()),
+            None => (ImageConfig::default(), 0),
+        };
         let added = match layer {
             Some(tar) => Some(self.add_layer(tar, None)?),
             None => None,
         };
         let now = time::rfc3339(SystemTime::now());
-        let mut history = parent.config.history.clone();
+        let mut history = parent_config.history.clone();
         if history.is_empty() {
             // A parent without history: one entry per layer, as `docker history` shows it.
-            history = parent
-                .layers
-                .iter()
+            history = (0..parent_layers)
                 .map(|_| History {
-                    created: parent.config.created.clone(),
+                    created: parent_config.created.clone(),
                     ..Default::default()
                 })
                 .collect();
@@ -63,7 +71,7 @@ impl ImageStore {
             comment: req.comment.clone(),
             empty_layer: added.is_none(),
         });
-        let mut diff_ids = parent.config.rootfs.diff_ids.clone();
+        let mut diff_ids = parent_config.rootfs.diff_ids.clone();
         if let Some((info, _)) = &added {
             diff_ids.push(info.diff_id.clone());
         }
@@ -75,10 +83,10 @@ impl ImageStore {
             )));
         }
         let config = ImageConfig {
-            architecture: if parent.config.architecture.is_empty() {
+            architecture: if parent_config.architecture.is_empty() {
                 "amd64".into()
             } else {
-                parent.config.architecture.clone()
+                parent_config.architecture.clone()
             },
             author: req.author.clone(),
             comment: req.comment.clone(),
@@ -94,7 +102,7 @@ impl ImageStore {
                 kind: "layers".into(),
                 diff_ids,
             },
-            variant: parent.config.variant.clone(),
+            variant: parent_config.variant.clone(),
         };
         let bytes = serde_json::to_vec(&config)
             .map_err(|e| internal("cannot encode the image config", e))?;
@@ -103,5 +111,35 @@ impl ImageStore {
         let (id, _) = self.commit(&bytes, &tags, &[], &req.parent)?;
         drop(added);
         Ok(id)
+    }
+
+    /// The classic builder's cache: an image made from `parent` (`""`: scratch) by a step
+    /// whose container config was `container_config` (its `Cmd` names the step and what it
+    /// copied; its `Env` the build arguments it saw). Removed images count too: `rmi -f`
+    /// hides an image a container still uses, and the builder may then not reuse it.
+    pub fn cached_child(&self, parent: &str, container_config: &ContainerConfig) -> Option<String> {
+        let index = self.read_index();
+        let mut found: Vec<&super::Image> = index
+            .images
+            .values()
+            .map(|i| i.as_ref())
+            .filter(|i| {
+                !i.record.hidden
+                    && i.record.parent == parent
+                    && i.config.container_config.as_ref() == Some(container_config)
+            })
+            .collect();
+        // The newest, as dockerd picks.
+        found.sort_by(|a, b| b.config.created.cmp(&a.config.created));
+        found.first().map(|i| i.record.id.clone())
+    }
+
+    /// An image's config, for the builder to go on from.
+    pub fn image_config(&self, id: &str) -> Result<ImageConfig> {
+        self.read_index()
+            .images
+            .get(id)
+            .map(|i| i.config.clone())
+            .ok_or_else(|| not_found(id))
     }
 }

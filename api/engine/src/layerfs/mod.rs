@@ -140,6 +140,28 @@ impl Tree {
         Ok(Tree { root, what })
     }
 
+    /// Another handle on the same root (its own descriptor).
+    pub fn try_clone(&self) -> Result<Tree, LayerFsError> {
+        let root = self.root.try_clone().map_err(|source| LayerFsError::Read {
+            what: self.what,
+            path: String::new(),
+            source,
+        })?;
+        Ok(Tree {
+            root,
+            what: self.what,
+        })
+    }
+
+    /// The root directory's own metadata.
+    pub fn stat_root(&self) -> Result<libc::stat, LayerFsError> {
+        nix::sys::stat::fstat(&self.root).map_err(|e| LayerFsError::Read {
+            what: self.what,
+            path: String::new(),
+            source: e.into(),
+        })
+    }
+
     /// A tree rooted at an open directory (`docker cp`'s, resolved in a container's root).
     pub fn from_fd(root: OwnedFd, what: &'static str) -> Tree {
         Tree { root, what }
@@ -439,6 +461,32 @@ pub fn merge(
         .flatten()
         .map(|(entry, _)| entry)
         .collect())
+}
+
+/// The entry at `rel` (`a/b/c`, no leading `/`) as the merged view of `stack` (topmost
+/// first) shows it, walked a component at a time: `None` when it is not there, or when a
+/// component on the way is not a directory.
+pub fn lookup(stack: &[Tree], rel: &[u8]) -> Result<Option<Merged>, LayerFsError> {
+    let mut candidates: Vec<usize> = (0..stack.len()).collect();
+    let mut parent: Vec<u8> = Vec::new();
+    let mut found = None;
+    for name in rel.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+        if let Some(Merged { kind, dirs, .. }) = &found {
+            if *kind != Kind::Dir {
+                return Ok(None);
+            }
+            candidates = dirs.clone();
+        }
+        let Some(entry) = merge(stack, &parent, &candidates)?
+            .into_iter()
+            .find(|m| m.name.as_bytes() == name)
+        else {
+            return Ok(None);
+        };
+        parent = child(&parent, &entry.name, "a layer")?;
+        found = Some(entry);
+    }
+    Ok(found)
 }
 
 /// Opens every layer of a stack, topmost first.

@@ -37,6 +37,8 @@ struct Writer<W: Write> {
     /// (device, inode) of files with several links → the path first written.
     links: HashMap<(u64, u64), Vec<u8>>,
     entries: u64,
+    /// The owner every entry is written with instead of its own (COPY --chown).
+    owner: Option<(u32, u32)>,
 }
 
 fn header(kind: tar::EntryType, st: &libc::stat) -> tar::Header {
@@ -82,7 +84,28 @@ impl<W: Write> Writer<W> {
             tar: tar::Builder::new(out),
             links: HashMap::new(),
             entries: 0,
+            owner: None,
         }
+    }
+
+    /// A header for an entry examined as `st`, with the writer's owner if it has one.
+    fn head(&self, kind: tar::EntryType, st: &libc::stat) -> tar::Header {
+        let mut h = header(kind, st);
+        if let Some((uid, gid)) = self.owner {
+            h.set_uid(u64::from(uid));
+            h.set_gid(u64::from(gid));
+        }
+        h
+    }
+
+    /// A directory entry named `name` with `st`'s mode, owner and time.
+    fn dir(&mut self, name: &[u8], st: &libc::stat) -> Result<(), LayerFsError> {
+        let mut h = self.head(tar::EntryType::Directory, st);
+        let mut name = name.to_vec();
+        if !name.ends_with(b"/") {
+            name.push(b'/');
+        }
+        append_named(&mut self.tar, &mut h, &name, io::empty()).map_err(LayerFsError::Write)
     }
 
     /// An empty regular file (a whiteout or an opaque marker) at `rel`.
@@ -105,19 +128,12 @@ impl<W: Write> Writer<W> {
     ) -> Result<(), LayerFsError> {
         let write = LayerFsError::Write;
         match kind {
-            Kind::Dir => {
-                let mut h = header(tar::EntryType::Directory, st);
-                let mut name = name.to_vec();
-                if !name.ends_with(b"/") {
-                    name.push(b'/');
-                }
-                append_named(&mut self.tar, &mut h, &name, io::empty()).map_err(write)?;
-            }
+            Kind::Dir => self.dir(name, st)?,
             Kind::File => {
                 let key = (st.st_dev, st.st_ino);
                 if st.st_nlink > 1 {
                     if let Some(first) = self.links.get(&key) {
-                        let mut h = header(tar::EntryType::Link, st);
+                        let mut h = self.head(tar::EntryType::Link, st);
                         let target = first.clone();
                         append_link(&mut self.tar, &mut h, name, &target).map_err(write)?;
                         self.entries += 1;
@@ -138,7 +154,7 @@ impl<W: Write> Writer<W> {
                         .map_err(write)?;
                 }
                 let size = u64::try_from(now.st_size).unwrap_or(0);
-                let mut h = header(tar::EntryType::Regular, &now);
+                let mut h = self.head(tar::EntryType::Regular, &now);
                 h.set_size(size);
                 let data = Exactly {
                     inner: file.take(size),
@@ -153,7 +169,7 @@ impl<W: Write> Writer<W> {
                 let Some(target) = tree.read_link(rel)? else {
                     return Ok(());
                 };
-                let mut h = header(tar::EntryType::Symlink, st);
+                let mut h = self.head(tar::EntryType::Symlink, st);
                 append_link(&mut self.tar, &mut h, name, target.as_bytes()).map_err(write)?;
             }
             Kind::Fifo | Kind::Char | Kind::Block => {
@@ -162,7 +178,7 @@ impl<W: Write> Writer<W> {
                     Kind::Char => tar::EntryType::Char,
                     _ => tar::EntryType::Block,
                 };
-                let mut h = header(entry, st);
+                let mut h = self.head(entry, st);
                 if kind != Kind::Fifo {
                     h.set_device_major(libc::major(st.st_rdev)).map_err(write)?;
                     h.set_device_minor(libc::minor(st.st_rdev)).map_err(write)?;
@@ -324,28 +340,72 @@ pub fn subtree(
     name: &[u8],
     out: impl Write,
 ) -> Result<(), LayerFsError> {
-    let mut w = Writer::new(out);
-    let kind = Kind::of(st);
-    w.entry(tree, rel, name, kind, st)?;
-    if kind == Kind::Dir {
-        if let Some(listing) = tree.list(rel)? {
-            let mut frames = vec![(rel.to_vec(), name.to_vec(), listing.nodes.into_iter())];
-            while let Some((rel, name, nodes)) = frames.last_mut() {
-                let Some(node) = nodes.next() else {
-                    frames.pop();
-                    continue;
-                };
-                let path = child(rel, &node.name, tree.what)?;
-                let shown = child(name, &node.name, tree.what)?;
-                w.entry(tree, &path, &shown, node.kind, &node.st)?;
-                if node.kind == Kind::Dir {
-                    if let Some(below) = tree.list(&path)? {
-                        frames.push((path, shown, below.nodes.into_iter()));
+    let mut c = Composer::new(out, None);
+    c.tree(tree, rel, st, name)?;
+    c.finish()?;
+    Ok(())
+}
+
+/// A tar stream put together from entries of several trees, each under a name of the
+/// caller's (the builder's COPY and ADD layers: the destination's parents, then each
+/// source).
+pub struct Composer<W: Write>(Writer<W>);
+
+impl<W: Write> Composer<W> {
+    /// Entries from [`Composer::tree`] are written with `owner` (uid, gid) when given.
+    pub fn new(out: W, owner: Option<(u32, u32)>) -> Self {
+        let mut w = Writer::new(out);
+        w.owner = owner;
+        Composer(w)
+    }
+
+    /// A directory entry named `name` with `st`'s mode, times and owner (never the
+    /// composer's: a destination's parents keep their own).
+    pub fn dir(&mut self, name: &[u8], st: &libc::stat) -> Result<(), LayerFsError> {
+        let owner = self.0.owner.take();
+        let done = self.0.dir(name, st);
+        self.0.owner = owner;
+        done?;
+        self.0.entries += 1;
+        Ok(())
+    }
+
+    /// The entry `rel` of `tree` (examined as `st`) named `name`, and for a directory
+    /// everything below it, parents first.
+    pub fn tree(
+        &mut self,
+        tree: &Tree,
+        rel: &[u8],
+        st: &libc::stat,
+        name: &[u8],
+    ) -> Result<(), LayerFsError> {
+        let w = &mut self.0;
+        let kind = Kind::of(st);
+        w.entry(tree, rel, name, kind, st)?;
+        if kind == Kind::Dir {
+            if let Some(listing) = tree.list(rel)? {
+                let mut frames = vec![(rel.to_vec(), name.to_vec(), listing.nodes.into_iter())];
+                while let Some((rel, name, nodes)) = frames.last_mut() {
+                    let Some(node) = nodes.next() else {
+                        frames.pop();
+                        continue;
+                    };
+                    let path = child(rel, &node.name, tree.what)?;
+                    let shown = child(name, &node.name, tree.what)?;
+                    w.entry(tree, &path, &shown, node.kind, &node.st)?;
+                    if node.kind == Kind::Dir {
+                        if let Some(below) = tree.list(&path)? {
+                            frames.push((path, shown, below.nodes.into_iter()));
+                        }
                     }
                 }
             }
         }
+        Ok(())
     }
-    w.finish()?;
-    Ok(())
+
+    /// Ends the stream; returns how many entries it holds.
+    pub fn finish(self) -> Result<u64, LayerFsError> {
+        self.0.finish()
+    }
 }
