@@ -3629,7 +3629,8 @@ fn build_runs_each_step_in_a_microvm() {
     )
     .unwrap();
     let bad = unique("bad");
-    let f = d.docker(&["build", "-f", "Dockerfile.fail", "-t", &bad, ctx]);
+    let fail = dir.join("Dockerfile.fail");
+    let f = d.docker(&["build", "-f", fail.to_str().unwrap(), "-t", &bad, ctx]);
     assert_eq!(f.code(), 1, "{f:?}");
     assert!(
         f.stderr
