@@ -1661,4 +1661,11 @@ fn build_without_run_matches_dockerd() {
     assert_eq!(f.code(), 1, "{f:?}");
     let f = berth.docker(&["image", "inspect", "test/bad"]);
     assert_ne!(f.code(), 0, "a failed build left an image: {f:?}");
+    // The steps' images are the cache, not images of their own: `docker images` shows
+    // them only with -a, and none is dangling.
+    let listed = berth.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    assert!(!listed.contains("<none>"), "{listed}");
+    assert_eq!(berth.docker_ok(&["images", "-q", "--filter", "dangling=true"]), "");
+    let all = berth.docker_ok(&["images", "-a", "-q"]);
+    assert!(all.lines().count() > 20, "{all}");
 }
