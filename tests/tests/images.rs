@@ -1665,7 +1665,10 @@ fn build_without_run_matches_dockerd() {
     // them only with -a, and none is dangling.
     let listed = berth.docker_ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(!listed.contains("<none>"), "{listed}");
-    assert_eq!(berth.docker_ok(&["images", "-q", "--filter", "dangling=true"]), "");
+    assert_eq!(
+        berth.docker_ok(&["images", "-q", "--filter", "dangling=true"]),
+        ""
+    );
     let all = berth.docker_ok(&["images", "-a", "-q"]);
     assert!(all.lines().count() > 20, "{all}");
 }

@@ -469,16 +469,25 @@ impl VirtioDevice for Net {
         ));
         all.push(("tap_readable", u64::from(self.tap_readable)));
         if let Some((mem, _)) = &self.active {
-            for (name, q) in [("rx", &self.queues[RX]), ("tx", &self.queues[TX])] {
-                let avail = q
-                    .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
-                    .map_or(u64::MAX, |i| u64::from(i.0));
-                let (avail_name, next_name) = match name {
-                    "rx" => ("rx_driver_avail_idx", "rx_device_next_avail"),
-                    _ => ("tx_driver_avail_idx", "tx_device_next_avail"),
-                };
+            let names = [
+                (
+                    "rx_driver_avail_idx",
+                    "rx_device_next_avail",
+                    "rx_avail_event",
+                ),
+                (
+                    "tx_driver_avail_idx",
+                    "tx_device_next_avail",
+                    "tx_avail_event",
+                ),
+            ];
+            for (q, (avail_name, next_name, event_name)) in
+                [&self.queues[RX], &self.queues[TX]].into_iter().zip(names)
+            {
+                let (avail, next, event) = super::ring_positions(q, mem);
                 all.push((avail_name, avail));
-                all.push((next_name, u64::from(q.next_avail())));
+                all.push((next_name, next));
+                all.push((event_name, event));
             }
         }
         all
