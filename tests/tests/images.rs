@@ -959,7 +959,12 @@ fn malformed_archives_and_api_errors_in_docker_format() {
             400,
             "berth cannot pull nope:latest",
         ),
-        ("POST", "/v1.41/build", 400, "cannot build"),
+        (
+            "POST",
+            "/v1.41/build",
+            400,
+            "Cannot locate specified Dockerfile: Dockerfile",
+        ),
         ("POST", "/v1.41/images/busybox/push", 400, "cannot push"),
         ("GET", "/v1.41/images/search?term=x", 400, "cannot search"),
         (

@@ -813,7 +813,13 @@ async fn build(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResu
         }
         while let Some(e) = rx.recv().await {
             if let Some(v) = line(&e) {
-                let _ = out.send(Ok(Frame::data(line_bytes(&v)))).await;
+                if out.send(Ok(Frame::data(line_bytes(&v)))).await.is_err() {
+                    // The client went away: dropping the receiver cancels the build (its
+                    // RUN step's container is stopped), as dockerd cancels it.
+                    drop(rx);
+                    let _ = task.await;
+                    return;
+                }
             }
         }
         let last = match task.await {

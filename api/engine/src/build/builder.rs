@@ -530,8 +530,13 @@ impl Run<'_> {
         Ok(self.images().resolve(&r.familiar())?.id)
     }
 
-    /// One instruction of a stage.
+    /// One instruction of a stage (none once the client has gone away).
     async fn step(&mut self, s: &mut Stage, ins: &Instruction) -> Result<()> {
+        if self.events.is_closed() {
+            return Err(EngineError::Internal(
+                "the build was cancelled: its client went away".into(),
+            ));
+        }
         let keyword = ins.keyword.as_str();
         if !ins.flags.is_empty() && !matches!(keyword, "COPY" | "ADD" | "RUN" | "HEALTHCHECK") {
             return Err(invalid(format!(
@@ -1005,7 +1010,17 @@ impl Run<'_> {
             forward.abort();
             return Err(e);
         }
-        let code = containers.wait(id, WaitCondition::NotRunning).await;
+        // A client that hangs up cancels the build: its step's container is killed.
+        let code = tokio::select! {
+            code = containers.wait(id, WaitCondition::NotRunning) => code,
+            () = self.events.closed() => {
+                forward.abort();
+                let _ = containers.kill(id, None).await;
+                return Err(EngineError::Internal(
+                    "the build was cancelled: its client went away".into(),
+                ));
+            }
+        };
         // The output ends with the container; what is still queued is said first.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), forward).await;
         let code = code?;
@@ -1150,4 +1165,26 @@ fn unpack_archive(tree: &Tree, src: &Source, work: &Path) -> Result<Option<Tree>
     Tree::open(&dir, "an ADD archive")
         .map(Some)
         .map_err(|e| EngineError::internal("cannot open an unpacked archive", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chown_by_number_only() {
+        assert_eq!(parse_chown("1000").unwrap(), (1000, 1000));
+        assert_eq!(parse_chown("1:2").unwrap(), (1, 2));
+        assert!(matches!(
+            parse_chown("app:app"),
+            Err(EngineError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn stage_names_are_lowercased() {
+        let file = dockerfile::parse(b"FROM busybox AS Build\nFROM x\n").unwrap();
+        assert_eq!(stage_name(&file.instructions[0]).as_deref(), Some("build"));
+        assert_eq!(stage_name(&file.instructions[1]), None);
+    }
 }

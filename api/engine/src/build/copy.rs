@@ -348,3 +348,130 @@ pub fn sources_key(tree: &Tree, sources: &[Source], keyword: &str) -> Result<Str
     };
     Ok(format!("{kind}:{}", hex::encode(h.0.finalize())))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn context() -> (std::path::PathBuf, Tree) {
+        let dir = std::env::temp_dir().join(format!("berth-copy-test-{}", crate::ids::new_id()));
+        std::fs::create_dir_all(dir.join("app/sub")).unwrap();
+        std::fs::write(dir.join("app/a.txt"), "a").unwrap();
+        std::fs::write(dir.join("app/sub/b.txt"), "bb").unwrap();
+        std::fs::write(dir.join("one.txt"), "1").unwrap();
+        std::fs::write(dir.join("two.txt"), "22").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).unwrap();
+        let tree = Tree::open(&dir, "a test context").unwrap();
+        (dir, tree)
+    }
+
+    /// (name, uid, size, kind) of each entry of a tar.
+    fn entries(tar: &[u8]) -> Vec<(String, u64, u64, tar::EntryType)> {
+        let mut a = tar::Archive::new(tar);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let h = e.header().clone();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.uid().unwrap(),
+                    data.len() as u64,
+                    h.entry_type(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn clean_never_climbs_out() {
+        assert_eq!(clean("/a/../../b/./c/"), vec!["b", "c"]);
+        assert_eq!(clean("../../.."), Vec::<String>::new());
+        assert_eq!(clean("x//y"), vec!["x", "y"]);
+    }
+
+    #[test]
+    fn a_directory_gives_its_contents_under_new_parents() {
+        let (dir, tree) = context();
+        let srcs = sources(&tree, "app/", "COPY").unwrap();
+        let place = placement(&[], "/opt/app/", srcs.len(), false, "COPY").unwrap();
+        assert!(place.into_dir);
+        let mut out = Vec::new();
+        compose_all(
+            &mut out,
+            &[],
+            &tree,
+            &srcs,
+            &[],
+            &place,
+            Some((7, 7)),
+            "COPY",
+        )
+        .unwrap();
+        let names: Vec<(String, u64)> = entries(&out)
+            .into_iter()
+            .map(|(n, uid, _, _)| (n, uid))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("opt/".to_string(), 0),
+                ("opt/app/".to_string(), 7),
+                ("opt/app/a.txt".to_string(), 7),
+                ("opt/app/sub/".to_string(), 7),
+                ("opt/app/sub/b.txt".to_string(), 7),
+            ]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_wildcards_and_refusals() {
+        let (dir, tree) = context();
+        // One file to a new name.
+        let srcs = sources(&tree, "/one.txt", "COPY").unwrap();
+        let place = placement(&[], "/etc/renamed", 1, false, "COPY").unwrap();
+        assert!(!place.into_dir);
+        let mut out = Vec::new();
+        compose_all(&mut out, &[], &tree, &srcs, &[], &place, None, "COPY").unwrap();
+        let got = entries(&out);
+        assert_eq!(got[0].0, "etc/");
+        assert_eq!((got[1].0.as_str(), got[1].2), ("etc/renamed", 1));
+        // A wildcard: both files, into a directory; without the slash, refused.
+        let srcs = sources(&tree, "*.txt", "COPY").unwrap();
+        assert_eq!(srcs.len(), 2);
+        assert!(matches!(
+            placement(&[], "/dst", 2, true, "COPY"),
+            Err(CopyError::DestinationNotDir { .. })
+        ));
+        // A symlink is data: copied as the link, never followed.
+        let srcs = sources(&tree, "link", "COPY").unwrap();
+        let place = placement(&[], "/l", 1, false, "COPY").unwrap();
+        let mut out = Vec::new();
+        compose_all(&mut out, &[], &tree, &srcs, &[], &place, None, "COPY").unwrap();
+        assert_eq!(entries(&out)[0].3, tar::EntryType::Symlink);
+        // What is not there, in Docker's words; `..` stays inside.
+        let e = sources(&tree, "../../etc/passwd", "COPY").err().unwrap();
+        assert!(
+            e.to_string().contains("file not found in build context"),
+            "{e}"
+        );
+        assert!(matches!(
+            sources(&tree, "*.none", "COPY"),
+            Err(CopyError::NoMatch { .. })
+        ));
+        assert!(matches!(
+            sources(&tree, "a*/b", "COPY"),
+            Err(CopyError::Wildcard { .. })
+        ));
+        // The cache's key follows the contents, not the directory's own times.
+        let k1 = sources_key(&tree, &sources(&tree, ".", "COPY").unwrap(), "COPY").unwrap();
+        std::fs::write(dir.join("one.txt"), "changed").unwrap();
+        let k2 = sources_key(&tree, &sources(&tree, ".", "COPY").unwrap(), "COPY").unwrap();
+        assert!(k1.starts_with("dir:") && k1 != k2);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
