@@ -3649,6 +3649,49 @@ fn build_runs_each_step_in_a_microvm() {
         d.docker_ok(&["ps", "-aq", "--filter", &format!("id={step}")]),
         ""
     );
+    // A client that hangs up mid-step cancels the build: its container goes.
+    let hang = dir.join("Dockerfile.hang");
+    // The marker it prints is not in its Step line.
+    std::fs::write(
+        &hang,
+        "FROM busybox\nRUN echo ready-$((1+1)) && sleep 1000\n",
+    )
+    .unwrap();
+    let mut cli = d
+        .docker_command(&["build", "-f", hang.to_str().unwrap(), ctx])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(cli.stdout.take().unwrap()).lines();
+        while !seen.contains("ready-2") {
+            match lines.next() {
+                Some(Ok(l)) => seen += &format!("{l}\n"),
+                _ => panic!("the build ended before its step ran: {seen}"),
+            }
+        }
+    }
+    let step = seen
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("---> Running in "))
+        .unwrap_or_else(|| panic!("no step container in {seen}"))
+        .to_string();
+    cli.kill().unwrap();
+    let _ = cli.wait();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !d
+        .docker_ok(&["ps", "-aq", "--filter", &format!("id={step}")])
+        .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled build's container {step} is still there"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let _ = std::fs::remove_dir_all(&dir);
     d.docker_ok(&["rmi", &tag]);
 }

@@ -811,16 +811,26 @@ async fn build(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResu
         if let Some(v) = line(&first) {
             let _ = out.send(Ok(Frame::data(line_bytes(&v)))).await;
         }
-        while let Some(e) = rx.recv().await {
-            if let Some(v) = line(&e) {
-                if out.send(Ok(Frame::data(line_bytes(&v)))).await.is_err() {
-                    // The client went away: dropping the receiver cancels the build (its
-                    // RUN step's container is stopped), as dockerd cancels it.
-                    drop(rx);
-                    let _ = task.await;
-                    return;
-                }
+        loop {
+            // A client that goes away (seen even while the build says nothing: a long RUN
+            // step) cancels the build: dropping the receiver tells the builder, which
+            // kills the step's container, as dockerd cancels a build.
+            let e = tokio::select! {
+                e = rx.recv() => e,
+                () = out.closed() => None,
+            };
+            let sent = match e.as_ref().and_then(&line) {
+                Some(v) => out.send(Ok(Frame::data(line_bytes(&v)))).await.is_ok(),
+                None => e.is_some(),
+            };
+            if e.is_none() || !sent {
+                break;
             }
+        }
+        if out.is_closed() {
+            drop(rx);
+            let _ = task.await;
+            return;
         }
         let last = match task.await {
             Ok(Ok(id)) => quiet.then(|| json!({ "stream": format!("{id}\n") })),
