@@ -1156,6 +1156,27 @@ fn pull_from_a_local_registry_checks_every_digest() {
     assert_eq!(berth.docker_ok(&["images", "-q"]), "");
     std::fs::write(registry.blob(&layer), &good).unwrap();
 
+    // zstd layers (an OCI manifest, as skopeo writes them).
+    let zst = format!("{addr}/test/busybox:zstd");
+    let layout = scratch.path("zstd-layout");
+    sh(&format!(
+        "skopeo copy -q --format oci --dest-compress-format zstd docker-archive:{} oci:{}:1 && \
+         skopeo copy -q --preserve-digests --dest-tls-verify=false oci:{}:1 docker://{zst}",
+        archive.display(),
+        layout.display(),
+        layout.display()
+    ));
+    let raw = sh(&format!(
+        "skopeo inspect --raw --tls-verify=false docker://{zst}"
+    ));
+    assert!(raw.contains("tar+zstd"), "{raw}");
+    // Into a store without the layer: it is downloaded and decompressed.
+    let out = berth.docker_ok(&["pull", &zst]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert_busybox_intact(&layer_dirs(&berth, &zst)[0]);
+    berth.docker_ok(&["rmi", &zst]);
+    assert_eq!(berth.docker_ok(&["images", "-q"]), "");
+
     let out = berth.docker_ok(&["pull", &r]);
     assert!(out.contains("Pull complete"), "{out}");
     assert!(

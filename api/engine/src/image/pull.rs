@@ -41,10 +41,11 @@ const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub(super) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// Layer types berth unpacks (plain and gzip tars; zstd is refused by name).
-const LAYER_TYPES: [&str; 4] = [
+/// Layer types berth unpacks (plain, gzip and zstd tars).
+const LAYER_TYPES: [&str; 5] = [
     "application/vnd.oci.image.layer.v1.tar",
     "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
     "application/vnd.docker.image.rootfs.diff.tar.gzip",
     "application/vnd.docker.image.rootfs.diff.tar",
 ];
@@ -326,12 +327,6 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Parsed> {
         }
     }
     for layer in &manifest.layers {
-        if layer.media_type.contains("zstd") {
-            return Err(EngineError::Unsupported(format!(
-                "layer {} is zstd-compressed, which berth does not unpack yet",
-                layer.digest
-            )));
-        }
         if !LAYER_TYPES.contains(&layer.media_type.as_str()) {
             return Err(invalid(format!(
                 "layer {} has media type {:?}, which berth does not unpack",

@@ -62,7 +62,7 @@ pub enum UnpackError {
         what: &'static str,
         limit: usize,
     },
-    #[error("{0}-compressed layers are not supported (plain and gzip tar are)")]
+    #[error("{0}-compressed layers are not supported (plain, gzip and zstd tar are)")]
     Compression(&'static str),
     #[error("invalid tar stream: {0}")]
     Tar(#[source] io::Error),
@@ -114,14 +114,78 @@ fn sniff(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Wraps `input` in a decompressor if it is gzip; refuses other compressions.
+/// Wraps `input` in a decompressor if it is gzip or zstd; refuses other compressions.
 pub fn decompress<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, UnpackError> {
     let mut buffered = BufReader::with_capacity(64 << 10, input);
     let head = buffered.fill_buf().map_err(UnpackError::Tar)?;
     match sniff(head) {
         None => Ok(Box::new(buffered)),
         Some("gzip") => Ok(Box::new(flate2::read::MultiGzDecoder::new(buffered))),
+        Some("zstd") => Ok(Box::new(ZstdFrames {
+            source: buffered,
+            frame: ruzstd::decoding::FrameDecoder::new(),
+            in_frame: false,
+        })),
         Some(other) => Err(UnpackError::Compression(other)),
+    }
+}
+
+/// A zstd stream of any number of frames (skippable ones skipped), decoded as it is read:
+/// ruzstd's own streaming reader stops after one frame. ruzstd refuses a frame whose window
+/// is over 100 MiB, which bounds what a hostile layer makes the decoder hold.
+struct ZstdFrames<R> {
+    source: R,
+    frame: ruzstd::decoding::FrameDecoder,
+    in_frame: bool,
+}
+
+impl<R: io::BufRead> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use ruzstd::decoding::errors::{FrameDecoderError, ReadFrameHeaderError};
+        use ruzstd::decoding::BlockDecodingStrategy;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.in_frame {
+                while self.frame.can_collect() < buf.len() && !self.frame.is_finished() {
+                    let want = buf.len() - self.frame.can_collect();
+                    self.frame
+                        .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBytes(want))
+                        .map_err(io::Error::other)?;
+                }
+                let n = self.frame.read(buf)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                if !self.frame.is_finished() {
+                    continue;
+                }
+                self.in_frame = false;
+            }
+            if self.source.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            match self.frame.reset(&mut self.source) {
+                Ok(()) => self.in_frame = true,
+                Err(FrameDecoderError::ReadFrameHeaderError(ReadFrameHeaderError::SkipFrame {
+                    length,
+                    ..
+                })) => {
+                    let skipped = io::copy(
+                        &mut (&mut self.source).take(u64::from(length)),
+                        &mut io::sink(),
+                    )?;
+                    if skipped < u64::from(length) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "a zstd skippable frame is cut short",
+                        ));
+                    }
+                }
+                Err(e) => return Err(io::Error::other(e)),
+            }
+        }
     }
 }
 
@@ -879,9 +943,45 @@ pub(crate) mod tests {
         );
         assert_eq!(std::fs::read(t.0.join("layer/a")).unwrap(), b"hello");
         assert!(matches!(
-            unpack(&[0x28u8, 0xb5, 0x2f, 0xfd, 0, 0][..], &t.0, &mut io::sink()),
-            Err(UnpackError::Compression("zstd"))
+            unpack(&b"BZh91AY&SY"[..], &t.0, &mut io::sink()),
+            Err(UnpackError::Compression("bzip2"))
         ));
+    }
+
+    #[test]
+    fn zstd_layers_of_several_frames_unpack() {
+        use ruzstd::encoding::{compress_to_vec, CompressionLevel};
+        let tar = RawTar::new()
+            .file("a", b"hello")
+            .file("b", &[7u8; 70000])
+            .finish();
+        // Two frames with a skippable frame between them, as a parallel compressor writes.
+        let (first, second) = tar.split_at(1024);
+        let mut zst = compress_to_vec(first, CompressionLevel::Fastest);
+        zst.extend_from_slice(&[0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 1, 2, 3]);
+        zst.extend(compress_to_vec(second, CompressionLevel::Fastest));
+        let t = TempDir::new("zst");
+        std::fs::create_dir(t.0.join("layer")).unwrap();
+        let mut copy = Vec::new();
+        let u = unpack(&zst[..], &t.0.join("layer"), &mut copy).unwrap();
+        assert_eq!(copy, tar, "the copy is the uncompressed stream");
+        assert_eq!(
+            u.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+        );
+        assert_eq!(std::fs::read(t.0.join("layer/a")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(t.0.join("layer/b")).unwrap(),
+            vec![7u8; 70000]
+        );
+        // A stream cut short, or corrupt, is an error, not a short layer.
+        std::fs::create_dir(t.0.join("cut")).unwrap();
+        let cut = &zst[..zst.len() - 10];
+        assert!(unpack(cut, &t.0.join("cut"), &mut io::sink()).is_err());
+        std::fs::create_dir(t.0.join("bad")).unwrap();
+        let mut bad = zst.clone();
+        bad[6] ^= 0xff;
+        assert!(unpack(&bad[..], &t.0.join("bad"), &mut io::sink()).is_err());
     }
 
     #[test]
