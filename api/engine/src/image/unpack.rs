@@ -150,9 +150,24 @@ impl<R: io::BufRead> Read for ZstdFrames<R> {
             if self.in_frame {
                 while self.frame.can_collect() < buf.len() && !self.frame.is_finished() {
                     let want = buf.len() - self.frame.can_collect();
+                    let before = (
+                        self.frame.bytes_read_from_source(),
+                        self.frame.can_collect(),
+                    );
                     self.frame
                         .decode_blocks(&mut self.source, BlockDecodingStrategy::UptoBytes(want))
                         .map_err(io::Error::other)?;
+                    // A hostile stream must not spin the decoder in place.
+                    let after = (
+                        self.frame.bytes_read_from_source(),
+                        self.frame.can_collect(),
+                    );
+                    if after == before && !self.frame.is_finished() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the zstd stream ends inside a frame",
+                        ));
+                    }
                 }
                 let n = self.frame.read(buf)?;
                 if n > 0 {
