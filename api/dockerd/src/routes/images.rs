@@ -621,20 +621,31 @@ async fn transfer_stream(
                 .send(Ok(Frame::data(line_bytes(&transfer_line(&e)))))
                 .await;
         }
-        let last = match task.await {
-            Ok(Ok(Some(status))) => Some(json!({ "status": status })),
-            Ok(Ok(None)) => None,
-            Ok(Err(e)) => {
-                log::info!("docker {what} failed: {e}");
-                Some(error_line(&e.to_string()))
-            }
-            Err(e) => Some(error_line(&format!("the {what} failed: {e}"))),
-        };
+        let last = last_line(what, task.await, |status| {
+            status.map(|s| json!({ "status": s }))
+        });
         if let Some(last) = last {
             let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
         }
     });
     Ok(json_stream(body))
+}
+
+/// The line a JSON progress stream ends with: what `ok` makes of the task's result, or its
+/// error (logged) in Docker's error shape.
+fn last_line<T>(
+    what: &str,
+    done: Result<engine::Result<T>, tokio::task::JoinError>,
+    ok: impl FnOnce(T) -> Option<Value>,
+) -> Option<Value> {
+    match done {
+        Ok(Ok(v)) => ok(v),
+        Ok(Err(e)) => {
+            log::info!("docker {what} failed: {e}");
+            Some(error_line(&e.to_string()))
+        }
+        Err(e) => Some(error_line(&format!("the {what} failed: {e}"))),
+    }
 }
 
 fn json_stream(body: crate::http::Body) -> Response<crate::http::Body> {
@@ -832,14 +843,9 @@ async fn build(state: &Arc<State>, req: Request<Incoming>, q: &Query) -> ApiResu
             let _ = task.await;
             return;
         }
-        let last = match task.await {
-            Ok(Ok(id)) => quiet.then(|| json!({ "stream": format!("{id}\n") })),
-            Ok(Err(e)) => {
-                log::info!("docker build failed: {e}");
-                Some(error_line(&e.to_string()))
-            }
-            Err(e) => Some(error_line(&format!("the build failed: {e}"))),
-        };
+        let last = last_line("build", task.await, |id| {
+            quiet.then(|| json!({ "stream": format!("{id}\n") }))
+        });
         if let Some(last) = last {
             let _ = out.send(Ok(Frame::data(line_bytes(&last)))).await;
         }

@@ -629,20 +629,8 @@ impl Run<'_> {
         let mut cmd = s.shell();
         cmd.push("#(nop) ".into());
         cmd.push(original.to_string());
-        let container_config = ContainerConfig {
-            cmd: Some(cmd.clone()),
-            ..s.config.clone()
-        };
-        if self.cached(s, &container_config)? {
+        let Some(req) = self.probe(s, cmd)? else {
             return Ok(());
-        }
-        let req = CommitRequest {
-            parent: s.image.clone(),
-            config: s.config.clone(),
-            container_config,
-            author: s.author.clone(),
-            created_by: cmd.join(" "),
-            ..Default::default()
         };
         let images = self.images().clone();
         let context = self
@@ -688,6 +676,26 @@ impl Run<'_> {
         self.say(format!(" ---> {}\n", short(&id)));
         s.image = id;
         Ok(())
+    }
+
+    /// A step done on the host (no container): its config named by `cmd`. `None` when the
+    /// cache had it (the stage then stands on the cached image); else what to commit.
+    fn probe(&self, s: &mut Stage, cmd: Vec<String>) -> Result<Option<CommitRequest>> {
+        let container_config = ContainerConfig {
+            cmd: Some(cmd.clone()),
+            ..s.config.clone()
+        };
+        if self.cached(s, &container_config)? {
+            return Ok(None);
+        }
+        Ok(Some(CommitRequest {
+            parent: s.image.clone(),
+            config: s.config.clone(),
+            container_config,
+            author: s.author.clone(),
+            created_by: cmd.join(" "),
+            ..Default::default()
+        }))
     }
 
     /// Takes the cache's image for this step if it has one (and `--no-cache` was not given).
@@ -830,22 +838,10 @@ impl Run<'_> {
         let text = format!("{keyword} {} in {} ", made.key, made.dest);
         let mut cmd = shell;
         cmd.push(format!("#(nop) {text}"));
-        let container_config = ContainerConfig {
-            cmd: Some(cmd.clone()),
-            ..s.config.clone()
-        };
-        if self.cached(s, &container_config)? {
+        let Some(req) = self.probe(s, cmd)? else {
             return Ok(());
-        }
-        let images = self.images().clone();
-        let req = CommitRequest {
-            parent: s.image.clone(),
-            config: s.config.clone(),
-            container_config,
-            author: s.author.clone(),
-            created_by: cmd.join(" "),
-            ..Default::default()
         };
+        let images = self.images().clone();
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
             let mut scratch = images.scratch_file()?;
             let write = |source| CopyError::Write {
