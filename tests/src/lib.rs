@@ -949,15 +949,77 @@ pub struct Registry {
     root: PathBuf,
 }
 
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The test token service (`tests/registry/token-server`) for a [`Registry`] started with
+/// [`Registry::start_with_tokens`]: Bearer tokens for `user:password`, signed with a key
+/// made here. Killed with the test.
+pub struct TokenServer {
+    child: std::process::Child,
+    /// The registry's `auth:` section for it.
+    pub auth: String,
+}
+
+impl TokenServer {
+    pub fn start(dir: &Path, user_password: &str) -> TokenServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=berth-test-tokens", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs (`make test-deps`)");
+        assert!(made.success(), "openssl could not make the token key");
+        let port = free_port();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("registry/token-server");
+        let mut child = Command::new(script)
+            .arg(port.to_string())
+            .arg(&key)
+            .arg(&cert)
+            .args(["berth-test-issuer", "berth-test-registry", user_password])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(dir.join("token-server.log")).unwrap())
+            .spawn()
+            .expect("the token server starts");
+        let mut ready = String::new();
+        {
+            use std::io::BufRead;
+            let out = child.stdout.take().expect("piped");
+            std::io::BufReader::new(out)
+                .read_line(&mut ready)
+                .expect("the token server says it is ready");
+        }
+        assert_eq!(ready.trim(), "ready", "the token server did not start");
+        let auth = format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{port}/token\n    service: berth-test-registry\n    issuer: berth-test-issuer\n    rootcertbundle: {}\n",
+            cert.display()
+        );
+        TokenServer { child, auth }
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Registry {
     pub fn start(dir: &Path, htpasswd: Option<&Path>) -> Registry {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let root = dir.join("storage");
-        std::fs::create_dir_all(&root).unwrap();
         let auth = htpasswd
             .map(|p| {
                 format!(
@@ -966,6 +1028,19 @@ impl Registry {
                 )
             })
             .unwrap_or_default();
+        Registry::start_with(dir, &auth)
+    }
+
+    /// A registry whose tokens `tokens` issues.
+    pub fn start_with_tokens(dir: &Path, tokens: &TokenServer) -> Registry {
+        Registry::start_with(dir, &tokens.auth)
+    }
+
+    fn start_with(dir: &Path, auth: &str) -> Registry {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let root = dir.join("storage");
+        std::fs::create_dir_all(&root).unwrap();
         let config = dir.join("config.yml");
         std::fs::write(
             &config,

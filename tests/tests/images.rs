@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use berth_tests::{
     busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Registry, Scratch,
+    TokenServer,
 };
 use sha2::{Digest, Sha256};
 
@@ -1697,4 +1698,51 @@ fn build_without_run_matches_dockerd() {
     );
     let all = berth.docker_ok(&["images", "-a", "-q"]);
     assert!(all.lines().count() > 20, "{all}");
+}
+
+/// A registry behind a token service (Docker Hub's kind of auth: the registry answers 401
+/// with a Bearer challenge, the client asks the token service for a token with its
+/// credentials): `docker login` checks the password with the token service, a pull without
+/// credentials is refused, and with the CLI's credentials pull and push work.
+#[test]
+fn login_pull_and_push_through_a_token_service() {
+    let scratch = Scratch::new("tokens");
+    let tokens = TokenServer::start(&scratch.path("tokens"), "berth:s3cret");
+    let registry = Registry::start_with_tokens(&scratch.path("registry"), &tokens);
+    let addr = &registry.addr;
+    let r = format!("{addr}/private/busybox:1");
+    sh(&format!(
+        "skopeo copy -q --dest-tls-verify=false --dest-creds berth:s3cret docker-archive:{} docker://{r}",
+        busybox_image("archive").display()
+    ));
+    let berth = Berthd::start();
+    let f = berth.docker(&["pull", &r]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("pull access denied"), "{f:?}");
+    let f = berth.docker_with_input(
+        &["login", "-u", "berth", "--password-stdin", addr],
+        b"wrong\n",
+    );
+    assert_ne!(f.code(), 0, "{f:?}");
+    assert!(f.stderr.contains("401 Unauthorized"), "{f:?}");
+    let f = berth.docker_with_input(
+        &["login", "-u", "berth", "--password-stdin", addr],
+        b"s3cret\n",
+    );
+    assert!(
+        f.status.success() && f.stdout.contains("Login Succeeded"),
+        "{f:?}"
+    );
+    let out = berth.docker_ok(&["pull", &r]);
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {r}")),
+        "{out}"
+    );
+    let mine = format!("{addr}/private/mine:1");
+    berth.docker_ok(&["tag", &r, &mine]);
+    let out = berth.docker_ok(&["push", &mine]);
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    berth.docker_ok(&["rmi", &mine, &r]);
+    let out = berth.docker_ok(&["pull", &mine]);
+    assert!(out.contains("Pull complete"), "{out}");
 }
