@@ -2151,8 +2151,8 @@ fn diff_export_and_commit_read_the_writable_layer_on_the_host() {
     assert!(child_names.contains_key("var/spool/new"));
     assert!(tar_member(&child_export, "etc/passwd").ends_with(b"changed\n"));
 
-    // Refusals in dockerd's words; nothing is made by them.
-    let images_before = d.docker_ok(&["images", "-q", "-a"]);
+    // Refusals in dockerd's words; nothing is made by them (by name: other tests on this
+    // daemon, builds among them, make images meanwhile).
     let f = d.docker(&["commit", "-c", "FOO bar", &name, "refused:1"]);
     assert_ne!(f.code(), 0);
     assert!(
@@ -2166,7 +2166,7 @@ fn diff_export_and_commit_read_the_writable_layer_on_the_host() {
         "{}",
         f.stderr
     );
-    assert_eq!(d.docker_ok(&["images", "-q", "-a"]), images_before);
+    assert_ne!(d.docker(&["image", "inspect", "refused:1"]).code(), 0);
     for args in [
         ["diff", "nope-none"],
         ["export", "nope-none"],

@@ -1246,9 +1246,14 @@ fn pull_from_a_local_registry_checks_every_digest() {
 
 /// A docker-save archive holding one image with `layers`, lowest first.
 fn archive_with_layers(layers: &[&[u8]], tag: &str) -> Vec<u8> {
+    archive_for("amd64", layers, tag)
+}
+
+/// The same, for `architecture`.
+fn archive_for(architecture: &str, layers: &[&[u8]], tag: &str) -> Vec<u8> {
     let diff_ids: Vec<String> = layers.iter().map(|l| sha256(l)).collect();
     let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "architecture": architecture, "os": "linux", "config": {"Cmd": ["sh"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
@@ -1745,4 +1750,39 @@ fn login_pull_and_push_through_a_token_service() {
     berth.docker_ok(&["rmi", &mine, &r]);
     let out = berth.docker_ok(&["pull", &mine]);
     assert!(out.contains("Pull complete"), "{out}");
+}
+
+/// A multi-platform image (an index made by the Docker CLI's `docker manifest`): berth pulls
+/// its linux/amd64 image, as Docker does on this host, and refuses another platform by
+/// name.
+#[test]
+fn pull_takes_linux_amd64_from_a_multi_platform_index() {
+    let scratch = Scratch::new("index");
+    let registry = Registry::start(&scratch.path("registry"), None);
+    let addr = &registry.addr;
+    let berth = Berthd::start();
+    let amd = format!("{addr}/test/amd:1");
+    sh(&format!(
+        "skopeo copy -q --dest-tls-verify=false docker-archive:{} docker://{amd}",
+        busybox_image("archive").display()
+    ));
+    // An arm64 image (a config that says so), pushed by berth.
+    let arm = format!("{addr}/test/arm:1");
+    let layer = RawTar::new().file("arch", b"arm64\n").finish();
+    let archive = scratch.path("arm.tar");
+    std::fs::write(&archive, archive_for("arm64", &[&layer], &arm)).unwrap();
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    berth.docker_ok(&["push", &arm]);
+    berth.docker_ok(&["rmi", &arm]);
+    let multi = format!("{addr}/test/multi:1");
+    berth.docker_ok(&["manifest", "create", "--insecure", &multi, &amd, &arm]);
+    berth.docker_ok(&["manifest", "push", "--insecure", &multi]);
+    let out = berth.docker_ok(&["pull", &multi]);
+    assert!(out.contains("Pull complete"), "{out}");
+    let ours = inspect(&berth, &multi);
+    assert_eq!(ours["Architecture"], "amd64", "{ours}");
+    assert_busybox_intact(&layer_dirs(&berth, &multi)[0]);
+    let f = berth.docker(&["pull", "--platform", "linux/arm64", &multi]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("linux/amd64 images only"), "{f:?}");
 }
