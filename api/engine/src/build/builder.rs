@@ -105,9 +105,7 @@ fn invalid(message: impl Into<String>) -> EngineError {
 impl From<CopyError> for EngineError {
     fn from(e: CopyError) -> Self {
         match e {
-            CopyError::Write { .. } | CopyError::Read { .. } => {
-                EngineError::Internal(vmm_launcher::chain(&e))
-            }
+            CopyError::Read { .. } => EngineError::Internal(vmm_launcher::chain(&e)),
             other => EngineError::InvalidArgument(other.to_string()),
         }
     }
@@ -648,34 +646,21 @@ impl Run<'_> {
                 dest: copy::clean(&workdir).join("/").into_bytes(),
                 into_dir: true,
             };
-            let mut scratch = images.scratch_file()?;
-            {
-                let mut out = std::io::BufWriter::new(&mut scratch);
-                copy::compose_all(
-                    &mut out,
-                    &stack,
-                    &context,
-                    &[],
-                    &[],
-                    &place,
-                    None,
-                    "WORKDIR",
-                )?;
-                use std::io::Write;
-                out.flush()
-                    .map_err(|e| EngineError::internal("cannot write a layer", e))?;
-            }
-            use std::io::Seek;
-            scratch
-                .rewind()
-                .map_err(|e| EngineError::internal("cannot write a layer", e))?;
-            images.commit_container(&req, Some(BufReader::new(scratch)))
+            commit_composed(&images, &req, |out| {
+                copy::compose_all(out, &stack, &context, &[], &[], &place, None, "WORKDIR")?;
+                Ok(())
+            })
         })
         .await
         .map_err(|e| EngineError::internal("a build step", e))??;
+        self.advance(s, id);
+        Ok(())
+    }
+
+    /// The stage goes on from image `id`, which the step just made.
+    fn advance(&self, s: &mut Stage, id: String) {
         self.say(format!(" ---> {}\n", short(&id)));
         s.image = id;
-        Ok(())
     }
 
     /// A step done on the host (no container): its config named by `cmd`. `None` when the
@@ -843,26 +828,21 @@ impl Run<'_> {
         };
         let images = self.images().clone();
         let id = tokio::task::spawn_blocking(move || -> Result<String> {
-            let mut scratch = images.scratch_file()?;
-            let write = |source| CopyError::Write {
-                keyword: keyword.clone(),
-                source,
-            };
             // Archives ADD unpacks: each a tree of its own, composed into the destination.
-            let (plain, archives): (Vec<_>, Vec<_>) = made
+            let plain: Vec<Source> = made
                 .sources
                 .into_iter()
                 .enumerate()
-                .partition(|(i, _)| !made.archives.iter().any(|(a, _)| a == i));
-            let plain: Vec<Source> = plain.into_iter().map(|(_, s)| s).collect();
-            {
-                let mut out = std::io::BufWriter::new(&mut scratch);
-                let mut place = made.place;
-                if !archives.is_empty() {
-                    place.into_dir = true;
-                }
+                .filter(|(i, _)| !made.archives.iter().any(|(a, _)| a == i))
+                .map(|(_, s)| s)
+                .collect();
+            let mut place = made.place;
+            if !made.archives.is_empty() {
+                place.into_dir = true;
+            }
+            commit_composed(&images, &req, |out| {
                 copy::compose_all(
-                    &mut out,
+                    out,
                     &made.image_stack,
                     &made.tree,
                     &plain,
@@ -871,17 +851,12 @@ impl Run<'_> {
                     owner,
                     &keyword,
                 )?;
-                use std::io::Write;
-                out.flush().map_err(write)?;
-            }
-            use std::io::Seek;
-            scratch.rewind().map_err(write)?;
-            images.commit_container(&req, Some(BufReader::new(scratch)))
+                Ok(())
+            })
         })
         .await
         .map_err(|e| EngineError::internal("a build step", e))??;
-        self.say(format!(" ---> {}\n", short(&id)));
-        s.image = id;
+        self.advance(s, id);
         Ok(())
     }
 
@@ -983,8 +958,7 @@ impl Run<'_> {
             }
         }
         let image = committed?;
-        self.say(format!(" ---> {}\n", short(&image)));
-        s.image = image;
+        self.advance(s, image);
         Ok(())
     }
 
@@ -1028,6 +1002,25 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// Commits `req` with the layer `write` composes, spooled to a scratch file first (the store
+/// then unpacks it confined, as any layer).
+fn commit_composed(
+    images: &ImageStore,
+    req: &CommitRequest,
+    write: impl FnOnce(&mut dyn std::io::Write) -> Result<()>,
+) -> Result<String> {
+    use std::io::{Seek, Write};
+    let failed = |e| EngineError::internal("cannot write a layer", e);
+    let mut scratch = images.scratch_file()?;
+    {
+        let mut out = std::io::BufWriter::new(&mut scratch);
+        write(&mut out)?;
+        out.flush().map_err(failed)?;
+    }
+    scratch.rewind().map_err(failed)?;
+    images.commit_container(req, Some(BufReader::new(scratch)))
 }
 
 /// What a COPY or ADD worked out before its cache probe.

@@ -34,12 +34,6 @@ pub enum CopyError {
         #[source]
         source: LayerFsError,
     },
-    #[error("{keyword} failed: cannot write the layer: {source}")]
-    Write {
-        keyword: String,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// One source as matched: where it is in its tree and what it is.
