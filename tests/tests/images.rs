@@ -1403,6 +1403,41 @@ fn push_round_trips_through_a_local_registry_and_dockerd() {
     assert!(berth.alive());
 }
 
+/// `docker login` to `addr` refused with a wrong password and accepted with the right one
+/// (berth checks them with the registry), then, with the credentials the CLI keeps, a pull
+/// of `r` and a push of it as `<addr>/private/mine:1`, which it returns.
+fn login_pull_and_push(berth: &Daemon, addr: &str, r: &str) -> String {
+    let f = berth.docker_with_input(
+        &["login", "-u", "berth", "--password-stdin", addr],
+        b"wrong\n",
+    );
+    assert_ne!(f.code(), 0, "{f:?}");
+    assert!(
+        f.stderr.contains(&format!(
+            "login attempt to http://{addr}/v2/ failed with status: 401 Unauthorized"
+        )),
+        "{f:?}"
+    );
+    let f = berth.docker_with_input(
+        &["login", "-u", "berth", "--password-stdin", addr],
+        b"s3cret\n",
+    );
+    assert!(
+        f.status.success() && f.stdout.contains("Login Succeeded"),
+        "{f:?}"
+    );
+    let out = berth.docker_ok(&["pull", r]);
+    assert!(
+        out.contains(&format!("Status: Downloaded newer image for {r}")),
+        "{out}"
+    );
+    let mine = format!("{addr}/private/mine:1");
+    berth.docker_ok(&["tag", r, &mine]);
+    let out = berth.docker_ok(&["push", &mine]);
+    assert!(out.contains("1: digest: sha256:"), "{out}");
+    mine
+}
+
 /// A registry behind htpasswd (Basic) auth: no credentials and wrong ones are refused in
 /// Docker's words; `docker login` checks the password with the registry, and the
 /// credentials the CLI then keeps (sent as `X-Registry-Auth`) pull.
@@ -1448,35 +1483,8 @@ fn pull_with_the_clis_credentials_from_a_registry_behind_auth() {
     assert!(f.stderr.contains("pull access denied"), "{f:?}");
     assert_eq!(berth.docker_ok(&["images", "-q"]), "");
     // `docker login` checks the password with the registry, then the CLI keeps it.
-    let f = berth.docker_with_input(
-        &["login", "-u", "berth", "--password-stdin", addr],
-        b"wrong\n",
-    );
-    assert_ne!(f.code(), 0, "{f:?}");
-    assert!(
-        f.stderr.contains(&format!(
-            "login attempt to http://{addr}/v2/ failed with status: 401 Unauthorized"
-        )),
-        "{f:?}"
-    );
-    let f = berth.docker_with_input(
-        &["login", "-u", "berth", "--password-stdin", addr],
-        b"s3cret\n",
-    );
-    assert!(
-        f.status.success() && f.stdout.contains("Login Succeeded"),
-        "{f:?}"
-    );
-    let out = berth.docker_ok(&["pull", &r]);
-    assert!(
-        out.contains(&format!("Status: Downloaded newer image for {r}")),
-        "{out}"
-    );
     // Pushing takes the same credentials; a client without them is refused.
-    let mine = format!("{addr}/private/mine:1");
-    berth.docker_ok(&["tag", &r, &mine]);
-    let out = berth.docker_ok(&["push", &mine]);
-    assert!(out.contains("1: digest: sha256:"), "{out}");
+    login_pull_and_push(&berth, addr, &r);
     store("berth:wrong");
     let f = berth.docker(&["push", &format!("{addr}/private/mine:1")]);
     assert_eq!(f.code(), 1, "{f:?}");
@@ -1724,29 +1732,7 @@ fn login_pull_and_push_through_a_token_service() {
     let f = berth.docker(&["pull", &r]);
     assert_eq!(f.code(), 1, "{f:?}");
     assert!(f.stderr.contains("pull access denied"), "{f:?}");
-    let f = berth.docker_with_input(
-        &["login", "-u", "berth", "--password-stdin", addr],
-        b"wrong\n",
-    );
-    assert_ne!(f.code(), 0, "{f:?}");
-    assert!(f.stderr.contains("401 Unauthorized"), "{f:?}");
-    let f = berth.docker_with_input(
-        &["login", "-u", "berth", "--password-stdin", addr],
-        b"s3cret\n",
-    );
-    assert!(
-        f.status.success() && f.stdout.contains("Login Succeeded"),
-        "{f:?}"
-    );
-    let out = berth.docker_ok(&["pull", &r]);
-    assert!(
-        out.contains(&format!("Status: Downloaded newer image for {r}")),
-        "{out}"
-    );
-    let mine = format!("{addr}/private/mine:1");
-    berth.docker_ok(&["tag", &r, &mine]);
-    let out = berth.docker_ok(&["push", &mine]);
-    assert!(out.contains("1: digest: sha256:"), "{out}");
+    let mine = login_pull_and_push(&berth, addr, &r);
     berth.docker_ok(&["rmi", &mine, &r]);
     let out = berth.docker_ok(&["pull", &mine]);
     assert!(out.contains("Pull complete"), "{out}");
