@@ -802,6 +802,11 @@ impl Berthd {
     pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> Berthd {
         let retries = boot_retries().to_string();
         let mut args = vec!["--boot-retries", &retries];
+        // Tests reach only registries they start on loopback: any other name is refused
+        // before a lookup or a connection is made.
+        for allowed in ["127.0.0.0/8", "::1/128", "localhost"] {
+            args.extend_from_slice(&["--allow-registry", allowed]);
+        }
         args.extend_from_slice(extra);
         let mut d = Daemon::new("berthd", bin("berthd"), &args);
         d.nofile = nofile;
@@ -957,6 +962,43 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A certificate authority made for a test, and a server certificate it signed for
+/// 127.0.0.1 and localhost (PEM files, made with openssl).
+pub struct TestCa {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn make(dir: &Path) -> TestCa {
+        std::fs::create_dir_all(dir).unwrap();
+        let script = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=berth-test-ca \
+               -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign \
+               -keyout ca.key -out ca.crt && \
+             openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+               -keyout server.key -out server.csr && \
+             printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > server.ext && \
+             openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+               -extfile server.ext -out server.crt";
+        let out = Command::new("sh")
+            .args(["-ec", script])
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (`make test-deps`)");
+        assert!(
+            out.status.success(),
+            "openssl could not make the test CA: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        TestCa {
+            ca: dir.join("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+        }
+    }
+}
+
 /// The test token service (`tests/registry/token-server`) for a [`Registry`] started with
 /// [`Registry::start_with_tokens`]: Bearer tokens for `user:password`, signed with a key
 /// made here. Killed with the test.
@@ -1036,7 +1078,25 @@ impl Registry {
         Registry::start_with(dir, &tokens.auth)
     }
 
+    /// A registry serving HTTPS with `tls`'s certificate.
+    pub fn start_tls(dir: &Path, tls: &TestCa) -> Registry {
+        Registry::start_serving(
+            dir,
+            "",
+            &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                tls.cert.display(),
+                tls.key.display()
+            ),
+        )
+    }
+
     fn start_with(dir: &Path, auth: &str) -> Registry {
+        Registry::start_serving(dir, auth, "")
+    }
+
+    /// `http` is more of the config's `http:` section.
+    fn start_serving(dir: &Path, auth: &str, http: &str) -> Registry {
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
         let root = dir.join("storage");
@@ -1045,7 +1105,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{auth}",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{http}{auth}",
                 root.display()
             ),
         )

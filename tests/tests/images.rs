@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use berth_tests::{
-    busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Registry, Scratch,
-    TokenServer,
+    bin, busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Registry, Scratch,
+    TestCa, TokenServer,
 };
 use sha2::{Digest, Sha256};
 
@@ -957,7 +957,7 @@ fn malformed_archives_and_api_errors_in_docker_format() {
         (
             "POST",
             "/v1.41/images/create?fromImage=nope&tag=latest",
-            400,
+            403,
             "berth cannot pull nope:latest",
         ),
         (
@@ -966,7 +966,7 @@ fn malformed_archives_and_api_errors_in_docker_format() {
             400,
             "Cannot locate specified Dockerfile: Dockerfile",
         ),
-        ("POST", "/v1.41/images/busybox/push", 400, "cannot push"),
+        ("POST", "/v1.41/images/busybox/push", 403, "cannot push"),
         ("GET", "/v1.41/images/search?term=x", 400, "cannot search"),
         (
             "POST",
@@ -998,7 +998,7 @@ fn malformed_archives_and_api_errors_in_docker_format() {
     );
     let f = berth.docker(&["pull", "busybox"]);
     assert_eq!(f.code(), 1);
-    assert!(f.stderr.contains("127.0.0.0/8"), "{}", f.stderr);
+    assert!(f.stderr.contains("--allow-registry"), "{}", f.stderr);
     // The daemon is still up and answers.
     assert!(berth.alive());
     assert_eq!(berth.api("GET", "/_ping", b"").status, 200);
@@ -1222,7 +1222,7 @@ fn pull_from_a_local_registry_checks_every_digest() {
     );
     let f = berth.docker(&["pull", "registry.example.com/x:1"]);
     assert_eq!(f.code(), 1, "{f:?}");
-    assert!(f.stderr.contains("127.0.0.0/8"), "{f:?}");
+    assert!(f.stderr.contains("--allow-registry"), "{f:?}");
 
     // `docker create` (as `run`) of an image berth lacks pulls it, unless told not to.
     let two = format!("{addr}/test/busybox:2");
@@ -1380,7 +1380,7 @@ fn push_round_trips_through_a_local_registry_and_dockerd() {
     berth.docker_ok(&["tag", &r, "registry.example.com/x:1"]);
     let f = berth.docker(&["push", "registry.example.com/x:1"]);
     assert_eq!(f.code(), 1, "{f:?}");
-    assert!(f.stderr.contains("127.0.0.0/8"), "{f:?}");
+    assert!(f.stderr.contains("--allow-registry"), "{f:?}");
     // A layer corrupted in berth's store: the registry refuses it, no manifest is pushed.
     let blob = berth
         .data_root()
@@ -1389,7 +1389,10 @@ fn push_round_trips_through_a_local_registry_and_dockerd() {
     let mut bad = std::fs::read(&blob).unwrap();
     bad[0] ^= 0xff;
     std::fs::write(&blob, &bad).unwrap();
-    let broken = format!("{addr}/test/broken:1");
+    // (To a registry without the image: in this one the layer would be mounted from
+    // test/app, never read.)
+    let fresh = Registry::start(&scratch.path("fresh-registry"), None);
+    let broken = format!("{}/test/broken:1", fresh.addr);
     berth.docker_ok(&["tag", &r, &broken]);
     let f = berth.docker(&["push", &broken]);
     assert_eq!(f.code(), 1, "{f:?}");
@@ -1771,4 +1774,143 @@ fn pull_takes_linux_amd64_from_a_multi_platform_index() {
     let f = berth.docker(&["pull", "--platform", "linux/arm64", &multi]);
     assert_eq!(f.code(), 1, "{f:?}");
     assert!(f.stderr.contains("linux/amd64 images only"), "{f:?}");
+}
+
+/// Registries over TLS, Docker Hub's mirrors and cross-repository mounts:
+/// - a loopback registry serving HTTPS is reached without checking its certificate, as
+///   Docker reaches its default insecure registries;
+/// - a blob pushed to one repository is mounted into another of the same registry;
+/// - with `--secure-registry` its certificate is checked: refused until `certs.d` holds its
+///   CA, and a client certificate there refused by name;
+/// - `docker pull NAME` goes to `--registry-mirror` first; a mirror's "manifest unknown" is
+///   the answer when Docker Hub itself may not be reached (`--allow-registry`);
+/// - `docker info` shows the mirrors and insecure registries; bad options stop berthd.
+#[test]
+fn tls_registries_mirrors_and_cross_repository_mounts() {
+    let scratch = Scratch::new("tls");
+    let ca = TestCa::make(&scratch.path("ca"));
+    let tls = Registry::start_tls(&scratch.path("tls-registry"), &ca);
+    let plain = Registry::start(&scratch.path("mirror"), None);
+    let berth = Berthd::start();
+    let rootfs = std::fs::read(busybox_image("rootfs")).unwrap();
+    let extra = RawTar::new().file("etc/over-tls", b"yes\n").finish();
+    let r = format!("{}/test/app:1", tls.addr);
+    let archive = scratch.path("app.tar");
+    std::fs::write(&archive, archive_with_layers(&[&rootfs, &extra], &r)).unwrap();
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let id = inspect(&berth, &r)["Id"].clone();
+
+    // HTTPS on loopback, the certificate unchecked.
+    let out = berth.docker_ok(&["push", &r]);
+    assert_eq!(out.matches(": Pushed").count(), 2, "{out}");
+    let digest = pushed_digest(&out, "1");
+    // skopeo checks the certificate (its certificate directory holds the CA alone).
+    let skopeo_certs = scratch.path("skopeo-certs");
+    std::fs::create_dir_all(&skopeo_certs).unwrap();
+    std::fs::copy(&ca.ca, skopeo_certs.join("ca.crt")).unwrap();
+    let raw = sh(&format!(
+        "skopeo inspect --raw --cert-dir {} docker://{r}",
+        skopeo_certs.display()
+    ));
+    assert_eq!(sha256(raw.as_bytes()), digest);
+    // Mounted into another repository of the same registry.
+    let other = format!("{}/other/app:1", tls.addr);
+    berth.docker_ok(&["tag", &r, &other]);
+    let out = berth.docker_ok(&["push", &other]);
+    assert_eq!(out.matches(": Mounted from test/app").count(), 2, "{out}");
+    assert_eq!(out.matches(": Pushed").count(), 0, "{out}");
+    assert_eq!(pushed_digest(&out, "1"), digest);
+    berth.docker_ok(&["rmi", &r, &other]);
+    let out = berth.docker_ok(&["pull", &r]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert_eq!(inspect(&berth, &r)["Id"], id);
+
+    // The mirror holds the image as Docker Hub's `library/mirrored`.
+    let in_mirror = format!("{}/library/mirrored:1", plain.addr);
+    berth.docker_ok(&["tag", &r, &in_mirror]);
+    berth.docker_ok(&["push", &in_mirror]);
+
+    // A daemon that checks the TLS registry's certificate and pulls Docker Hub's images
+    // from the mirror.
+    let certs = scratch.path("certs.d");
+    std::fs::create_dir_all(&certs).unwrap();
+    let mirror_url = format!("http://{}", plain.addr);
+    let checking = Berthd::start_with(&[
+        "--secure-registry",
+        &tls.addr,
+        "--registry-certs-dir",
+        certs.to_str().unwrap(),
+        "--registry-mirror",
+        &mirror_url,
+        "--insecure-registry",
+        "10.99.0.0/16",
+    ]);
+    let f = checking.docker(&["pull", &r]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("certificate"), "{f:?}");
+    assert!(
+        f.stderr.contains(&format!("https://{}/v2/", tls.addr)),
+        "{f:?}"
+    );
+    assert_eq!(checking.docker_ok(&["images", "-q"]), "");
+    let ours = certs.join(&tls.addr);
+    std::fs::create_dir_all(&ours).unwrap();
+    std::fs::copy(&ca.ca, ours.join("ca.crt")).unwrap();
+    let out = checking.docker_ok(&["pull", &r]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert_eq!(inspect(&checking, &r)["Id"], id);
+    std::fs::write(ours.join("client.cert"), b"").unwrap();
+    let f = checking.docker(&["pull", &r]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr.contains("cannot present a TLS client certificate"),
+        "{f:?}"
+    );
+    std::fs::remove_file(ours.join("client.cert")).unwrap();
+
+    let out = checking.docker_ok(&["pull", "mirrored:1"]);
+    assert!(out.contains("Already exists"), "{out}");
+    let pulled = inspect(&checking, "mirrored:1");
+    assert_eq!(pulled["Id"], id);
+    assert!(
+        pulled["RepoDigests"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(format!("mirrored@{digest}"))),
+        "{pulled}"
+    );
+    let f = checking.docker(&["pull", "notthere:1"]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr
+            .contains("manifest for notthere:1 not found: manifest unknown"),
+        "{f:?}"
+    );
+    // A push goes to Docker Hub itself, never to a mirror.
+    let f = checking.docker(&["push", "mirrored:1"]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(f.stderr.contains("--allow-registry"), "{f:?}");
+    let info = checking.docker_ok(&["info"]);
+    assert!(
+        info.contains(&format!("Registry Mirrors:\n  {mirror_url}/")),
+        "{info}"
+    );
+    for net in ["10.99.0.0/16", "127.0.0.0/8"] {
+        assert!(info.contains(&format!("  {net}\n")), "{info}");
+    }
+
+    // Bad registry options are the command line's error.
+    for (option, value, says) in [
+        ("--registry-mirror", "ftp://x", "http:// or https://"),
+        ("--insecure-registry", "10.0.0.0/99", "--insecure-registry"),
+        ("--allow-registry", "https://x", "not a URL"),
+    ] {
+        let out = std::process::Command::new(bin("berthd"))
+            .args([option, value])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{option} {value}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{option} {value}: {err}");
+    }
 }

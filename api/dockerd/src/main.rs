@@ -16,7 +16,10 @@ use anyhow::{bail, Context, Result};
 const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exec-root DIR]
               [--vmm PATH] [--kernel PATH] [--initrd PATH] [--boot-retries N]
               [--start clone|cold] [--prebuild-template] [--blocking-threads N]
-              [--netns PATH] [--bridge-subnet CIDR] [--debug]";
+              [--netns PATH] [--bridge-subnet CIDR] [--debug]
+              [--insecure-registry CIDR|HOST[:PORT]]... [--registry-mirror URL]...
+              [--allow-registry CIDR|HOST[:PORT]]... [--secure-registry HOST[:PORT]]...
+              [--registry-certs-dir DIR]";
 
 /// berthd's command line.
 struct Options {
@@ -49,6 +52,7 @@ fn parse_options() -> Result<Options> {
     let mut prebuild_template = false;
     let mut netns = None;
     let mut bridge_subnet = None;
+    let mut registries = engine::image::registry::RegistryOptions::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -107,6 +111,11 @@ fn parse_options() -> Result<Options> {
                         format!("--blocking-threads {v:?}: a positive number expected")
                     })?;
             }
+            "--insecure-registry" => registries.insecure.push(value()?),
+            "--registry-mirror" => registries.mirrors.push(value()?),
+            "--allow-registry" => registries.allowed.push(value()?),
+            "--secure-registry" => registries.secure.push(value()?),
+            "--registry-certs-dir" => registries.certs_dir = PathBuf::from(value()?),
             "-D" | "--debug" => debug = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
@@ -115,6 +124,8 @@ fn parse_options() -> Result<Options> {
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
+    // Checked here, so a bad one is the command line's error.
+    engine::image::registry::Registries::new(&registries)?;
     Ok(Options {
         socket,
         engine: engine::EngineConfig {
@@ -128,6 +139,7 @@ fn parse_options() -> Result<Options> {
             prebuild_template,
             netns,
             bridge_subnet,
+            registries,
         },
         blocking_threads,
         debug,

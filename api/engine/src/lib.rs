@@ -53,6 +53,8 @@ pub struct EngineConfig {
     /// The default `bridge` network's subnet (`--bridge-subnet`); `None`: Docker's
     /// 172.17.0.0/16.
     pub bridge_subnet: Option<network::ipam::Subnet>,
+    /// Where registries are reached, and how (dockerd's registry flags, and berth's).
+    pub registries: image::registry::RegistryOptions,
 }
 
 /// How a container's VM starts: restored from a template (a VM booted once and
@@ -146,7 +148,12 @@ impl Engine {
         let runtime = runtime_info(&config);
         let events = std::sync::Arc::new(events::Events::default());
         let images = std::sync::Arc::new(
-            image::ImageStore::open(&config.data_root.join("image"))?.with_events(events.clone()),
+            image::ImageStore::open(&config.data_root.join("image"))?
+                .with_events(events.clone())
+                .with_registries(
+                    image::registry::Registries::new(&config.registries)
+                        .map_err(|e| EngineError::InvalidArgument(e.to_string()))?,
+                ),
         );
         let networks = std::sync::Arc::new(
             network::Networks::open(

@@ -47,7 +47,7 @@ pub async fn route(
         (Method::GET, ["version"]) => version(state),
         (Method::GET, ["info"]) => info(state).await,
         (Method::POST, ["commit"]) => commit(state, req).await,
-        (Method::POST, ["auth"]) => auth(req).await,
+        (Method::POST, ["auth"]) => auth(state, req).await,
         (Method::GET, ["events"]) => {
             super::events::events(state, &crate::http::Query::parse(req.uri().query())).await
         }
@@ -63,7 +63,7 @@ pub async fn route(
 
 /// `POST /auth`: `docker login`. The credentials are checked against the registry; the CLI
 /// keeps them and sends them with each pull (`X-Registry-Auth`), as with dockerd.
-async fn auth(req: Request<Incoming>) -> ApiResult {
+async fn auth(state: &Arc<State>, req: Request<Incoming>) -> ApiResult {
     #[derive(serde::Deserialize)]
     struct Login {
         #[serde(default)]
@@ -79,7 +79,13 @@ async fn auth(req: Request<Incoming>) -> ApiResult {
             "berth logs in with a username and password only (no identity token)",
         ));
     }
-    match engine::image::pull::login(&login.serveraddress, &login.credentials).await {
+    match engine::image::pull::login(
+        state.engine.images.registries(),
+        &login.serveraddress,
+        &login.credentials,
+    )
+    .await
+    {
         Ok(()) => json(
             StatusCode::OK,
             &json!({ "Status": "Login Succeeded", "IdentityToken": "" }),
@@ -236,7 +242,7 @@ async fn info(state: &Arc<State>) -> ApiResult {
             "OSType": "linux",
             "Architecture": std::env::consts::ARCH,
             "IndexServerAddress": "https://index.docker.io/v1/",
-            "RegistryConfig": { "IndexConfigs": {}, "InsecureRegistryCIDRs": ["127.0.0.0/8"], "Mirrors": [] },
+            "RegistryConfig": state.engine.images.registries().info(),
             "NCPU": ncpu,
             "MemTotal": mem_total,
             "GenericResources": null,

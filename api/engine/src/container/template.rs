@@ -340,6 +340,7 @@ mod tests {
             prebuild_template: false,
             netns: None,
             bridge_subnet: None,
+            registries: Default::default(),
         }
     }
 

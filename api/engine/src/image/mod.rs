@@ -25,6 +25,7 @@ pub mod config;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod registry;
 pub mod unpack;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -242,6 +243,8 @@ pub struct ImageStore {
     pins: Pins,
     /// Where `docker events` hears of tags, untags, deletes, loads, imports and saves.
     events: Option<Arc<crate::events::Events>>,
+    /// Where registries are reached, and how (berthd's registry options).
+    registries: registry::Registries,
 }
 
 fn internal(context: impl std::fmt::Display, e: impl std::fmt::Display) -> EngineError {
@@ -299,6 +302,7 @@ impl ImageStore {
             write: Mutex::new(()),
             pins: Pins(Mutex::new(HashMap::new())),
             events: None,
+            registries: registry::Registries::default(),
         };
         store.load_index()?;
         store.collect_garbage();
@@ -309,6 +313,17 @@ impl ImageStore {
     pub fn with_events(mut self, events: Arc<crate::events::Events>) -> Self {
         self.events = Some(events);
         self
+    }
+
+    /// The store reaching registries as `registries` says.
+    pub fn with_registries(mut self, registries: registry::Registries) -> Self {
+        self.registries = registries;
+        self
+    }
+
+    /// The registry options in force.
+    pub fn registries(&self) -> &registry::Registries {
+        &self.registries
     }
 
     /// An image event as dockerd reports it: the image's id, and `name` as its attribute.

@@ -8,17 +8,14 @@
 //! as it is unpacked ([`ImageStore::add_layer`]), and the image becomes visible only once
 //! all of it is stored. An index (a multi-platform image) gives its linux/amd64 manifest.
 //!
-//! Registries are reached over plain HTTP on 127.0.0.0/8 and localhost only (Docker's
-//! default insecure registries): berth's client has no TLS yet, and anything else is
-//! refused by name before a connection is made.
+//! Where and how a registry is reached (TLS, insecure registries, Docker Hub's mirrors) is
+//! [`super::registry`]'s.
 
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -114,35 +111,6 @@ impl Source {
             ),
         }
     }
-}
-
-/// Whether berth's client may reach `domain` (plain HTTP on loopback only).
-pub fn reachable_registry(domain: &str) -> bool {
-    let host = match domain.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(""),
-        None => domain.split(':').next().unwrap_or(""),
-    };
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// A client for the registry at `host` (plain HTTP: only loopback registries are reached,
-/// see [`reachable_registry`]). A push's client uploads each blob in one request
-/// (monolithic: POST, then one PUT streaming the file), as the registry need not keep a
-/// session across chunks.
-pub(super) fn registry_client(host: &str, monolithic_push: bool) -> oci_client::Client {
-    // The process's TLS provider (the client is built with rustls and no provider of its
-    // own); installing it again is a no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    oci_client::Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(vec![host.to_string()]),
-        connect_timeout: Some(Duration::from_secs(30)),
-        read_timeout: Some(Duration::from_secs(120)),
-        use_monolithic_push: monolithic_push,
-        ..ClientConfig::default()
-    })
 }
 
 /// The client's credentials as the registry client takes them: a token from `docker
@@ -361,13 +329,6 @@ impl ImageStore {
         events: &tokio::sync::mpsc::UnboundedSender<TransferEvent>,
     ) -> Result<String> {
         check_platform(platform)?;
-        if !reachable_registry(&r.domain) {
-            return Err(EngineError::Unsupported(format!(
-                "berth cannot pull {}: its registry client reaches registries on 127.0.0.0/8 and localhost only, over plain HTTP (Docker's default insecure registries); {} would need TLS, which it does not have yet",
-                r.familiar(),
-                r.domain
-            )));
-        }
         let r = if r.tag.is_none() && r.digest.is_none() {
             r.clone().with_default_tag()
         } else {
@@ -376,20 +337,54 @@ impl ImageStore {
         let send = |e: TransferEvent| {
             let _ = events.send(e);
         };
-        let source = Source {
-            client: registry_client(&r.domain, false),
-            auth: registry_auth(credentials),
-            registry: r.domain.clone(),
-            repository: r.path.clone(),
-        };
-        // The manifest (through an index where there is one), each checked by digest.
+        // The manifest (through an index where there is one), each checked by digest, from
+        // the first endpoint that answers (a mirror that lacks it gives way to the next).
+        let auth = registry_auth(credentials);
         let wanted = [OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_LIST];
-        let top = source.reference(r.tag.as_deref(), r.digest.as_deref());
-        let (bytes, _) = source
-            .client
-            .pull_manifest_raw(&top, &source.auth, &wanted)
-            .await
-            .map_err(|e| registry_error(&r, e))?;
+        let mut found = None;
+        let mut failed = None;
+        let what = format!("pull {}", r.familiar());
+        for endpoint in self.registries.endpoints(&r.domain, true, &what).await? {
+            let connected = match self.registries.connect(&endpoint, false, None).await {
+                Ok(c) => c,
+                Err(e) => {
+                    log::info!("pull of {}: {e}", r.familiar());
+                    failed = Some(e);
+                    continue;
+                }
+            };
+            let source = Source {
+                client: connected.client,
+                auth: auth.clone(),
+                registry: endpoint.host.clone(),
+                repository: r.path.clone(),
+            };
+            let top = source.reference(r.tag.as_deref(), r.digest.as_deref());
+            match source
+                .client
+                .pull_manifest_raw(&top, &source.auth, &wanted)
+                .await
+            {
+                Ok((bytes, _)) => {
+                    found = Some((source, top, bytes));
+                    break;
+                }
+                Err(e) if endpoint.mirror => {
+                    log::info!(
+                        "pull of {} from the mirror {}: {e}",
+                        r.familiar(),
+                        endpoint.host
+                    );
+                    failed = Some(registry_error(&r, e));
+                }
+                Err(e) => return Err(registry_error(&r, e)),
+            }
+        }
+        let Some((source, top, bytes)) = found else {
+            return Err(failed.unwrap_or_else(|| {
+                EngineError::Internal(format!("no registry endpoint for {}", r.domain))
+            }));
+        };
         let repo_digest = sha256_of(&bytes);
         if let Some(d) = &r.digest {
             if *d != repo_digest {
@@ -666,41 +661,28 @@ pub enum LoginError {
 /// `docker login` (`POST /auth`): checks `credentials` against the registry at `server`
 /// (`host:port`, with or without a scheme or path), as dockerd does: `GET /v2/` with them as
 /// Basic credentials, and where the registry answers with a token service, a token asked for
-/// with them. Only registries berth can pull from are reached.
-pub async fn login(server: &str, credentials: &Credentials) -> std::result::Result<(), LoginError> {
-    let host = server
-        .trim()
-        .trim_start_matches("http://")
-        .trim_start_matches("https://")
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_string();
-    if host.is_empty() || !reachable_registry(&host) {
-        return Err(EngineError::Unsupported(format!(
-            "berth cannot log in to {:?}: its registry client reaches registries on 127.0.0.0/8 and localhost only, over plain HTTP (no TLS yet)",
-            if host.is_empty() { server } else { &host }
-        ))
-        .into());
+/// with them.
+pub async fn login(
+    registries: &super::registry::Registries,
+    server: &str,
+    credentials: &Credentials,
+) -> std::result::Result<(), LoginError> {
+    let domain = super::registry::login_domain(server);
+    if domain.is_empty() {
+        return Err(invalid(format!("cannot log in to {server:?}: no registry named")).into());
     }
-    let url = format!("http://{host}/v2/");
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .map_err(|e| EngineError::Internal(format!("cannot make an HTTP client: {e}")))?;
-    let res = client
-        .get(&url)
-        .basic_auth(&credentials.username, Some(&credentials.password))
-        .send()
-        .await
-        .map_err(|e| {
-            EngineError::Internal(format!(
-                "cannot reach the registry at {url}: {}",
-                vmm_launcher::chain(&e)
-            ))
-        })?;
-    let status = res.status();
+    // A login goes to the registry itself, never to a mirror.
+    let endpoints = registries
+        .endpoints(&domain, false, &format!("log in to {domain}"))
+        .await?;
+    let connected = registries
+        .connect_first(
+            &endpoints,
+            false,
+            Some((&credentials.username, &credentials.password)),
+        )
+        .await?;
+    let (status, url) = (connected.status, connected.url.clone());
     if status.is_success() {
         return Ok(());
     }
@@ -711,22 +693,23 @@ pub async fn login(server: &str, credentials: &Credentials) -> std::result::Resu
             status.canonical_reason().unwrap_or("")
         ))
     };
-    let challenge = res
-        .headers()
-        .get(reqwest::header::WWW_AUTHENTICATE)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("")
-        .to_string();
     if status != reqwest::StatusCode::UNAUTHORIZED
-        || !challenge.to_ascii_lowercase().starts_with("bearer")
+        || !connected
+            .challenge
+            .to_ascii_lowercase()
+            .starts_with("bearer")
     {
         return Err(refused());
     }
     // A token service: the credentials are good if it issues a token for them.
-    let oci = registry_client(&host, false);
-    let probe = oci_client::Reference::with_tag(host, "library/hello".into(), "latest".into());
+    let probe = oci_client::Reference::with_tag(
+        connected.endpoint.host.clone(),
+        "library/hello".into(),
+        "latest".into(),
+    );
     let auth = RegistryAuth::Basic(credentials.username.clone(), credentials.password.clone());
-    match oci
+    match connected
+        .client
         .auth(&probe, &auth, oci_client::RegistryOperation::Pull)
         .await
     {
@@ -748,27 +731,6 @@ pub(super) fn short_of(digest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_loopback_registries_are_reached() {
-        for ok in [
-            "127.0.0.1:5000",
-            "localhost:5000",
-            "localhost",
-            "127.1.2.3",
-            "[::1]:5000",
-        ] {
-            assert!(reachable_registry(ok), "{ok}");
-        }
-        for no in [
-            "docker.io",
-            "10.0.0.1:5000",
-            "registry.example.com",
-            "[fe80::1]:5000",
-        ] {
-            assert!(!reachable_registry(no), "{no}");
-        }
-    }
 
     #[test]
     fn only_linux_amd64_is_asked_for() {

@@ -8,7 +8,10 @@
 //! others are streamed from their files, one request each. The registry checks every blob
 //! against its digest as it commits it, and refuses a manifest whose blobs it lacks.
 //!
-//! Registries are reached as for a pull: plain HTTP on 127.0.0.0/8 and localhost only.
+//! A blob the registry lacks in this repository but that berth pushed or pulled in another
+//! of the same registry (an image's repository digests say where) is mounted from there
+//! first, as Docker does ("Mounted from"); a registry that will not mount it gets it
+//! uploaded. Registries are reached as for a pull ([`super::registry`]).
 
 use std::sync::Arc;
 
@@ -19,8 +22,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::pull::{
-    parse_manifest, reachable_registry, registry_auth, registry_client, sha256_of, short_of,
-    Credentials, Parsed, TransferEvent, OCI_MANIFEST, PROGRESS_STEP,
+    parse_manifest, registry_auth, sha256_of, short_of, Credentials, Parsed, TransferEvent,
+    OCI_MANIFEST, PROGRESS_STEP,
 };
 use super::reference::Reference;
 use super::{lock, ImageStore};
@@ -96,17 +99,27 @@ struct Target {
     client: oci_client::Client,
     auth: RegistryAuth,
     reference: Reference,
+    /// The host the registry answered on.
+    host: String,
 }
 
 impl Target {
     fn tagged(&self, tag: &str) -> oci_client::Reference {
         oci_client::Reference::with_tag(
-            self.reference.domain.clone(),
+            self.host.clone(),
             self.reference.path.clone(),
             tag.to_string(),
         )
     }
+
+    /// Repository `path` of the same registry.
+    fn other(&self, path: &str) -> oci_client::Reference {
+        oci_client::Reference::with_tag(self.host.clone(), path.to_string(), "latest".into())
+    }
 }
+
+/// Most repositories a blob is offered to be mounted from (Docker tries three).
+const MOUNT_TRIES: usize = 3;
 
 impl ImageStore {
     /// The tags of `name`'s repository (all of them when `name` has no tag), with the
@@ -127,6 +140,55 @@ impl ImageStore {
                 .then(|| (tag, id.clone()))
             })
             .collect()
+    }
+
+    /// Mounts blob `digest` into `at`'s repository from another repository of the same
+    /// registry that an image holding it was pushed to or pulled from; gives the
+    /// repository's path it came from, or `None` when none would mount it.
+    async fn mount(
+        &self,
+        target: &Target,
+        at: &oci_client::Reference,
+        digest: &str,
+    ) -> Option<String> {
+        for path in self.mount_sources(&target.reference, digest) {
+            let from = target.other(&path);
+            match target.client.mount_blob(at, &from, digest).await {
+                Ok(()) => return Some(path),
+                Err(e) => log::debug!("mount of {digest} from {path} refused: {e}"),
+            }
+        }
+        None
+    }
+
+    /// Repositories of `repo`'s registry (other than `repo`) holding an image with layer
+    /// `digest`, as its repository digests record.
+    fn mount_sources(&self, repo: &Reference, digest: &str) -> Vec<String> {
+        let index = self.read_index();
+        let mut out: Vec<String> = Vec::new();
+        for (k, id) in &index.refs {
+            let Ok(r) = Reference::parse_normalized(k) else {
+                continue;
+            };
+            if r.digest.is_none()
+                || r.domain != repo.domain
+                || r.path == repo.path
+                || out.contains(&r.path)
+            {
+                continue;
+            }
+            let holds = index
+                .images
+                .get(id)
+                .is_some_and(|i| i.config.rootfs.diff_ids.iter().any(|d| d == digest));
+            if holds {
+                out.push(r.path);
+                if out.len() == MOUNT_TRIES {
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Records `repo@digest` for image `id`, as a pull or push of it does.
@@ -159,13 +221,12 @@ impl ImageStore {
                 r.familiar()
             )));
         }
-        if !reachable_registry(&r.domain) {
-            return Err(EngineError::Unsupported(format!(
-                "berth cannot push {}: its registry client reaches registries on 127.0.0.0/8 and localhost only, over plain HTTP (Docker's default insecure registries); {} would need TLS, which it does not have yet",
-                r.familiar(),
-                r.domain
-            )));
-        }
+        // The registry itself, never a mirror; one the daemon may not reach is refused
+        // before the stream starts.
+        let endpoints = self
+            .registries
+            .endpoints(&r.domain, false, &format!("push {}", r.familiar()))
+            .await?;
         let send = |e: TransferEvent| {
             let _ = events.send(e);
         };
@@ -185,10 +246,15 @@ impl ImageStore {
                 ),
             }));
         }
+        let connected = self
+            .registries
+            .connect_first(&endpoints, true, None)
+            .await?;
         let target = Target {
-            client: registry_client(&r.domain, true),
+            client: connected.client,
             auth: registry_auth(credentials),
             reference: r.name_only(),
+            host: connected.endpoint.host,
         };
         for (tag, id) in tags {
             self.push_tag(&target, &tag, &id, events).await?;
@@ -227,7 +293,7 @@ impl ImageStore {
         };
         target
             .client
-            .store_auth_if_needed(&target.reference.domain, &target.auth)
+            .store_auth_if_needed(&target.host, &target.auth)
             .await;
         // Docker lists the layers top first.
         for layer in layers.iter().rev() {
@@ -247,6 +313,13 @@ impl ImageStore {
                 send(TransferEvent::Status {
                     id: Some(short),
                     status: "Layer already exists".into(),
+                });
+                continue;
+            }
+            if let Some(from) = self.mount(target, &at, &layer.digest).await {
+                send(TransferEvent::Status {
+                    id: Some(short),
+                    status: format!("Mounted from {from}"),
                 });
                 continue;
             }
