@@ -962,6 +962,144 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What a [`CuttingProxy`] does to the traffic it carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// Carry everything.
+    Never,
+    /// Cut the connection carrying the `n`th byte sent back to clients (counted from when
+    /// this was set), then carry everything.
+    OnceAfter(u64),
+    /// As `OnceAfter`, then refuse every connection (closed as soon as accepted).
+    AfterThenDown(u64),
+    /// Refuse every connection.
+    Down,
+}
+
+struct ProxyState {
+    cut: std::sync::Mutex<(Cut, u64)>,
+    requests: std::sync::Mutex<Vec<String>>,
+}
+
+/// A TCP proxy on 127.0.0.1 in front of `upstream` (a [`Registry`]) that cuts its
+/// connections as told: a registry whose connection breaks mid-blob. It keeps the header
+/// lines of the requests it carries. Stopped with the test (its threads end as their
+/// connections do).
+pub struct CuttingProxy {
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    state: std::sync::Arc<ProxyState>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: &str) -> CuttingProxy {
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let addr = listener.local_addr().unwrap().to_string();
+        let state = Arc::new(ProxyState {
+            cut: std::sync::Mutex::new((Cut::Never, 0)),
+            requests: std::sync::Mutex::new(Vec::new()),
+        });
+        let (shared, upstream) = (state.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let cut = shared.cut.lock().unwrap().0;
+                if cut == Cut::Down {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let (c2, s2, st) = (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    shared.clone(),
+                );
+                // Requests up: their header lines kept.
+                std::thread::spawn(move || copy_up(c2, s2, &st));
+                let st = shared.clone();
+                std::thread::spawn(move || copy_down(server, client, &st));
+            }
+        });
+        CuttingProxy { addr, state }
+    }
+
+    /// From now on, cut as `cut` says.
+    pub fn set(&self, cut: Cut) {
+        *self.state.cut.lock().unwrap() = (cut, 0);
+    }
+
+    /// The header lines of every request carried so far.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.state.requests.lock().unwrap().clone()
+    }
+}
+
+fn copy_up(mut from: std::net::TcpStream, mut to: std::net::TcpStream, state: &ProxyState) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let text = String::from_utf8_lossy(&buf[..n]);
+        state
+            .requests
+            .lock()
+            .unwrap()
+            .extend(text.lines().filter(|l| l.is_ascii()).map(str::to_string));
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+fn copy_down(mut from: std::net::TcpStream, mut to: std::net::TcpStream, state: &ProxyState) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut send = n;
+        let mut cut_here = false;
+        {
+            let mut cut = state.cut.lock().unwrap();
+            let (mode, sent) = *cut;
+            match mode {
+                Cut::OnceAfter(limit) | Cut::AfterThenDown(limit) => {
+                    if sent + n as u64 >= limit {
+                        send = (limit - sent.min(limit)) as usize;
+                        cut_here = true;
+                        *cut = (
+                            if matches!(mode, Cut::OnceAfter(_)) {
+                                Cut::Never
+                            } else {
+                                Cut::Down
+                            },
+                            0,
+                        );
+                    } else {
+                        cut.1 = sent + n as u64;
+                    }
+                }
+                Cut::Down => cut_here = true,
+                Cut::Never => {}
+            }
+        }
+        if to.write_all(&buf[..send]).is_err() || cut_here {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+    let _ = from.shutdown(std::net::Shutdown::Both);
+}
+
 /// A certificate authority made for a test, and a server certificate it signed for
 /// 127.0.0.1 and localhost (PEM files, made with openssl).
 pub struct TestCa {

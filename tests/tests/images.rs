@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use berth_tests::{
-    bin, busybox_image, dockerd_available, require, Berthd, Daemon, Dockerd, Registry, Scratch,
-    TestCa, TokenServer,
+    bin, busybox_image, dockerd_available, require, Berthd, Cut, CuttingProxy, Daemon, Dockerd,
+    Registry, Scratch, TestCa, TokenServer,
 };
 use sha2::{Digest, Sha256};
 
@@ -1913,4 +1913,77 @@ fn tls_registries_mirrors_and_cross_repository_mounts() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(says), "{option} {value}: {err}");
     }
+}
+
+/// A pull whose connection breaks mid-blob: taken up where it stopped (a Range request, as
+/// dockerd does) and finished with the right image; a registry that stays down fails the
+/// pull after its retries, in words that say so, with nothing recorded and nothing left
+/// in the store's work directory; a good pull then succeeds.
+#[test]
+fn an_interrupted_pull_resumes_or_fails_leaving_nothing() {
+    let scratch = Scratch::new("interrupted");
+    let registry = Registry::start(&scratch.path("registry"), None);
+    let proxy = CuttingProxy::start(&registry.addr);
+    let mut berth = Berthd::start();
+    // 4 MiB that do not compress, in one layer.
+    let mut noise = Vec::with_capacity(4 << 20);
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while noise.len() < 4 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        noise.extend_from_slice(&x.to_le_bytes());
+    }
+    let layer = RawTar::new().file("noise", &noise).finish();
+    let direct = format!("{}/test/big:1", registry.addr);
+    let archive = scratch.path("big.tar");
+    std::fs::write(&archive, archive_with_layers(&[&layer], &direct)).unwrap();
+    berth.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    let id = inspect(&berth, &direct)["Id"].clone();
+    berth.docker_ok(&["push", &direct]);
+    berth.docker_ok(&["rmi", &direct]);
+    let via = format!("{}/test/big:1", proxy.addr);
+    let work = berth.data_root().join("image/tmp");
+
+    // Cut once, 1 MiB in: the download is taken up from where it broke.
+    proxy.set(Cut::OnceAfter(1 << 20));
+    let out = berth.docker_ok(&["pull", &via]);
+    assert!(out.contains("Retrying in 1 second"), "{out}");
+    assert!(out.contains("Pull complete"), "{out}");
+    let ranges: Vec<String> = proxy
+        .request_lines()
+        .into_iter()
+        .filter(|l| l.to_ascii_lowercase().starts_with("range: bytes="))
+        .collect();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    let from: u64 = ranges[0][13..].trim_end_matches('-').parse().unwrap();
+    assert!(from > 0 && from < 1 << 20, "{ranges:?}");
+    assert_eq!(inspect(&berth, &via)["Id"], id);
+    assert_eq!(
+        sha256(&std::fs::read(image_file(&berth, &via, "noise").unwrap()).unwrap()),
+        sha256(&noise)
+    );
+    berth.docker_ok(&["rmi", &via]);
+
+    // Cut, and the registry stays down: the pull fails after its retries, nothing recorded.
+    proxy.set(Cut::AfterThenDown(1 << 20));
+    let f = berth.docker(&["pull", &via]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert_eq!(f.stdout.matches("Retrying in").count(), 4, "{f:?}");
+    assert!(f.stderr.contains("the download of layer"), "{f:?}");
+    assert!(f.stderr.contains("broke"), "{f:?}");
+    assert_eq!(berth.docker(&["image", "inspect", &via]).code(), 1);
+    assert_eq!(
+        berth.docker_ok(&["images", "-q", "--filter", "dangling=true"]),
+        ""
+    );
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+
+    // Back up: the pull starts over and succeeds.
+    proxy.set(Cut::Never);
+    let out = berth.docker_ok(&["pull", &via]);
+    assert!(out.contains("Pull complete"), "{out}");
+    assert!(!out.contains("Retrying"), "{out}");
+    assert_eq!(inspect(&berth, &via)["Id"], id);
+    assert!(berth.alive());
 }

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -31,6 +32,8 @@ use crate::{ids, EngineError, Result};
 const MAX_MANIFEST: usize = 4 << 20;
 /// Largest image config taken from a registry.
 const MAX_CONFIG: usize = 8 << 20;
+/// How many times a layer's download is tried before the pull fails (dockerd's 5).
+const DOWNLOAD_ATTEMPTS: u32 = 5;
 /// How often a layer's download progress is reported.
 pub(super) const PROGRESS_STEP: u64 = 512 << 10;
 
@@ -576,54 +579,108 @@ impl ImageStore {
             });
             // Checked by parse_manifest: a well-formed digest, a size not negative.
             let total = layer.size as u64;
-            let mut stream = source
-                .client
-                .pull_blob_stream(top, &layer.oci())
-                .await
-                .map_err(|e| registry_error(r, e))?;
             let path = dir.join(format!("layer-{i}"));
-            let mut file = std::io::BufWriter::new(
+            let create = || {
                 std::fs::File::create(&path)
-                    .map_err(|e| EngineError::Internal(format!("cannot spool a layer: {e}")))?,
-            );
+                    .map(std::io::BufWriter::new)
+                    .map_err(|e| EngineError::Internal(format!("cannot spool a layer: {e}")))
+            };
+            let mut file = create()?;
             let mut hasher = Sha256::new();
             let mut current = 0u64;
             let mut reported = 0u64;
-            while let Some(chunk) = stream.stream.next().await {
-                let chunk = chunk.map_err(|e| {
-                    // The client checks the digest too, as the stream ends.
-                    if e.to_string().contains("Invalid digest") {
-                        invalid(format!(
-                            "filesystem layer verification failed for digest {}: {e}",
-                            layer.digest
-                        ))
-                    } else {
-                        EngineError::Internal(format!(
-                            "cannot pull {}: the download of layer {} broke: {e}",
-                            r.familiar(),
-                            layer.digest
-                        ))
-                    }
-                })?;
-                current += chunk.len() as u64;
-                if current > total {
-                    return Err(invalid(format!(
-                        "layer {} is larger than its descriptor's {total} bytes",
+            let mut attempt = 1;
+            // A download that breaks is taken up where it stopped (a Range request), as
+            // dockerd does, up to DOWNLOAD_ATTEMPTS times; a registry that answers with
+            // the whole blob again starts it over.
+            loop {
+                let broke = |e: String| {
+                    EngineError::Internal(format!(
+                        "cannot pull {}: the download of layer {} broke: {e}",
+                        r.familiar(),
                         layer.digest
-                    )));
+                    ))
+                };
+                let started = if current == 0 {
+                    source.client.pull_blob_stream(top, &layer.oci()).await
+                } else {
+                    match source
+                        .client
+                        .pull_blob_stream_partial(top, &layer.oci(), current, None)
+                        .await
+                    {
+                        Ok(BlobResponse::Partial(s)) => Ok(s),
+                        Ok(BlobResponse::Full(s)) => {
+                            file = create()?;
+                            hasher = Sha256::new();
+                            (current, reported) = (0, 0);
+                            Ok(s)
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                let failure = match started {
+                    // The registry's refusal of the first request is its answer.
+                    Err(e) if current == 0 && attempt == 1 => return Err(registry_error(r, e)),
+                    Err(e) => broke(vmm_launcher::chain(&e)),
+                    Ok(mut stream) => {
+                        let mut failure = None;
+                        while let Some(chunk) = stream.stream.next().await {
+                            let chunk = match chunk {
+                                Ok(c) => c,
+                                // The client checks the digest too, as a whole blob ends.
+                                Err(e) if e.to_string().contains("Invalid digest") => {
+                                    return Err(invalid(format!(
+                                        "filesystem layer verification failed for digest {}: {e}",
+                                        layer.digest
+                                    )))
+                                }
+                                Err(e) => {
+                                    failure = Some(broke(e.to_string()));
+                                    break;
+                                }
+                            };
+                            current += chunk.len() as u64;
+                            if current > total {
+                                return Err(invalid(format!(
+                                    "layer {} is larger than its descriptor's {total} bytes",
+                                    layer.digest
+                                )));
+                            }
+                            hasher.update(&chunk);
+                            file.write_all(&chunk).map_err(|e| {
+                                EngineError::Internal(format!("cannot spool a layer: {e}"))
+                            })?;
+                            if current - reported >= PROGRESS_STEP || current == total {
+                                reported = current;
+                                send(TransferEvent::Progress {
+                                    id: id.clone(),
+                                    action: "Downloading",
+                                    current,
+                                    total,
+                                });
+                            }
+                        }
+                        match failure {
+                            None => break,
+                            Some(f) => f,
+                        }
+                    }
+                };
+                if attempt >= DOWNLOAD_ATTEMPTS {
+                    return Err(failure);
                 }
-                hasher.update(&chunk);
-                file.write_all(&chunk)
-                    .map_err(|e| EngineError::Internal(format!("cannot spool a layer: {e}")))?;
-                if current - reported >= PROGRESS_STEP || current == total {
-                    reported = current;
-                    send(TransferEvent::Progress {
-                        id: id.clone(),
-                        action: "Downloading",
-                        current,
-                        total,
-                    });
-                }
+                log::info!("{failure}: retrying ({attempt} of {DOWNLOAD_ATTEMPTS} attempts made)");
+                let wait = attempt as u64;
+                send(TransferEvent::Status {
+                    id: Some(id.clone()),
+                    status: format!(
+                        "Retrying in {wait} second{}",
+                        if wait == 1 { "" } else { "s" }
+                    ),
+                });
+                tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+                attempt += 1;
             }
             file.flush()
                 .map_err(|e| EngineError::Internal(format!("cannot spool a layer: {e}")))?;
