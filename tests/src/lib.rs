@@ -352,6 +352,32 @@ pub fn busybox_image(kind: &str) -> PathBuf {
     out
 }
 
+/// Debian bookworm made from Debian's packages by tests/images/mkdebian: a Docker archive of
+/// 24 layers (packages grouped, the files no package owns, then whiteouts, an opaque
+/// directory and hard links), cached by the script's identity. Its first build runs
+/// debootstrap against Debian's mirror, as the test packages are installed.
+pub fn debian_image() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/mkdebian");
+    let key = std::fs::read(&script).expect("tests/images/mkdebian exists");
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let out = cache_dir().join(format!("images/debian-bookworm-{hash:016x}.tar"));
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    if out.exists() {
+        return out;
+    }
+    std::fs::create_dir_all(out.parent().expect("has a parent")).expect("can create the cache");
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    let mut cmd = Command::new(&script);
+    cmd.arg(cache_dir().join("debian")).arg(&tmp);
+    let f = run(cmd, b"", Duration::from_secs(900));
+    assert!(f.status.success(), "mkdebian failed: {}", f.stderr);
+    std::fs::rename(&tmp, &out).expect("can publish the Debian image");
+    out
+}
+
 /// A reply from a daemon's API.
 #[derive(Debug)]
 pub struct HttpReply {

@@ -3695,3 +3695,46 @@ fn build_runs_each_step_in_a_microvm() {
     let _ = std::fs::remove_dir_all(&dir);
     d.docker_ok(&["rmi", &tag]);
 }
+
+/// Debian bookworm made from Debian's packages (tests/images/mkdebian: 24 layers, the last
+/// with whiteouts, an opaque directory and hard links), loaded and run in a microVM: bash,
+/// dpkg, apt and perl work from the image's own files, and the container sees the last
+/// layer's changes (hard links with their link count).
+#[test]
+fn a_debian_image_from_packages_runs() {
+    if !ready() {
+        return;
+    }
+    let d = daemon();
+    let archive = debian_image();
+    let out = d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: debian:bookworm"), "{out}");
+    let script = "set -e; . /etc/os-release; echo \"$VERSION_CODENAME\"; \
+        cut -d. -f1 /etc/debian_version; \
+        dpkg-query -W -f '${Status}\\n' | grep -c 'install ok installed'; \
+        perl -e 'print 6*7, qq(\\n)'; \
+        stat -c %h /usr/bin/perl /usr/local/bin/hello; hello-again; \
+        test ! -e /usr/share/doc/bash; test -d /usr/share/doc/dpkg; ls /usr/share/man; \
+        apt-get --version | head -1 | cut -d' ' -f1; id -un; echo done";
+    let out = d.docker(&["run", "--rm", "debian:bookworm", "bash", "-c", script]);
+    assert_eq!(out.code(), 0, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 11, "{out:?}");
+    assert_eq!(lines[..2], ["bookworm", "12"], "{out:?}");
+    let installed: usize = lines[2].parse().unwrap();
+    assert!(installed > 80, "{out:?}");
+    assert_eq!(
+        lines[3..],
+        [
+            "42",
+            "2",
+            "2",
+            "hello from a layer",
+            "berth.txt",
+            "apt",
+            "root",
+            "done"
+        ],
+        "{out:?}"
+    );
+}

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use berth_tests::{
-    bin, busybox_image, dockerd_available, require, Berthd, Cut, CuttingProxy, Daemon, Dockerd,
-    Registry, Scratch, TestCa, TokenServer,
+    bin, busybox_image, debian_image, dockerd_available, require, Berthd, Cut, CuttingProxy,
+    Daemon, Dockerd, Registry, Scratch, TestCa, TokenServer,
 };
 use sha2::{Digest, Sha256};
 
@@ -1986,4 +1986,121 @@ fn an_interrupted_pull_resumes_or_fails_leaving_nothing() {
     assert!(!out.contains("Retrying"), "{out}");
     assert_eq!(inspect(&berth, &via)["Id"], id);
     assert!(berth.alive());
+}
+
+/// Each entry of a container's export (`docker export`): kind, mode, owner, size, and a
+/// link's target, by name.
+fn export_listing(tar_path: &Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let h = entry.header();
+        let name = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if name.is_empty() || name == ".dockerenv" {
+            continue;
+        }
+        let kind = h.entry_type();
+        let link = entry
+            .link_name()
+            .unwrap()
+            .map(|l| l.to_string_lossy().trim_start_matches("./").to_string())
+            .unwrap_or_default();
+        let size = if kind.is_file() { h.size().unwrap() } else { 0 };
+        out.insert(
+            name,
+            format!(
+                "{:?} {:o} {}:{} {size} {link}",
+                kind,
+                h.mode().unwrap() & 0o7777,
+                h.uid().unwrap(),
+                h.gid().unwrap()
+            ),
+        );
+    }
+    out
+}
+
+/// Debian bookworm made from Debian's packages (tests/images/mkdebian: 24 layers,
+/// whiteouts, an opaque directory, hard links), pushed to a registry by skopeo with gzip
+/// layers: berth and Debian's dockerd pull the same image id and repository digest, and a
+/// container of it exports the same files from both: every name, kind, mode, owner, size
+/// and link.
+#[test]
+fn a_debian_image_from_packages_pulls_as_dockerd_sees_it() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("debian");
+    let registry = Registry::start(&scratch.path("registry"), None);
+    let r = format!("{}/test/debian:bookworm", registry.addr);
+    sh(&format!(
+        "skopeo copy -q --dest-tls-verify=false docker-archive:{} docker://{r}",
+        debian_image().display()
+    ));
+    let berth = Berthd::start();
+    let dockerd = Dockerd::start();
+    let out = berth.docker_ok(&["pull", &r]);
+    assert_eq!(out.matches(": Pull complete").count(), 24, "{out}");
+    dockerd.docker_ok(&["pull", &r]);
+    let (ours, theirs) = (inspect(&berth, &r), inspect(&dockerd, &r));
+    assert_eq!(ours["Id"], theirs["Id"]);
+    assert_eq!(ours["RepoDigests"], theirs["RepoDigests"]);
+    assert_eq!(ours["RootFS"]["Layers"].as_array().unwrap().len(), 24);
+
+    let mut listings = Vec::new();
+    for d in [&*berth, &*dockerd] {
+        d.docker_ok(&["create", "--name", "deb", &r]);
+        let file = scratch.path(&format!("export-{}.tar", listings.len()));
+        d.docker_ok(&["export", "-o", file.to_str().unwrap(), "deb"]);
+        listings.push(export_listing(&file));
+    }
+    let (ours, theirs) = (&listings[0], &listings[1]);
+    // dockerd's init layer for the container (/etc/hosts, /etc/mtab and the like) aside.
+    let init = [
+        "etc/hosts",
+        "etc/hostname",
+        "etc/resolv.conf",
+        "etc/mtab",
+        "dev",
+        "proc",
+        "sys",
+    ];
+    let differ: Vec<String> = theirs
+        .iter()
+        .filter(|(name, _)| {
+            !init
+                .iter()
+                .any(|own| *name == own || name.starts_with(&format!("{own}/")))
+        })
+        .filter(|(name, entry)| ours.get(*name) != Some(*entry))
+        .map(|(name, entry)| format!("{name}: dockerd {entry}, berth {:?}", ours.get(name)))
+        .collect();
+    assert!(differ.is_empty(), "{} differ: {differ:#?}", differ.len());
+    let extra: Vec<&String> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    assert!(
+        extra.len() < 8,
+        "berth exports more than dockerd: {extra:?}"
+    );
+    assert!(theirs.len() > 4000, "{}", theirs.len());
+    assert!(
+        ours["usr/bin/perl5.36.0"].starts_with("Link "),
+        "{}",
+        ours["usr/bin/perl5.36.0"]
+    );
+    // The last layer's changes are there.
+    assert!(ours.contains_key("etc/berth-layered"));
+    assert!(!ours.contains_key("usr/share/doc/bash"));
+    assert!(ours.contains_key("usr/share/doc/dpkg"));
+    let man: Vec<&String> = ours
+        .keys()
+        .filter(|k| k.starts_with("usr/share/man/"))
+        .collect();
+    assert_eq!(man, ["usr/share/man/berth.txt"]);
 }
