@@ -1522,7 +1522,7 @@ FROM ${BASE} AS base
 ENV GREETING="hello world" \
     LEVEL=1
 # a comment inside the file
-COPY app/ /opt/app/
+COPY --chown=daemon app/ /opt/app/
 COPY --chown=1000:1000 one.txt /opt/
 ARG VERSION=0
 LABEL org.example.version=$VERSION description="a test"
@@ -1531,7 +1531,7 @@ FROM base AS final
 WORKDIR /srv
 COPY --from=base /opt/one.txt ./copied.txt
 ADD bundle.tar.gz /opt/bundle/
-ADD plain.txt /opt/plain.txt
+ADD --chown=nobody:nogroup plain.txt /opt/plain.txt
 COPY . /ctx/
 USER 1000:1000
 EXPOSE 8080/tcp 9090
@@ -1627,6 +1627,14 @@ fn build_without_run_matches_dockerd() {
     let one = image_file(&berth, "test/built:1", "opt/one.txt").unwrap();
     let m = std::fs::metadata(one).unwrap();
     assert_eq!((m.uid(), m.gid()), (1000, 1000));
+    // Names, from the image's /etc/passwd and /etc/group (a user alone names its group).
+    for (rel, ids) in [
+        ("opt/app/main.sh", (1, 1)),
+        ("opt/plain.txt", (65534, 65534)),
+    ] {
+        let m = std::fs::metadata(image_file(&berth, "test/built:1", rel).unwrap()).unwrap();
+        assert_eq!((m.uid(), m.gid()), ids, "{rel}");
+    }
     let busybox = image_file(&berth, "test/built:1", "bin/busybox").unwrap();
     assert_busybox_intact(busybox.parent().unwrap().parent().unwrap());
 
@@ -1690,6 +1698,25 @@ fn build_without_run_matches_dockerd() {
     assert!(
         f.stderr
             .contains("COPY failed: file not found in build context"),
+        "{f:?}"
+    );
+    std::fs::write(
+        ctx.join("Dockerfile.nouser"),
+        "FROM busybox\nCOPY --chown=nosuch one.txt /\n",
+    )
+    .unwrap();
+    let f = berth.docker(&[
+        "build",
+        "-f",
+        ctx.join("Dockerfile.nouser").to_str().unwrap(),
+        "-t",
+        "test/bad",
+        ctx_s,
+    ]);
+    assert_eq!(f.code(), 1, "{f:?}");
+    assert!(
+        f.stderr
+            .contains("can't find uid for user nosuch: no such user: nosuch"),
         "{f:?}"
     );
     std::fs::write(ctx.join("Dockerfile.nobase"), "FROM 127.0.0.1:9/none:1\n").unwrap();

@@ -702,11 +702,11 @@ impl Run<'_> {
     async fn copy_step(&mut self, s: &mut Stage, ins: &Instruction) -> Result<()> {
         let keyword = ins.keyword.clone();
         let mut from = None;
-        let mut owner = None;
+        let mut chown = None;
         for (flag, value) in &ins.flags {
             match flag.as_str() {
                 "from" if keyword == "COPY" => from = Some(value.clone()),
-                "chown" => owner = Some(parse_chown(value)?),
+                "chown" => chown = Some(value.clone()),
                 other => {
                     return Err(invalid(format!(
                         "{keyword}: berth's classic builder does not take --{other}"
@@ -789,6 +789,10 @@ impl Run<'_> {
                 Some(id) => materialize(&images, id, &work)?,
             };
             let image_stack = stack_of(&images, &parent)?;
+            let owner = chown
+                .as_deref()
+                .map(|v| resolve_chown(&image_stack, v))
+                .transpose()?;
             let mut sources: Vec<Source> = Vec::new();
             let mut wildcard = false;
             for p in &patterns {
@@ -808,6 +812,7 @@ impl Run<'_> {
             let place = copy::placement(&image_stack, &dest, count, wildcard, &kw)?;
             let key = copy::sources_key(&tree, &sources, &kw)?;
             Ok(Prepared {
+                owner,
                 tree,
                 image_stack,
                 sources,
@@ -848,7 +853,7 @@ impl Run<'_> {
                     &plain,
                     &made.archives,
                     &place,
-                    owner,
+                    made.owner,
                     &keyword,
                 )?;
                 Ok(())
@@ -1025,6 +1030,8 @@ fn commit_composed(
 
 /// What a COPY or ADD worked out before its cache probe.
 struct Prepared {
+    /// `--chown`'s ids.
+    owner: Option<(u32, u32)>,
     tree: Tree,
     image_stack: Vec<Tree>,
     sources: Vec<Source>,
@@ -1059,16 +1066,67 @@ fn stage_name(ins: &Instruction) -> Option<String> {
     }
 }
 
-/// `--chown=uid[:gid]`, by number: names would need the image's /etc/passwd, which the
-/// builder does not read yet.
-fn parse_chown(value: &str) -> Result<(u32, u32)> {
-    let (u, g) = value.split_once(':').unwrap_or((value, value));
-    match (u.parse::<u32>(), g.parse::<u32>()) {
-        (Ok(u), Ok(g)) => Ok((u, g)),
-        _ => Err(EngineError::Unsupported(format!(
-            "--chown={value}: berth's builder takes numeric ids only (uid or uid:gid)"
-        ))),
+/// Largest /etc/passwd or /etc/group `--chown` reads.
+const MAX_ID_FILE: u64 = 4 << 20;
+
+/// `--chown=user[:group]`, as dockerd's classic builder reads it: each part a number or a
+/// name looked up in the image's /etc/passwd and /etc/group (the stage's merged view); a
+/// user given alone names the group too (`--chown=app` is `app:app`, `1000` is `1000:1000`).
+fn resolve_chown(stack: &[Tree], value: &str) -> Result<(u32, u32)> {
+    let (user, group) = value.split_once(':').unwrap_or((value, value));
+    if user.is_empty() || group.is_empty() {
+        return Err(invalid(format!(
+            "--chown={value}: a user and a group expected"
+        )));
     }
+    let uid = match user.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => id_of(stack, "etc/passwd", user)?.ok_or_else(|| {
+            invalid(format!(
+                "unable to convert uid/gid chown string to host mapping: can't find uid for user {user}: no such user: {user}"
+            ))
+        })?,
+    };
+    let gid = match group.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => id_of(stack, "etc/group", group)?.ok_or_else(|| {
+            invalid(format!(
+                "unable to convert uid/gid chown string to host mapping: can't find gid for group {group}: no such group: {group}"
+            ))
+        })?,
+    };
+    Ok((uid, gid))
+}
+
+/// The number `name` has in the image's `file` (/etc/passwd or /etc/group: `name:x:N:...`),
+/// if the image has the file and the name.
+fn id_of(stack: &[Tree], file: &str, name: &str) -> Result<Option<u32>> {
+    let read = |e: crate::layerfs::LayerFsError| {
+        invalid(format!("--chown: cannot read the image's /{file}: {e}"))
+    };
+    let Some(found) = crate::layerfs::lookup(stack, file.as_bytes()).map_err(read)? else {
+        return Ok(None);
+    };
+    let Some((f, _)) = stack[found.layer]
+        .open_file(file.as_bytes(), &found.st)
+        .map_err(read)?
+    else {
+        return Ok(None);
+    };
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_ID_FILE), &mut text)
+        .map_err(|e| invalid(format!("--chown: cannot read the image's /{file}: {e}")))?;
+    Ok(parse_id_file(&text, name))
+}
+
+/// `name`'s number in a passwd- or group-format file.
+fn parse_id_file(text: &[u8], name: &str) -> Option<u32> {
+    String::from_utf8_lossy(text).lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name)
+            .then(|| fields.nth(1)?.trim().parse().ok())
+            .flatten()
+    })
 }
 
 /// The image `id`'s layers opened as a stack, topmost first (none for scratch).
@@ -1161,13 +1219,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chown_by_number_only() {
-        assert_eq!(parse_chown("1000").unwrap(), (1000, 1000));
-        assert_eq!(parse_chown("1:2").unwrap(), (1, 2));
-        assert!(matches!(
-            parse_chown("app:app"),
-            Err(EngineError::Unsupported(_))
-        ));
+    fn chown_names_come_from_the_images_files() {
+        let passwd = b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
+        assert_eq!(parse_id_file(passwd, "app"), Some(1000));
+        assert_eq!(parse_id_file(passwd, "root"), Some(0));
+        assert_eq!(parse_id_file(passwd, "ap"), None);
+        assert_eq!(
+            parse_id_file(b"staff:x:50:\nbad:x:nope:\n", "staff"),
+            Some(50)
+        );
+        assert_eq!(parse_id_file(b"bad:x:nope:\n", "bad"), None);
+        // Numbers need no file (scratch has none).
+        assert_eq!(resolve_chown(&[], "1000").unwrap(), (1000, 1000));
+        assert_eq!(resolve_chown(&[], "1:2").unwrap(), (1, 2));
+        let e = resolve_chown(&[], "app:app").unwrap_err().to_string();
+        assert!(e.contains("no such user: app"), "{e}");
+        assert!(resolve_chown(&[], "1:").is_err());
     }
 
     #[test]
