@@ -1354,6 +1354,23 @@ fn push_round_trips_through_a_local_registry_and_dockerd() {
         inspect(&berth, &back)["RepoDigests"],
         serde_json::json!([format!("{addr}/test/from-dockerd@{their_digest}")])
     );
+    // Pushed back by berth, it keeps dockerd's digest (dockerd's manifest, not the one berth
+    // writes): to its own repository every blob is there, to another it is mounted.
+    let out = berth.docker_ok(&["push", &back]);
+    assert_eq!(pushed_digest(&out, "1"), their_digest, "{out}");
+    assert!(out.contains(": Layer already exists"), "{out}");
+    let moved = format!("{addr}/test/moved:1");
+    berth.docker_ok(&["tag", &back, &moved]);
+    let out = berth.docker_ok(&["push", &moved]);
+    assert_eq!(pushed_digest(&out, "1"), their_digest, "{out}");
+    // (From either repository holding the blob: dockerd reused berth's plain layer.)
+    assert!(out.contains(": Mounted from test/"), "{out}");
+    assert!(!out.contains("Pushed"), "{out}");
+    dockerd.docker_ok(&["pull", &moved]);
+    assert_eq!(
+        inspect(&dockerd, &moved)["Id"],
+        inspect(&berth, &back)["Id"]
+    );
 
     // --all-tags pushes every tag of the repository.
     berth.docker_ok(&["tag", &r, &format!("{addr}/test/app:2")]);
@@ -2080,6 +2097,23 @@ fn a_debian_image_from_packages_pulls_as_dockerd_sees_it() {
     assert_eq!(ours["Id"], theirs["Id"]);
     assert_eq!(ours["RepoDigests"], theirs["RepoDigests"]);
     assert_eq!(ours["RootFS"]["Layers"].as_array().unwrap().len(), 24);
+    // Pushed to another repository, its gzip layers are mounted and it keeps its digest.
+    let pulled_digest = ours["RepoDigests"][0]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let copy = format!("{}/test/debian-copy:bookworm", registry.addr);
+    berth.docker_ok(&["tag", &r, &copy]);
+    let out = berth.docker_ok(&["push", &copy]);
+    assert_eq!(
+        out.matches(": Mounted from test/debian").count(),
+        24,
+        "{out}"
+    );
+    assert_eq!(pushed_digest(&out, "bookworm"), pulled_digest, "{out}");
 
     let mut listings = Vec::new();
     for d in [&*berth, &*dockerd] {

@@ -163,6 +163,11 @@ struct ImageRecord {
     /// layers stay until [`ImageStore::release_unused`] sees no container using it.
     #[serde(default)]
     hidden: bool,
+    /// Registry manifests of this image (blobs, by digest) as a pull took them, with their
+    /// compressed layers: a push to a registry that has those blobs sends one again, so the
+    /// image keeps its repository digest, as with dockerd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    distributed: Vec<String>,
 }
 
 /// An image in memory.
@@ -462,6 +467,9 @@ impl ImageStore {
         for img in index.images.values() {
             keep.insert(hex_of(&img.record.id).to_string());
             keep.insert(hex_of(&img.record.manifest).to_string());
+            for d in &img.record.distributed {
+                keep.insert(hex_of(d).to_string());
+            }
             for l in &img.layers {
                 keep.insert(hex_of(&l.diff_id).to_string());
             }
@@ -1121,6 +1129,11 @@ impl ImageStore {
             .map_err(|e| internal(format!("cannot remove {}", path.display()), e))?;
         let _ = std::fs::remove_file(self.blob_path(&img.record.id));
         let _ = std::fs::remove_file(self.blob_path(&img.record.manifest));
+        for d in &img.record.distributed {
+            if *d != img.record.manifest {
+                let _ = std::fs::remove_file(self.blob_path(d));
+            }
+        }
         let index = self.read_index();
         let mut other_chains: HashSet<String> = HashSet::new();
         let mut other_diffs: HashSet<String> = HashSet::new();
@@ -1343,6 +1356,7 @@ impl ImageStore {
                 last_tag_time: (!tags.is_empty()).then(|| now.clone()),
                 parent: parent.to_string(),
                 hidden: false,
+                distributed: Vec::new(),
             },
         };
         self.write_record(&record)?;
@@ -1365,6 +1379,47 @@ impl ImageStore {
             self.set_refs(&add, &[])?
         };
         Ok((id, moved))
+    }
+
+    /// Keeps `manifest` (a registry's manifest of image `id`, checked by the caller) for
+    /// pushes of it; the newest first, a few at most.
+    pub(crate) fn add_distributed(&self, id: &str, manifest: &[u8]) -> Result<()> {
+        const KEPT: usize = 4;
+        let _w = lock(&self.write);
+        let Some(img) = self.read_index().images.get(id).cloned() else {
+            return Ok(());
+        };
+        let digest = self.put_blob(manifest)?;
+        let mut record = img.record.clone();
+        record.distributed.retain(|d| *d != digest);
+        record.distributed.insert(0, digest);
+        for old in record
+            .distributed
+            .split_off(KEPT.min(record.distributed.len()))
+        {
+            if old != record.manifest {
+                let _ = std::fs::remove_file(self.blob_path(&old));
+            }
+        }
+        self.write_record(&record)?;
+        let updated = Image {
+            config: img.config.clone(),
+            record,
+            layers: img.layers.clone(),
+        };
+        self.write_index()
+            .images
+            .insert(id.to_string(), Arc::new(updated));
+        Ok(())
+    }
+
+    /// The registry manifests kept for image `id`, newest first.
+    pub(crate) fn distributed_of(&self, id: &str) -> Vec<String> {
+        self.read_index()
+            .images
+            .get(id)
+            .map(|i| i.record.distributed.clone())
+            .unwrap_or_default()
     }
 
     /// The stored OCI manifest of an image.

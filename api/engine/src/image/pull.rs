@@ -396,8 +396,8 @@ impl ImageStore {
                 )));
             }
         }
-        let (config_desc, layers) = match parse_manifest(&bytes)? {
-            Parsed::Image { config, layers } => (config, layers),
+        let (config_desc, layers, image_manifest) = match parse_manifest(&bytes)? {
+            Parsed::Image { config, layers } => (config, layers, bytes),
             Parsed::Index { digest, media_type } => {
                 let inner = source.reference(None, Some(&digest));
                 let media = if media_type.is_empty() {
@@ -416,7 +416,7 @@ impl ImageStore {
                     )));
                 }
                 match parse_manifest(&bytes)? {
-                    Parsed::Image { config, layers } => (config, layers),
+                    Parsed::Image { config, layers } => (config, layers, bytes),
                     Parsed::Index { .. } => {
                         return Err(invalid(format!(
                             "{digest} is an index inside an index, which berth does not follow"
@@ -530,6 +530,8 @@ impl ImageStore {
                 ..named.clone()
             };
             let (id, _) = store.commit(&config_bytes, &tags, &[digest_ref], "")?;
+            // Kept for pushes: with it, the image goes back with the digest it came by.
+            store.add_distributed(&id, &image_manifest)?;
             drop(pins);
             store.event("pull", &named.familiar(), &named.familiar());
             let _ = events.send(TransferEvent::Status {

@@ -150,8 +150,9 @@ impl ImageStore {
         target: &Target,
         at: &oci_client::Reference,
         digest: &str,
+        id: &str,
     ) -> Option<String> {
-        for path in self.mount_sources(&target.reference, digest) {
+        for path in self.mount_sources(&target.reference, digest, id) {
             let from = target.other(&path);
             match target.client.mount_blob(at, &from, digest).await {
                 Ok(()) => return Some(path),
@@ -161,12 +162,12 @@ impl ImageStore {
         None
     }
 
-    /// Repositories of `repo`'s registry (other than `repo`) holding an image with layer
-    /// `digest`, as its repository digests record.
-    fn mount_sources(&self, repo: &Reference, digest: &str) -> Vec<String> {
+    /// Repositories of `repo`'s registry (other than `repo`) holding image `id` or an image
+    /// with layer `digest`, as their repository digests record.
+    fn mount_sources(&self, repo: &Reference, digest: &str, id: &str) -> Vec<String> {
         let index = self.read_index();
         let mut out: Vec<String> = Vec::new();
-        for (k, id) in &index.refs {
+        for (k, image) in &index.refs {
             let Ok(r) = Reference::parse_normalized(k) else {
                 continue;
             };
@@ -177,10 +178,11 @@ impl ImageStore {
             {
                 continue;
             }
-            let holds = index
-                .images
-                .get(id)
-                .is_some_and(|i| i.config.rootfs.diff_ids.iter().any(|d| d == digest));
+            let holds = image == id
+                || index
+                    .images
+                    .get(image)
+                    .is_some_and(|i| i.config.rootfs.diff_ids.iter().any(|d| d == digest));
             if holds {
                 out.push(r.path);
                 if out.len() == MOUNT_TRIES {
@@ -295,6 +297,11 @@ impl ImageStore {
             .client
             .store_auth_if_needed(&target.host, &target.auth)
             .await;
+        if let Some((digest, size)) = self.push_kept(target, &at, &shown, id, events).await? {
+            return self
+                .finish_tag(target, &shown, tag, id, digest, size, events)
+                .await;
+        }
         // Docker lists the layers top first.
         for layer in layers.iter().rev() {
             send(TransferEvent::Status {
@@ -316,7 +323,7 @@ impl ImageStore {
                 });
                 continue;
             }
-            if let Some(from) = self.mount(target, &at, &layer.digest).await {
+            if let Some(from) = self.mount(target, &at, &layer.digest, id).await {
                 send(TransferEvent::Status {
                     id: Some(short),
                     status: format!("Mounted from {from}"),
@@ -377,6 +384,25 @@ impl ImageStore {
             .push_manifest_raw(&at, manifest, content_type)
             .await
             .map_err(err)?;
+        self.finish_tag(target, &shown, tag, id, digest, size, events)
+            .await
+    }
+
+    /// A tag's manifest is in: records `repo@digest`, and says so as dockerd does.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_tag(
+        self: &Arc<Self>,
+        target: &Target,
+        shown: &Reference,
+        tag: &str,
+        id: &str,
+        digest: String,
+        size: u64,
+        events: &UnboundedSender<TransferEvent>,
+    ) -> Result<()> {
+        let send = |e: TransferEvent| {
+            let _ = events.send(e);
+        };
         let store = self.clone();
         let (repo, id, recorded) = (target.reference.clone(), id.to_string(), digest.clone());
         tokio::task::spawn_blocking(move || store.add_repo_digest(&repo, &recorded, &id))
@@ -393,5 +419,79 @@ impl ImageStore {
             size,
         });
         Ok(())
+    }
+
+    /// Pushes image `id` as a registry manifest a pull of it kept (compressed layers, the
+    /// digest it was pulled by), when the registry has every blob that manifest names or
+    /// mounts them from another of its repositories holding the image. Gives the digest and
+    /// size pushed, or `None` (nothing pushed) when no kept manifest can be sent whole.
+    async fn push_kept(
+        self: &Arc<Self>,
+        target: &Target,
+        at: &oci_client::Reference,
+        shown: &Reference,
+        id: &str,
+        events: &UnboundedSender<TransferEvent>,
+    ) -> Result<Option<(String, u64)>> {
+        let err = |e| push_error(shown, e);
+        for kept in self.distributed_of(id) {
+            let store = self.clone();
+            let Ok(Ok(bytes)) = tokio::task::spawn_blocking(move || store.blob(&kept)).await else {
+                continue;
+            };
+            let Ok(Parsed::Image { config, layers }) = parse_manifest(&bytes) else {
+                continue;
+            };
+            let mut said = Vec::new();
+            let mut whole = true;
+            for blob in layers.iter().rev().chain(std::iter::once(&config)) {
+                let status = if target
+                    .client
+                    .blob_exists(at, &blob.digest)
+                    .await
+                    .map_err(err)?
+                {
+                    "Layer already exists".to_string()
+                } else if let Some(from) = self.mount(target, at, &blob.digest, id).await {
+                    format!("Mounted from {from}")
+                } else {
+                    whole = false;
+                    break;
+                };
+                said.push((short_of(&blob.digest), status));
+            }
+            if !whole {
+                continue;
+            }
+            said.pop(); // the config's: Docker shows layers only
+            for (short, _) in &said {
+                let _ = events.send(TransferEvent::Status {
+                    id: Some(short.clone()),
+                    status: "Preparing".into(),
+                });
+            }
+            for (short, status) in said {
+                let _ = events.send(TransferEvent::Status {
+                    id: Some(short),
+                    status,
+                });
+            }
+            let media = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| OCI_MANIFEST.to_string());
+            let content_type = reqwest::header::HeaderValue::from_str(&media).map_err(|_| {
+                EngineError::Internal(format!("a kept manifest's media type {media:?}"))
+            })?;
+            let (digest, size) = (sha256_of(&bytes), bytes.len() as u64);
+            target
+                .client
+                .push_manifest_raw(at, bytes, content_type)
+                .await
+                .map_err(err)?;
+            return Ok(Some((digest, size)));
+        }
+        Ok(None)
     }
 }

@@ -783,3 +783,33 @@ fn lists_with_docker_filters() {
         .unwrap_err();
     assert_eq!(e.to_string(), "Invalid filter 'dangling=[x]'");
 }
+
+#[test]
+fn kept_registry_manifests_survive_a_restart_and_go_with_their_image() {
+    let t = TempDir::new("kept");
+    let s = store(&t);
+    let id = import(&s, "kept", "app", &[]);
+    let manifests: Vec<Vec<u8>> = (0..6)
+        .map(|i| format!("{{\"schemaVersion\":2,\"n\":{i}}}").into_bytes())
+        .collect();
+    for m in &manifests {
+        s.add_distributed(&id, m).unwrap();
+    }
+    // The newest few are kept; older ones' blobs go.
+    let kept = s.distributed_of(&id);
+    assert_eq!(kept.len(), 4);
+    assert_eq!(kept[0], pull::sha256_of(&manifests[5]));
+    assert!(!s.blob_path(&pull::sha256_of(&manifests[0])).exists());
+    // A restart (and its sweep of unreferenced blobs) keeps them.
+    drop(s);
+    let s = store(&t);
+    assert_eq!(s.distributed_of(&id), kept);
+    for d in &kept {
+        assert!(s.blob(d).is_ok(), "{d}");
+    }
+    // Removed with the image.
+    s.delete("app", false, true, &no_users()).unwrap();
+    for d in &kept {
+        assert!(!s.blob_path(d).exists(), "{d}");
+    }
+}
