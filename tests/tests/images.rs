@@ -1530,6 +1530,11 @@ fn build_context(dir: &Path) {
         dir.display(),
         dir.display()
     ));
+    // bzip2, by Python's tarfile (no bzip2 program needed).
+    sh(&format!(
+        "cd {}/bundle-src && python3 -c 'import tarfile; t = tarfile.open(\"../bundle.tar.bz2\", \"w:bz2\"); t.add(\"inner\"); t.close()'",
+        dir.display()
+    ));
     std::fs::remove_dir_all(dir.join("bundle-src")).unwrap();
     std::fs::write(
         dir.join("Dockerfile"),
@@ -1548,6 +1553,7 @@ FROM base AS final
 WORKDIR /srv
 COPY --from=base /opt/one.txt ./copied.txt
 ADD bundle.tar.gz /opt/bundle/
+ADD bundle.tar.bz2 /opt/bundle-bz2/
 ADD --chown=nobody:nogroup plain.txt /opt/plain.txt
 COPY . /ctx/
 USER 1000:1000
@@ -1594,9 +1600,9 @@ fn build_without_run_matches_dockerd() {
         d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
     }
     let out = berth.docker_ok(&["build", "-t", "test/built:1", "-t", "test/built:2", ctx_s]);
-    assert!(out.contains("Step 1/22 : ARG BASE=busybox"), "{out}");
+    assert!(out.contains("Step 1/23 : ARG BASE=busybox"), "{out}");
     assert!(
-        out.contains("Step 3/22 : ENV GREETING=\"hello world\"     LEVEL=1"),
+        out.contains("Step 3/23 : ENV GREETING=\"hello world\"     LEVEL=1"),
         "{out}"
     );
     assert!(out.contains("Successfully tagged test/built:1"), "{out}");
@@ -1636,6 +1642,7 @@ fn build_without_run_matches_dockerd() {
     assert_eq!(read("opt/app/sub/data.txt"), "data\n");
     assert_eq!(read("srv/copied.txt"), "one\n");
     assert_eq!(read("opt/bundle/inner/packed.txt"), "packed\n");
+    assert_eq!(read("opt/bundle-bz2/inner/packed.txt"), "packed\n");
     assert_eq!(read("opt/plain.txt"), "plain\n");
     assert_eq!(read("ctx/one.txt"), "one\n");
     assert!(image_file(&berth, "test/built:1", "ctx/README.md").is_none());
@@ -1657,7 +1664,7 @@ fn build_without_run_matches_dockerd() {
 
     // Again: every step from the cache, the same image; --no-cache: another.
     let out = berth.docker_ok(&["build", "-t", "test/built:1", ctx_s]);
-    assert_eq!(out.matches("Using cache").count(), 19, "{out}");
+    assert_eq!(out.matches("Using cache").count(), 20, "{out}");
     assert_eq!(inspect(&berth, "test/built:1")["Id"], ours["Id"]);
     berth.docker_ok(&["build", "--no-cache", "-t", "test/fresh", ctx_s]);
     assert_ne!(inspect(&berth, "test/fresh")["Id"], ours["Id"]);

@@ -1163,8 +1163,8 @@ fn materialize(images: &ImageStore, id: &str, work: &Path) -> Result<Tree> {
         .map_err(|e| EngineError::internal("cannot open a stage's files", e))
 }
 
-/// ADD's local archive: a regular source file that is a tar (plain or gzip) is unpacked
-/// confined under `work`; anything else is copied as it is (`None`).
+/// ADD's local archive: a regular source file that is a tar (plain, gzip, bzip2 or zstd) is
+/// unpacked confined under `work`; anything else is copied as it is (`None`).
 fn unpack_archive(tree: &Tree, src: &Source, work: &Path) -> Result<Option<Tree>> {
     use std::io::Read;
     if crate::layerfs::Kind::of(&src.st) != crate::layerfs::Kind::File {
@@ -1185,9 +1185,19 @@ fn unpack_archive(tree: &Tree, src: &Source, work: &Path) -> Result<Option<Tree>
             Err(e) => return Err(EngineError::internal("cannot read an ADD source", e)),
         }
     }
-    let gzip = n >= 2 && head[..2] == [0x1f, 0x8b];
+    let head = &head[..n];
+    // Compressed (gzip, bzip2, zstd; xz refused by name), or a plain tar.
+    let compressed = head.starts_with(&[0x1f, 0x8b])
+        || head.starts_with(b"BZh")
+        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     let tar = n >= 262 && &head[257..262] == b"ustar";
-    if !gzip && !tar {
+    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        return Err(EngineError::Unsupported(format!(
+            "ADD {}: berth's builder does not unpack xz archives (gzip, bzip2 and zstd ones it does)",
+            String::from_utf8_lossy(&src.rel)
+        )));
+    }
+    if !compressed && !tar {
         return Ok(None);
     }
     let Some((file, _)) = tree
@@ -1200,8 +1210,9 @@ fn unpack_archive(tree: &Tree, src: &Source, work: &Path) -> Result<Option<Tree>
     std::fs::create_dir(&dir).map_err(|e| EngineError::internal("cannot make a directory", e))?;
     match crate::image::unpack::unpack(BufReader::new(file), &dir, &mut std::io::sink()) {
         Ok(_) => {}
-        // Not a tar after all (a gzip of something else): copied as it is, as dockerd does.
-        Err(_) if gzip => return Ok(None),
+        // Not a tar after all (a compressed file of something else): copied as it is, as
+        // dockerd does.
+        Err(_) if compressed => return Ok(None),
         Err(e) => {
             return Err(invalid(format!(
                 "ADD {}: cannot unpack the archive: {e}",

@@ -62,7 +62,7 @@ pub enum UnpackError {
         what: &'static str,
         limit: usize,
     },
-    #[error("{0}-compressed layers are not supported (plain, gzip and zstd tar are)")]
+    #[error("{0}-compressed layers are not supported (plain, gzip, bzip2 and zstd tar are)")]
     Compression(&'static str),
     #[error("invalid tar stream: {0}")]
     Tar(#[source] io::Error),
@@ -114,7 +114,7 @@ fn sniff(head: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// Wraps `input` in a decompressor if it is gzip or zstd; refuses other compressions.
+/// Wraps `input` in a decompressor if it is gzip, bzip2 or zstd; refuses xz.
 pub fn decompress<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, UnpackError> {
     let mut buffered = BufReader::with_capacity(64 << 10, input);
     let head = buffered.fill_buf().map_err(UnpackError::Tar)?;
@@ -126,6 +126,8 @@ pub fn decompress<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Unpac
             frame: ruzstd::decoding::FrameDecoder::new(),
             in_frame: false,
         })),
+        // Every stream of a multi-stream file, as bzip2(1) writes them for large input.
+        Some("bzip2") => Ok(Box::new(bzip2::read::MultiBzDecoder::new(buffered))),
         Some(other) => Err(UnpackError::Compression(other)),
     }
 }
@@ -958,9 +960,38 @@ pub(crate) mod tests {
         );
         assert_eq!(std::fs::read(t.0.join("layer/a")).unwrap(), b"hello");
         assert!(matches!(
-            unpack(&b"BZh91AY&SY"[..], &t.0, &mut io::sink()),
-            Err(UnpackError::Compression("bzip2"))
+            unpack(&b"\xfd7zXZ\x00\x00"[..], &t.0, &mut io::sink()),
+            Err(UnpackError::Compression("xz"))
         ));
+    }
+
+    #[test]
+    fn bzip2_layers_of_several_streams_unpack() {
+        use bzip2::{write::BzEncoder, Compression};
+        let tar = RawTar::new()
+            .file("a", b"hello")
+            .file("b", &vec![7u8; 300_000])
+            .finish();
+        let (first, second) = tar.split_at(1000);
+        let mut bz = Vec::new();
+        for part in [first, second] {
+            let mut e = BzEncoder::new(Vec::new(), Compression::fast());
+            e.write_all(part).unwrap();
+            bz.extend(e.finish().unwrap());
+        }
+        let t = TempDir::new("bz");
+        std::fs::create_dir(t.0.join("layer")).unwrap();
+        let u = unpack(&bz[..], &t.0.join("layer"), &mut io::sink()).unwrap();
+        assert_eq!(
+            u.diff_id,
+            format!("sha256:{}", hex::encode(Sha256::digest(&tar)))
+        );
+        assert_eq!(std::fs::read(t.0.join("layer/a")).unwrap(), b"hello");
+        // A broken stream is an error, not a short layer.
+        bz.truncate(bz.len() - 20);
+        std::fs::remove_dir_all(t.0.join("layer")).unwrap();
+        std::fs::create_dir(t.0.join("layer")).unwrap();
+        assert!(unpack(&bz[..], &t.0.join("layer"), &mut io::sink()).is_err());
     }
 
     #[test]
