@@ -319,6 +319,26 @@ pub fn cache_dir() -> PathBuf {
     dir
 }
 
+/// An image file built once into the cache under `images/<name>-<hash>.tar` (the hash of
+/// `key`, the inputs that make it), by `build(tmp)`; tests of one binary asking at once
+/// wait for one build.
+fn cached_image(name: &str, key: &[u8], build: impl FnOnce(&Path)) -> PathBuf {
+    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let out = cache_dir().join(format!("images/{name}-{hash:016x}.tar"));
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    if out.exists() {
+        return out;
+    }
+    std::fs::create_dir_all(out.parent().expect("has a parent")).expect("can create the cache");
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
+    build(&tmp);
+    std::fs::rename(&tmp, &out).expect("can publish the image");
+    out
+}
+
 /// A busybox image built by tests/images/mkbusybox (`rootfs` for `docker import`, `archive`
 /// for `docker load`), cached by the script's and the busybox binary's identity.
 pub fn busybox_image(kind: &str) -> PathBuf {
@@ -332,24 +352,12 @@ pub fn busybox_image(kind: &str) -> PathBuf {
         use std::os::unix::fs::MetadataExt;
         key.extend_from_slice(format!("{} {}", m.size(), m.mtime()).as_bytes());
     }
-    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let out = cache_dir().join(format!("images/busybox-{kind}-{hash:016x}.tar"));
-    // Tests of one binary ask at once: one of them builds it.
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-    if out.exists() {
-        return out;
-    }
-    std::fs::create_dir_all(out.parent().expect("has a parent")).expect("can create the cache");
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-    let mut cmd = Command::new(&script);
-    cmd.arg(kind).arg(&tmp);
-    let f = run(cmd, b"", Duration::from_secs(120));
-    assert!(f.status.success(), "mkbusybox {kind} failed: {}", f.stderr);
-    std::fs::rename(&tmp, &out).expect("can publish the busybox image");
-    out
+    cached_image(&format!("busybox-{kind}"), &key, |tmp| {
+        let mut cmd = Command::new(&script);
+        cmd.arg(kind).arg(tmp);
+        let f = run(cmd, b"", Duration::from_secs(120));
+        assert!(f.status.success(), "mkbusybox {kind} failed: {}", f.stderr);
+    })
 }
 
 /// Debian bookworm made from Debian's packages by tests/images/mkdebian: a Docker archive of
@@ -359,23 +367,12 @@ pub fn busybox_image(kind: &str) -> PathBuf {
 pub fn debian_image() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("images/mkdebian");
     let key = std::fs::read(&script).expect("tests/images/mkdebian exists");
-    let hash = key.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let out = cache_dir().join(format!("images/debian-bookworm-{hash:016x}.tar"));
-    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _building = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
-    if out.exists() {
-        return out;
-    }
-    std::fs::create_dir_all(out.parent().expect("has a parent")).expect("can create the cache");
-    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
-    let mut cmd = Command::new(&script);
-    cmd.arg(cache_dir().join("debian")).arg(&tmp);
-    let f = run(cmd, b"", Duration::from_secs(900));
-    assert!(f.status.success(), "mkdebian failed: {}", f.stderr);
-    std::fs::rename(&tmp, &out).expect("can publish the Debian image");
-    out
+    cached_image("debian-bookworm", &key, |tmp| {
+        let mut cmd = Command::new(&script);
+        cmd.arg(cache_dir().join("debian")).arg(tmp);
+        let f = run(cmd, b"", Duration::from_secs(900));
+        assert!(f.status.success(), "mkdebian failed: {}", f.stderr);
+    })
 }
 
 /// A reply from a daemon's API.

@@ -1694,65 +1694,39 @@ fn build_without_run_matches_dockerd() {
     assert!(inspect(&berth, "test/base")["Config"]["ExposedPorts"].is_null());
 
     // Refusals in Docker's words, nothing tagged.
-    std::fs::write(ctx.join("Dockerfile.bad"), "FROM busybox\nFOO bar\n").unwrap();
-    let f = berth.docker(&[
-        "build",
-        "-f",
-        ctx.join("Dockerfile.bad").to_str().unwrap(),
-        "-t",
-        "test/bad",
-        ctx_s,
-    ]);
-    assert_eq!(f.code(), 1, "{f:?}");
-    assert!(f.stderr.contains("unknown instruction: FOO"), "{f:?}");
-    std::fs::write(
-        ctx.join("Dockerfile.missing"),
+    let refused = |file: &str, dockerfile: &str, says: &str| {
+        std::fs::write(ctx.join(file), dockerfile).unwrap();
+        let f = berth.docker(&[
+            "build",
+            "-f",
+            ctx.join(file).to_str().unwrap(),
+            "-t",
+            "test/bad",
+            ctx_s,
+        ]);
+        assert_eq!(f.code(), 1, "{f:?}");
+        assert!(f.stderr.contains(says), "{f:?}");
+    };
+    refused(
+        "Dockerfile.bad",
+        "FROM busybox\nFOO bar\n",
+        "unknown instruction: FOO",
+    );
+    refused(
+        "Dockerfile.missing",
         "FROM busybox\nCOPY nope.txt /\n",
-    )
-    .unwrap();
-    let f = berth.docker(&[
-        "build",
-        "-f",
-        ctx.join("Dockerfile.missing").to_str().unwrap(),
-        "-t",
-        "test/bad",
-        ctx_s,
-    ]);
-    assert_eq!(f.code(), 1, "{f:?}");
-    assert!(
-        f.stderr
-            .contains("COPY failed: file not found in build context"),
-        "{f:?}"
+        "COPY failed: file not found in build context",
     );
-    std::fs::write(
-        ctx.join("Dockerfile.nouser"),
+    refused(
+        "Dockerfile.nouser",
         "FROM busybox\nCOPY --chown=nosuch one.txt /\n",
-    )
-    .unwrap();
-    let f = berth.docker(&[
-        "build",
-        "-f",
-        ctx.join("Dockerfile.nouser").to_str().unwrap(),
-        "-t",
-        "test/bad",
-        ctx_s,
-    ]);
-    assert_eq!(f.code(), 1, "{f:?}");
-    assert!(
-        f.stderr
-            .contains("can't find uid for user nosuch: no such user: nosuch"),
-        "{f:?}"
+        "can't find uid for user nosuch: no such user: nosuch",
     );
-    std::fs::write(ctx.join("Dockerfile.nobase"), "FROM 127.0.0.1:9/none:1\n").unwrap();
-    let f = berth.docker(&[
-        "build",
-        "-f",
-        ctx.join("Dockerfile.nobase").to_str().unwrap(),
-        "-t",
-        "test/bad",
-        ctx_s,
-    ]);
-    assert_eq!(f.code(), 1, "{f:?}");
+    refused(
+        "Dockerfile.nobase",
+        "FROM 127.0.0.1:9/none:1\n",
+        "127.0.0.1:9",
+    );
     let f = berth.docker(&["image", "inspect", "test/bad"]);
     assert_ne!(f.code(), 0, "a failed build left an image: {f:?}");
     // The steps' images are the cache, not images of their own: `docker images` shows

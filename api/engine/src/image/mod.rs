@@ -748,15 +748,19 @@ impl ImageStore {
         };
         let mut record = img.record.clone();
         record.last_tag_time = Some(time::rfc3339(SystemTime::now()));
+        self.replace_record(&img, record)
+    }
+
+    /// Writes `img`'s new `record` and puts it in the index in place of the old one.
+    fn replace_record(&self, img: &Image, record: ImageRecord) -> Result<()> {
         self.write_record(&record)?;
+        let id = record.id.clone();
         let updated = Image {
             config: img.config.clone(),
             record,
             layers: img.layers.clone(),
         };
-        self.write_index()
-            .images
-            .insert(id.to_string(), Arc::new(updated));
+        self.write_index().images.insert(id, Arc::new(updated));
         Ok(())
     }
 
@@ -1401,16 +1405,7 @@ impl ImageStore {
                 let _ = std::fs::remove_file(self.blob_path(&old));
             }
         }
-        self.write_record(&record)?;
-        let updated = Image {
-            config: img.config.clone(),
-            record,
-            layers: img.layers.clone(),
-        };
-        self.write_index()
-            .images
-            .insert(id.to_string(), Arc::new(updated));
-        Ok(())
+        self.replace_record(&img, record)
     }
 
     /// The registry manifests kept for image `id`, newest first.
