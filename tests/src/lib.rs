@@ -360,8 +360,8 @@ pub fn busybox_image(kind: &str) -> PathBuf {
     })
 }
 
-/// Debian bookworm made from Debian's packages by tests/images/mkdebian: a Docker archive of
-/// 24 layers (packages grouped, the files no package owns, then whiteouts, an opaque
+/// Debian bookworm made from Debian's packages by tests/images/mkdebian (python3, redis and
+/// nginx among them): a Docker archive of some 25 layers (packages grouped, the files no package owns, then whiteouts, an opaque
 /// directory and hard links), cached by the script's identity. Its first build runs
 /// debootstrap against Debian's mirror, as the test packages are installed.
 pub fn debian_image() -> PathBuf {

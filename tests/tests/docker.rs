@@ -3696,10 +3696,11 @@ fn build_runs_each_step_in_a_microvm() {
     d.docker_ok(&["rmi", &tag]);
 }
 
-/// Debian bookworm made from Debian's packages (tests/images/mkdebian: 24 layers, the last
-/// with whiteouts, an opaque directory and hard links), loaded and run in a microVM: bash,
-/// dpkg, apt and perl work from the image's own files, and the container sees the last
-/// layer's changes (hard links with their link count).
+/// Debian bookworm made from Debian's packages (tests/images/mkdebian: some 25 layers, the
+/// last with whiteouts, an opaque directory and hard links), loaded and run in a microVM:
+/// bash, dpkg, apt and perl work from the image's own files; the container sees the last
+/// layer's changes (hard links with their link count); and as in a Python, redis or nginx
+/// image, python3 runs, redis-server answers redis-cli and nginx serves its page.
 #[test]
 fn a_debian_image_from_packages_runs() {
     if !ready() {
@@ -3715,11 +3716,18 @@ fn a_debian_image_from_packages_runs() {
         perl -e 'print 6*7, qq(\\n)'; \
         stat -c %h /usr/bin/perl /usr/local/bin/hello; hello-again; \
         test ! -e /usr/share/doc/bash; test -d /usr/share/doc/dpkg; ls /usr/share/man; \
-        apt-get --version | head -1 | cut -d' ' -f1; id -un; echo done";
+        apt-get --version | head -1 | cut -d' ' -f1; id -un; \
+        python3 -c 'import sys; print(sys.version_info[0])'; \
+        redis-server --daemonize yes --save '' >/dev/null; \
+        for i in $(seq 100); do redis-cli ping 2>/dev/null | grep -q PONG && break; sleep 0.2; done; \
+        redis-cli set berth microvm >/dev/null; redis-cli get berth; \
+        nginx; python3 -c 'import socket; s = socket.create_connection((\"127.0.0.1\", 80)); \
+        s.sendall(b\"GET / HTTP/1.0\\r\\n\\r\\n\"); \
+        print(s.recv(4096).split(b\"\\r\\n\")[0].decode())'; echo done";
     let out = d.docker(&["run", "--rm", "debian:bookworm", "bash", "-c", script]);
     assert_eq!(out.code(), 0, "{out:?}");
     let lines: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(lines.len(), 11, "{out:?}");
+    assert_eq!(lines.len(), 14, "{out:?}");
     assert_eq!(lines[..2], ["bookworm", "12"], "{out:?}");
     let installed: usize = lines[2].parse().unwrap();
     assert!(installed > 80, "{out:?}");
@@ -3733,6 +3741,9 @@ fn a_debian_image_from_packages_runs() {
             "berth.txt",
             "apt",
             "root",
+            "3",
+            "microvm",
+            "HTTP/1.1 200 OK",
             "done"
         ],
         "{out:?}"
