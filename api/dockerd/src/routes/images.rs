@@ -1,6 +1,5 @@
-//! The image endpoints: list, inspect, history, tag, remove, prune, load, save, import —
-//! in Docker's JSON shapes for API 1.41. Pulling, pushing, searching and building are
-//! refused with a clear error: berth has no registry client or builder yet.
+//! The image endpoints: list, inspect, history, tag, remove, prune, load, save, import,
+//! pull, push, search and build, in Docker's JSON shapes and progress streams for API 1.41.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -47,9 +46,7 @@ pub async fn route(
         (&Method::GET, "/get") => save(state, query.all("names").to_vec()),
         (&Method::POST, "/create") => create(state, req, &query).await,
         (&Method::POST, "/prune") => prune(state, &query).await,
-        (&Method::GET, "/search") => Err(unsupported(
-            "berth cannot search registries: it has no registry client yet",
-        )),
+        (&Method::GET, "/search") => search(state, &req, &query).await,
         _ => {
             let Some(named) = rest.strip_prefix('/') else {
                 return Err(not_found());
@@ -503,6 +500,30 @@ fn pull_reference(image: &str, tag: &str) -> Result<Reference, ApiError> {
     }
     base.with_tag(tag)
         .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// `GET /images/search`: `docker search`, asked of the registry the term names.
+async fn search(state: &Arc<State>, req: &Request<Incoming>, q: &Query) -> ApiResult {
+    let limit = match q.get("limit").filter(|s| !s.is_empty()) {
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid limit {s:?}")))?,
+        ),
+        None => None,
+    };
+    let filters = q.filters()?;
+    let credentials = registry_auth(req)?;
+    let results = engine::image::search::search(
+        state.engine.images.registries(),
+        &engine::image::search::SearchOptions {
+            term: q.get("term").unwrap_or(""),
+            limit,
+            filters: &filters,
+            credentials: credentials.as_ref(),
+        },
+    )
+    .await?;
+    json(StatusCode::OK, &results)
 }
 
 /// The credentials of `X-Registry-Auth` (base64url JSON, padded or not), if any.

@@ -26,6 +26,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod registry;
+pub mod search;
 pub mod unpack;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -157,7 +157,7 @@ pub(super) struct Endpoint {
 }
 
 impl Endpoint {
-    fn base(&self) -> String {
+    pub(super) fn base(&self) -> String {
         let scheme = if matches!(self.tls, Tls::Plain) {
             "http"
         } else {
@@ -395,29 +395,7 @@ impl Registries {
         basic: Option<(&str, &str)>,
     ) -> Result<Connected> {
         let url = format!("{}/v2/", endpoint.base());
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(Duration::from_secs(60));
-        match &endpoint.tls {
-            Tls::Plain => {}
-            Tls::Unchecked => http = http.danger_accept_invalid_certs(true),
-            Tls::Checked(pems) => {
-                let mut certs = Vec::new();
-                for pem in pems {
-                    certs.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
-                        EngineError::InvalidArgument(format!(
-                            "cannot read the CA certificates for {}: {e}",
-                            endpoint.host
-                        ))
-                    })?);
-                }
-                http = http.tls_certs_merge(certs);
-            }
-        }
-        install_tls_provider();
-        let http = http
-            .build()
-            .map_err(|e| EngineError::Internal(format!("cannot make an HTTP client: {e}")))?;
+        let http = http_client(endpoint)?;
         let mut ping = http.get(&url);
         if let Some((user, password)) = basic {
             ping = ping.basic_auth(user, Some(password));
@@ -432,40 +410,7 @@ impl Registries {
             .and_then(|h| h.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let (protocol, accept_invalid, extra) = match &endpoint.tls {
-            Tls::Plain => (
-                ClientProtocol::HttpsExcept(vec![endpoint.host.clone()]),
-                false,
-                Vec::new(),
-            ),
-            Tls::Unchecked => (ClientProtocol::Https, true, Vec::new()),
-            Tls::Checked(pems) => (
-                ClientProtocol::Https,
-                false,
-                pems.iter()
-                    .map(|p| Certificate {
-                        encoding: CertificateEncoding::Pem,
-                        data: p.clone(),
-                    })
-                    .collect(),
-            ),
-        };
-        let client = oci_client::Client::try_from(ClientConfig {
-            protocol,
-            accept_invalid_certificates: accept_invalid,
-            extra_root_certificates: extra,
-            connect_timeout: Some(Duration::from_secs(30)),
-            read_timeout: Some(Duration::from_secs(120)),
-            use_monolithic_push: monolithic_push,
-            ..ClientConfig::default()
-        })
-        .map_err(|e| {
-            EngineError::Internal(format!(
-                "cannot make a registry client for {}: {}",
-                endpoint.host,
-                vmm_launcher::chain(&e)
-            ))
-        })?;
+        let client = distribution_client(endpoint, monolithic_push)?;
         Ok(Connected {
             endpoint: endpoint.clone(),
             client,
@@ -494,6 +439,75 @@ impl Registries {
         }
         Err(last.unwrap_or_else(|| EngineError::Internal("no registry endpoint to reach".into())))
     }
+}
+
+/// The distribution API's client for `endpoint`. `monolithic_push`: each blob is uploaded
+/// in one request; else in chunks of 4 MiB (a `PATCH` each).
+pub(super) fn distribution_client(
+    endpoint: &Endpoint,
+    monolithic_push: bool,
+) -> Result<oci_client::Client> {
+    let (protocol, accept_invalid, extra) = match &endpoint.tls {
+        Tls::Plain => (
+            ClientProtocol::HttpsExcept(vec![endpoint.host.clone()]),
+            false,
+            Vec::new(),
+        ),
+        Tls::Unchecked => (ClientProtocol::Https, true, Vec::new()),
+        Tls::Checked(pems) => (
+            ClientProtocol::Https,
+            false,
+            pems.iter()
+                .map(|p| Certificate {
+                    encoding: CertificateEncoding::Pem,
+                    data: p.clone(),
+                })
+                .collect(),
+        ),
+    };
+    oci_client::Client::try_from(ClientConfig {
+        protocol,
+        accept_invalid_certificates: accept_invalid,
+        extra_root_certificates: extra,
+        connect_timeout: Some(Duration::from_secs(30)),
+        read_timeout: Some(Duration::from_secs(120)),
+        use_monolithic_push: monolithic_push,
+        ..ClientConfig::default()
+    })
+    .map_err(|e| {
+        EngineError::Internal(format!(
+            "cannot make a registry client for {}: {}",
+            endpoint.host,
+            vmm_launcher::chain(&e)
+        ))
+    })
+}
+
+/// A plain HTTP client for `endpoint` (its TLS as the endpoint says), for the requests
+/// outside the distribution API's client: pings and searches. A request may take a minute.
+pub(super) fn http_client(endpoint: &Endpoint) -> Result<reqwest::Client> {
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(Duration::from_secs(60));
+    match &endpoint.tls {
+        Tls::Plain => {}
+        Tls::Unchecked => http = http.danger_accept_invalid_certs(true),
+        Tls::Checked(pems) => {
+            let mut certs = Vec::new();
+            for pem in pems {
+                certs.extend(reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+                    EngineError::InvalidArgument(format!(
+                        "cannot read the CA certificates for {}: {e}",
+                        endpoint.host
+                    ))
+                })?);
+            }
+            http = http.tls_certs_merge(certs);
+        }
+    }
+    install_tls_provider();
+    http.build()
+        .map_err(|e| EngineError::Internal(format!("cannot make an HTTP client: {e}")))
 }
 
 /// The registry a `docker login` server address names (`host[:port]`, with or without a
