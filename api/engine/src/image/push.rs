@@ -26,11 +26,18 @@ use super::pull::{
     OCI_MANIFEST, PROGRESS_STEP,
 };
 use super::reference::Reference;
+use super::registry::distribution_client;
 use super::{lock, ImageStore};
 use crate::{EngineError, Result};
 
-/// How much of a blob each read sends.
+/// How much of a blob each read sends in a monolithic upload.
 const CHUNK: usize = 1 << 20;
+/// A blob over this size goes in chunks (a `PATCH` of `PUSH_CHUNK` each), so a registry
+/// behind a proxy that caps request bodies (nginx's `client_max_body_size`, a load
+/// balancer's limit) takes large layers; smaller ones go in one request, which is faster.
+const CHUNKED_ABOVE: u64 = 16 << 20;
+/// The distribution client's chunk: each item of a chunked upload's stream is one `PATCH`.
+const PUSH_CHUNK: usize = 4 << 20;
 
 /// A registry's refusal or failure of a push, in Docker's words where it has them.
 fn push_error(r: &Reference, e: OciDistributionError) -> EngineError {
@@ -60,9 +67,11 @@ fn push_error(r: &Reference, e: OciDistributionError) -> EngineError {
     }
 }
 
-/// A blob's file as a stream of chunks, reporting its progress as it is read.
+/// A blob's file as a stream of `chunk`-sized pieces (the last one shorter), reporting its
+/// progress as it is read.
 fn upload_stream(
     file: tokio::fs::File,
+    chunk: usize,
     id: String,
     total: u64,
     events: UnboundedSender<TransferEvent>,
@@ -72,8 +81,14 @@ fn upload_stream(
         move |(mut file, mut sent, mut reported)| {
             let (id, events) = (id.clone(), events.clone());
             async move {
-                let mut buf = vec![0u8; CHUNK];
-                let n = file.read(&mut buf).await?;
+                let mut buf = vec![0u8; chunk];
+                let mut n = 0;
+                while n < chunk {
+                    match file.read(&mut buf[n..]).await? {
+                        0 => break,
+                        got => n += got,
+                    }
+                }
                 if n == 0 {
                     return Ok(None);
                 }
@@ -97,6 +112,8 @@ fn upload_stream(
 /// Where one push goes.
 struct Target {
     client: oci_client::Client,
+    /// The same registry's client for chunked uploads.
+    chunked: oci_client::Client,
     auth: RegistryAuth,
     reference: Reference,
     /// The host the registry answered on.
@@ -254,6 +271,7 @@ impl ImageStore {
             .await?;
         let target = Target {
             client: connected.client,
+            chunked: distribution_client(&connected.endpoint, false)?,
             auth: registry_auth(credentials),
             reference: r.name_only(),
             host: connected.endpoint.host,
@@ -293,10 +311,11 @@ impl ImageStore {
                 "the stored manifest of {id} is an index"
             )));
         };
-        target
-            .client
-            .store_auth_if_needed(&target.host, &target.auth)
-            .await;
+        for client in [&target.client, &target.chunked] {
+            client
+                .store_auth_if_needed(&target.host, &target.auth)
+                .await;
+        }
         if let Some((digest, size)) = self.push_kept(target, &at, &shown, id, events).await? {
             return self
                 .finish_tag(target, &shown, tag, id, digest, size, events)
@@ -330,28 +349,7 @@ impl ImageStore {
                 });
                 continue;
             }
-            let file = tokio::fs::File::open(self.blob_path(&layer.digest))
-                .await
-                .map_err(|e| {
-                    EngineError::Internal(format!("cannot read layer {}: {e}", layer.digest))
-                })?;
-            let size = file
-                .metadata()
-                .await
-                .map_err(|e| {
-                    EngineError::Internal(format!("cannot read layer {}: {e}", layer.digest))
-                })?
-                .len();
-            if i64::try_from(size).ok() != Some(layer.size) {
-                return Err(EngineError::Internal(format!(
-                    "layer {} is {size} bytes in the store, its manifest says {}",
-                    layer.digest, layer.size
-                )));
-            }
-            let body = upload_stream(file, short.clone(), size, events.clone());
-            target
-                .client
-                .push_blob_stream(&at, body, &layer.digest, Some(size))
+            self.upload(target, &at, &layer.digest, layer.size, &short, events)
                 .await
                 .map_err(err)?;
             send(TransferEvent::Status {
@@ -386,6 +384,65 @@ impl ImageStore {
             .map_err(err)?;
         self.finish_tag(target, &shown, tag, id, digest, size, events)
             .await
+    }
+
+    /// Uploads a layer from its file: in chunks when it is large, falling back to one
+    /// request when the registry will not take chunks (a chunk refused as not allowed or
+    /// not implemented, or answered against the spec); then the whole file again.
+    async fn upload(
+        &self,
+        target: &Target,
+        at: &oci_client::Reference,
+        digest: &str,
+        expected: i64,
+        short: &str,
+        events: &UnboundedSender<TransferEvent>,
+    ) -> std::result::Result<(), OciDistributionError> {
+        let open = || async {
+            let file = tokio::fs::File::open(self.blob_path(digest)).await?;
+            let size = file.metadata().await?.len();
+            if i64::try_from(size).ok() != Some(expected) {
+                return Err(std::io::Error::other(format!(
+                    "layer {digest} is {size} bytes in the store, its manifest says {expected}"
+                )));
+            }
+            Ok((file, size))
+        };
+        let (file, size) = open().await?;
+        if size > CHUNKED_ABOVE {
+            let body = upload_stream(file, PUSH_CHUNK, short.into(), size, events.clone());
+            match target
+                .chunked
+                .push_blob_stream(at, body, digest, Some(size))
+                .await
+            {
+                Err(OciDistributionError::SpecViolationError(why)) => {
+                    log::info!(
+                        "{}: chunked upload refused ({why}); one request",
+                        at.whole()
+                    );
+                }
+                Err(OciDistributionError::ServerError {
+                    code: 405 | 501, ..
+                }) => {
+                    log::info!("{}: chunked upload not taken; one request", at.whole());
+                }
+                done => return done.map(|_| ()),
+            }
+            let (file, size) = open().await?;
+            let body = upload_stream(file, CHUNK, short.into(), size, events.clone());
+            return target
+                .client
+                .push_blob_stream(at, body, digest, Some(size))
+                .await
+                .map(|_| ());
+        }
+        let body = upload_stream(file, CHUNK, short.into(), size, events.clone());
+        target
+            .client
+            .push_blob_stream(at, body, digest, Some(size))
+            .await
+            .map(|_| ())
     }
 
     /// A tag's manifest is in: records `repo@digest`, and says so as dockerd does.
