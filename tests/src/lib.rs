@@ -1160,6 +1160,80 @@ impl TestCa {
     }
 }
 
+/// Debian's nginx on 127.0.0.1, serving the `server` block a test gives (its `listen` is
+/// added), with every request logged as "METHOD URI STATUS REQUEST-LENGTH AUTHORIZATION".
+/// Killed with the test.
+pub struct Nginx {
+    _child: KillOnDrop,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, server: &str) -> Nginx {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let d = dir.display();
+        let config = dir.join("nginx.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+                 events {{ worker_connections 256; }}\n\
+                 http {{\n\
+                 log_format berth '$request_method $request_uri $status $request_length \"$http_authorization\"';\n\
+                 access_log {d}/access.log berth;\n\
+                 client_body_temp_path {d}/body;\nproxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fastcgi;\nuwsgi_temp_path {d}/uwsgi;\nscgi_temp_path {d}/scgi;\n\
+                 server {{\nlisten {addr};\n{server}\n}}\n}}\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("nginx")
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
+            .spawn()
+            .expect("nginx starts (`make test-deps`)");
+        let mut child = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            let log = || {
+                std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default()
+                    + &std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            };
+            assert!(
+                matches!(child.try_wait(), Ok(None)),
+                "nginx exited: {}",
+                log()
+            );
+            assert!(Instant::now() < deadline, "nginx did not listen: {}", log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Nginx {
+            _child: child,
+            addr,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The requests served so far, a line each.
+    pub fn requests(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 /// The test token service (`tests/registry/token-server`) for a [`Registry`] started with
 /// [`Registry::start_with_tokens`]: Bearer tokens for `user:password`, signed with a key
 /// made here. Killed with the test.
