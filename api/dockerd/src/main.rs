@@ -19,7 +19,7 @@ const USAGE: &str = "usage: berthd [--host unix://PATH] [--data-root DIR] [--exe
               [--netns PATH] [--bridge-subnet CIDR] [--debug]
               [--insecure-registry CIDR|HOST[:PORT]]... [--registry-mirror URL]...
               [--allow-registry CIDR|HOST[:PORT]]... [--secure-registry HOST[:PORT]]...
-              [--registry-certs-dir DIR]";
+              [--registry-certs-dir DIR] [--allow-fetch CIDR|HOST[:PORT]]...";
 
 /// berthd's command line.
 struct Options {
@@ -116,6 +116,7 @@ fn parse_options() -> Result<Options> {
             "--allow-registry" => registries.allowed.push(value()?),
             "--secure-registry" => registries.secure.push(value()?),
             "--registry-certs-dir" => registries.certs_dir = PathBuf::from(value()?),
+            "--allow-fetch" => registries.fetch_allowed.push(value()?),
             "-D" | "--debug" => debug = true,
             "-h" | "--help" => {
                 println!("{USAGE}");

@@ -16,6 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::copy::{self, CopyError, Source};
 use super::dockerfile::{self, Args, Dockerfile, Instruction};
+use super::fetch;
 use crate::container::{Containers, WaitCondition};
 use crate::image::changes;
 use crate::image::commit::CommitRequest;
@@ -732,16 +733,16 @@ impl Run<'_> {
             )));
         }
         let dest = words.pop().unwrap_or_default();
-        let patterns = words;
+        let mut patterns = words;
+        let mut remote = false;
         if keyword == "ADD" {
-            if let Some(url) = patterns
-                .iter()
-                .find(|p| p.starts_with("http://") || p.starts_with("https://"))
-            {
-                return Err(EngineError::Unsupported(format!(
-                    "ADD {url}: berth's builder does not fetch remote sources"
-                )));
+            let urls = patterns.iter().filter(|p| fetch::is_url(p)).count();
+            if urls > 0 && urls < patterns.len() {
+                return Err(EngineError::Unsupported(
+                    "ADD: berth's builder takes URLs or local sources in one ADD, not both: give each its own ADD".into(),
+                ));
             }
+            remote = urls > 0;
             if let Some(git) = patterns.iter().find(|p| p.starts_with("git@")) {
                 return Err(EngineError::Unsupported(format!(
                     "ADD {git}: berth's builder does not fetch remote sources"
@@ -774,6 +775,20 @@ impl Run<'_> {
                 Some(id)
             }
         };
+        // ADD's URLs, fetched into a directory of their own: the step's source tree.
+        let fetched = if remote {
+            let dir = self.work.join(format!("fetched-{}", ids::new_id()));
+            std::fs::create_dir(&dir)
+                .map_err(|e| EngineError::internal("cannot make a directory", e))?;
+            let mut names = Vec::new();
+            for url in &patterns {
+                names.push(fetch::fetch(self.images().registries(), url, &dir).await?);
+            }
+            patterns = names;
+            Some(dir)
+        } else {
+            None
+        };
         let images = self.images().clone();
         let parent = s.image.clone();
         let context = self
@@ -784,9 +799,11 @@ impl Run<'_> {
         let kw = keyword.clone();
         let shell = s.shell();
         let made = tokio::task::spawn_blocking(move || -> Result<Prepared> {
-            let tree = match &source_tree {
-                None => context,
-                Some(id) => materialize(&images, id, &work)?,
+            let tree = match (&fetched, &source_tree) {
+                (Some(dir), _) => Tree::open(dir, "ADD's downloads")
+                    .map_err(|e| EngineError::internal("cannot open ADD's downloads", e))?,
+                (None, None) => context,
+                (None, Some(id)) => materialize(&images, id, &work)?,
             };
             let image_stack = stack_of(&images, &parent)?;
             let owner = chown
@@ -799,9 +816,9 @@ impl Run<'_> {
                 wildcard |= p.contains(['*', '?', '[']);
                 sources.extend(copy::sources(&tree, p, &kw)?);
             }
-            // ADD unpacks a local tar archive into its destination.
+            // ADD unpacks a local tar archive into its destination (never a download).
             let mut archives = Vec::new();
-            if kw == "ADD" {
+            if kw == "ADD" && fetched.is_none() {
                 for (i, src) in sources.iter().enumerate() {
                     if let Some(dir) = unpack_archive(&tree, src, &work)? {
                         archives.push((i, dir));

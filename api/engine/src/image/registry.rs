@@ -47,6 +47,9 @@ pub struct RegistryOptions {
     pub secure: Vec<String>,
     /// `--registry-certs-dir`: per-registry CA certificates, `<dir>/<host:port>/*.crt`.
     pub certs_dir: PathBuf,
+    /// `--allow-fetch`: the only hosts ADD's URLs are fetched from (CIDRs or `host[:port]`
+    /// names); empty: any.
+    pub fetch_allowed: Vec<String>,
 }
 
 impl Default for RegistryOptions {
@@ -57,6 +60,7 @@ impl Default for RegistryOptions {
             allowed: Vec::new(),
             secure: Vec::new(),
             certs_dir: PathBuf::from("/etc/berth/certs.d"),
+            fetch_allowed: Vec::new(),
         }
     }
 }
@@ -185,6 +189,7 @@ pub struct Registries {
     secure: Matcher,
     mirrors: Vec<Mirror>,
     certs_dir: PathBuf,
+    fetch_allowed: Option<Matcher>,
 }
 
 impl Default for Registries {
@@ -207,6 +212,11 @@ impl Registries {
             None
         } else {
             Some(Matcher::parse("allow-registry", &o.allowed)?)
+        };
+        let fetch_allowed = if o.fetch_allowed.is_empty() {
+            None
+        } else {
+            Some(Matcher::parse("allow-fetch", &o.fetch_allowed)?)
         };
         let secure = Matcher::parse("secure-registry", &o.secure)?;
         if !secure.nets.is_empty() {
@@ -248,6 +258,7 @@ impl Registries {
             secure,
             mirrors,
             certs_dir: o.certs_dir.clone(),
+            fetch_allowed,
         })
     }
 
@@ -292,6 +303,24 @@ impl Registries {
             .unwrap_or_default();
         EngineError::Forbidden(format!(
             "berth cannot {what}: this daemon reaches only the registries given to --allow-registry ({}), not {domain}",
+            allowed.join(", ")
+        ))
+    }
+
+    /// Whether `--allow-fetch` names `host[:port]` (or was not given): ADD's URLs.
+    pub fn may_fetch(&self, host: &str) -> bool {
+        self.fetch_allowed.as_ref().is_none_or(|a| a.names(host))
+    }
+
+    /// The refusal of ADD `url` because `--allow-fetch` leaves out `host`.
+    pub fn fetch_refused(&self, url: &str, host: &str) -> EngineError {
+        let allowed = self
+            .fetch_allowed
+            .as_ref()
+            .map(Matcher::shown)
+            .unwrap_or_default();
+        EngineError::Forbidden(format!(
+            "berth cannot fetch {url}: this daemon fetches ADD's URLs only from the hosts given to --allow-fetch ({}), not {host}",
             allowed.join(", ")
         ))
     }
@@ -530,7 +559,7 @@ pub fn login_domain(server: &str) -> String {
 
 /// The process's TLS provider (the clients are built with rustls and no provider of their
 /// own); installing it again is a no-op.
-fn install_tls_provider() {
+pub(crate) fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -731,6 +760,38 @@ mod tests {
             kinds(&open.endpoints(DOCKER_HUB, true, "pull x").await.unwrap()),
             ["https://index.docker.io"]
         );
+    }
+
+    #[test]
+    fn add_urls_are_fetched_only_from_allowed_hosts() {
+        let open = Registries::new(&RegistryOptions::default()).unwrap();
+        assert!(open.may_fetch("example.com") && open.may_fetch("10.0.0.1:8080"));
+        let r = Registries::new(&RegistryOptions {
+            fetch_allowed: vec!["127.0.0.0/8".into(), "files.example".into()],
+            ..RegistryOptions::default()
+        })
+        .unwrap();
+        for ok in [
+            "127.0.0.1:8080",
+            "127.0.0.2",
+            "files.example",
+            "files.example:443",
+        ] {
+            assert!(r.may_fetch(ok), "{ok}");
+        }
+        for refused in ["10.0.0.1", "other.example", "[::1]:80"] {
+            assert!(!r.may_fetch(refused), "{refused}");
+        }
+        let e = r.fetch_refused("http://10.0.0.1/x", "10.0.0.1").to_string();
+        assert!(
+            e.contains("--allow-fetch (127.0.0.0/8, files.example), not 10.0.0.1"),
+            "{e}"
+        );
+        let bad = Registries::new(&RegistryOptions {
+            fetch_allowed: vec!["http://x".into()],
+            ..RegistryOptions::default()
+        });
+        assert!(bad.is_err());
     }
 
     #[test]
