@@ -825,10 +825,10 @@ impl Berthd {
     pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> Berthd {
         let retries = boot_retries().to_string();
         let mut args = vec!["--boot-retries", &retries];
-        // Tests reach only registries they start on loopback: any other name is refused
-        // before a lookup or a connection is made.
+        // Tests reach only registries and ADD URLs they serve on loopback: any other name
+        // is refused before a lookup or a connection is made.
         for allowed in ["127.0.0.0/8", "::1/128", "localhost"] {
-            args.extend_from_slice(&["--allow-registry", allowed]);
+            args.extend_from_slice(&["--allow-registry", allowed, "--allow-fetch", allowed]);
         }
         args.extend_from_slice(extra);
         let mut d = Daemon::new("berthd", bin("berthd"), &args);

@@ -2396,3 +2396,172 @@ fn a_large_layer_goes_in_chunks_through_a_proxy_that_caps_bodies() {
     let blob = registry.blob(&sha256(&big));
     assert_eq!(std::fs::metadata(blob).unwrap().len(), big.len() as u64);
 }
+
+/// The entries of a container export under `prefixes`: name, kind, mode, owner, size, and
+/// for files their time and a hash of their contents.
+fn export_files(tar_path: &Path, prefixes: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .trim_end_matches('/')
+            .to_string();
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let h = entry.header().clone();
+        let kind = h.entry_type();
+        let file = if kind.is_file() {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            format!(" {} {}", h.mtime().unwrap(), sha256(&data))
+        } else {
+            String::new()
+        };
+        out.insert(
+            name,
+            format!(
+                "{kind:?} {:o} {}:{} {}{file}",
+                h.mode().unwrap() & 0o7777,
+                h.uid().unwrap(),
+                h.gid().unwrap(),
+                h.size().unwrap()
+            ),
+        );
+    }
+    out
+}
+
+/// ADD of URLs, fetched by the daemon as dockerd's classic builder fetches them, from
+/// Debian's nginx on 127.0.0.1: into a directory under the URL's file name or under a name
+/// of the Dockerfile's, named by Content-Disposition, with `--chown`; an archive is not
+/// unpacked; files keep mode 0600 and the server's Last-Modified time. A container of the
+/// image exports the same entries from berth and from Debian's dockerd; a rebuild takes
+/// every step from the cache. A missing file, a host `--allow-fetch` leaves out, and URLs
+/// mixed with local sources are refused, with nothing tagged.
+#[test]
+fn build_add_fetches_urls_as_dockerd_does() {
+    if !require(dockerd_available(), "Debian's dockerd (the anchor)") {
+        return;
+    }
+    let scratch = Scratch::new("build-url");
+    let files = scratch.path("files");
+    std::fs::create_dir_all(files.join("packed")).unwrap();
+    std::fs::write(files.join("hello.txt"), "hello from a URL\n").unwrap();
+    std::fs::write(files.join("packed/inner.txt"), "inner\n").unwrap();
+    sh(&format!(
+        "tar -C {} -czf {}/data.tar.gz packed && touch -d 2024-03-01T10:00:00Z {}/hello.txt",
+        files.display(),
+        files.display(),
+        files.display()
+    ));
+    let web = Nginx::start(
+        &scratch.path("nginx"),
+        &format!(
+            "location /files/ {{ alias {}/; }}\n\
+             location = /disposed/ {{\n\
+               add_header Content-Disposition 'attachment; filename=\"named.bin\"';\n\
+               return 200 'disposed\\n';\n\
+             }}\n\
+             location = /missing.txt {{ return 404 'no such file'; }}",
+            files.display()
+        ),
+    );
+    let url = |path: &str| format!("http://{}/{path}", web.addr);
+    let ctx = scratch.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("local.txt"), "local\n").unwrap();
+    let dockerfile = format!(
+        "FROM busybox\n\
+         ADD {hello} /remote/\n\
+         ADD {tar} /remote/\n\
+         ADD {hello} /renamed.txt\n\
+         ADD {disposed} /remote/\n\
+         ADD --chown=5:6 {hello} /owned/\n",
+        hello = url("files/hello.txt"),
+        tar = url("files/data.tar.gz"),
+        disposed = url("disposed/"),
+    );
+    std::fs::write(ctx.join("Dockerfile"), &dockerfile).unwrap();
+    let ctx_s = ctx.to_str().unwrap();
+    let archive = busybox_image("archive");
+    let berth = Berthd::start();
+    let dockerd = Dockerd::start();
+    let mut exports = Vec::new();
+    for (d, who) in [(&*berth, "berth"), (&*dockerd, "dockerd")] {
+        d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
+        d.docker_ok(&["build", "-t", "test/url:1", ctx_s]);
+        let c = d.docker_ok(&["create", "test/url:1"]);
+        let tar = scratch.path(&format!("{who}.tar"));
+        d.docker_ok(&["export", "-o", tar.to_str().unwrap(), c.trim()]);
+        exports.push(export_files(&tar, &["remote", "renamed.txt", "owned"]));
+    }
+    assert_eq!(exports[0], exports[1], "berth, then dockerd");
+    let ours = &exports[0];
+    let hello = format!(
+        "Regular 600 0:0 17 {} {}",
+        1709287200,
+        sha256(b"hello from a URL\n")
+    );
+    assert_eq!(ours["remote/hello.txt"], hello, "{ours:#?}");
+    assert_eq!(ours["renamed.txt"], hello, "{ours:#?}");
+    assert!(
+        ours["remote/data.tar.gz"].starts_with("Regular 600 0:0 "),
+        "{ours:#?}"
+    );
+    assert!(!ours.contains_key("remote/packed"), "{ours:#?}");
+    assert!(
+        ours["remote/named.bin"].starts_with("Regular 600 0:0 9 "),
+        "{ours:#?}"
+    );
+    assert!(
+        ours["owned/hello.txt"].starts_with("Regular 600 5:6 17 "),
+        "{ours:#?}"
+    );
+
+    // Again: every step from the cache, the same image.
+    let id = inspect(&berth, "test/url:1")["Id"].clone();
+    let out = berth.docker_ok(&["build", "-t", "test/url:2", ctx_s]);
+    assert_eq!(out.matches("Using cache").count(), 5, "{out}");
+    assert_eq!(inspect(&berth, "test/url:2")["Id"], id);
+
+    // Refusals.
+    for (source, words) in [
+        (
+            url("missing.txt"),
+            format!(
+                "failed to GET {} with status 404 Not Found: no such file",
+                url("missing.txt")
+            ),
+        ),
+        (
+            "http://192.0.2.1/x.txt".to_string(),
+            "only from the hosts given to --allow-fetch".to_string(),
+        ),
+        (
+            format!("{} local.txt", url("files/hello.txt")),
+            "takes URLs or local sources in one ADD, not both".to_string(),
+        ),
+    ] {
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM busybox\nADD {source} /x/\n"),
+        )
+        .unwrap();
+        let f = berth.docker(&["build", "-t", "test/refused:1", ctx_s]);
+        assert_eq!(f.code(), 1, "{f:?}");
+        assert!(
+            f.stderr.contains(&words) || f.stdout.contains(&words),
+            "{f:?}"
+        );
+        assert!(
+            berth.docker(&["image", "inspect", "test/refused:1"]).code() != 0,
+            "{source}"
+        );
+    }
+}
