@@ -2027,11 +2027,20 @@ fn an_interrupted_pull_resumes_or_fails_leaving_nothing() {
 /// Each entry of a container's export (`docker export`): kind, mode, owner, size, and a
 /// link's target, by name.
 fn export_listing(tar_path: &Path) -> std::collections::BTreeMap<String, String> {
+    export_entries(tar_path, |name| name != ".dockerenv", false)
+}
+
+/// The entries of a container export that `keep` keeps, by name: kind, mode, owner, size
+/// and link, and with `contents` a file's time and a hash of its contents.
+fn export_entries(
+    tar_path: &Path,
+    keep: impl Fn(&str) -> bool,
+    contents: bool,
+) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let mut archive = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
     for entry in archive.entries().unwrap() {
-        let entry = entry.unwrap();
-        let h = entry.header();
+        let mut entry = entry.unwrap();
         let name = entry
             .path()
             .unwrap()
@@ -2039,9 +2048,10 @@ fn export_listing(tar_path: &Path) -> std::collections::BTreeMap<String, String>
             .trim_start_matches("./")
             .trim_end_matches('/')
             .to_string();
-        if name.is_empty() || name == ".dockerenv" {
+        if name.is_empty() || !keep(&name) {
             continue;
         }
+        let h = entry.header().clone();
         let kind = h.entry_type();
         let link = entry
             .link_name()
@@ -2049,16 +2059,19 @@ fn export_listing(tar_path: &Path) -> std::collections::BTreeMap<String, String>
             .map(|l| l.to_string_lossy().trim_start_matches("./").to_string())
             .unwrap_or_default();
         let size = if kind.is_file() { h.size().unwrap() } else { 0 };
-        out.insert(
-            name,
-            format!(
-                "{:?} {:o} {}:{} {size} {link}",
-                kind,
-                h.mode().unwrap() & 0o7777,
-                h.uid().unwrap(),
-                h.gid().unwrap()
-            ),
+        let mut line = format!(
+            "{:?} {:o} {}:{} {size} {link}",
+            kind,
+            h.mode().unwrap() & 0o7777,
+            h.uid().unwrap(),
+            h.gid().unwrap()
         );
+        if contents && kind.is_file() {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+            line += &format!(" {} {}", h.mtime().unwrap(), sha256(&data));
+        }
+        out.insert(name, line);
     }
     out
 }
@@ -2397,46 +2410,6 @@ fn a_large_layer_goes_in_chunks_through_a_proxy_that_caps_bodies() {
     assert_eq!(std::fs::metadata(blob).unwrap().len(), big.len() as u64);
 }
 
-/// The entries of a container export under `prefixes`: name, kind, mode, owner, size, and
-/// for files their time and a hash of their contents.
-fn export_files(tar_path: &Path, prefixes: &[&str]) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut archive = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let name = entry
-            .path()
-            .unwrap()
-            .to_string_lossy()
-            .trim_start_matches("./")
-            .trim_end_matches('/')
-            .to_string();
-        if !prefixes.iter().any(|p| name.starts_with(p)) {
-            continue;
-        }
-        let h = entry.header().clone();
-        let kind = h.entry_type();
-        let file = if kind.is_file() {
-            let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
-            format!(" {} {}", h.mtime().unwrap(), sha256(&data))
-        } else {
-            String::new()
-        };
-        out.insert(
-            name,
-            format!(
-                "{kind:?} {:o} {}:{} {}{file}",
-                h.mode().unwrap() & 0o7777,
-                h.uid().unwrap(),
-                h.gid().unwrap(),
-                h.size().unwrap()
-            ),
-        );
-    }
-    out
-}
-
 /// ADD of URLs, fetched by the daemon as dockerd's classic builder fetches them, from
 /// Debian's nginx on 127.0.0.1: into a directory under the URL's file name or under a name
 /// of the Dockerfile's, named by Content-Disposition, with `--chown`; an archive is not
@@ -2499,12 +2472,17 @@ fn build_add_fetches_urls_as_dockerd_does() {
         let c = d.docker_ok(&["create", "test/url:1"]);
         let tar = scratch.path(&format!("{who}.tar"));
         d.docker_ok(&["export", "-o", tar.to_str().unwrap(), c.trim()]);
-        exports.push(export_files(&tar, &["remote", "renamed.txt", "owned"]));
+        let under = |n: &str| {
+            ["remote", "renamed.txt", "owned"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        };
+        exports.push(export_entries(&tar, under, true));
     }
     assert_eq!(exports[0], exports[1], "berth, then dockerd");
     let ours = &exports[0];
     let hello = format!(
-        "Regular 600 0:0 17 {} {}",
+        "Regular 600 0:0 17  {} {}",
         1709287200,
         sha256(b"hello from a URL\n")
     );
@@ -2516,11 +2494,11 @@ fn build_add_fetches_urls_as_dockerd_does() {
     );
     assert!(!ours.contains_key("remote/packed"), "{ours:#?}");
     assert!(
-        ours["remote/named.bin"].starts_with("Regular 600 0:0 9 "),
+        ours["remote/named.bin"].starts_with("Regular 600 0:0 9  0 "),
         "{ours:#?}"
     );
     assert!(
-        ours["owned/hello.txt"].starts_with("Regular 600 5:6 17 "),
+        ours["owned/hello.txt"].starts_with("Regular 600 5:6 17  1709287200 "),
         "{ours:#?}"
     );
 
