@@ -131,6 +131,15 @@ impl Matcher {
     }
 }
 
+/// What an allow-list names, as its refusals show it.
+fn listed(allowed: &Option<Matcher>) -> String {
+    allowed
+        .as_ref()
+        .map(Matcher::shown)
+        .unwrap_or_default()
+        .join(", ")
+}
+
 /// A Docker Hub mirror.
 #[derive(Clone, Debug)]
 struct Mirror {
@@ -296,14 +305,9 @@ impl Registries {
 
     /// The refusal of `what` (as "pull x:1") because `--allow-registry` leaves out `domain`.
     fn refused(&self, domain: &str, what: &str) -> EngineError {
-        let allowed = self
-            .allowed
-            .as_ref()
-            .map(Matcher::shown)
-            .unwrap_or_default();
         EngineError::Forbidden(format!(
             "berth cannot {what}: this daemon reaches only the registries given to --allow-registry ({}), not {domain}",
-            allowed.join(", ")
+            listed(&self.allowed)
         ))
     }
 
@@ -314,14 +318,9 @@ impl Registries {
 
     /// The refusal of ADD `url` because `--allow-fetch` leaves out `host`.
     pub fn fetch_refused(&self, url: &str, host: &str) -> EngineError {
-        let allowed = self
-            .fetch_allowed
-            .as_ref()
-            .map(Matcher::shown)
-            .unwrap_or_default();
         EngineError::Forbidden(format!(
             "berth cannot fetch {url}: this daemon fetches ADD's URLs only from the hosts given to --allow-fetch ({}), not {host}",
-            allowed.join(", ")
+            listed(&self.fetch_allowed)
         ))
     }
 
