@@ -1,5 +1,5 @@
-//! A layer (plain, gzip or zstd tar, as `docker import`, `docker load` and registries deliver
-//! it, its author hostile) unpacked into a directory: nothing panics, nothing is written,
+//! A layer (plain, gzip, bzip2, zstd or xz tar, as `docker import`, `docker load` and registries
+//! deliver it, its author hostile) unpacked into a directory: nothing panics, nothing is written,
 //! linked or removed outside that directory, and what was unpacked can be removed.
 #![no_main]
 

@@ -1180,66 +1180,71 @@ fn materialize(images: &ImageStore, id: &str, work: &Path) -> Result<Tree> {
         .map_err(|e| EngineError::internal("cannot open a stage's files", e))
 }
 
-/// ADD's local archive: a regular source file that is a tar (plain, gzip, bzip2 or zstd) is
-/// unpacked confined under `work`; anything else is copied as it is (`None`).
+/// ADD's local archive: a regular source file that is a tar (plain, gzip, bzip2, zstd or xz)
+/// is unpacked confined under `work`; anything else is copied as it is (`None`). As dockerd's
+/// classic builder decides, a file is an archive when its first tar header reads, decompressed
+/// if it is compressed; one that is and then fails to unpack fails the step.
 fn unpack_archive(tree: &Tree, src: &Source, work: &Path) -> Result<Option<Tree>> {
-    use std::io::Read;
+    use crate::image::unpack::{decompress, Compression};
     if crate::layerfs::Kind::of(&src.st) != crate::layerfs::Kind::File {
         return Ok(None);
     }
-    let Some((mut file, _)) = tree
-        .open_file(&src.rel, &src.st)
-        .map_err(|e| EngineError::internal("cannot read an ADD source", e))?
-    else {
+    let open = || {
+        tree.open_file(&src.rel, &src.st)
+            .map(|f| f.map(|(file, _)| file))
+            .map_err(|e| EngineError::internal("cannot read an ADD source", e))
+    };
+    let named = || String::from_utf8_lossy(&src.rel).into_owned();
+    let Some(mut file) = open()? else {
         return Ok(None);
     };
-    let mut head = [0u8; 512];
-    let mut n = 0;
-    while n < head.len() {
-        match file.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(EngineError::internal("cannot read an ADD source", e)),
+    let head =
+        read_head(&mut file).map_err(|e| EngineError::internal("cannot read an ADD source", e))?;
+    if Compression::sniff(&head).is_some() {
+        let Some(file) = open()? else {
+            return Ok(None);
+        };
+        let plain = decompress(BufReader::new(file)).map(|mut r| read_head(&mut r));
+        match plain {
+            Ok(Ok(plain)) if is_tar_header(&plain) => {}
+            // A dictionary over the decoder's bound: refused, never copied packed where
+            // dockerd would unpack it.
+            Ok(Err(e)) if crate::image::xz::is_dict_limit(&e) => {
+                return Err(invalid(format!("ADD {}: {e}", named())))
+            }
+            // Compressed, but not a tar (or not even that): copied as it is, as dockerd does.
+            _ => return Ok(None),
         }
-    }
-    let head = &head[..n];
-    // Compressed (gzip, bzip2, zstd; xz refused by name), or a plain tar.
-    let compressed = head.starts_with(&[0x1f, 0x8b])
-        || head.starts_with(b"BZh")
-        || head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
-    let tar = n >= 262 && &head[257..262] == b"ustar";
-    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        return Err(EngineError::Unsupported(format!(
-            "ADD {}: berth's builder does not unpack xz archives (gzip, bzip2 and zstd ones it does)",
-            String::from_utf8_lossy(&src.rel)
-        )));
-    }
-    if !compressed && !tar {
+    } else if !is_tar_header(&head) {
         return Ok(None);
     }
-    let Some((file, _)) = tree
-        .open_file(&src.rel, &src.st)
-        .map_err(|e| EngineError::internal("cannot read an ADD source", e))?
-    else {
+    let Some(file) = open()? else {
         return Ok(None);
     };
     let dir = work.join(format!("add-{}", ids::new_id()));
     std::fs::create_dir(&dir).map_err(|e| EngineError::internal("cannot make a directory", e))?;
-    match crate::image::unpack::unpack(BufReader::new(file), &dir, &mut std::io::sink()) {
-        Ok(_) => {}
-        // Not a tar after all (a compressed file of something else): copied as it is, as
-        // dockerd does.
-        Err(_) if compressed => return Ok(None),
-        Err(e) => {
-            return Err(invalid(format!(
-                "ADD {}: cannot unpack the archive: {e}",
-                String::from_utf8_lossy(&src.rel)
-            )))
-        }
+    if let Err(e) = crate::image::unpack::unpack(BufReader::new(file), &dir, &mut std::io::sink()) {
+        return Err(invalid(format!(
+            "ADD {}: cannot unpack the archive: {e}",
+            named()
+        )));
     }
     Tree::open(&dir, "an ADD archive")
         .map(Some)
         .map_err(|e| EngineError::internal("cannot open an unpacked archive", e))
+}
+
+/// Up to the first 512 bytes of `r`: a tar header's worth.
+fn read_head(r: &mut dyn std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(512);
+    r.take(512).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+/// A POSIX or GNU tar header (both carry "ustar" at offset 257).
+fn is_tar_header(head: &[u8]) -> bool {
+    head.len() >= 262 && &head[257..262] == b"ustar"
 }
 
 #[cfg(test)]

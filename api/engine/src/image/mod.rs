@@ -28,6 +28,7 @@ pub mod reference;
 pub mod registry;
 pub mod search;
 pub mod unpack;
+pub mod xz;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::AsRawFd;
