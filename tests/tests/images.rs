@@ -203,6 +203,22 @@ fn archives_round_trip_through_a_real_docker_engine() {
         "{}",
         f.stderr
     );
+    // The archive packed by xz, as both take it (dockerd runs xz; berth decodes it itself):
+    // the same image again.
+    let xz = std::process::Command::new("xz")
+        .args(["-c", "-T1", archive])
+        .output()
+        .expect("xz runs");
+    assert!(xz.status.success() && xz.stdout.starts_with(b"\xfd7zXZ\0"));
+    berth.docker_ok(&["rmi", "busybox"]);
+    for d in [&*berth, &*dockerd] {
+        let f = d.docker_with_input(&["load"], &xz.stdout);
+        assert_eq!(f.stdout.trim(), "Loaded image: busybox:latest", "{f:?}");
+    }
+    assert_eq!(
+        inspect(&berth, "busybox")["Id"],
+        inspect(&dockerd, "busybox")["Id"]
+    );
 }
 
 #[test]
@@ -1546,7 +1562,23 @@ fn build_context(dir: &Path) {
         "cd {}/bundle-src && python3 -c 'import tarfile; t = tarfile.open(\"../bundle.tar.bz2\", \"w:bz2\"); t.add(\"inner\"); t.close()'",
         dir.display()
     ));
+    // xz, by Debian's xz (dockerd runs xz to unpack it; berth decodes it itself), and a
+    // file that is xz but no tar: ADD copies that one packed, as dockerd does.
+    sh(&format!(
+        "tar -cJf {d}/bundle.tar.xz -C {d}/bundle-src inner && printf 'not a tar\\n' | xz > {d}/note.xz",
+        d = dir.display()
+    ));
     std::fs::remove_dir_all(dir.join("bundle-src")).unwrap();
+    // Symlinks as sources, which dockerd follows inside the context: to a file, to a
+    // directory, an absolute one, one on a source's path, and wildcard matches; and
+    // wildcards before a path's last element.
+    for (target, name) in [
+        ("one.txt", "link-one"),
+        ("app", "link-app"),
+        ("/app/sub/data.txt", "link-abs"),
+    ] {
+        std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+    }
     std::fs::write(
         dir.join("Dockerfile"),
         r#"# syntax=docker/dockerfile:1
@@ -1565,6 +1597,11 @@ WORKDIR /srv
 COPY --from=base /opt/one.txt ./copied.txt
 ADD bundle.tar.gz /opt/bundle/
 ADD bundle.tar.bz2 /opt/bundle-bz2/
+ADD bundle.tar.xz note.xz /opt/bundle-xz/
+COPY link-one link-app/sub/data.txt /sym/
+COPY link-app /sym/app/
+COPY link-a* /sym/wild/
+COPY a*/s*/*.txt /sym/deep/
 ADD --chown=nobody:nogroup plain.txt /opt/plain.txt
 COPY . /ctx/
 USER 1000:1000
@@ -1591,8 +1628,9 @@ fn image_file(d: &Daemon, image: &str, rel: &str) -> Option<PathBuf> {
 
 /// `docker build` with the classic builder, every instruction but RUN, against Debian's
 /// dockerd building the same context: the same config; the files COPY and ADD put in
-/// place (owners, an unpacked archive, `.dockerignore` honoured, `COPY --from` a stage);
-/// a rebuild all from the cache with the same image id, `--no-cache` a new one;
+/// place (owners, unpacked gzip, bzip2 and xz archives, `.dockerignore` honoured, `COPY
+/// --from` a stage, symlinked sources followed, wildcards in any path element, the same
+/// entries as dockerd's in an export); a rebuild all from the cache with the same image id, `--no-cache` a new one;
 /// `--build-arg`, `--label`, `--target`, `-q`, several `-t`; a parse error, a missing
 /// source and a missing base in Docker's words.
 #[test]
@@ -1611,14 +1649,50 @@ fn build_without_run_matches_dockerd() {
         d.docker_ok(&["load", "-i", archive.to_str().unwrap()]);
     }
     let out = berth.docker_ok(&["build", "-t", "test/built:1", "-t", "test/built:2", ctx_s]);
-    assert!(out.contains("Step 1/23 : ARG BASE=busybox"), "{out}");
+    assert!(out.contains("Step 1/28 : ARG BASE=busybox"), "{out}");
     assert!(
-        out.contains("Step 3/23 : ENV GREETING=\"hello world\"     LEVEL=1"),
+        out.contains("Step 3/28 : ENV GREETING=\"hello world\"     LEVEL=1"),
         "{out}"
     );
     assert!(out.contains("Successfully tagged test/built:1"), "{out}");
     assert!(out.contains("Successfully tagged test/built:2"), "{out}");
     dockerd.docker_ok(&["build", "-t", "test/built:1", ctx_s]);
+    // What the symlinked sources and the xz archive put in place, file by file (kind, mode,
+    // owner, size, time and contents), as dockerd put it.
+    let mut exports = Vec::new();
+    for (who, d) in [("berth", &*berth), ("dockerd", &*dockerd)] {
+        let c = d.docker_ok(&["create", "test/built:1"]);
+        let tar = scratch.path(&format!("{who}-built.tar"));
+        d.docker_ok(&["export", "-o", tar.to_str().unwrap(), c.trim()]);
+        d.docker_ok(&["rm", c.trim()]);
+        let under = |name: &str| name.starts_with("sym") || name.starts_with("opt/bundle-xz");
+        exports.push(export_entries(&tar, under, true));
+    }
+    assert_eq!(exports[0], exports[1], "berth, then dockerd");
+    let names: Vec<&str> = exports[0].keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "opt/bundle-xz",
+            "opt/bundle-xz/inner",
+            "opt/bundle-xz/inner/packed.txt",
+            "opt/bundle-xz/note.xz",
+            "sym",
+            "sym/app",
+            "sym/app/main.sh",
+            "sym/app/sub",
+            "sym/app/sub/data.txt",
+            "sym/data.txt",
+            "sym/deep",
+            "sym/deep/data.txt",
+            "sym/link-one",
+            "sym/wild",
+            "sym/wild/link-abs",
+            "sym/wild/main.sh",
+            "sym/wild/sub",
+            "sym/wild/sub/data.txt",
+        ]
+    );
     let (ours, theirs) = (
         inspect(&berth, "test/built:1"),
         inspect(&dockerd, "test/built:1"),
@@ -1654,6 +1728,9 @@ fn build_without_run_matches_dockerd() {
     assert_eq!(read("srv/copied.txt"), "one\n");
     assert_eq!(read("opt/bundle/inner/packed.txt"), "packed\n");
     assert_eq!(read("opt/bundle-bz2/inner/packed.txt"), "packed\n");
+    assert_eq!(read("opt/bundle-xz/inner/packed.txt"), "packed\n");
+    let note = image_file(&berth, "test/built:1", "opt/bundle-xz/note.xz").unwrap();
+    assert!(std::fs::read(note).unwrap().starts_with(b"\xfd7zXZ\0"));
     assert_eq!(read("opt/plain.txt"), "plain\n");
     assert_eq!(read("ctx/one.txt"), "one\n");
     assert!(image_file(&berth, "test/built:1", "ctx/README.md").is_none());
@@ -1675,7 +1752,7 @@ fn build_without_run_matches_dockerd() {
 
     // Again: every step from the cache, the same image; --no-cache: another.
     let out = berth.docker_ok(&["build", "-t", "test/built:1", ctx_s]);
-    assert_eq!(out.matches("Using cache").count(), 20, "{out}");
+    assert_eq!(out.matches("Using cache").count(), 25, "{out}");
     assert_eq!(inspect(&berth, "test/built:1")["Id"], ours["Id"]);
     berth.docker_ok(&["build", "--no-cache", "-t", "test/fresh", ctx_s]);
     assert_ne!(inspect(&berth, "test/fresh")["Id"], ours["Id"]);

@@ -24,10 +24,10 @@ pub enum CopyError {
     NoMatch { keyword: String },
     #[error("When using {keyword} with more than one source file, the destination must be a directory and end with a /")]
     DestinationNotDir { keyword: String },
-    #[error(
-        "{keyword} failed: wildcards are matched in the last path element only, not in {pattern:?}"
-    )]
-    Wildcard { keyword: String, pattern: String },
+    /// Too many symlinks on a source's way (a loop): dockerd's words for it, which blame
+    /// the context's bounds because its resolver gives up the same way for both.
+    #[error("{keyword} failed: forbidden path outside the build context: {path} ()")]
+    Links { keyword: String, path: String },
     #[error("{keyword} failed: {source}")]
     Read {
         keyword: String,
@@ -65,61 +65,74 @@ fn has_wildcard(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-/// The sources `pattern` names in `tree`: itself, or the entries of its directory whose
-/// names match its last element's wildcards.
+/// The sources `pattern` names in `tree`: one path, or with wildcards in any of its
+/// elements every path they match, as dockerd's classic builder finds them. A source
+/// without wildcards is resolved through any symlink on its way, inside the tree
+/// (`FollowSymlinkInScope`); a pattern with wildcards matches real paths only, as dockerd
+/// walks the context without following links, and each match that is a symlink is then
+/// followed. A source keeps its own name; symlinks inside a copied directory are data,
+/// copied as links.
 pub fn sources(tree: &Tree, pattern: &str, keyword: &str) -> Result<Vec<Source>, CopyError> {
     let read = |source| CopyError::Read {
         keyword: keyword.to_string(),
         source,
     };
     let parts = clean(pattern);
-    let (dir_parts, last) = match parts.split_last() {
-        Some((last, dir)) => (dir, Some(last.clone())),
-        None => (&parts[..], None),
-    };
-    if dir_parts.iter().any(|p| has_wildcard(p)) {
-        return Err(CopyError::Wildcard {
-            keyword: keyword.to_string(),
-            pattern: pattern.to_string(),
-        });
-    }
-    let stack = std::slice::from_ref(tree);
-    let Some(last) = last else {
+    let Some((last, dir_parts)) = parts.split_last() else {
         // The root itself: the whole tree.
         return root_source(tree).map_err(read).map(|s| vec![s]);
     };
-    let dir = dir_parts.join("/");
-    if !has_wildcard(&last) {
-        let rel = if dir.is_empty() {
-            last.clone()
-        } else {
-            format!("{dir}/{last}")
-        };
-        return match lookup(stack, rel.as_bytes()).map_err(read)? {
-            Some(m) => Ok(vec![Source {
-                rel: rel.into_bytes(),
-                st: m.st,
-                name: last.into_bytes(),
-            }]),
-            None => Err(CopyError::Missing {
+    if !parts.iter().any(|p| has_wildcard(p)) {
+        let Some((rel, st)) = resolve(tree, &parts, keyword)? else {
+            return Err(CopyError::Missing {
                 keyword: keyword.to_string(),
                 path: pattern.trim_start_matches('/').to_string(),
-            }),
+            });
         };
+        return Ok(vec![Source {
+            rel,
+            st,
+            name: last.clone().into_bytes(),
+        }]);
     }
-    let listing = tree.list(dir.as_bytes()).map_err(read)?;
+    // The real directories the leading elements match, in the order dockerd's walk meets
+    // them (by name at each level).
+    let mut dirs: Vec<Vec<u8>> = vec![Vec::new()];
+    for part in dir_parts {
+        let mut next = Vec::new();
+        for dir in &dirs {
+            for node in entries_matching(tree, dir, part).map_err(read)? {
+                if node.kind == Kind::Dir {
+                    next.push(
+                        crate::layerfs::child(dir, &node.name, "a build context").map_err(read)?,
+                    );
+                }
+            }
+        }
+        dirs = next;
+    }
     let mut found = Vec::new();
-    for node in listing.map(|l| l.nodes).unwrap_or_default() {
-        let name = node.name.to_string_lossy().into_owned();
-        if crate::image::glob_match(&last, &name) == Some(true) {
-            let rel = if dir.is_empty() {
-                name.clone()
+    for dir in &dirs {
+        for node in entries_matching(tree, dir, last).map_err(read)? {
+            let rel = crate::layerfs::child(dir, &node.name, "a build context").map_err(read)?;
+            let (rel, st) = if node.kind == Kind::Symlink {
+                let path = String::from_utf8_lossy(&rel).into_owned();
+                match resolve(tree, &clean(&path), keyword)? {
+                    Some(resolved) => resolved,
+                    // A link to nowhere: dockerd fails the step on it.
+                    None => {
+                        return Err(CopyError::Missing {
+                            keyword: keyword.to_string(),
+                            path,
+                        })
+                    }
+                }
             } else {
-                format!("{dir}/{name}")
+                (rel, node.st)
             };
             found.push(Source {
-                rel: rel.into_bytes(),
-                st: node.st,
+                rel,
+                st,
                 name: node.name.as_bytes().to_vec(),
             });
         }
@@ -130,6 +143,111 @@ pub fn sources(tree: &Tree, pattern: &str, keyword: &str) -> Result<Vec<Source>,
         });
     }
     Ok(found)
+}
+
+/// The entries of directory `dir` (not followed if it is a link) that `element` names: by
+/// its wildcards, or by its name when it has none.
+fn entries_matching(
+    tree: &Tree,
+    dir: &[u8],
+    element: &str,
+) -> Result<Vec<crate::layerfs::Node>, LayerFsError> {
+    let listing = tree.list(dir)?;
+    Ok(listing
+        .map(|l| l.nodes)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|node| {
+            let name = node.name.to_string_lossy();
+            if has_wildcard(element) {
+                crate::image::glob_match(element, &name) == Some(true)
+            } else {
+                node.name.as_bytes() == element.as_bytes()
+            }
+        })
+        .collect())
+}
+
+/// Most symlinks one source may pass through, as Go's `FollowSymlinkInScope` allows.
+const MAX_LINKS: usize = 255;
+
+/// Most path elements one resolution walks (each a lookup from the root), so that a hostile
+/// context's links cannot make a step walk without end.
+const MAX_STEPS: usize = 4096;
+
+/// `parts` (cleaned) resolved in `tree`, every symlink on the way followed inside it: a
+/// target starting with `/` starts again at the root, and `..` never climbs past it.
+/// `None` when nothing is there (a dangling link included).
+fn resolve(
+    tree: &Tree,
+    parts: &[String],
+    keyword: &str,
+) -> Result<Option<(Vec<u8>, libc::stat)>, CopyError> {
+    let read = |source| CopyError::Read {
+        keyword: keyword.to_string(),
+        source,
+    };
+    let too_many = || CopyError::Links {
+        keyword: keyword.to_string(),
+        path: parts.join("/"),
+    };
+    let stack = std::slice::from_ref(tree);
+    // The elements still to walk, the next one last.
+    let mut todo: Vec<Vec<u8>> = parts.iter().rev().map(|p| p.as_bytes().to_vec()).collect();
+    let mut done: Vec<Vec<u8>> = Vec::new();
+    let (mut links, mut steps) = (0, 0);
+    let mut st = None;
+    while let Some(part) = todo.pop() {
+        steps += 1;
+        if steps > MAX_STEPS {
+            return Err(too_many());
+        }
+        if part == b".." {
+            done.pop();
+            st = None;
+            continue;
+        }
+        done.push(part);
+        let rel = done.join(&b'/');
+        let Some(m) = lookup(stack, &rel).map_err(read)? else {
+            return Ok(None);
+        };
+        if m.kind != Kind::Symlink {
+            st = Some(m.st);
+            continue;
+        }
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(too_many());
+        }
+        let Some(target) = tree.read_link(&rel).map_err(read)? else {
+            return Ok(None);
+        };
+        done.pop();
+        let target = target.as_bytes();
+        if target.starts_with(b"/") {
+            done.clear();
+        }
+        todo.extend(
+            target
+                .split(|&b| b == b'/')
+                .filter(|p| !p.is_empty() && *p != b".")
+                .rev()
+                .map(<[u8]>::to_vec),
+        );
+        st = None;
+    }
+    let rel = done.join(&b'/');
+    let st = match st {
+        Some(st) => st,
+        // Ended on `..` or a link to the root: look the place up again.
+        None if rel.is_empty() => tree.stat_root().map_err(read)?,
+        None => match lookup(stack, &rel).map_err(read)? {
+            Some(m) => m.st,
+            None => return Ok(None),
+        },
+    };
+    Ok(Some((rel, st)))
 }
 
 /// The tree's root as a source (`COPY . /app`).
@@ -423,6 +541,87 @@ mod tests {
     }
 
     #[test]
+    fn symlinks_to_sources_are_followed_inside_the_tree() {
+        let (dir, tree) = context();
+        let link = |target: &str, name: &str| {
+            std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+        };
+        link("one.txt", "rel");
+        link("/two.txt", "abs");
+        link("../../../one.txt", "climb");
+        link("app", "dirlink");
+        link("dirlink/sub", "chain");
+        link("loop2", "loop1");
+        link("loop1", "loop2");
+        link("nowhere", "dangling");
+        link("..", "app/up");
+        let one = |pattern: &str| {
+            let mut s = sources(&tree, pattern, "COPY").unwrap();
+            assert_eq!(s.len(), 1, "{pattern}");
+            let s = s.remove(0);
+            (
+                String::from_utf8(s.rel).unwrap(),
+                String::from_utf8(s.name).unwrap(),
+                Kind::of(&s.st),
+            )
+        };
+        // A file keeps the link's name and reads the target.
+        assert_eq!(one("rel"), ("one.txt".into(), "rel".into(), Kind::File));
+        assert_eq!(one("abs"), ("two.txt".into(), "abs".into(), Kind::File));
+        assert_eq!(one("climb"), ("one.txt".into(), "climb".into(), Kind::File));
+        // A directory, through links on the way too.
+        assert_eq!(one("dirlink"), ("app".into(), "dirlink".into(), Kind::Dir));
+        assert_eq!(one("chain"), ("app/sub".into(), "chain".into(), Kind::Dir));
+        assert_eq!(
+            one("dirlink/sub/b.txt"),
+            ("app/sub/b.txt".into(), "b.txt".into(), Kind::File)
+        );
+        assert_eq!(
+            one("app/up/two.txt"),
+            ("two.txt".into(), "two.txt".into(), Kind::File)
+        );
+        // Wildcards match real paths (a linked directory is not walked into), and a match
+        // that is a link is followed; one to nowhere fails the step.
+        let got: Vec<(String, String)> = sources(&tree, "dirl*", "COPY")
+            .unwrap()
+            .into_iter()
+            .map(|s| {
+                (
+                    String::from_utf8(s.rel).unwrap(),
+                    String::from_utf8(s.name).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, [("app".to_string(), "dirlink".to_string())]);
+        assert!(matches!(
+            sources(&tree, "dirlink/*", "COPY"),
+            Err(CopyError::NoMatch { .. })
+        ));
+        assert!(matches!(
+            sources(&tree, "dang*", "COPY"),
+            Err(CopyError::Missing { .. })
+        ));
+        // Refused: a link to nowhere, a loop.
+        assert!(matches!(
+            sources(&tree, "dangling", "COPY"),
+            Err(CopyError::Missing { .. })
+        ));
+        let e = sources(&tree, "loop1", "COPY").err().unwrap();
+        assert_eq!(
+            e.to_string(),
+            "COPY failed: forbidden path outside the build context: loop1 ()"
+        );
+        // What a followed directory link writes: the directory's contents.
+        let srcs = sources(&tree, "chain", "COPY").unwrap();
+        let place = placement(&[], "/c/", 1, false, "COPY").unwrap();
+        let mut out = Vec::new();
+        compose_all(&mut out, &[], &tree, &srcs, &[], &place, None, "COPY").unwrap();
+        let names: Vec<String> = entries(&out).into_iter().map(|e| e.0).collect();
+        assert_eq!(names, ["c/", "c/b.txt"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn files_wildcards_and_refusals() {
         let (dir, tree) = context();
         // One file to a new name.
@@ -441,12 +640,10 @@ mod tests {
             placement(&[], "/dst", 2, true, "COPY"),
             Err(CopyError::DestinationNotDir { .. })
         ));
-        // A symlink is data: copied as the link, never followed.
-        let srcs = sources(&tree, "link", "COPY").unwrap();
-        let place = placement(&[], "/l", 1, false, "COPY").unwrap();
-        let mut out = Vec::new();
-        compose_all(&mut out, &[], &tree, &srcs, &[], &place, None, "COPY").unwrap();
-        assert_eq!(entries(&out)[0].3, tar::EntryType::Symlink);
+        // A source that is a symlink is followed inside the tree: `link` (to /etc/passwd)
+        // finds no /etc/passwd in the context, so it is missing, as in dockerd.
+        let e = sources(&tree, "link", "COPY").err().unwrap();
+        assert!(matches!(e, CopyError::Missing { .. }), "{e}");
         // What is not there, in Docker's words; `..` stays inside.
         let e = sources(&tree, "../../etc/passwd", "COPY").err().unwrap();
         assert!(
@@ -457,9 +654,20 @@ mod tests {
             sources(&tree, "*.none", "COPY"),
             Err(CopyError::NoMatch { .. })
         ));
+        // Wildcards in any element, matched against real paths.
+        let rels = |pattern: &str| -> Vec<String> {
+            sources(&tree, pattern, "COPY")
+                .unwrap()
+                .into_iter()
+                .map(|s| String::from_utf8(s.rel).unwrap())
+                .collect()
+        };
+        assert_eq!(rels("a*/sub/*.txt"), ["app/sub/b.txt"]);
+        assert_eq!(rels("*/a.txt"), ["app/a.txt"]);
+        assert_eq!(rels("*/*"), ["app/a.txt", "app/sub"]);
         assert!(matches!(
             sources(&tree, "a*/b", "COPY"),
-            Err(CopyError::Wildcard { .. })
+            Err(CopyError::NoMatch { .. })
         ));
         // The cache's key follows the contents, not the directory's own times.
         let k1 = sources_key(&tree, &sources(&tree, ".", "COPY").unwrap(), "COPY").unwrap();
