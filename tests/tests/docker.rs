@@ -3616,7 +3616,7 @@ fn resource_options_limit_the_containers_cgroup_in_its_vm() {
 
 /// `docker build` RUN steps, each in a microVM (a clone of the daemon's template): their
 /// output in the build's, their changes the step's layer, build arguments in their
-/// environment; a rebuild from the cache; a failing RUN in Docker's words, with no image
+/// environment, the build's `--shm-size`, `--ulimit` and `--add-host` in their VM; a rebuild from the cache; a failing RUN in Docker's words, with no image
 /// and no container left; the built image runs.
 #[test]
 fn build_runs_each_step_in_a_microvm() {
@@ -3630,14 +3630,30 @@ fn build_runs_each_step_in_a_microvm() {
     std::fs::write(
         dir.join("Dockerfile"),
         "FROM busybox\nARG WHO=nobody\nCOPY greet.txt /greet.txt\n\
-         RUN echo \"built by $WHO\" > /built.txt && cat /greet.txt && echo step-output\n\
+         RUN echo \"built by $WHO\" > /built.txt && cat /greet.txt && echo step-output && \
+         { ulimit -n; df -k /dev/shm | tail -1; grep buildhost /etc/hosts; } > /limits.txt\n\
          RUN [\"/bin/sh\", \"-c\", \"rm /greet.txt && mkdir -p /made/here\"]\n\
          CMD [\"cat\", \"/built.txt\"]\n",
     )
     .unwrap();
     let tag = unique("built");
     let ctx = dir.to_str().unwrap();
-    let out = d.docker_ok(&["build", "--build-arg", "WHO=berth", "-t", &tag, ctx]);
+    // The resources and hosts `docker build` gives its RUN steps' containers.
+    let build = [
+        "build",
+        "--build-arg",
+        "WHO=berth",
+        "--shm-size",
+        "24m",
+        "--ulimit",
+        "nofile=512:1024",
+        "--add-host",
+        "buildhost:10.9.8.7",
+        "-t",
+        &tag,
+        ctx,
+    ];
+    let out = d.docker_ok(&build);
     assert!(out.contains("from the context\nstep-output"), "{out}");
     assert!(out.contains(" ---> Running in "), "{out}");
     assert!(out.contains("Removing intermediate container"), "{out}");
@@ -3649,12 +3665,25 @@ fn build_runs_each_step_in_a_microvm() {
         &tag,
         "sh",
         "-c",
-        "test -d /made/here && test ! -e /greet.txt && echo ok",
+        "test -d /made/here && test ! -e /greet.txt && cat /limits.txt && echo ok",
     ]);
-    assert_eq!(out.stdout, "ok\n", "{out:?}");
+    let limits: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(limits.len(), 4, "{out:?}");
+    assert_eq!(limits[0], ["512"], "the step's nofile: {out:?}");
+    assert_eq!(
+        limits[1].get(1),
+        Some(&"24576"),
+        "the step's /dev/shm: {out:?}"
+    );
+    assert_eq!(limits[2], ["10.9.8.7", "buildhost"], "{out:?}");
+    assert_eq!(limits[3], ["ok"], "{out:?}");
     // Again: from the cache, the same image.
     let id = d.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]);
-    let out = d.docker_ok(&["build", "--build-arg", "WHO=berth", "-t", &tag, ctx]);
+    let out = d.docker_ok(&build);
     assert_eq!(out.matches("Using cache").count(), 5, "{out}");
     assert_eq!(
         d.docker_ok(&["image", "inspect", "-f", "{{.Id}}", &tag]),

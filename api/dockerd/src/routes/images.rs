@@ -691,31 +691,8 @@ fn build_options(req: &Request<Incoming>, q: &Query) -> Result<(BuildOptions, bo
     if q.flag("squash") {
         return Err(unsupported("berth does not squash builds"));
     }
-    // Options berth's builder does not carry to its RUN containers: refused unless left at
-    // the CLI's defaults.
-    for key in [
-        "cpushares",
-        "cpuperiod",
-        "cpuquota",
-        "memory",
-        "memswap",
-        "shmsize",
-    ] {
-        if q.get(key).is_some_and(|v| !v.is_empty() && v != "0") {
-            return Err(unsupported(format!(
-                "berth's builder does not take {key} for its RUN steps"
-            )));
-        }
-    }
-    for key in [
-        "cpusetcpus",
-        "cpusetmems",
-        "cgroupparent",
-        "extrahosts",
-        "cachefrom",
-        "ulimits",
-        "outputs",
-    ] {
+    let run_host_config = run_host_config(q)?;
+    for key in ["cgroupparent", "cachefrom", "outputs"] {
         if q.get(key)
             .is_some_and(|v| !matches!(v, "" | "[]" | "null" | "{}"))
         {
@@ -768,9 +745,57 @@ fn build_options(req: &Request<Incoming>, q: &Query) -> Result<(BuildOptions, bo
         pull: q.flag("pull"),
         target: q.get("target").unwrap_or("").to_string(),
         network_mode: q.get("networkmode").unwrap_or("").to_string(),
+        run_host_config,
         credentials,
     };
     Ok((opts, q.flag("q")))
+}
+
+/// The resources and hosts `docker build` gives its RUN steps (`-m`, `--memory-swap`,
+/// `--cpu-*`, `--cpuset-*`, `--shm-size`, `--ulimit`, `--add-host`), as the HostConfig
+/// fields of each step's container; the CLI sends only those set. The container's create
+/// checks them as it checks `docker run`'s.
+fn run_host_config(q: &Query) -> Result<serde_json::Map<String, Value>, ApiError> {
+    let mut hc = serde_json::Map::new();
+    for (key, field) in [
+        ("memory", "Memory"),
+        ("memswap", "MemorySwap"),
+        ("cpushares", "CpuShares"),
+        ("cpuperiod", "CpuPeriod"),
+        ("cpuquota", "CpuQuota"),
+        ("shmsize", "ShmSize"),
+    ] {
+        let Some(v) = q.get(key).filter(|v| !v.is_empty() && *v != "0") else {
+            continue;
+        };
+        let n: i64 = v
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid {key}: {v:?} is not a number")))?;
+        hc.insert(field.to_string(), n.into());
+    }
+    for (key, field) in [("cpusetcpus", "CpusetCpus"), ("cpusetmems", "CpusetMems")] {
+        if let Some(v) = q.get(key).filter(|v| !v.is_empty()) {
+            hc.insert(field.to_string(), v.into());
+        }
+    }
+    if let Some(v) = q
+        .get("ulimits")
+        .filter(|v| !matches!(*v, "" | "null" | "[]"))
+    {
+        let ulimits: Value = serde_json::from_str(v)
+            .map_err(|e| ApiError::bad_request(format!("invalid ulimits: {e}")))?;
+        hc.insert("Ulimits".to_string(), ulimits);
+    }
+    let hosts: Vec<Value> = q
+        .all("extrahosts")
+        .iter()
+        .filter(|h| !h.is_empty())
+        .map(|h| Value::from(h.to_string()))
+        .collect();
+    if !hosts.is_empty() {
+        hc.insert("ExtraHosts".to_string(), Value::Array(hosts));
+    }
+    Ok(hc)
 }
 
 /// `X-Registry-Config`: credentials for the registries a build's FROM lines pull from
@@ -897,6 +922,37 @@ mod tests {
         assert!(!quiet(&q));
         assert!(quiet(&Query::parse(None)));
         assert!(quiet(&Query::parse(Some("quiet=1"))));
+    }
+
+    #[test]
+    fn build_resources_become_the_run_steps_host_config() {
+        // As the Docker CLI 20.10 sends `docker build -m 64m --memory-swap 128m
+        // --cpu-shares 512 --cpu-quota 50000 --cpu-period 100000 --cpuset-cpus 0
+        // --shm-size 32m --ulimit nofile=100:200 --add-host a:1.2.3.4 --add-host b:5.6.7.8`.
+        let q = Query::parse(Some(
+            "cpuperiod=100000&cpuquota=50000&cpusetcpus=0&cpushares=512&dockerfile=Dockerfile\
+             &extrahosts=a%3A1.2.3.4&extrahosts=b%3A5.6.7.8&memory=67108864&memswap=134217728\
+             &shmsize=33554432&ulimits=%5B%7B%22Name%22%3A%22nofile%22%2C%22Hard%22%3A200%2C\
+             %22Soft%22%3A100%7D%5D&version=1",
+        ));
+        let hc = run_host_config(&q).unwrap();
+        assert_eq!(
+            Value::Object(hc),
+            json!({
+                "Memory": 67108864, "MemorySwap": 134217728, "CpuShares": 512,
+                "CpuPeriod": 100000, "CpuQuota": 50000, "CpusetCpus": "0",
+                "ShmSize": 33554432,
+                "Ulimits": [{"Name": "nofile", "Hard": 200, "Soft": 100}],
+                "ExtraHosts": ["a:1.2.3.4", "b:5.6.7.8"],
+            })
+        );
+        // Left at the CLI's defaults: nothing.
+        let q = Query::parse(Some("memory=0&cpushares=0&ulimits=null&cpusetcpus="));
+        assert!(run_host_config(&q).unwrap().is_empty());
+        // Not numbers, not JSON: refused.
+        for bad in ["memory=lots", "ulimits=%5B"] {
+            assert!(run_host_config(&Query::parse(Some(bad))).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -52,6 +52,11 @@ pub struct BuildOptions {
     pub target: String,
     /// `--network` for RUN steps (`default` when empty).
     pub network_mode: String,
+    /// HostConfig fields for each RUN step's container (`--memory`, `--memory-swap`,
+    /// `--cpu-shares`, `--cpu-period`, `--cpu-quota`, `--cpuset-cpus`, `--cpuset-mems`,
+    /// `--shm-size`, `--ulimit`, `--add-host`), as dockerd's classic builder gives them. They
+    /// are checked as `docker run`'s are, when a RUN step creates its container.
+    pub run_host_config: serde_json::Map<String, serde_json::Value>,
     /// Registry credentials for FROM pulls, by registry host (`X-Registry-Config`).
     pub credentials: BTreeMap<String, Credentials>,
 }
@@ -939,6 +944,8 @@ impl Run<'_> {
         } else {
             self.opts.network_mode.clone()
         };
+        let mut host_config = self.opts.run_host_config.clone();
+        host_config.insert("NetworkMode".to_string(), network.into());
         let body = serde_json::json!({
             "Image": s.image,
             "Cmd": cmd,
@@ -949,7 +956,7 @@ impl Run<'_> {
             "Healthcheck": { "Test": ["NONE"] },
             "AttachStdout": true,
             "AttachStderr": true,
-            "HostConfig": { "NetworkMode": network },
+            "HostConfig": host_config,
         });
         let containers = &self.builder.containers;
         let (id, _) = containers
