@@ -365,7 +365,7 @@ fn import_from_files_and_stdin_with_changes() {
     assert_eq!(h.lines().count(), 1, "{h}");
     assert!(h.starts_with(&format!("{id}|from a file|")), "{h}");
 
-    // From stdin, plain and gzip-compressed; the same layer is stored once.
+    // From stdin, plain, gzip- and xz-compressed; the same layer is stored once.
     let bytes = std::fs::read(&rootfs).unwrap();
     let f = berth.docker_with_input(&["import", "-", "imported/stdin"], &bytes);
     assert!(f.status.success(), "{}", f.stderr);
@@ -384,6 +384,19 @@ fn import_from_files_and_stdin_with_changes() {
         inspect(&berth, "imported/gz:1")["RootFS"],
         img["RootFS"],
         "gzip layers hash the plain tar"
+    );
+    let xz = std::process::Command::new("xz")
+        .args(["-c", "-T1"])
+        .arg(&rootfs)
+        .output()
+        .unwrap()
+        .stdout;
+    let f = berth.docker_with_input(&["import", "-", "imported/xz:1"], &xz);
+    assert!(f.status.success(), "{}", f.stderr);
+    assert_eq!(
+        inspect(&berth, "imported/xz:1")["RootFS"],
+        img["RootFS"],
+        "xz layers hash the plain tar"
     );
     assert_eq!(
         std::fs::read_dir(berth.data_root().join("image/layers"))
