@@ -152,18 +152,26 @@ fn entries_matching(
     dir: &[u8],
     element: &str,
 ) -> Result<Vec<crate::layerfs::Node>, LayerFsError> {
+    if !has_wildcard(element) {
+        let name = std::ffi::OsString::from(element);
+        let rel = crate::layerfs::child(dir, &name, "a build context")?;
+        return Ok(tree
+            .stat(&rel)?
+            .map(|st| crate::layerfs::Node {
+                kind: Kind::of(&st),
+                name,
+                st,
+            })
+            .into_iter()
+            .collect());
+    }
     let listing = tree.list(dir)?;
     Ok(listing
         .map(|l| l.nodes)
         .unwrap_or_default()
         .into_iter()
         .filter(|node| {
-            let name = node.name.to_string_lossy();
-            if has_wildcard(element) {
-                crate::image::glob_match(element, &name) == Some(true)
-            } else {
-                node.name.as_bytes() == element.as_bytes()
-            }
+            crate::image::glob_match(element, &node.name.to_string_lossy()) == Some(true)
         })
         .collect())
 }
@@ -171,8 +179,9 @@ fn entries_matching(
 /// Most symlinks one source may pass through, as Go's `FollowSymlinkInScope` allows.
 const MAX_LINKS: usize = 255;
 
-/// Most path elements one resolution walks (each a lookup from the root), so that a hostile
-/// context's links cannot make a step walk without end.
+/// Most path elements one resolution walks (each one openat2 beneath the root, never a
+/// directory listing), so that a hostile context's links cannot make a step walk without
+/// end.
 const MAX_STEPS: usize = 4096;
 
 /// `parts` (cleaned) resolved in `tree`, every symlink on the way followed inside it: a
@@ -191,7 +200,6 @@ fn resolve(
         keyword: keyword.to_string(),
         path: parts.join("/"),
     };
-    let stack = std::slice::from_ref(tree);
     // The elements still to walk, the next one last.
     let mut todo: Vec<Vec<u8>> = parts.iter().rev().map(|p| p.as_bytes().to_vec()).collect();
     let mut done: Vec<Vec<u8>> = Vec::new();
@@ -209,11 +217,11 @@ fn resolve(
         }
         done.push(part);
         let rel = done.join(&b'/');
-        let Some(m) = lookup(stack, &rel).map_err(read)? else {
+        let Some(found) = tree.stat(&rel).map_err(read)? else {
             return Ok(None);
         };
-        if m.kind != Kind::Symlink {
-            st = Some(m.st);
+        if Kind::of(&found) != Kind::Symlink {
+            st = Some(found);
             continue;
         }
         links += 1;
@@ -242,8 +250,8 @@ fn resolve(
         Some(st) => st,
         // Ended on `..` or a link to the root: look the place up again.
         None if rel.is_empty() => tree.stat_root().map_err(read)?,
-        None => match lookup(stack, &rel).map_err(read)? {
-            Some(m) => m.st,
+        None => match tree.stat(&rel).map_err(read)? {
+            Some(found) => found,
             None => return Ok(None),
         },
     };

@@ -274,6 +274,25 @@ impl Tree {
         Ok(Some((std::fs::File::from(fd), st)))
     }
 
+    /// The metadata of the entry at `rel` itself (a symlink's own, never its target's):
+    /// `None` when it is not there, or something on the way is not a directory. One
+    /// openat2, so that resolving a path costs no directory listing.
+    pub fn stat(&self, rel: &[u8]) -> Result<Option<libc::stat>, LayerFsError> {
+        let read_err = |source: io::Error| LayerFsError::Read {
+            what: self.what,
+            path: shown(rel),
+            source,
+        };
+        let fd = match self.open_beneath(rel, OFlag::O_PATH) {
+            Ok(fd) => fd,
+            Err(e) if gone(&e) => return Ok(None),
+            Err(e) => return Err(read_err(e)),
+        };
+        nix::sys::stat::fstat(&fd)
+            .map(Some)
+            .map_err(|e| read_err(e.into()))
+    }
+
     /// The target of the symlink at `rel` (`None` when it is gone or no longer a symlink).
     pub fn read_link(&self, rel: &[u8]) -> Result<Option<OsString>, LayerFsError> {
         let (parent, name) = split_last(rel);
