@@ -2517,6 +2517,8 @@ fn build_add_fetches_urls_as_dockerd_does() {
     std::fs::create_dir_all(files.join("packed")).unwrap();
     std::fs::write(files.join("hello.txt"), "hello from a URL\n").unwrap();
     std::fs::write(files.join("packed/inner.txt"), "inner\n").unwrap();
+    let big: Vec<u8> = (0..3u32 << 19).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(files.join("big.bin"), &big).unwrap();
     sh(&format!(
         "tar -C {} -czf {}/data.tar.gz packed && touch -d 2024-03-01T10:00:00Z {}/hello.txt",
         files.display(),
@@ -2591,6 +2593,59 @@ fn build_add_fetches_urls_as_dockerd_does() {
         ours["owned/hello.txt"].starts_with("Regular 600 5:6 17  1709287200 "),
         "{ours:#?}"
     );
+
+    // The download's progress in the build's JSON stream, as dockerd tells it: "Downloading"
+    // lines with no id, the last at the whole length (the CLI draws them on a terminal).
+    let dockerfile = format!("FROM busybox\nADD {} /big.bin\n", url("files/big.bin"));
+    let mut context = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(dockerfile.len() as u64);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_cksum();
+    context
+        .append_data(&mut h, "Dockerfile", dockerfile.as_bytes())
+        .unwrap();
+    let context = context.into_inner().unwrap();
+    for d in [&*berth, &*dockerd] {
+        let r = d.api_typed(
+            "POST",
+            "/v1.41/build?t=test/progress:1&nocache=1",
+            "application/x-tar",
+            &context,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let downloads: Vec<serde_json::Value> = r
+            .text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["status"] == "Downloading")
+            .collect();
+        let last = downloads.last().unwrap_or_else(|| panic!("{}", r.text()));
+        let size = big.len() as u64;
+        assert_eq!(
+            last["progressDetail"],
+            serde_json::json!({ "current": size, "total": size }),
+            "{}",
+            r.text()
+        );
+        assert!(
+            downloads.iter().all(|v| v.get("id").is_none()),
+            "{}",
+            r.text()
+        );
+        assert!(
+            last["progress"].as_str().unwrap_or("").contains("1.573MB"),
+            "{last}"
+        );
+        assert!(
+            r.text().contains("Successfully tagged test/progress:1"),
+            "{}",
+            r.text()
+        );
+    }
 
     // Again: every step from the cache, the same image.
     let id = inspect(&berth, "test/url:1")["Id"].clone();

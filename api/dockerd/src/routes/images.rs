@@ -315,6 +315,10 @@ fn human_size(n: u64) -> String {
 /// The progress bar Docker puts in `progress`.
 fn progress_bar(current: u64, total: u64) -> String {
     const WIDTH: u64 = 50;
+    // A length not known: the count alone, as Docker's progress shows it.
+    if total == 0 {
+        return format!("{:>8}", human_size(current));
+    }
     let bars = (current.min(total) * WIDTH)
         .checked_div(total)
         .unwrap_or(WIDTH);
@@ -568,12 +572,19 @@ fn transfer_line(e: &TransferEvent) -> Value {
             action,
             current,
             total,
-        } => json!({
-            "status": action,
-            "progressDetail": { "current": current, "total": total },
-            "progress": progress_bar(*current, *total),
-            "id": id,
-        }),
+        } => {
+            let mut line = json!({
+                "status": action,
+                "progressDetail": { "current": current, "total": total },
+                "progress": progress_bar(*current, *total),
+            });
+            // A download of the whole build's (ADD's URLs) has no id, and dockerd's line
+            // then has none.
+            if !id.is_empty() {
+                line["id"] = json!(id);
+            }
+            line
+        }
     }
 }
 
@@ -918,6 +929,14 @@ mod tests {
             progress_bar(2_129_920, 2_129_920),
             "[==================================================>]   2.13MB/2.13MB"
         );
+        assert_eq!(progress_bar(32768, 0), " 32.77kB");
+        let line = transfer_line(&TransferEvent::Progress {
+            id: String::new(),
+            action: "Downloading",
+            current: 5,
+            total: 10,
+        });
+        assert!(line.get("id").is_none(), "{line}");
         let q = Query::parse(Some("quiet=0"));
         assert!(!quiet(&q));
         assert!(quiet(&Query::parse(None)));

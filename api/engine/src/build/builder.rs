@@ -786,8 +786,17 @@ impl Run<'_> {
             std::fs::create_dir(&dir)
                 .map_err(|e| EngineError::internal("cannot make a directory", e))?;
             let mut names = Vec::new();
+            let events = self.events.clone();
+            let progress = move |current: u64, total: u64| {
+                let _ = events.send(BuildEvent::Pull(TransferEvent::Progress {
+                    id: String::new(),
+                    action: "Downloading",
+                    current,
+                    total,
+                }));
+            };
             for url in &patterns {
-                names.push(fetch::fetch(self.images().registries(), url, &dir).await?);
+                names.push(fetch::fetch(self.images().registries(), url, &dir, &progress).await?);
             }
             patterns = names;
             Some(dir)

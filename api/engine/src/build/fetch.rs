@@ -58,8 +58,21 @@ pub fn file_name(url_path: &str, disposition: Option<&str>) -> Option<String> {
     })
 }
 
+/// How often a download's progress is told: after each 512 KiB (or each 1% of a known
+/// length, when that is less), and no more than each 100 ms, as dockerd's progress reader
+/// tells it; its end is always told.
+const PROGRESS_BYTES: u64 = 512 << 10;
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
 /// Fetches `url` into `dir` (a fresh directory of the build's); gives the file's name.
-pub async fn fetch(registries: &Registries, url: &str, dir: &Path) -> Result<String> {
+/// `progress` hears the bytes written so far and the length the server gave (0 without
+/// one), as dockerd's "Downloading" lines tell them.
+pub async fn fetch(
+    registries: &Registries,
+    url: &str,
+    dir: &Path,
+    progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| failed(url, e))?;
     let host_of = |u: &reqwest::Url| -> String {
         let host = u.host_str().unwrap_or("").to_string();
@@ -148,13 +161,27 @@ pub async fn fetch(registries: &Registries, url: &str, dir: &Path) -> Result<Str
             })?
     };
     let written = |e: std::io::Error| EngineError::internal("cannot write an ADD download", e);
+    let total = res.content_length().unwrap_or(0);
+    let step = match total / 100 {
+        0 => PROGRESS_BYTES,
+        percent => percent.min(PROGRESS_BYTES),
+    };
+    let (mut current, mut told, mut told_at) = (0u64, 0u64, std::time::Instant::now());
     loop {
         match res.chunk().await {
-            Ok(Some(c)) => file.write_all(&c).map_err(written)?,
+            Ok(Some(c)) => {
+                file.write_all(&c).map_err(written)?;
+                current += c.len() as u64;
+                if current - told > step && told_at.elapsed() >= PROGRESS_EVERY {
+                    progress(current, total);
+                    (told, told_at) = (current, std::time::Instant::now());
+                }
+            }
             Ok(None) => break,
             Err(e) => return Err(failed(url, vmm_launcher::chain(&e))),
         }
     }
+    progress(current, total);
     // Without Last-Modified the file's time is the epoch, as dockerd leaves it.
     let t = modified.unwrap_or(std::time::UNIX_EPOCH);
     file.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t))
